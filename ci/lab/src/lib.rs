@@ -1,0 +1,523 @@
+//! postflight-lab: a Calico-style Kubernetes cluster on one Linux host, built from real
+//! parts (network namespaces, veths, OpenSSH, systemd-tmpfiles, BIRD, curl) under a
+//! simulated control plane that speaks the Kubernetes API. It exists so postflight can be
+//! proved end to end where no real cluster can run, and as the demo a new user runs first.
+//!
+//! # Usage
+//! ```no_run
+//! # fn main() -> Result<(), postflight_lab::LabError> {
+//! let lab = postflight_lab::Lab::up(postflight_lab::LabConfig::new("demo"))?;
+//! println!("kubeconfig: {}", lab.paths().kubeconfig().display());
+//! drop(lab); // takes the lab down
+//! # Ok(()) }
+//! ```
+
+pub mod agnhost;
+pub mod apiserver;
+pub mod calico;
+pub mod control;
+pub mod controllers;
+pub mod daemon;
+pub mod images;
+pub mod kubelet;
+pub mod node;
+pub mod system;
+pub mod topology;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use topology::{Topology, MAX_LABS};
+
+pub use kubelet::Timings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab name {0:?} must be 1-20 characters of a-z, 0-9 and '-'")]
+    BadName(String),
+    #[error("a lab has 1 to {max} nodes, not {0}", max = topology::MAX_NODES)]
+    BadSize(usize),
+    #[error("no free address block: {0} labs are running already")]
+    NoFreeBlock(u8),
+    #[error("the lab must run as root (it creates network namespaces and mounts)")]
+    NotRoot,
+    #[error("lab `{0}` is not running (no registry entry)")]
+    NotRunning(String),
+    #[error("the lab daemon exited before the lab was ready; its log ({log}) ends with:\n{tail}")]
+    DaemonDied { log: PathBuf, tail: String },
+    #[error("the lab was not ready within {0:?}; see {1}")]
+    NotReadyInTime(Duration, PathBuf),
+    #[error("node {0:?} is not part of lab `{1}`")]
+    UnknownNode(String, String),
+    #[error("lab control: {0}")]
+    Control(String),
+    #[error(transparent)]
+    System(#[from] system::SystemError),
+}
+
+pub type Result<T> = std::result::Result<T, LabError>;
+
+/// Where a lab keeps what a user or a test needs.
+#[derive(Debug, Clone)]
+pub struct LabPaths {
+    pub state_dir: PathBuf,
+}
+
+impl LabPaths {
+    pub fn new(state_dir: &Path) -> Self {
+        LabPaths {
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("kubeconfig")
+    }
+    pub fn inventory(&self) -> PathBuf {
+        self.state_dir.join("inventory.yaml")
+    }
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+    pub fn ssh_key(&self) -> PathBuf {
+        self.ssh_dir().join("id_ed25519")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.ssh_dir().join("known_hosts")
+    }
+    pub fn authorized_keys(&self) -> PathBuf {
+        self.ssh_dir().join("authorized_keys")
+    }
+    pub fn request_log(&self) -> PathBuf {
+        self.state_dir.join("apiserver-requests.log")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.state_dir.join("daemon.log")
+    }
+    pub fn ready_file(&self) -> PathBuf {
+        self.state_dir.join("ready.json")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+}
+
+/// What the daemon reports once every node and every calico-node pod is Ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadyReport {
+    pub api_port: u16,
+    pub pid: u32,
+    /// Network, keys, PKI and API server, before any node boots.
+    pub setup_seconds: f64,
+    /// From power-on of all nodes to every calico-node Ready (BGP converged).
+    pub boot_to_calico_ready_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub name: String,
+    pub nodes: usize,
+    pub state_dir: Option<PathBuf>,
+    pub timings: Timings,
+    /// The `postflight-lab` binary; found next to the running executable when unset.
+    pub binary: Option<PathBuf>,
+    pub ready_timeout: Duration,
+}
+
+impl LabConfig {
+    pub fn new(name: &str) -> Self {
+        LabConfig {
+            name: name.into(),
+            nodes: 5,
+            state_dir: None,
+            timings: Timings::default(),
+            binary: None,
+            ready_timeout: Duration::from_secs(180),
+        }
+    }
+    pub fn nodes(mut self, nodes: usize) -> Self {
+        self.nodes = nodes;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RegistryEntry {
+    name: String,
+    block: u8,
+    state_dir: PathBuf,
+    pid: Option<u32>,
+}
+
+fn registry_dir() -> PathBuf {
+    std::env::temp_dir().join("postflight-lab")
+}
+fn registry_file(name: &str) -> PathBuf {
+    registry_dir().join(format!("{name}.json"))
+}
+fn block_file(block: u8) -> PathBuf {
+    registry_dir().join(format!("block-{block}"))
+}
+
+fn read_entry(name: &str) -> Option<RegistryEntry> {
+    serde_json::from_str(&std::fs::read_to_string(registry_file(name)).ok()?).ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// The path of the `postflight-lab` executable: explicit, from `POSTFLIGHT_LAB_BIN`, the
+/// running executable itself, or next to it (test binaries live in `target/*/deps`).
+pub fn lab_binary(explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    if let Ok(path) = std::env::var("POSTFLIGHT_LAB_BIN") {
+        return path.into();
+    }
+    let current = std::env::current_exe().unwrap_or_default();
+    if current.file_name().is_some_and(|n| n == "postflight-lab") {
+        return current;
+    }
+    let dir = current.parent().unwrap_or(Path::new("."));
+    [dir.join("postflight-lab"), dir.join("../postflight-lab")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| "postflight-lab".into())
+}
+
+/// A running lab. Dropping it takes the lab down.
+#[derive(Debug)]
+pub struct Lab {
+    name: String,
+    paths: LabPaths,
+    topology: Topology,
+    ready: ReadyReport,
+    up_duration: Duration,
+    keep: bool,
+}
+
+impl Lab {
+    /// Brings a lab up (cleaning a stale lab of the same name first) and returns once
+    /// every node and every calico-node pod is Ready.
+    ///
+    /// # Errors
+    /// Not root, a bad name or size, no free address block, or a daemon that failed or
+    /// was not ready in time (the error carries the end of its log).
+    pub fn up(config: LabConfig) -> Result<Lab> {
+        let started = Instant::now();
+        let name = &config.name;
+        if name.is_empty()
+            || name.len() > 20
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(LabError::BadName(name.clone()));
+        }
+        if !(1..=topology::MAX_NODES).contains(&config.nodes) {
+            return Err(LabError::BadSize(config.nodes));
+        }
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        teardown(name);
+        std::fs::create_dir_all(registry_dir()).map_err(|e| system::SystemError::Io {
+            context: "creating the lab registry".into(),
+            source: e,
+        })?;
+        let block = claim_block(name)?;
+        let state_dir = config
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| registry_dir().join(name));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).map_err(|e| system::SystemError::Io {
+            context: format!("creating {}", state_dir.display()),
+            source: e,
+        })?;
+        let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
+        let mut entry = RegistryEntry {
+            name: name.clone(),
+            block,
+            state_dir: state_dir.clone(),
+            pid: None,
+        };
+        write_entry(&entry);
+        let topology = Topology::new(name, block, &state_dir, config.nodes);
+        let paths = LabPaths::new(&state_dir);
+        let binary = lab_binary(config.binary.as_deref());
+        let log =
+            std::fs::File::create(paths.daemon_log()).map_err(|e| system::SystemError::Io {
+                context: "creating the daemon log".into(),
+                source: e,
+            })?;
+        let timings = serde_json::to_string(&config.timings).expect("timings serialise");
+        let mut command = std::process::Command::new(&binary);
+        command
+            .args([
+                "daemon",
+                "--name",
+                name,
+                "--block",
+                &block.to_string(),
+                "--nodes",
+                &config.nodes.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--timings", &timings])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        // Its own session: the lab outlives the command that started it, and a Ctrl-C
+        // in that terminal does not reach it.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| system::SystemError::Spawn {
+            command: binary.display().to_string(),
+            source: e,
+        })?;
+        entry.pid = Some(child.id());
+        write_entry(&entry);
+        let deadline = Instant::now() + config.ready_timeout;
+        let ready = loop {
+            if let Ok(text) = std::fs::read_to_string(paths.ready_file()) {
+                if let Ok(report) = serde_json::from_str::<ReadyReport>(&text) {
+                    break report;
+                }
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                let tail = std::fs::read_to_string(paths.daemon_log()).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+                let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                teardown(name);
+                return Err(LabError::DaemonDied {
+                    log: paths.daemon_log(),
+                    tail,
+                });
+            }
+            if Instant::now() > deadline {
+                teardown(name);
+                return Err(LabError::NotReadyInTime(
+                    config.ready_timeout,
+                    paths.daemon_log(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // The daemon is reaped by whoever outlives us; do not wait on it here.
+        std::mem::forget(child);
+        Ok(Lab {
+            name: name.clone(),
+            paths,
+            topology,
+            ready,
+            up_duration: started.elapsed(),
+            keep: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn paths(&self) -> &LabPaths {
+        &self.paths
+    }
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+    pub fn ready_report(&self) -> &ReadyReport {
+        &self.ready
+    }
+    pub fn up_duration(&self) -> Duration {
+        self.up_duration
+    }
+    /// Leaves the lab running when the handle is dropped (the CLI's `up`).
+    pub fn keep_running(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.topology.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The incident's OS update on one node; see [`os_update`].
+    pub fn os_update(&self, node: &str, clobber_tmpfiles: bool) -> Result<()> {
+        os_update(&self.name, node, clobber_tmpfiles)
+    }
+
+    /// Reboots a node as `systemctl reboot` on it would; returns once the reboot started.
+    pub fn reboot(&self, node: &str) -> Result<()> {
+        reboot(&self.name, node)
+    }
+
+    /// Runs a command on a node (its namespaces and mount view), like `docker exec` on a
+    /// kind node.
+    pub fn node_exec(&self, node: &str, argv: &[String]) -> Result<std::process::Output> {
+        let command = node_command(&self.name, node, argv)?;
+        let mut command = command;
+        command.output().map_err(|e| {
+            LabError::System(system::SystemError::Spawn {
+                command: argv.join(" "),
+                source: e,
+            })
+        })
+    }
+
+    pub fn down(mut self) {
+        self.keep = false;
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            teardown(&self.name);
+        }
+    }
+}
+
+fn write_entry(entry: &RegistryEntry) {
+    let _ = std::fs::write(
+        registry_file(&entry.name),
+        serde_json::to_vec(entry).expect("entry serialises"),
+    );
+}
+
+fn claim_block(name: &str) -> Result<u8> {
+    for block in 0..MAX_LABS {
+        let path = block_file(block);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                let _ = file.write_all(name.as_bytes());
+                return Ok(block);
+            }
+            Err(_) => {
+                // A claim whose lab is gone (crashed, no daemon) is stale: reclaim it.
+                let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = read_entry(owner.trim())
+                    .and_then(|e| e.pid)
+                    .is_some_and(process_alive);
+                if !alive && !system::netns_exists(&format!("pf{block}-br")) {
+                    let _ = std::fs::remove_file(&path);
+                    if let Ok(mut file) = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                    {
+                        use std::io::Write;
+                        let _ = file.write_all(name.as_bytes());
+                        return Ok(block);
+                    }
+                }
+            }
+        }
+    }
+    Err(LabError::NoFreeBlock(MAX_LABS))
+}
+
+fn entry_and_topology(name: &str) -> Result<(RegistryEntry, Topology)> {
+    let entry = read_entry(name).ok_or_else(|| LabError::NotRunning(name.into()))?;
+    let text = std::fs::read_to_string(entry.state_dir.join("topology.json"))
+        .map_err(|_| LabError::NotRunning(name.into()))?;
+    let topology: Topology =
+        serde_json::from_str(&text).map_err(|_| LabError::NotRunning(name.into()))?;
+    Ok((entry, topology))
+}
+
+/// Stops a lab and removes every namespace, veth, mount, process and file it made.
+/// Idempotent, and works after a crash: it goes by the registry and by name prefixes.
+pub fn teardown(name: &str) {
+    let Some(entry) = read_entry(name) else {
+        return;
+    };
+    if let Some(pid) = entry.pid.filter(|p| process_alive(*p)) {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if !process_alive(pid.as_raw() as u32) || is_zombie(pid.as_raw()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+    let prefix = format!("pf{}", entry.block);
+    let namespaces = system::list_netns_with_prefix(&prefix);
+    // Pods first, then nodes, then the bridge: processes die before their cables go.
+    for netns in namespaces.iter().rev() {
+        system::delete_netns(netns);
+    }
+    let _ = system::ip(None, &["link", "del", &format!("{prefix}-host")]);
+    system::unmount_below(&entry.state_dir);
+    let _ = std::fs::remove_dir_all(&entry.state_dir);
+    let _ = std::fs::remove_file(block_file(entry.block));
+    let _ = std::fs::remove_file(registry_file(name));
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+pub fn state_dir(name: &str) -> Result<PathBuf> {
+    Ok(entry_and_topology(name)?.0.state_dir)
+}
+
+pub fn os_update(name: &str, node: &str, clobber_tmpfiles: bool) -> Result<()> {
+    let (_, topology) = entry_and_topology(name)?;
+    let spec = topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    if clobber_tmpfiles {
+        node::clobber_tmpfiles(&topology, spec)?;
+    }
+    Ok(())
+}
+
+pub fn reboot(name: &str, node: &str) -> Result<()> {
+    let (_, topology) = entry_and_topology(name)?;
+    topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    control::request(
+        &topology.control_socket(),
+        "POST",
+        &format!("/nodes/{node}/reboot"),
+    )
+    .map(|_| ())
+    .map_err(LabError::Control)
+}
+
+pub fn status(name: &str) -> Result<String> {
+    let (_, topology) = entry_and_topology(name)?;
+    control::request(&topology.control_socket(), "GET", "/status").map_err(LabError::Control)
+}
+
+/// A command that runs `argv` on a node of a running lab.
+pub fn node_command(name: &str, node: &str, argv: &[String]) -> Result<std::process::Command> {
+    let (_, topology) = entry_and_topology(name)?;
+    let spec = topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    Ok(node::enter_command(
+        &topology,
+        spec,
+        &topology.node_netns(spec),
+        argv,
+    ))
+}

@@ -1,0 +1,283 @@
+//! `postflight-lab`: bring a lab cluster up and down, break it the way the incident did,
+//! and look inside it.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use postflight_lab::{topology::Topology, Lab, LabConfig, Timings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "postflight-lab",
+    version,
+    about = "A Calico-style Kubernetes lab cluster on one Linux host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the cluster and return once every node and calico-node pod is Ready.
+    Up {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Seconds a rebooting node stays dark.
+        #[arg(long)]
+        boot_delay: Option<f64>,
+    },
+    /// Stop the lab and remove everything it made (idempotent; works after a crash).
+    Down {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Nodes, boot IDs, BGP sessions and pods, one line each.
+    Status {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// The incident's OS package update; takes effect at the node's next reboot.
+    OsUpdate {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        /// Replace /etc/tmpfiles.d/calico.conf with the package default (root-only /run/calico).
+        #[arg(long)]
+        clobber_tmpfiles: bool,
+    },
+    /// Reboot a node, as `systemctl reboot` on the node does.
+    Reboot {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Run a command on a node (its network, mounts and hostname); exit code passes through.
+    NodeExec {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the lab's state directory.
+    Path {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        block: u8,
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        timings: String,
+    },
+    /// Used by a node's `systemctl reboot`: asks the lab to reboot this node.
+    #[command(hide = true)]
+    RequestReboot {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        node: String,
+    },
+    /// The calico-node container (`calico-node`, `calico-node -bird-ready`).
+    #[command(hide = true, name = "calico-node", allow_hyphen_values = true)]
+    CalicoNode {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The agnhost container (`agnhost netexec --http-port=N`).
+    #[command(hide = true)]
+    Agnhost {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("postflight-lab: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            name,
+            nodes,
+            state_dir,
+            boot_delay,
+        } => {
+            let mut config = LabConfig::new(&name).nodes(nodes);
+            config.state_dir = state_dir;
+            if let Some(seconds) = boot_delay {
+                config.timings.boot_delay = std::time::Duration::from_secs_f64(seconds);
+            }
+            let lab = Lab::up(config)?.keep_running();
+            let paths = lab.paths();
+            println!(
+                "lab `{}` is up: {} nodes Ready, calico-node Ready on each",
+                lab.name(),
+                lab.topology().nodes.len()
+            );
+            println!(
+                "  up took            {:.1}s (BGP converged {:.1}s after power-on)",
+                lab.up_duration().as_secs_f64(),
+                lab.ready_report().boot_to_calico_ready_seconds
+            );
+            println!("  kubeconfig         {}", paths.kubeconfig().display());
+            println!("  inventory          {}", paths.inventory().display());
+            println!("  ssh key            {}", paths.ssh_key().display());
+            println!("  ssh known_hosts    {}", paths.known_hosts().display());
+            for node in &lab.topology().nodes {
+                println!(
+                    "  node {:<16} {}  pods {}",
+                    node.name,
+                    node.ip,
+                    node.pod_cidr()
+                );
+            }
+            println!(
+                "try: kubectl --kubeconfig {} get nodes -o wide",
+                paths.kubeconfig().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { name } => {
+            postflight_lab::teardown(&name);
+            println!("lab `{name}` is down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { name } => {
+            print!("{}", postflight_lab::status(&name)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::OsUpdate {
+            name,
+            node,
+            clobber_tmpfiles,
+        } => {
+            postflight_lab::os_update(&name, &node, clobber_tmpfiles)?;
+            if clobber_tmpfiles {
+                println!("{node}: /etc/tmpfiles.d/calico.conf replaced by the package default; takes effect at the next reboot");
+            } else {
+                println!("{node}: updated (nothing clobbered)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reboot { name, node } => {
+            postflight_lab::reboot(&name, &node)?;
+            println!("{node}: rebooting");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NodeExec {
+            name,
+            node,
+            command,
+        } => {
+            let status = postflight_lab::node_command(&name, &node, &command)?
+                .status()
+                .context("running the command on the node")?;
+            Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Command::Path { name } => {
+            println!("{}", postflight_lab::state_dir(&name)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon {
+            name,
+            block,
+            nodes,
+            state_dir,
+            timings,
+        } => {
+            let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(log_filter)
+                .with_ansi(false)
+                .init();
+            let timings: Timings = serde_json::from_str(&timings).context("parsing --timings")?;
+            let topology = Topology::new(&name, block, &state_dir, nodes);
+            let lab_binary = std::env::current_exe().context("locating this binary")?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(postflight_lab::daemon::run(
+                postflight_lab::daemon::DaemonArgs {
+                    topology,
+                    lab_binary,
+                    timings,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RequestReboot { state_dir, node } => {
+            postflight_lab::control::request(
+                &state_dir.join("control.sock"),
+                "POST",
+                &format!("/nodes/{node}/reboot"),
+            )
+            .map_err(anyhow::Error::msg)?;
+            // Like systemctl reboot: the caller's session ends with the machine.
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CalicoNode { args } => {
+            let code = if args
+                .iter()
+                .any(|a| a == "-bird-ready" || a == "--bird-ready")
+            {
+                postflight_lab::calico::bird_ready()
+            } else {
+                postflight_lab::calico::run()
+            };
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::Agnhost { args } => {
+            let Some(first) = args.first() else {
+                bail!("agnhost: name a subcommand (netexec, pause)")
+            };
+            match first.as_str() {
+                "netexec" => {
+                    let port = args
+                        .iter()
+                        .find_map(|a| a.strip_prefix("--http-port=").map(String::from))
+                        .or_else(|| {
+                            args.iter()
+                                .position(|a| a == "--http-port")
+                                .and_then(|i| args.get(i + 1).cloned())
+                        })
+                        .unwrap_or_else(|| "8080".into());
+                    let port: u16 = port.parse().context("--http-port")?;
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(postflight_lab::agnhost::netexec(port))?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                "pause" => loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                },
+                other => bail!("agnhost: the lab does not implement `{other}`"),
+            }
+        }
+    }
+}

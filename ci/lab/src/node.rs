@@ -1,0 +1,325 @@
+//! One lab node's host side: its network namespace, its root directory (with its own
+//! `/etc/tmpfiles.d` and a `/run` tmpfs rebuilt at every boot by the real
+//! `systemd-tmpfiles`), its boot ID, its OpenSSH server, and the `systemctl`/`reboot`
+//! commands a shell on the node sees.
+//!
+//! A process "on the node" runs in the node's network namespace and in a mount namespace
+//! where the node's `/run`, `/etc/tmpfiles.d`, `/proc/sys/kernel/random/boot_id` and a
+//! node-private `/usr/local/bin` are bind-mounted over the host's. `/usr/local/bin` comes
+//! first in sshd's default `PATH`, which is how `systemctl reboot` typed over SSH reaches
+//! the lab's reboot instead of the host's systemd.
+
+use crate::system::{self, io_context, shell_quote, Result};
+use crate::topology::{NodeSpec, Topology, CALICO_UID};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The tmpfiles.d line the incident's cluster was provisioned with.
+pub const HEALTHY_CALICO_TMPFILES: &str = "d /run/calico 0755 999 999 -\n";
+/// What the OS package ships, and what the incident's update put back.
+pub const PACKAGE_DEFAULT_CALICO_TMPFILES: &str = "d /run/calico 0700 root root -\n";
+
+pub struct NodePaths {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub run: PathBuf,
+    pub tmpfiles_dir: PathBuf,
+    pub calico_tmpfiles: PathBuf,
+    pub boot_id: PathBuf,
+    pub bin: PathBuf,
+    pub host_key: PathBuf,
+    pub sshd_config: PathBuf,
+    pub sshd_log: PathBuf,
+    /// Present while the lab holds the node down (it will not finish booting).
+    pub hold_flag: PathBuf,
+}
+
+impl NodePaths {
+    pub fn new(topology: &Topology, node: &NodeSpec) -> Self {
+        let dir = topology.node_dir(node);
+        let root = topology.node_root(node);
+        NodePaths {
+            run: root.join("run"),
+            tmpfiles_dir: root.join("etc/tmpfiles.d"),
+            calico_tmpfiles: root.join("etc/tmpfiles.d/calico.conf"),
+            boot_id: dir.join("boot_id"),
+            bin: dir.join("bin"),
+            host_key: dir.join("ssh/ssh_host_ed25519_key"),
+            sshd_config: dir.join("ssh/sshd_config"),
+            sshd_log: dir.join("sshd.log"),
+            hold_flag: dir.join("hold-down"),
+            root,
+            dir,
+        }
+    }
+}
+
+/// A command that runs `argv` on the node: in its network namespace `netns` (the node's
+/// own, or a pod's on that node) and in the node's mount and UTS view.
+pub fn enter_command(
+    topology: &Topology,
+    node: &NodeSpec,
+    netns: &str,
+    argv: &[String],
+) -> Command {
+    let paths = NodePaths::new(topology, node);
+    let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let script = format!(
+        "mount --bind {run} /run && mount --bind {tmpfiles} /etc/tmpfiles.d && \
+         mount --bind {boot_id} /proc/sys/kernel/random/boot_id && \
+         mount --bind {bin} /usr/local/bin && hostname {name} && exec \"$@\"",
+        run = q(&paths.run),
+        tmpfiles = q(&paths.tmpfiles_dir),
+        boot_id = q(&paths.boot_id),
+        bin = q(&paths.bin),
+        name = shell_quote(&node.name),
+    );
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("node-enter")
+        .args(argv);
+    command
+}
+
+/// Creates the node's files once, at `up`: directories, healthy tmpfiles.d, SSH host key,
+/// sshd configuration, and the lab's `systemctl`/`reboot`/`shutdown`.
+pub fn provision(
+    topology: &Topology,
+    node: &NodeSpec,
+    authorized_keys: &Path,
+    lab_binary: &Path,
+) -> Result<()> {
+    let paths = NodePaths::new(topology, node);
+    for dir in [
+        &paths.run,
+        &paths.tmpfiles_dir,
+        &paths.bin,
+        &paths.dir.join("ssh"),
+    ] {
+        io_context(std::fs::create_dir_all(dir), || {
+            format!("creating {}", dir.display())
+        })?;
+    }
+    write(&paths.calico_tmpfiles, HEALTHY_CALICO_TMPFILES)?;
+    // sshd needs its privilege-separation directory in the node's /run at every boot.
+    write(
+        &paths.tmpfiles_dir.join("sshd.conf"),
+        "d /run/sshd 0755 root root -\n",
+    )?;
+    if !paths.host_key.exists() {
+        system::run_args(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                &node.name,
+                "-f",
+                &paths.host_key.to_string_lossy(),
+            ],
+        )?;
+    }
+    let sshd_config = format!(
+        "ListenAddress {ip}\nPort 22\nHostKey {key}\nAuthorizedKeysFile {auth}\nStrictModes no\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+         UsePAM no\nPidFile none\nPrintMotd no\nLogLevel INFO\n",
+        ip = node.ip,
+        key = paths.host_key.display(),
+        auth = authorized_keys.display(),
+    );
+    write(&paths.sshd_config, &sshd_config)?;
+    let reboot = format!(
+        "exec {bin} request-reboot --state-dir {state} --node {node}\n",
+        bin = shell_quote(&lab_binary.to_string_lossy()),
+        state = shell_quote(&topology.state_dir.to_string_lossy()),
+        node = shell_quote(&node.name),
+    );
+    let systemctl = format!(
+        "#!/bin/sh\n# The lab's systemctl: only the verbs that restart the machine.\n\
+         for word in \"$@\"; do case \"$word\" in\n  reboot|kexec|soft-reboot) {reboot}  ;;\n\
+         esac; done\necho \"systemctl on a lab node only knows reboot\" >&2\nexit 1\n"
+    );
+    write_executable(&paths.bin.join("systemctl"), &systemctl)?;
+    write_executable(&paths.bin.join("reboot"), &format!("#!/bin/sh\n{reboot}"))?;
+    write_executable(
+        &paths.bin.join("shutdown"),
+        &format!("#!/bin/sh\ncase \" $* \" in *\" -r \"*) {reboot};; esac\necho 'only shutdown -r' >&2\nexit 1\n"),
+    )?;
+    Ok(())
+}
+
+fn write(path: &Path, contents: &str) -> Result<()> {
+    io_context(std::fs::write(path, contents), || {
+        format!("writing {}", path.display())
+    })
+}
+
+fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    write(path, contents)?;
+    io_context(
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)),
+        || format!("chmod {}", path.display()),
+    )
+}
+
+/// Creates the node's network namespace and its cable into the lab bridge.
+pub fn create_network(topology: &Topology, node: &NodeSpec) -> Result<()> {
+    let netns = topology.node_netns(node);
+    let bridge_port = format!("{}-v{}", topology.prefix(), node.index);
+    system::run_args("ip", &["netns", "add", &netns])?;
+    system::ip(
+        None,
+        &[
+            "link",
+            "add",
+            &bridge_port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
+        ],
+    )?;
+    system::ip(
+        None,
+        &[
+            "link",
+            "set",
+            &bridge_port,
+            "netns",
+            &topology.bridge_netns(),
+        ],
+    )?;
+    system::ip(
+        Some(&topology.bridge_netns()),
+        &["link", "set", &bridge_port, "master", "br0", "up"],
+    )?;
+    Ok(())
+}
+
+/// What a power-on gives the node before any service starts: interfaces up with the node
+/// address, forwarding on, a fresh `/run` built by `systemd-tmpfiles --boot` from the
+/// node's own tmpfiles.d, and a new boot ID.
+pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
+    let paths = NodePaths::new(topology, node);
+    let netns = topology.node_netns(node);
+    system::netns_sh(
+        &netns,
+        &format!(
+            "ip link set lo up; ip addr replace {ip}/24 dev eth0; ip link set eth0 up; \
+             sysctl -qw net.ipv4.ip_forward=1",
+            ip = node.ip
+        ),
+    )?;
+    system::unmount_below(&paths.run);
+    system::run_args(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=755,size=16m",
+            "tmpfs",
+            &paths.run.to_string_lossy(),
+        ],
+    )?;
+    system::run_args(
+        "systemd-tmpfiles",
+        &[
+            "--create",
+            "--boot",
+            &format!("--root={}", paths.root.display()),
+        ],
+    )?;
+    let boot_id = uuid::Uuid::new_v4().to_string();
+    write(&paths.boot_id, &format!("{boot_id}\n"))?;
+    Ok(boot_id)
+}
+
+/// What a power cut takes away: every process on the node and in its pods, the pods'
+/// network namespaces and veths, the routes and neighbour entries, and `/run`.
+pub fn power_off(topology: &Topology, node: &NodeSpec) {
+    let netns = topology.node_netns(node);
+    let pod_prefix = format!("{netns}-p");
+    for pod_netns in system::list_netns_with_prefix(&netns) {
+        if pod_netns.starts_with(&pod_prefix) {
+            system::delete_netns(&pod_netns);
+        }
+    }
+    system::kill_netns_processes(&netns);
+    let _ = system::netns_sh(
+        &netns,
+        "ip -4 route flush table main; ip neigh flush all; ip addr flush dev eth0",
+    );
+    system::unmount_below(&NodePaths::new(topology, node).run);
+}
+
+/// Starts the node's real sshd in the node's namespaces.
+pub fn start_sshd(topology: &Topology, node: &NodeSpec) -> std::io::Result<tokio::process::Child> {
+    let paths = NodePaths::new(topology, node);
+    let argv = vec![
+        "/usr/sbin/sshd".to_string(),
+        "-D".into(),
+        "-e".into(),
+        "-f".into(),
+        paths.sshd_config.to_string_lossy().into(),
+    ];
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.sshd_log)?;
+    let mut command: tokio::process::Command =
+        enter_command(topology, node, &topology.node_netns(node), &argv).into();
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    command.spawn()
+}
+
+/// Replaces the node's calico tmpfiles.d entry with the package default, as the
+/// incident's OS update did. Nothing changes on the running node until it reboots.
+pub fn clobber_tmpfiles(topology: &Topology, node: &NodeSpec) -> Result<()> {
+    write(
+        &NodePaths::new(topology, node).calico_tmpfiles,
+        PACKAGE_DEFAULT_CALICO_TMPFILES,
+    )
+}
+
+/// Whether UID 999 — calico-node's — can create files in the directory `dir` right now.
+pub fn calico_uid_can_use(dir: &Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    let probe = dir.join(".calico-node-write-test");
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "touch {p} && rm -f {p}",
+            p = shell_quote(&probe.to_string_lossy())
+        ))
+        .uid(CALICO_UID)
+        .gid(CALICO_UID)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

@@ -1,0 +1,142 @@
+//! The lab's naming and addressing plan: which names, namespaces and addresses a lab of a
+//! given name and size owns.
+//!
+//! Every address lies in 198.18.0.0/15 (RFC 2544, reserved for network testing). Each lab
+//! claims one *block* number so that several labs can run at once without sharing an
+//! address, a namespace or an interface name: nodes live in `198.18.<block>.0/24` and pod
+//! address blocks are `/26`s carved out of `198.19.<8*block>.0/21`, as Calico carves
+//! `/26` IPAM blocks out of its pool.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// A /21 per lab holds 32 /26 blocks, so a lab has at most this many nodes.
+pub const MAX_NODES: usize = 32;
+/// 198.19.0.0/16 split into /21s gives 32 labs.
+pub const MAX_LABS: u8 = 32;
+/// The BGP autonomous system of every node, Calico's default.
+pub const CALICO_AS: u32 = 64512;
+/// UID and GID calico-node runs as in the incident's cluster.
+pub const CALICO_UID: u32 = 999;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub index: usize,
+    pub ip: Ipv4Addr,
+    /// First address of the node's /26 pod block.
+    pub pod_block: Ipv4Addr,
+    pub control_plane: bool,
+}
+
+impl NodeSpec {
+    pub fn pod_cidr(&self) -> String {
+        format!("{}/26", self.pod_block)
+    }
+}
+
+/// Everything a lab's processes need to find each other; written to `topology.json` in
+/// the state directory, so the per-pod stand-ins read the same plan as the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Topology {
+    pub name: String,
+    pub block: u8,
+    pub state_dir: PathBuf,
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl Topology {
+    pub fn new(name: &str, block: u8, state_dir: &Path, node_count: usize) -> Self {
+        assert!(block < MAX_LABS, "block {block} is outside the lab range");
+        assert!((1..=MAX_NODES).contains(&node_count));
+        let nodes = (0..node_count)
+            .map(|index| {
+                let control_plane = index == 0;
+                let name = if control_plane {
+                    "k8s-control-01".to_string()
+                } else {
+                    format!("k8s-worker-{index:02}")
+                };
+                let pod_base = u32::from(Ipv4Addr::new(198, 19, block * 8, 0)) + 64 * index as u32;
+                NodeSpec {
+                    name,
+                    index,
+                    ip: Ipv4Addr::new(198, 18, block, 10 + index as u8),
+                    pod_block: Ipv4Addr::from(pod_base),
+                    control_plane,
+                }
+            })
+            .collect();
+        Topology {
+            name: name.into(),
+            block,
+            state_dir: state_dir.into(),
+            nodes,
+        }
+    }
+
+    /// The host's address on the lab bridge: the API server listens here for the nodes.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.block, 1)
+    }
+    pub fn node_subnet(&self) -> String {
+        format!("198.18.{}.0/24", self.block)
+    }
+    /// Prefix of every network namespace and host interface this lab makes.
+    pub fn prefix(&self) -> String {
+        format!("pf{}", self.block)
+    }
+    pub fn bridge_netns(&self) -> String {
+        format!("{}-br", self.prefix())
+    }
+    /// The host end of the veth into the lab bridge (interface names are at most 15 bytes).
+    pub fn host_veth(&self) -> String {
+        format!("{}-host", self.prefix())
+    }
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    pub fn node_netns(&self, node: &NodeSpec) -> String {
+        format!("{}-n{}", self.prefix(), node.index)
+    }
+    pub fn pod_netns(&self, node: &NodeSpec, sandbox: u64) -> String {
+        format!("{}-n{}-p{}", self.prefix(), node.index, sandbox)
+    }
+    pub fn node_dir(&self, node: &NodeSpec) -> PathBuf {
+        self.state_dir.join("nodes").join(&node.name)
+    }
+    pub fn node_root(&self, node: &NodeSpec) -> PathBuf {
+        self.node_dir(node).join("root")
+    }
+    pub fn topology_file(&self) -> PathBuf {
+        self.state_dir.join("topology.json")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_stay_inside_the_benchmark_range_and_do_not_overlap_between_labs() {
+        let a = Topology::new("a", 0, Path::new("/x"), MAX_NODES);
+        let b = Topology::new("b", MAX_LABS - 1, Path::new("/y"), MAX_NODES);
+        for t in [&a, &b] {
+            for n in &t.nodes {
+                let ip = u32::from(n.ip);
+                let pod = u32::from(n.pod_block);
+                let range = u32::from(Ipv4Addr::new(198, 18, 0, 0))
+                    ..=u32::from(Ipv4Addr::new(198, 19, 255, 255));
+                assert!(range.contains(&ip) && range.contains(&(pod + 63)));
+            }
+        }
+        let last_a = a.nodes.last().unwrap().pod_block;
+        assert!(u32::from(last_a) + 63 < u32::from(b.nodes[0].pod_block) || b.block != a.block + 1);
+        assert_eq!(a.nodes[3].name, "k8s-worker-03");
+        assert_eq!(b.nodes[31].pod_block, Ipv4Addr::new(198, 19, 255, 192));
+    }
+}
