@@ -105,8 +105,17 @@ pub fn run() -> i32 {
     1
 }
 
-/// `calico-node -bird-ready`: ready when BIRD answers and every BGP session is Established.
-pub fn bird_ready() -> i32 {
+/// `calico-node -bird-ready [-threshold-time=30s]`, as Calico decides it: BIRD must
+/// answer; while BIRD is younger than the threshold every BGP session must be
+/// Established (a node that just started must join the whole mesh); after that one dead
+/// peer no longer makes every other node unready, but a node with no session at all is.
+pub fn bird_ready(args: &[String]) -> i32 {
+    let threshold = args
+        .iter()
+        .find_map(|a| a.trim_start_matches('-').strip_prefix("threshold-time="))
+        .and_then(|t| t.trim_end_matches('s').parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(std::time::Duration::from_secs(30));
     let output = Command::new("birdc")
         .args(["-s", BIRD_SOCKET, "show", "protocols"])
         .output();
@@ -124,24 +133,39 @@ pub fn bird_ready() -> i32 {
             return 1;
         }
     };
-    let peers = load_topology()
-        .map(|t| t.nodes.len().saturating_sub(1))
-        .unwrap_or(1);
+    let peers = match load_topology() {
+        Ok(t) => t.nodes.len().saturating_sub(1),
+        Err(e) => {
+            eprintln!("calico/node is not ready: {e}");
+            return 1;
+        }
+    };
     let sessions: Vec<&str> = text
         .lines()
         .filter(|l| l.split_whitespace().nth(1) == Some("BGP"))
         .collect();
+    let established = sessions
+        .iter()
+        .filter(|l| l.contains("Established"))
+        .count();
     let down: Vec<&str> = sessions
         .iter()
         .filter(|l| !l.contains("Established"))
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
-    if sessions.len() < peers || !down.is_empty() {
-        eprintln!(
-            "calico/node is not ready: BIRD is not ready: BGP not established with {}",
-            down.join(",")
-        );
-        return 1;
+    let bird_age = std::fs::metadata(Path::new(RUN_DIR).join("bird.cfg"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
+    let whole_mesh = established == peers && down.is_empty();
+    let settled = bird_age > threshold && (peers == 0 || established > 0);
+    if whole_mesh || settled {
+        return 0;
     }
-    0
+    eprintln!(
+        "calico/node is not ready: BIRD is not ready: BGP not established with {}",
+        down.join(",")
+    );
+    1
 }

@@ -118,7 +118,7 @@ fn calico_daemonset() -> serde_json::Value {
                         "name": "calico-node", "image": CALICO_NODE_IMAGE,
                         "env": [{"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                                 {"name": "CALICO_NETWORKING_BACKEND", "value": "bird"}],
-                        "readinessProbe": {"exec": {"command": ["/bin/calico-node", "-bird-ready"]}, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 2},
+                        "readinessProbe": {"exec": {"command": ["/bin/calico-node", "-bird-ready", "-threshold-time=5s"]}, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 2},
                         "volumeMounts": [{"name": "var-run-calico", "mountPath": "/var/run/calico"}],
                     }],
                     "volumes": [{"name": "var-run-calico", "hostPath": {"path": "/var/run/calico", "type": "DirectoryOrCreate"}}],

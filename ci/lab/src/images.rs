@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+#[derive(Debug)]
 pub enum Image {
     /// calico/node: the stand-in in `calico.rs`, which runs the real BIRD.
     CalicoNode,

@@ -314,14 +314,11 @@ impl Runtime {
             self.remove_sandbox(&uid);
         }
         for (uid, pod) in desired {
-            if !workers.0.contains_key(&uid) {
+            workers.0.entry(uid).or_insert_with(|| {
                 let runtime = self.clone();
                 let node = node.clone();
-                workers.0.insert(
-                    uid,
-                    tokio::spawn(async move { runtime.run_pod(node, pod).await }),
-                );
-            }
+                tokio::spawn(async move { runtime.run_pod(node, pod).await })
+            });
         }
     }
 
@@ -759,12 +756,16 @@ impl Runtime {
                     .collect();
                 let image = images::identify(&image_name).unwrap_or(Image::Shell);
                 let argv = images::map_binary(&image, argv, &self.lab_binary);
-                tokio::process::Command::from(node::enter_command(
+                let mut command = tokio::process::Command::from(node::enter_command(
                     &self.topology,
                     &node,
                     &sandbox.netns,
                     &argv,
-                ))
+                ));
+                command
+                    .env_clear()
+                    .envs(self.container_env(&pod, &container, &sandbox, &node));
+                command
             } else if let Some(port) = probe["httpGet"]["port"].as_u64() {
                 let path = probe["httpGet"]["path"].as_str().unwrap_or("/");
                 let url = format!("http://{}:{port}{path}", sandbox.ip);

@@ -226,7 +226,6 @@ impl Lab {
             context: "creating the lab registry".into(),
             source: e,
         })?;
-        let block = claim_block(name)?;
         let state_dir = config
             .state_dir
             .clone()
@@ -237,13 +236,8 @@ impl Lab {
             source: e,
         })?;
         let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
-        let mut entry = RegistryEntry {
-            name: name.clone(),
-            block,
-            state_dir: state_dir.clone(),
-            pid: None,
-        };
-        write_entry(&entry);
+        let mut entry = claim_block(name, &state_dir)?;
+        let block = entry.block;
         let topology = Topology::new(name, block, &state_dir, config.nodes);
         let paths = LabPaths::new(&state_dir);
         let binary = lab_binary(config.binary.as_deref());
@@ -385,39 +379,44 @@ fn write_entry(entry: &RegistryEntry) {
     );
 }
 
-fn claim_block(name: &str) -> Result<u8> {
+/// Claims a free address block and registers the lab, under an exclusive lock so that
+/// labs started at the same moment never share a block. A claim whose lab is gone (no
+/// live process owns it) is stale and is taken over.
+fn claim_block(name: &str, state_dir: &Path) -> Result<RegistryEntry> {
+    let io = |context: &str, source| {
+        LabError::System(system::SystemError::Io {
+            context: context.into(),
+            source,
+        })
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(registry_dir().join(".lock"))
+        .map_err(|e| io("opening the registry lock", e))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io("locking the registry", e.into()))?;
     for block in 0..MAX_LABS {
         let path = block_file(block);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                use std::io::Write;
-                let _ = file.write_all(name.as_bytes());
-                return Ok(block);
+        if let Ok(owner) = std::fs::read_to_string(&path) {
+            let alive = read_entry(owner.trim())
+                .and_then(|e| e.pid)
+                .is_some_and(process_alive);
+            if alive {
+                continue;
             }
-            Err(_) => {
-                // A claim whose lab is gone (crashed, no daemon) is stale: reclaim it.
-                let owner = std::fs::read_to_string(&path).unwrap_or_default();
-                let alive = read_entry(owner.trim())
-                    .and_then(|e| e.pid)
-                    .is_some_and(process_alive);
-                if !alive && !system::netns_exists(&format!("pf{block}-br")) {
-                    let _ = std::fs::remove_file(&path);
-                    if let Ok(mut file) = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                    {
-                        use std::io::Write;
-                        let _ = file.write_all(name.as_bytes());
-                        return Ok(block);
-                    }
-                }
-            }
+            teardown(owner.trim());
         }
+        std::fs::write(&path, name).map_err(|e| io("claiming an address block", e))?;
+        let entry = RegistryEntry {
+            name: name.into(),
+            block,
+            state_dir: state_dir.into(),
+            pid: Some(std::process::id()),
+        };
+        write_entry(&entry);
+        return Ok(entry);
     }
     Err(LabError::NoFreeBlock(MAX_LABS))
 }

@@ -245,7 +245,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 .iter()
                 .any(|a| a == "-bird-ready" || a == "--bird-ready")
             {
-                postflight_lab::calico::bird_ready()
+                postflight_lab::calico::bird_ready(&args)
             } else {
                 postflight_lab::calico::run()
             };

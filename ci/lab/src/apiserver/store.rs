@@ -76,6 +76,12 @@ pub struct Event {
     pub object: Value,
 }
 
+/// What a watch starts from: the changes still in history, and the live feed.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+/// What a watch starts from: the changes still in history, and the live feed.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 type ObjectKey = (String, String); // (namespace, name); namespace is "" for cluster scope
 
 struct Inner {
@@ -349,10 +355,7 @@ impl Store {
 
     /// Changes after `since` still in history, and a live feed of what comes next.
     /// Subscribing under the lock means no change falls between the two.
-    pub fn watch_since(
-        &self,
-        since: u64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn watch_since(&self, since: u64) -> Result<WatchStart, ApiError> {
         let inner = self.inner.lock().unwrap();
         let receiver = self.events.subscribe();
         let oldest_kept = inner

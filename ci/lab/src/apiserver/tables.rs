@@ -159,7 +159,8 @@ fn daemonset_row(ds: &Value) -> Vec<Value> {
 }
 
 pub fn table(resource_key: &str, objects: &[Value], revision: u64) -> Value {
-    let (columns, row): (Vec<Value>, fn(&Value) -> Vec<Value>) = match resource_key {
+    type RowPrinter = fn(&Value) -> Vec<Value>;
+    let (columns, row): (Vec<Value>, RowPrinter) = match resource_key {
         "pods" => (
             vec![
                 column("Name", "string", 0),
