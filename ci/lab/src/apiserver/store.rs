@@ -79,9 +79,6 @@ pub struct Event {
 /// What a watch starts from: the changes still in history, and the live feed.
 pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 
-/// What a watch starts from: the changes still in history, and the live feed.
-pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
-
 type ObjectKey = (String, String); // (namespace, name); namespace is "" for cluster scope
 
 struct Inner {
