@@ -795,11 +795,12 @@ impl Runtime {
                 .kill_on_drop(true);
             let passed = matches!(tokio::time::timeout(timeout + Duration::from_secs(2), command.status()).await, Ok(Ok(s)) if s.success());
             failures = if passed { 0 } else { failures + 1 };
-            let now_ready = passed || (ready && failures < failure_threshold);
-            if now_ready != ready {
-                ready = now_ready;
-                self.set_container_status(&pod, &container_name, |s| s["ready"] = json!(ready));
-            }
+            ready = passed || (ready && failures < failure_threshold);
+            // Published every period, not only on a change, as the kubelet's status
+            // manager reconciles: the node lifecycle controller may have marked the pod
+            // unready while this node's heartbeat was late, and a change-only update
+            // would leave it unready for good. An unchanged status is not written.
+            self.set_container_status(&pod, &container_name, |s| s["ready"] = json!(ready));
             tokio::time::sleep(period).await;
         }
     }
