@@ -1,1 +1,15 @@
+//! postflight proves that a Kubernetes node running Calico is really back after an OS
+//! update rebooted it: Ready on a new boot, calico-node Ready and not crash-looping, the
+//! host state Calico needs intact, and pods on it reaching pods on every other node.
+//!
+//! Data flows one way: [`inventory`] → [`gate`] (which orders actions against the
+//! cluster through [`cluster`] and on the hosts through [`host`]) → verdicts with
+//! evidence from [`checks`] and root-cause hints from [`diagnose`] → [`report`].
 
+pub mod checks;
+pub mod cluster;
+pub mod diagnose;
+pub mod gate;
+pub mod host;
+pub mod inventory;
+pub mod report;

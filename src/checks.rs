@@ -1,0 +1,593 @@
+//! The checks: each turns what was observed on the cluster and the node into a verdict
+//! with evidence (observed vs expected). They decide; they do no I/O, print nothing and
+//! never exit, so every verdict is unit-testable. The names are stable: they are the
+//! JUnit testcase names CI servers trend across runs.
+
+use crate::diagnose::Diagnosis;
+use crate::inventory::CalicoExpectations;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckName {
+    NodeReadyAfterReboot,
+    BootIdChanged,
+    CalicoNodeReady,
+    CalicoNodeNotCrashlooping,
+    TmpfilesConfigPresent,
+    RunDirPermissions,
+    SameNodePodConnectivity,
+    CrossNodePodConnectivity,
+}
+
+impl CheckName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckName::NodeReadyAfterReboot => "node_ready_after_reboot",
+            CheckName::BootIdChanged => "boot_id_changed",
+            CheckName::CalicoNodeReady => "calico_node_ready",
+            CheckName::CalicoNodeNotCrashlooping => "calico_node_not_crashlooping",
+            CheckName::TmpfilesConfigPresent => "tmpfiles_config_present",
+            CheckName::RunDirPermissions => "run_dir_permissions",
+            CheckName::SameNodePodConnectivity => "same_node_pod_connectivity",
+            CheckName::CrossNodePodConnectivity => "cross_node_pod_connectivity",
+        }
+    }
+
+    /// The checks of `verify`, in report order.
+    pub fn for_verify(reboot: bool) -> Vec<CheckName> {
+        use CheckName::*;
+        let mut names = vec![NodeReadyAfterReboot];
+        if reboot {
+            names.push(BootIdChanged);
+        }
+        names.extend([
+            CalicoNodeReady,
+            CalicoNodeNotCrashlooping,
+            TmpfilesConfigPresent,
+            RunDirPermissions,
+            SameNodePodConnectivity,
+            CrossNodePodConnectivity,
+        ]);
+        names
+    }
+}
+
+impl fmt::Display for CheckName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Passed; Failed — the node is broken; Error — the check could not run, so nothing is
+/// known about what it checks (JUnit `<error>`, exit code 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "message", rename_all = "snake_case")]
+pub enum Verdict {
+    Passed,
+    Failed(String),
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    pub what: String,
+    pub observed: String,
+    pub expected: String,
+}
+
+impl Evidence {
+    pub fn new(
+        what: impl Into<String>,
+        observed: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        Evidence {
+            what: what.into(),
+            observed: observed.into(),
+            expected: expected.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: CheckName,
+    pub node: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub evidence: Vec<Evidence>,
+    /// Further material for a reader: log tails, command output.
+    pub details: Vec<String>,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+    pub diagnosis: Option<Diagnosis>,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((duration.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+impl CheckResult {
+    pub fn new(
+        name: CheckName,
+        node: &str,
+        verdict: Verdict,
+        evidence: Vec<Evidence>,
+        duration: Duration,
+    ) -> Self {
+        CheckResult {
+            name,
+            node: node.into(),
+            verdict,
+            evidence,
+            details: Vec::new(),
+            duration,
+            diagnosis: None,
+        }
+    }
+    pub fn error(
+        name: CheckName,
+        node: &str,
+        message: impl Into<String>,
+        duration: Duration,
+    ) -> Self {
+        Self::new(
+            name,
+            node,
+            Verdict::Error(message.into()),
+            Vec::new(),
+            duration,
+        )
+    }
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Passed
+    }
+}
+
+pub type Judgement = (Verdict, Vec<Evidence>);
+
+pub fn judge_node_ready(node: &Node) -> Judgement {
+    let condition = crate::cluster::describe_ready_condition(node);
+    let evidence = vec![Evidence::new("Ready condition", &condition, "Ready=True")];
+    if crate::cluster::node_ready(node) {
+        (Verdict::Passed, evidence)
+    } else {
+        (
+            Verdict::Failed(format!("node is not Ready: {condition}")),
+            evidence,
+        )
+    }
+}
+
+pub fn judge_boot_id(before: &str, after: &str) -> Judgement {
+    let evidence = vec![Evidence::new(
+        "bootID",
+        after,
+        format!("different from {before}"),
+    )];
+    if before != after && !after.is_empty() {
+        (Verdict::Passed, evidence)
+    } else {
+        (
+            Verdict::Failed(format!(
+                "boot ID is still {before}: the node did not reboot"
+            )),
+            evidence,
+        )
+    }
+}
+
+/// What was seen of calico-node on the node when waiting for it ended.
+#[derive(Debug, Clone, Default)]
+pub struct CalicoObservation {
+    pub pod: Option<Pod>,
+    /// A known fatal line from its logs, which ends the wait at once.
+    pub fatal_log_line: Option<String>,
+    /// The wait hit its deadline.
+    pub timed_out: Option<Duration>,
+}
+
+fn container_summary(pod: &Pod) -> String {
+    let Some(status) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+    else {
+        return "no container status".into();
+    };
+    let state = status.state.as_ref();
+    let state = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+        format!("waiting ({})", waiting.reason.clone().unwrap_or_default())
+    } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
+        format!("terminated (exit {})", terminated.exit_code)
+    } else if state.and_then(|s| s.running.as_ref()).is_some() {
+        "running".into()
+    } else {
+        "unknown".into()
+    };
+    format!(
+        "{state}, ready={}, restarts={}",
+        status.ready, status.restart_count
+    )
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+pub fn judge_calico_ready(observation: &CalicoObservation, node: &str) -> Judgement {
+    let Some(pod) = &observation.pod else {
+        let message = format!("no calico-node pod on {node}");
+        return (
+            Verdict::Failed(message),
+            vec![Evidence::new("calico-node pod", "none", "one, Ready")],
+        );
+    };
+    let mut evidence = vec![Evidence::new(
+        format!("pod {}", pod_name(pod)),
+        container_summary(pod),
+        "running, ready=true",
+    )];
+    if let Some(line) = &observation.fatal_log_line {
+        evidence.push(Evidence::new("log", line.as_str(), "no fatal error"));
+        return (
+            Verdict::Failed(format!("calico-node {} is failing: {line}", pod_name(pod))),
+            evidence,
+        );
+    }
+    if crate::cluster::pod_ready(pod) {
+        return (Verdict::Passed, evidence);
+    }
+    let waited = observation
+        .timed_out
+        .map(|d| format!(" within {}", humantime::format_duration(d)))
+        .unwrap_or_default();
+    (
+        Verdict::Failed(format!(
+            "calico-node {} did not become Ready{waited}: {}",
+            pod_name(pod),
+            container_summary(pod)
+        )),
+        evidence,
+    )
+}
+
+/// A crash loop: the container waits in CrashLoopBackOff, or it last died with an error
+/// after the node became Ready (a restart caused by the reboot itself does not count).
+pub fn judge_crashloop(
+    pod: Option<&Pod>,
+    ready_since: Option<&k8s_openapi::jiff::Timestamp>,
+) -> Judgement {
+    let Some(pod) = pod else {
+        return (
+            Verdict::Failed("no calico-node pod on the node".into()),
+            vec![Evidence::new("calico-node pod", "none", "one")],
+        );
+    };
+    let evidence = vec![Evidence::new(
+        format!("pod {}", pod_name(pod)),
+        container_summary(pod),
+        "running, not restarting",
+    )];
+    let status = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first());
+    let Some(status) = status else {
+        return (
+            Verdict::Failed("calico-node has no container status".into()),
+            evidence,
+        );
+    };
+    let waiting = status
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.reason.clone());
+    if waiting.as_deref() == Some("CrashLoopBackOff") {
+        return (
+            Verdict::Failed(format!(
+                "calico-node {} is in CrashLoopBackOff after {} restarts",
+                pod_name(pod),
+                status.restart_count
+            )),
+            evidence,
+        );
+    }
+    if let Some(terminated) = status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)
+    {
+        let message = format!(
+            "calico-node {} exited with code {} and is not running",
+            pod_name(pod),
+            terminated.exit_code
+        );
+        return (Verdict::Failed(message), evidence);
+    }
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
+    if let Some(last) = last.filter(|t| t.exit_code != 0 && t.reason.as_deref() == Some("Error")) {
+        let after_ready = match (last.finished_at.as_ref(), ready_since) {
+            (Some(finished), Some(since)) => finished.0 >= *since,
+            _ => true,
+        };
+        if after_ready {
+            return (
+                Verdict::Failed(format!(
+                    "calico-node {} restarted after exiting with code {}",
+                    pod_name(pod),
+                    last.exit_code
+                )),
+                evidence,
+            );
+        }
+    }
+    (Verdict::Passed, evidence)
+}
+
+/// `tmpfiles_config_present`: the file exists and has the expected line (whitespace
+/// between fields does not matter, as systemd-tmpfiles reads it).
+pub fn judge_tmpfiles(content: Option<&str>, expected: &CalicoExpectations) -> Judgement {
+    let file = &expected.tmpfiles_file;
+    let want = normalise(&expected.tmpfiles_line);
+    let Some(content) = content else {
+        return (
+            Verdict::Failed(format!("{file} does not exist")),
+            vec![Evidence::new(
+                file.as_str(),
+                "missing",
+                format!("contains `{want}`"),
+            )],
+        );
+    };
+    let lines: Vec<String> = content
+        .lines()
+        .map(normalise)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let observed = if lines.is_empty() {
+        "(empty)".to_string()
+    } else {
+        lines.join(" | ")
+    };
+    let evidence = vec![Evidence::new(
+        file.as_str(),
+        observed,
+        format!("contains `{want}`"),
+    )];
+    if lines.contains(&want) {
+        (Verdict::Passed, evidence)
+    } else {
+        (Verdict::Failed(format!("{file} lacks `{want}`")), evidence)
+    }
+}
+
+fn normalise(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The run directory as `stat -c '%a %u %g'` printed it; None when it does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDirStat {
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunDirStat {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let (mode, uid, gid) = (
+            words.next()?,
+            words.next()?.parse().ok()?,
+            words.next()?.parse().ok()?,
+        );
+        Some(RunDirStat {
+            mode: mode.into(),
+            uid,
+            gid,
+        })
+    }
+}
+
+impl fmt::Display for RunDirStat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.mode, self.uid, self.gid)
+    }
+}
+
+pub fn judge_run_dir(stat: Option<&RunDirStat>, expected: &CalicoExpectations) -> Judgement {
+    let want = RunDirStat {
+        mode: expected.mode(),
+        uid: expected.run_dir_owner,
+        gid: expected.run_dir_group,
+    };
+    let what = format!("{} (mode uid gid)", expected.run_dir);
+    match stat {
+        None => (
+            Verdict::Failed(format!("{} does not exist", expected.run_dir)),
+            vec![Evidence::new(what, "missing", want.to_string())],
+        ),
+        Some(stat) if *stat == want => (
+            Verdict::Passed,
+            vec![Evidence::new(what, stat.to_string(), want.to_string())],
+        ),
+        Some(stat) => (
+            Verdict::Failed(format!(
+                "{} is {stat}, expected {want}: calico-node (uid {}) cannot use it",
+                expected.run_dir, want.uid
+            )),
+            vec![Evidence::new(what, stat.to_string(), want.to_string())],
+        ),
+    }
+}
+
+/// One probe: a curl from one probe pod to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeOutcome {
+    pub from_node: String,
+    pub from_pod: String,
+    pub to_node: String,
+    pub to_pod: String,
+    pub url: String,
+    /// Ok(HTTP status) or Err(what the client said).
+    pub result: Result<u16, String>,
+    pub attempts: u32,
+}
+
+impl ProbeOutcome {
+    pub fn succeeded(&self) -> bool {
+        matches!(self.result, Ok(code) if (200..400).contains(&code))
+    }
+    pub fn describe(&self) -> String {
+        let outcome = match &self.result {
+            Ok(code) => format!("HTTP {code}"),
+            Err(error) => error.clone(),
+        };
+        format!(
+            "{}/{} → {}/{} ({}): {outcome}",
+            self.from_node, self.from_pod, self.to_node, self.to_pod, self.url
+        )
+    }
+}
+
+pub fn judge_connectivity(outcomes: &[ProbeOutcome], what: &str) -> Judgement {
+    if outcomes.is_empty() {
+        return (
+            Verdict::Error(format!("no {what} probe could run")),
+            Vec::new(),
+        );
+    }
+    let failed: Vec<&ProbeOutcome> = outcomes.iter().filter(|o| !o.succeeded()).collect();
+    let evidence = outcomes
+        .iter()
+        .map(|o| {
+            let pair = format!(
+                "{}/{} → {}/{} ({})",
+                o.from_node, o.from_pod, o.to_node, o.to_pod, o.url
+            );
+            let observed = match &o.result {
+                Ok(code) => format!("HTTP {code}"),
+                Err(error) => error.clone(),
+            };
+            let tries = if o.attempts > 1 {
+                format!(" after {} attempts", o.attempts)
+            } else {
+                String::new()
+            };
+            Evidence::new(pair, format!("{observed}{tries}"), "HTTP 2xx or 3xx")
+        })
+        .collect();
+    if failed.is_empty() {
+        (Verdict::Passed, evidence)
+    } else {
+        let lines: Vec<String> = failed.iter().map(|o| o.describe()).collect();
+        (
+            Verdict::Failed(format!(
+                "{} of {} {what} probes failed: {}",
+                failed.len(),
+                outcomes.len(),
+                lines.join("; ")
+            )),
+            evidence,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expectations() -> CalicoExpectations {
+        CalicoExpectations::default()
+    }
+
+    #[test]
+    fn run_dir_verdicts_carry_observed_and_expected() {
+        let (verdict, evidence) =
+            judge_run_dir(RunDirStat::parse("700 0 0\n").as_ref(), &expectations());
+        assert!(
+            matches!(verdict, Verdict::Failed(ref m) if m.contains("700 0 0") && m.contains("755 999 999")),
+            "{verdict:?}"
+        );
+        assert_eq!(
+            (evidence[0].observed.as_str(), evidence[0].expected.as_str()),
+            ("700 0 0", "755 999 999")
+        );
+        assert_eq!(
+            judge_run_dir(RunDirStat::parse("755 999 999").as_ref(), &expectations()).0,
+            Verdict::Passed
+        );
+        assert!(matches!(
+            judge_run_dir(None, &expectations()).0,
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn tmpfiles_line_matches_regardless_of_spacing_and_comments() {
+        let good = "# Calico\nd   /run/calico  0755 999 999 -\n";
+        assert_eq!(
+            judge_tmpfiles(Some(good), &expectations()).0,
+            Verdict::Passed
+        );
+        let clobbered = "d /run/calico 0700 root root -\n";
+        let (verdict, evidence) = judge_tmpfiles(Some(clobbered), &expectations());
+        assert!(matches!(verdict, Verdict::Failed(_)));
+        assert_eq!(evidence[0].observed, "d /run/calico 0700 root root -");
+        assert!(
+            matches!(judge_tmpfiles(None, &expectations()).0, Verdict::Failed(ref m) if m.contains("does not exist"))
+        );
+    }
+
+    #[test]
+    fn connectivity_failure_names_every_failed_pair_with_the_client_error() {
+        let ok = ProbeOutcome {
+            from_node: "w3".into(),
+            from_pod: "p3".into(),
+            to_node: "w2".into(),
+            to_pod: "p2".into(),
+            url: "http://198.19.0.2:8080/".into(),
+            result: Ok(200),
+            attempts: 1,
+        };
+        let bad = ProbeOutcome {
+            to_node: "w1".into(),
+            to_pod: "p1".into(),
+            url: "http://198.19.0.1:8080/".into(),
+            result: Err("curl: (28) timeout".into()),
+            ..ok.clone()
+        };
+        let (verdict, _) = judge_connectivity(&[ok.clone(), bad], "cross-node");
+        let Verdict::Failed(message) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert!(
+            message.contains("w3/p3 → w1/p1 (http://198.19.0.1:8080/): curl: (28) timeout"),
+            "{message}"
+        );
+        assert!(!message.contains("w2/p2"));
+        assert_eq!(judge_connectivity(&[ok], "cross-node").0, Verdict::Passed);
+        assert!(matches!(
+            judge_connectivity(&[], "cross-node").0,
+            Verdict::Error(_)
+        ));
+    }
+
+    #[test]
+    fn boot_id_must_change() {
+        assert_eq!(judge_boot_id("a", "b").0, Verdict::Passed);
+        assert!(matches!(judge_boot_id("a", "a").0, Verdict::Failed(_)));
+    }
+}

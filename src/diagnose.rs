@@ -1,0 +1,154 @@
+//! Known failure signatures, mapped to a root cause an on-call engineer can act on and
+//! the exact commands that fix it. A signature matches on evidence already collected
+//! (log lines, `stat` of the run directory, the tmpfiles.d file); nothing here does I/O.
+
+use crate::checks::RunDirStat;
+use crate::inventory::CalicoExpectations;
+use serde::Serialize;
+
+/// Log lines with which calico-node tells it cannot start; seeing one ends the wait for
+/// calico-node Ready at once.
+const FATAL_CALICO_LOG_MARKERS: &[&str] = &[
+    "permission denied on /var/run/calico",
+    "permission denied on /run/calico",
+    "Failed to initialize BIRD",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnosis {
+    pub root_cause: String,
+    pub remediation: Vec<String>,
+    pub prevention: Option<String>,
+}
+
+/// The first known fatal line in a calico-node log.
+pub fn fatal_calico_log_line(log: &str) -> Option<String> {
+    log.lines()
+        .find(|line| {
+            FATAL_CALICO_LOG_MARKERS
+                .iter()
+                .any(|marker| line.contains(marker))
+        })
+        .map(|l| l.trim().to_string())
+}
+
+/// What the diagnosis can use; each piece is optional because collection may fail.
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    pub node: String,
+    pub calico_pod: Option<String>,
+    pub calico_namespace: String,
+    pub fatal_log_line: Option<String>,
+    pub run_dir: Option<RunDirStat>,
+    pub run_dir_missing: bool,
+    /// Some(None): the file does not exist.
+    pub tmpfiles_content: Option<Option<String>>,
+}
+
+pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
+    let wanted_stat = RunDirStat {
+        mode: expected.mode(),
+        uid: expected.run_dir_owner,
+        gid: expected.run_dir_group,
+    };
+    let run_dir_wrong =
+        findings.run_dir_missing || findings.run_dir.as_ref().is_some_and(|s| *s != wanted_stat);
+    let permission_denied = findings
+        .fatal_log_line
+        .as_ref()
+        .is_some_and(|l| l.contains("permission denied"));
+    let tmpfiles_clobbered = match &findings.tmpfiles_content {
+        Some(Some(content)) => {
+            crate::checks::judge_tmpfiles(Some(content), expected).0
+                != crate::checks::Verdict::Passed
+        }
+        Some(None) => true,
+        None => false,
+    };
+    let node = &findings.node;
+    let file = &expected.tmpfiles_file;
+    let delete_pod = match &findings.calico_pod {
+        Some(pod) => format!("kubectl -n {} delete pod {pod}", findings.calico_namespace),
+        None => format!(
+            "kubectl -n {} delete pod -l {} --field-selector spec.nodeName={node}",
+            findings.calico_namespace, expected.selector
+        ),
+    };
+    let observed = findings
+        .run_dir
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "missing".into());
+    if (permission_denied || run_dir_wrong) && tmpfiles_clobbered {
+        return Some(Diagnosis {
+            root_cause: format!(
+                "the tmpfiles.d entry for Calico was replaced (package update?): {file} no longer has `{}`, so at boot systemd-tmpfiles made {} as {observed} and calico-node (uid {}) cannot use it",
+                expected.tmpfiles_line, expected.run_dir, expected.run_dir_owner
+            ),
+            remediation: vec![
+                format!("ssh {node} \"echo '{}' | sudo tee {file}\"", expected.tmpfiles_line),
+                format!("ssh {node} sudo systemd-tmpfiles --create {file}"),
+                delete_pod,
+            ],
+            prevention: Some(format!(
+                "put {file} into node provisioning (configuration management owns it, the OS package does not), and run `postflight drift` before every rolling update: every node updated with the same package carries the same fault until its next reboot"
+            )),
+        });
+    }
+    if permission_denied || run_dir_wrong {
+        return Some(Diagnosis {
+            root_cause: format!(
+                "{} is {observed} (expected {wanted_stat}) although {file} is right: something changed it after boot",
+                expected.run_dir
+            ),
+            remediation: vec![format!("ssh {node} sudo systemd-tmpfiles --create {file}"), delete_pod],
+            prevention: Some("find what changes the directory's mode or owner after boot (a hardening script, a security agent)".into()),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incident_is_named_with_its_fix_and_prevention() {
+        let findings = Findings {
+            node: "k8s-worker-03".into(),
+            calico_pod: Some("calico-node-x1".into()),
+            calico_namespace: "kube-system".into(),
+            fatal_log_line: fatal_calico_log_line("start\n[FATAL] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico\n"),
+            run_dir: RunDirStat::parse("700 0 0"),
+            run_dir_missing: false,
+            tmpfiles_content: Some(Some("d /run/calico 0700 root root -\n".into())),
+        };
+        let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
+        assert!(
+            diagnosis
+                .root_cause
+                .contains("tmpfiles.d entry for Calico was replaced"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert_eq!(diagnosis.remediation.len(), 3);
+        assert!(diagnosis.remediation[1]
+            .contains("systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"));
+        assert_eq!(
+            diagnosis.remediation[2],
+            "kubectl -n kube-system delete pod calico-node-x1"
+        );
+        assert!(diagnosis.prevention.unwrap().contains("provisioning"));
+    }
+
+    #[test]
+    fn a_healthy_node_has_no_diagnosis() {
+        let findings = Findings {
+            node: "n".into(),
+            run_dir: RunDirStat::parse("755 999 999"),
+            tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -".into())),
+            ..Default::default()
+        };
+        assert_eq!(diagnose(&findings, &CalicoExpectations::default()), None);
+    }
+}

@@ -1,0 +1,368 @@
+//! Running commands on nodes. A [`Transport`] runs one shell command on one node and
+//! returns its output and exit status; [`SshTransport`] does it over SSH with libssh2,
+//! verifying the host key against known_hosts every time (an unknown or changed key is
+//! refused before anything runs). Every word of a command is shell-quoted by
+//! [`ShellCommand`], so a hostile path or node name cannot inject.
+
+use crate::inventory::{Become, SshTarget};
+use std::future::Future;
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::pin::Pin;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{node}: cannot connect to {address}: {reason}")]
+    Connect {
+        node: String,
+        address: String,
+        reason: String,
+    },
+    #[error("{node}: host key of {address} is not in {known_hosts}: refusing to connect (add the node's real key first)")]
+    UnknownHostKey {
+        node: String,
+        address: String,
+        known_hosts: String,
+    },
+    #[error("{node}: HOST KEY MISMATCH for {address} (known_hosts: {known_hosts}): the node's key changed or someone is impersonating it; refusing to connect")]
+    HostKeyMismatch {
+        node: String,
+        address: String,
+        known_hosts: String,
+    },
+    #[error("{node}: cannot read known_hosts {known_hosts}: {reason}")]
+    KnownHosts {
+        node: String,
+        known_hosts: String,
+        reason: String,
+    },
+    #[error("{node}: SSH authentication as {user} failed: {reason}")]
+    Authentication {
+        node: String,
+        user: String,
+        reason: String,
+    },
+    #[error("{node}: `{command}` failed over SSH: {reason}")]
+    Session {
+        node: String,
+        command: String,
+        reason: String,
+    },
+    #[error("{node}: `{command}` did not finish within {timeout:?}")]
+    Timeout {
+        node: String,
+        command: String,
+        timeout: Duration,
+    },
+}
+
+/// A command line whose every word is quoted for a POSIX shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCommand {
+    words: Vec<String>,
+    /// Trusted shell text from the inventory (the reboot command), run as written.
+    raw: Option<String>,
+}
+
+impl ShellCommand {
+    pub fn new<S: Into<String>>(program: S) -> Self {
+        ShellCommand {
+            words: vec![program.into()],
+            raw: None,
+        }
+    }
+    pub fn arg<S: Into<String>>(mut self, word: S) -> Self {
+        self.words.push(word.into());
+        self
+    }
+    /// A command written by the operator in the inventory, e.g. the reboot command.
+    pub fn operator_text(text: &str) -> Self {
+        ShellCommand {
+            words: Vec::new(),
+            raw: Some(text.to_string()),
+        }
+    }
+    /// The command line as the remote shell will read it.
+    pub fn render(&self, become_method: Option<Become>) -> String {
+        let line = match &self.raw {
+            Some(raw) => raw.clone(),
+            None => self
+                .words
+                .iter()
+                .map(|w| shell_escape::unix::escape(w.into()).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        match become_method {
+            Some(Become::Sudo) => format!(
+                "sudo -n -- sh -c {}",
+                shell_escape::unix::escape(line.into())
+            ),
+            None => line,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_status: i32,
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.exit_status == 0
+    }
+}
+
+/// What became of a command that may take the machine down with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebootOutcome {
+    /// The connection dropped or the command returned 0: the machine is going down.
+    Issued,
+    /// The command ran and refused (non-zero exit): the machine is not rebooting.
+    Refused(CommandOutput),
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One way to run commands on a node (SSH; later `docker exec` for kind, a node-shell pod).
+pub trait Transport: Send + Sync {
+    /// Runs a command and waits for it to finish.
+    fn run<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<CommandOutput, HostError>>;
+    /// Runs a command that reboots the node: the connection dropping is success.
+    fn reboot<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<RebootOutcome, HostError>>;
+}
+
+pub struct SshTransport {
+    target: SshTarget,
+    timeout: Duration,
+}
+
+impl SshTransport {
+    pub fn new(target: SshTarget, timeout: Duration) -> Self {
+        SshTransport { target, timeout }
+    }
+
+    fn address(&self) -> String {
+        format!("{}:{}", self.target.host, self.target.port)
+    }
+
+    /// Connects, verifies the host key, authenticates. Nothing runs before this passes.
+    fn connect(&self) -> Result<ssh2::Session, HostError> {
+        let target = &self.target;
+        let connect_error = |reason: String| HostError::Connect {
+            node: target.node.clone(),
+            address: self.address(),
+            reason,
+        };
+        let address = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| connect_error(e.to_string()))?
+            .next()
+            .ok_or_else(|| connect_error("no address".into()))?;
+        let tcp = TcpStream::connect_timeout(&address, self.timeout)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut session = ssh2::Session::new().map_err(|e| connect_error(e.to_string()))?;
+        session.set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
+        session.set_tcp_stream(tcp);
+        session
+            .handshake()
+            .map_err(|e| connect_error(format!("SSH handshake: {e}")))?;
+        self.verify_host_key(&session)?;
+        let user = &target.user;
+        let auth_error = |reason: String| HostError::Authentication {
+            node: target.node.clone(),
+            user: user.clone(),
+            reason,
+        };
+        match &target.identity_file {
+            Some(identity) => session
+                .userauth_pubkey_file(user, None, identity, None)
+                .map_err(|e| auth_error(format!("key {}: {e}", identity.display())))?,
+            None => session
+                .userauth_agent(user)
+                .map_err(|e| auth_error(format!("ssh-agent: {e}")))?,
+        }
+        if !session.authenticated() {
+            return Err(auth_error("not authenticated".into()));
+        }
+        Ok(session)
+    }
+
+    fn verify_host_key(&self, session: &ssh2::Session) -> Result<(), HostError> {
+        let target = &self.target;
+        let known_hosts_path = target.known_hosts.display().to_string();
+        let known_hosts_error = |reason: String| HostError::KnownHosts {
+            node: target.node.clone(),
+            known_hosts: known_hosts_path.clone(),
+            reason,
+        };
+        let mut known_hosts = session
+            .known_hosts()
+            .map_err(|e| known_hosts_error(e.to_string()))?;
+        known_hosts
+            .read_file(&target.known_hosts, ssh2::KnownHostFileKind::OpenSSH)
+            .map_err(|e| known_hosts_error(e.to_string()))?;
+        let (key, _) = session
+            .host_key()
+            .ok_or_else(|| known_hosts_error("the server sent no host key".into()))?;
+        match known_hosts.check_port(&target.host, target.port, key) {
+            ssh2::CheckResult::Match => Ok(()),
+            ssh2::CheckResult::Mismatch => Err(HostError::HostKeyMismatch {
+                node: target.node.clone(),
+                address: self.address(),
+                known_hosts: known_hosts_path,
+            }),
+            ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => {
+                Err(HostError::UnknownHostKey {
+                    node: target.node.clone(),
+                    address: self.address(),
+                    known_hosts: known_hosts_path,
+                })
+            }
+        }
+    }
+
+    fn session_error(&self, command: &str, reason: impl ToString) -> HostError {
+        HostError::Session {
+            node: self.target.node.clone(),
+            command: command.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Blocking: exec one command and collect its output. `Err(Ok(..))` means the
+    /// channel broke after the command was sent (what a reboot looks like).
+    fn exec_blocking(&self, line: &str) -> Result<Result<CommandOutput, String>, HostError> {
+        let session = self.connect()?;
+        let mut channel = session
+            .channel_session()
+            .map_err(|e| self.session_error(line, e))?;
+        channel
+            .exec(line)
+            .map_err(|e| self.session_error(line, e))?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let read = channel
+            .read_to_string(&mut stdout)
+            .and_then(|_| channel.stderr().read_to_string(&mut stderr));
+        if let Err(e) = read {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                return Err(HostError::Timeout {
+                    node: self.target.node.clone(),
+                    command: line.into(),
+                    timeout: self.timeout,
+                });
+            }
+            return Ok(Err(e.to_string()));
+        }
+        if let Err(e) = channel.wait_close() {
+            return Ok(Err(e.to_string()));
+        }
+        match channel.exit_status() {
+            Ok(exit_status) => Ok(Ok(CommandOutput {
+                stdout,
+                stderr,
+                exit_status,
+            })),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+}
+
+impl Transport for SshTransport {
+    fn run<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<CommandOutput, HostError>> {
+        Box::pin(async move {
+            let line = command.render(self.target.become_method);
+            let transport = SshTransport {
+                target: self.target.clone(),
+                timeout: self.timeout,
+            };
+            let result = tokio::task::spawn_blocking(move || {
+                let line = line;
+                transport
+                    .exec_blocking(&line)
+                    .map(|r| r.map_err(|reason| (line, reason)))
+            })
+            .await
+            .expect("ssh worker does not panic")?;
+            result.map_err(|(line, reason)| {
+                self.session_error(&line, format!("connection dropped: {reason}"))
+            })
+        })
+    }
+
+    fn reboot<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<RebootOutcome, HostError>> {
+        Box::pin(async move {
+            let line = command.render(self.target.become_method);
+            let transport = SshTransport {
+                target: self.target.clone(),
+                timeout: self.timeout,
+            };
+            let result = tokio::task::spawn_blocking(move || transport.exec_blocking(&line))
+                .await
+                .expect("ssh worker does not panic");
+            match result {
+                Ok(Ok(output)) if output.success() => Ok(RebootOutcome::Issued),
+                Ok(Ok(output)) => Ok(RebootOutcome::Refused(output)),
+                // Connected, authenticated, command sent, then the line went dead: the
+                // machine is going down, which is what we asked for.
+                Ok(Err(_dropped)) => Ok(RebootOutcome::Issued),
+                Err(HostError::Timeout { .. }) => Ok(RebootOutcome::Issued),
+                Err(other) => Err(other),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn through_sh(line: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[rstest]
+    #[case::semicolon("k8s-worker-03; touch /tmp/pwned")]
+    #[case::substitution("$(touch /tmp/pwned)")]
+    #[case::backticks("`touch /tmp/pwned`")]
+    #[case::quotes("it's \"quoted\" \\ back")]
+    #[case::newline("a\ntouch /tmp/pwned")]
+    fn hostile_words_reach_the_program_as_one_argument(#[case] hostile: &str) {
+        let line = ShellCommand::new("printf")
+            .arg("%s")
+            .arg(hostile)
+            .render(None);
+        assert_eq!(through_sh(&line), hostile);
+        let sudo_free = ShellCommand::new("printf")
+            .arg("%s")
+            .arg(hostile)
+            .render(Some(Become::Sudo));
+        assert!(sudo_free.starts_with("sudo -n -- sh -c "));
+        // What sudo would run is the same line, quoted once more.
+        let inner = sudo_free.trim_start_matches("sudo -n -- ");
+        assert_eq!(through_sh(inner), hostile);
+    }
+}

@@ -1,0 +1,515 @@
+//! The inventory: one YAML file that describes a cluster for postflight — how to reach
+//! its API and its nodes, what Calico needs on each node, how to probe the pod network,
+//! how to reboot, and how long each wait may take. Loading it validates everything up
+//! front; every error names `file:line:column`.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{file}: cannot read the inventory: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Unlocated { file: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    #[serde(skip)]
+    pub file: PathBuf,
+    #[serde(default)]
+    pub cluster: ClusterAccess,
+    #[serde(default)]
+    pub ssh: SshDefaults,
+    pub nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    pub calico: CalicoExpectations,
+    #[serde(default)]
+    pub probe: ProbeSettings,
+    #[serde(default)]
+    pub reboot: RebootSettings,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// How to reach the API server. Unset fields follow the usual rules (KUBECONFIG, then
+/// ~/.kube/config, then in-cluster), as kubectl does.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterAccess {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Become {
+    Sudo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshDefaults {
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    /// Host keys are always verified against this file; there is no way to turn it off.
+    #[serde(default = "default_known_hosts")]
+    pub known_hosts: PathBuf,
+    #[serde(rename = "become")]
+    pub become_method: Option<Become>,
+}
+
+impl Default for SshDefaults {
+    fn default() -> Self {
+        SshDefaults {
+            user: default_user(),
+            port: default_ssh_port(),
+            identity_file: None,
+            known_hosts: default_known_hosts(),
+            become_method: None,
+        }
+    }
+}
+
+fn default_user() -> String {
+    "root".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_known_hosts() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".ssh/known_hosts")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The node's name as Kubernetes knows it.
+    pub name: Spanned<String>,
+    /// Address or DNS name for SSH.
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    #[serde(rename = "become")]
+    pub become_method: Option<Become>,
+    /// Never rebooted unless named with --allow-protected (the control plane, typically).
+    #[serde(default)]
+    pub protected: bool,
+}
+
+/// A node's SSH access with the inventory's defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshTarget {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub become_method: Option<Become>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalicoExpectations {
+    pub namespace: String,
+    pub selector: String,
+    pub run_dir: String,
+    /// Octal, as `stat -c %a` prints it.
+    pub run_dir_mode: String,
+    pub run_dir_owner: u32,
+    pub run_dir_group: u32,
+    pub tmpfiles_file: String,
+    pub tmpfiles_line: String,
+}
+
+impl Default for CalicoExpectations {
+    fn default() -> Self {
+        CalicoExpectations {
+            namespace: "kube-system".into(),
+            selector: "k8s-app=calico-node".into(),
+            run_dir: "/var/run/calico".into(),
+            run_dir_mode: "755".into(),
+            run_dir_owner: 999,
+            run_dir_group: 999,
+            tmpfiles_file: "/etc/tmpfiles.d/calico.conf".into(),
+            tmpfiles_line: "d /run/calico 0755 999 999 -".into(),
+        }
+    }
+}
+
+impl CalicoExpectations {
+    /// The expected mode without leading zeros, as `stat -c %a` prints it.
+    pub fn mode(&self) -> String {
+        let trimmed = self.run_dir_mode.trim_start_matches('0');
+        if trimmed.is_empty() {
+            "0".into()
+        } else {
+            trimmed.into()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    /// postflight creates this namespace for its probe pods and deletes it afterwards.
+    pub namespace: String,
+    pub image: String,
+    pub port: u16,
+    /// The probe server's arguments; `{port}` is replaced by `port`.
+    pub server_args: Vec<String>,
+    /// The client run inside a probe pod; `{url}` and `{timeout_seconds}` are replaced.
+    /// It must print the HTTP status code on stdout.
+    pub client_command: Vec<String>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            namespace: "postflight-probe".into(),
+            image: "registry.k8s.io/e2e-test-images/agnhost:2.53".into(),
+            port: 8080,
+            server_args: vec!["netexec".into(), "--http-port={port}".into()],
+            client_command: [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "{timeout_seconds}",
+                "{url}",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebootSettings {
+    /// Run over SSH (with `become` when set); the connection dropping is expected.
+    pub command: String,
+}
+
+impl Default for RebootSettings {
+    fn default() -> Self {
+        RebootSettings {
+            command: "systemctl reboot".into(),
+        }
+    }
+}
+
+/// Deadlines for each wait. The defaults follow the Kubernetes e2e reboot test: a node
+/// has 2 minutes to go NotReady and 5 to come back Ready.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub node_not_ready: Duration,
+    #[serde(with = "humantime_serde")]
+    pub node_ready: Duration,
+    #[serde(with = "humantime_serde")]
+    pub calico_ready: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connectivity: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_ready: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ssh: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            node_not_ready: Duration::from_secs(120),
+            node_ready: Duration::from_secs(300),
+            calico_ready: Duration::from_secs(300),
+            connectivity: Duration::from_secs(120),
+            probe_ready: Duration::from_secs(120),
+            ssh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// DNS-1123 subdomain, what Kubernetes accepts as a node name.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+impl Inventory {
+    /// Reads and validates an inventory file. Relative paths inside it are resolved
+    /// against the file's directory.
+    ///
+    /// # Errors
+    /// Unreadable file, YAML syntax, unknown fields, wrong types, and invalid values, each
+    /// with the file, line and column.
+    pub fn load(file: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(file).map_err(|source| InventoryError::Read {
+            file: file.into(),
+            source,
+        })?;
+        Self::parse(&text, file)
+    }
+
+    /// Parses inventory text; `file` is used for error messages and relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
+        let mut inventory: Inventory = serde_saphyr::from_str(text).map_err(|error| {
+            let message = error.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            // serde-saphyr prefixes "error: line N column M: "; we say it as file:line:column.
+            let message = first
+                .split_once(": ")
+                .and_then(|(_, rest)| rest.split_once(": ").map(|(_, m)| m))
+                .unwrap_or(first)
+                .to_string();
+            match error.location() {
+                Some(location) => InventoryError::Invalid {
+                    file: file.into(),
+                    line: location.line(),
+                    column: location.column(),
+                    message,
+                },
+                None => InventoryError::Unlocated {
+                    file: file.into(),
+                    message,
+                },
+            }
+        })?;
+        inventory.file = file.into();
+        inventory.validate()?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let resolve = |p: &mut PathBuf| {
+            // `~/` as a shell would read it: inventories are written by people.
+            if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), home.as_ref()) {
+                *p = home.join(rest);
+            }
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(kubeconfig) = inventory.cluster.kubeconfig.as_mut() {
+            resolve(kubeconfig);
+        }
+        resolve(&mut inventory.ssh.known_hosts);
+        if let Some(identity) = inventory.ssh.identity_file.as_mut() {
+            resolve(identity);
+        }
+        for node in &mut inventory.nodes {
+            if let Some(identity) = node.identity_file.as_mut() {
+                resolve(identity);
+            }
+        }
+        Ok(inventory)
+    }
+
+    fn validate(&self) -> Result<(), InventoryError> {
+        let at = |span: &Spanned<String>, message: String| InventoryError::Invalid {
+            file: self.file.clone(),
+            line: span.referenced.line(),
+            column: span.referenced.column(),
+            message,
+        };
+        if self.nodes.is_empty() {
+            return Err(InventoryError::Unlocated {
+                file: self.file.clone(),
+                message: "`nodes` lists no node".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for node in &self.nodes {
+            if !valid_node_name(&node.name.value) {
+                return Err(at(
+                    &node.name,
+                    format!(
+                        "node name {:?} is not a valid Kubernetes node name (DNS-1123)",
+                        node.name.value
+                    ),
+                ));
+            }
+            if !seen.insert(node.name.value.as_str()) {
+                return Err(at(
+                    &node.name,
+                    format!("node {:?} is listed twice", node.name.value),
+                ));
+            }
+        }
+        let mode = &self.calico.run_dir_mode;
+        if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(InventoryError::Unlocated {
+                file: self.file.clone(),
+                message: format!("calico.run_dir_mode {mode:?} is not an octal mode like \"0755\""),
+            });
+        }
+        if self
+            .probe
+            .client_command
+            .iter()
+            .all(|w| !w.contains("{url}"))
+        {
+            return Err(InventoryError::Unlocated {
+                file: self.file.clone(),
+                message: "probe.client_command must contain {url}".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.iter().find(|n| n.name.value == name)
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.value.clone()).collect()
+    }
+
+    /// SSH access for a node, with the inventory's defaults filled in.
+    pub fn ssh_target(&self, node: &NodeEntry) -> SshTarget {
+        SshTarget {
+            node: node.name.value.clone(),
+            host: node.host.clone(),
+            port: node.port.unwrap_or(self.ssh.port),
+            user: node.user.clone().unwrap_or_else(|| self.ssh.user.clone()),
+            identity_file: node
+                .identity_file
+                .clone()
+                .or_else(|| self.ssh.identity_file.clone()),
+            known_hosts: self.ssh.known_hosts.clone(),
+            become_method: node.become_method.or(self.ssh.become_method),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const GOOD: &str = "cluster:\n  kubeconfig: kubeconfig\nssh:\n  identity_file: ssh/id\n  known_hosts: ssh/known_hosts\nnodes:\n  - name: k8s-worker-01\n    host: 198.18.0.11\n  - name: k8s-worker-03\n    host: 198.18.0.13\n    port: 2222\n    user: admin\n    become: sudo\ntimeouts:\n  node_ready: 90s\n";
+
+    #[test]
+    fn a_good_inventory_loads_with_defaults_and_resolved_paths() {
+        let inventory = Inventory::parse(GOOD, Path::new("/etc/postflight/staging.yaml")).unwrap();
+        assert_eq!(
+            inventory.cluster.kubeconfig.as_deref(),
+            Some(Path::new("/etc/postflight/kubeconfig"))
+        );
+        assert_eq!(inventory.timeouts.node_ready, Duration::from_secs(90));
+        assert_eq!(inventory.timeouts.node_not_ready, Duration::from_secs(120));
+        assert_eq!(inventory.calico.mode(), "755");
+        let target = inventory.ssh_target(inventory.node("k8s-worker-03").unwrap());
+        assert_eq!(
+            (target.port, target.user.as_str(), target.become_method),
+            (2222, "admin", Some(Become::Sudo))
+        );
+        assert_eq!(
+            target.identity_file.as_deref(),
+            Some(Path::new("/etc/postflight/ssh/id"))
+        );
+        assert_eq!(
+            target.known_hosts,
+            Path::new("/etc/postflight/ssh/known_hosts")
+        );
+    }
+
+    #[rstest]
+    #[case::unknown_field(
+        "nodes:\n  - name: a\n    host: h\n    hots: x\n",
+        4,
+        5,
+        "unknown field `hots`"
+    )]
+    #[case::wrong_type("nodes:\n  - name: a\n    host: h\n    port: twenty-two\n", 4, 11, "")]
+    #[case::bad_duration(
+        "nodes:\n  - name: a\n    host: h\ntimeouts:\n  node_ready: soon\n",
+        5,
+        3,
+        "expected a duration"
+    )]
+    #[case::duplicate_node(
+        "nodes:\n  - name: a\n    host: h\n  - name: a\n    host: i\n",
+        4,
+        11,
+        "listed twice"
+    )]
+    #[case::invalid_node_name(
+        "nodes:\n  - name: Worker_3\n    host: h\n",
+        2,
+        11,
+        "not a valid Kubernetes node name"
+    )]
+    #[case::syntax("nodes: [\n", 1, 0, "")]
+    fn each_kind_of_bad_inventory_points_at_its_location(
+        #[case] text: &str,
+        #[case] line: u64,
+        #[case] column: u64,
+        #[case] needle: &str,
+    ) {
+        let error = Inventory::parse(text, Path::new("inv.yaml")).unwrap_err();
+        let InventoryError::Invalid {
+            line: l,
+            column: c,
+            message,
+            ..
+        } = &error
+        else {
+            panic!("no location in {error}")
+        };
+        assert_eq!(*l, line, "{error}");
+        if column > 0 {
+            assert_eq!(*c, column, "{error}");
+        }
+        assert!(message.contains(needle), "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("inv.yaml:{line}:")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_without_a_position_still_name_the_file() {
+        let error = Inventory::parse("nodes: []\n", Path::new("inv.yaml")).unwrap_err();
+        assert_eq!(error.to_string(), "inv.yaml: `nodes` lists no node");
+        let error = Inventory::parse(
+            "nodes:\n  - name: a\n    host: h\ncalico:\n  run_dir_mode: \"rwx\"\n",
+            Path::new("inv.yaml"),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("octal"), "{error}");
+    }
+}

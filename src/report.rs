@@ -1,0 +1,451 @@
+//! Reports of a run: JUnit XML (one testsuite per node, one testcase per check with
+//! classname = node, `<failure>` for a broken node and `<error>` for a check that could not
+//! run), JSON, and the console summary. Files are written atomically — a temporary file
+//! in the same directory, then a rename — so a reader never sees half a report.
+
+use crate::checks::{CheckResult, Verdict};
+use crate::diagnose::Diagnosis;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("rendering JUnit: {0}")]
+    Junit(String),
+}
+
+/// A timed step of a run (a wait, an action), for trending.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    pub step: String,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((duration.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+fn optional_seconds<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => seconds(d, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Everything one node's verification produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub rebooted: bool,
+    pub started_at: String,
+    pub results: Vec<CheckResult>,
+    pub steps: Vec<StepTiming>,
+    /// From the node being Ready (after the reboot) to the last verdict.
+    #[serde(serialize_with = "optional_seconds")]
+    pub ready_to_verdict: Option<Duration>,
+    pub interrupted: bool,
+    pub notes: Vec<String>,
+}
+
+impl NodeReport {
+    pub fn failed(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| matches!(r.verdict, Verdict::Failed(_)))
+    }
+    pub fn errored(&self) -> bool {
+        self.results
+            .iter()
+            .any(|r| matches!(r.verdict, Verdict::Error(_)))
+    }
+    pub fn total(&self) -> Duration {
+        self.steps.iter().map(|s| s.duration).sum()
+    }
+}
+
+/// Exit codes, as documented: 0 all passed · 1 a check failed · 3 a check could not run
+/// · 130 interrupted. (2, usage or inventory error, is the binary's.)
+pub fn exit_code(reports: &[NodeReport]) -> u8 {
+    if reports.iter().any(|r| r.interrupted) {
+        130
+    } else if reports.iter().any(NodeReport::failed) {
+        1
+    } else if reports.iter().any(NodeReport::errored) {
+        3
+    } else {
+        0
+    }
+}
+
+fn junit_duration(duration: Duration) -> junit_report::Duration {
+    junit_report::Duration::milliseconds(duration.as_millis().min(i64::MAX as u128) as i64)
+}
+
+fn diagnosis_text(diagnosis: &Diagnosis) -> String {
+    let mut text = format!("diagnosis: {}\n", diagnosis.root_cause);
+    if !diagnosis.remediation.is_empty() {
+        text.push_str("fix:\n");
+        for command in &diagnosis.remediation {
+            text.push_str(&format!("  {command}\n"));
+        }
+    }
+    if let Some(prevention) = &diagnosis.prevention {
+        text.push_str(&format!("prevent: {prevention}\n"));
+    }
+    text
+}
+
+/// The evidence of one check as plain text: what was observed, what was expected, the
+/// collected material and the diagnosis.
+pub fn evidence_text(result: &CheckResult) -> String {
+    let mut text = observations_text(result);
+    if let Some(diagnosis) = &result.diagnosis {
+        text.push_str(&diagnosis_text(diagnosis));
+    }
+    text
+}
+
+/// Longest check message on a console line; the evidence below it has the rest.
+const CONSOLE_MESSAGE_CHARS: usize = 200;
+
+fn observations_text(result: &CheckResult) -> String {
+    let mut text = String::new();
+    for evidence in &result.evidence {
+        text.push_str(&format!(
+            "{}: observed {} | expected {}\n",
+            evidence.what, evidence.observed, evidence.expected
+        ));
+    }
+    for detail in &result.details {
+        text.push_str(detail);
+        if !detail.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+pub fn junit(reports: &[NodeReport], suite_prefix: &str) -> junit_report::Report {
+    let mut report = junit_report::Report::new();
+    for node in reports {
+        let mut suite = junit_report::TestSuite::new(&format!("{suite_prefix} {}", node.node));
+        for result in &node.results {
+            let time = junit_duration(result.duration);
+            let name = result.name.as_str();
+            let mut case = match &result.verdict {
+                Verdict::Passed => junit_report::TestCase::success(name, time),
+                Verdict::Failed(message) => {
+                    junit_report::TestCase::failure(name, time, "failure", message)
+                }
+                Verdict::Error(message) => {
+                    junit_report::TestCase::error(name, time, "error", message)
+                }
+            };
+            case.set_classname(&node.node);
+            case.set_system_out(&evidence_text(result));
+            suite.add_testcase(case);
+        }
+        let steps: Vec<String> = node
+            .steps
+            .iter()
+            .map(|s| format!("{}: {:.1}s", s.step, s.duration.as_secs_f64()))
+            .collect();
+        let mut out = format!("steps: {}\n", steps.join(", "));
+        if let Some(d) = node.ready_to_verdict {
+            out.push_str(&format!("node Ready → verdict: {:.1}s\n", d.as_secs_f64()));
+        }
+        for note in &node.notes {
+            out.push_str(note);
+            out.push('\n');
+        }
+        suite.set_system_out(&out);
+        report.add_testsuite(suite);
+    }
+    report
+}
+
+/// Writes `contents` to `path` atomically.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
+    let error = |source| ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(error)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    file.write_all(contents).map_err(error)?;
+    file.as_file().sync_all().map_err(error)?;
+    file.persist(path).map_err(|e| error(e.error))?;
+    Ok(())
+}
+
+pub fn write_junit(
+    path: &Path,
+    reports: &[NodeReport],
+    suite_prefix: &str,
+) -> Result<(), ReportError> {
+    let mut xml = Vec::new();
+    junit(reports, suite_prefix)
+        .write_xml(&mut xml)
+        .map_err(|e| ReportError::Junit(e.to_string()))?;
+    write_atomically(path, &xml)
+}
+
+pub fn write_json(path: &Path, reports: &[NodeReport]) -> Result<(), ReportError> {
+    let json = serde_json::to_vec_pretty(
+        &serde_json::json!({ "nodes": reports, "exit_code": exit_code(reports) }),
+    )
+    .expect("reports serialise");
+    write_atomically(path, &json)
+}
+
+/// The console summary: one line per check with ✔/✘/! and its time, then the evidence
+/// of what did not pass and the diagnosis. Colour only when `color` is set.
+pub fn console(reports: &[NodeReport], color: bool) -> String {
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    let mut out = String::new();
+    for node in reports {
+        out.push_str(&format!(
+            "{}{}\n",
+            node.node,
+            if node.rebooted { " (rebooted)" } else { "" }
+        ));
+        for result in &node.results {
+            let (mark, message) = match &result.verdict {
+                Verdict::Passed => (paint("32", "✔"), String::new()),
+                Verdict::Failed(m) => (paint("31", "✘"), format!(" — {}", shorten(m))),
+                Verdict::Error(m) => (
+                    paint("33", "!"),
+                    format!(" — could not run: {}", shorten(m)),
+                ),
+            };
+            out.push_str(&format!(
+                "  {mark} {:<30} {:>6.1}s{message}\n",
+                result.name.as_str(),
+                result.duration.as_secs_f64()
+            ));
+        }
+        for result in node.results.iter().filter(|r| !r.passed()) {
+            let text = observations_text(result);
+            if !text.is_empty() {
+                out.push_str(&format!("  {}:\n", result.name));
+                for line in text.lines() {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        // Several checks share one root cause; say it once.
+        let mut diagnoses: Vec<&Diagnosis> = Vec::new();
+        for diagnosis in node.results.iter().filter_map(|r| r.diagnosis.as_ref()) {
+            if !diagnoses.contains(&diagnosis) {
+                diagnoses.push(diagnosis);
+            }
+        }
+        for diagnosis in diagnoses {
+            for line in diagnosis_text(diagnosis).lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        let steps: Vec<String> = node
+            .steps
+            .iter()
+            .map(|s| format!("{} {:.1}s", s.step, s.duration.as_secs_f64()))
+            .collect();
+        out.push_str(&format!("  timings: {}\n", steps.join(" · ")));
+        if let Some(d) = node.ready_to_verdict {
+            out.push_str(&format!(
+                "  node Ready → verdict: {:.1}s\n",
+                d.as_secs_f64()
+            ));
+        }
+        for note in &node.notes {
+            out.push_str(&format!("  note: {note}\n"));
+        }
+    }
+    let passed: usize = reports
+        .iter()
+        .map(|r| r.results.iter().filter(|c| c.passed()).count())
+        .sum();
+    let failed: usize = reports
+        .iter()
+        .map(|r| {
+            r.results
+                .iter()
+                .filter(|c| matches!(c.verdict, Verdict::Failed(_)))
+                .count()
+        })
+        .sum();
+    let errors: usize = reports
+        .iter()
+        .map(|r| {
+            r.results
+                .iter()
+                .filter(|c| matches!(c.verdict, Verdict::Error(_)))
+                .count()
+        })
+        .sum();
+    out.push_str(&format!(
+        "{passed} passed, {failed} failed, {errors} could not run\n"
+    ));
+    out
+}
+
+fn shorten(message: &str) -> String {
+    match message.char_indices().nth(CONSOLE_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}… (see below)", &message[..cut]),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{CheckName, Evidence};
+
+    fn sample() -> Vec<NodeReport> {
+        let mut failing = CheckResult::new(
+            CheckName::RunDirPermissions,
+            "k8s-worker-03",
+            Verdict::Failed("/var/run/calico is 700 0 0 & <bad>".into()),
+            vec![Evidence::new("/var/run/calico", "700 0 0", "755 999 999")],
+            Duration::from_millis(1500),
+        );
+        failing.details.push("stat said \"700 0 0\"".into());
+        vec![NodeReport {
+            node: "k8s-worker-03".into(),
+            rebooted: true,
+            started_at: "2026-11-24T00:00:00Z".into(),
+            results: vec![
+                CheckResult::new(
+                    CheckName::NodeReadyAfterReboot,
+                    "k8s-worker-03",
+                    Verdict::Passed,
+                    vec![],
+                    Duration::from_millis(10),
+                ),
+                failing,
+                CheckResult::error(
+                    CheckName::CrossNodePodConnectivity,
+                    "k8s-worker-03",
+                    "probe pod never scheduled",
+                    Duration::from_secs(2),
+                ),
+            ],
+            steps: vec![StepTiming {
+                step: "reboot".into(),
+                duration: Duration::from_secs(3),
+            }],
+            ready_to_verdict: Some(Duration::from_secs(4)),
+            interrupted: false,
+            notes: vec![],
+        }]
+    }
+
+    #[test]
+    fn junit_parses_back_with_the_right_names_counts_and_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/junit.xml");
+        write_junit(&path, &sample(), "postflight verify").unwrap();
+        let xml = std::fs::read_to_string(&path).unwrap();
+        let document = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let suite = document
+            .descendants()
+            .find(|n| n.has_tag_name("testsuite"))
+            .unwrap();
+        assert_eq!(
+            suite.attribute("name"),
+            Some("postflight verify k8s-worker-03")
+        );
+        assert_eq!(
+            (
+                suite.attribute("tests"),
+                suite.attribute("failures"),
+                suite.attribute("errors")
+            ),
+            (Some("3"), Some("1"), Some("1"))
+        );
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        let names: Vec<_> = cases.iter().map(|c| c.attribute("name").unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "node_ready_after_reboot",
+                "run_dir_permissions",
+                "cross_node_pod_connectivity"
+            ]
+        );
+        assert!(cases
+            .iter()
+            .all(|c| c.attribute("classname") == Some("k8s-worker-03")));
+        let failure = cases[1]
+            .children()
+            .find(|n| n.has_tag_name("failure"))
+            .unwrap();
+        assert_eq!(
+            failure.attribute("message"),
+            Some("/var/run/calico is 700 0 0 & <bad>")
+        );
+        assert_eq!(cases[1].attribute("time"), Some("1.500"));
+        let out = cases[1]
+            .children()
+            .find(|n| n.has_tag_name("system-out"))
+            .unwrap()
+            .text()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            out.contains("observed 700 0 0 | expected 755 999 999"),
+            "{out}"
+        );
+        assert!(cases[2].children().any(|n| n.has_tag_name("error")));
+        assert!(!dir.path().join("out").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".tmp")));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_design() {
+        let mut reports = sample();
+        assert_eq!(exit_code(&reports), 1);
+        reports[0].results.remove(1);
+        assert_eq!(exit_code(&reports), 3);
+        reports[0].results.remove(1);
+        assert_eq!(exit_code(&reports), 0);
+        reports[0].interrupted = true;
+        assert_eq!(exit_code(&reports), 130);
+    }
+
+    #[test]
+    fn console_marks_each_check_and_respects_no_color() {
+        let text = console(&sample(), false);
+        assert!(text.contains("✔ node_ready_after_reboot"), "{text}");
+        assert!(text.contains("✘ run_dir_permissions"), "{text}");
+        assert!(!text.contains('\x1b'));
+        assert!(console(&sample(), true).contains('\x1b'));
+    }
+}
