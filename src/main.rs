@@ -1,1 +1,243 @@
-fn main() {}
+//! The `postflight` command line: parses arguments, wires signals to cancellation, and
+//! hands everything else to the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postflight::checks::{CheckResult, Verdict};
+use postflight::gate::{self, Progress, VerifyRequest};
+use postflight::inventory::Inventory;
+use postflight::report;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for usage and inventory errors (DESIGN.md).
+const EXIT_USAGE: u8 = 2;
+/// Exit code when the checks could not run at all.
+const EXIT_INFRASTRUCTURE: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "postflight",
+    version,
+    about = "Post-update node verification for Kubernetes clusters that run Calico"
+)]
+struct Cli {
+    /// The inventory that describes the cluster.
+    #[arg(long, global = true, env = "POSTFLIGHT_INVENTORY")]
+    inventory: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate an inventory file; errors name file:line:column.
+    CheckInventory {
+        /// Defaults to --inventory.
+        file: Option<PathBuf>,
+    },
+    /// Verify that a node is really back: Ready on a new boot, calico-node Ready, its
+    /// host state intact, pod traffic to and from every other node.
+    Verify {
+        /// The node, as Kubernetes names it.
+        #[arg(long)]
+        node: String,
+        /// Reboot the node first (with the inventory's reboot command, over SSH).
+        #[arg(long)]
+        reboot: bool,
+        /// Write JUnit XML here (always written, also on failure and interruption).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write the full report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSTFLIGHT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("postflight: {error:#}");
+            ExitCode::from(EXIT_INFRASTRUCTURE)
+        }
+    }
+}
+
+fn load_inventory(path: Option<&Path>) -> Result<Inventory, u8> {
+    let Some(path) = path else {
+        eprintln!("postflight: no inventory: pass --inventory FILE or set POSTFLIGHT_INVENTORY");
+        return Err(EXIT_USAGE);
+    };
+    Inventory::load(path).map_err(|error| {
+        eprintln!("postflight: {error}");
+        EXIT_USAGE
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::CheckInventory { file } => {
+            let path = file.or(cli.inventory);
+            Ok(match load_inventory(path.as_deref()) {
+                Ok(inventory) => {
+                    println!(
+                        "{}: valid, {} nodes",
+                        inventory.file.display(),
+                        inventory.nodes.len()
+                    );
+                    0
+                }
+                Err(code) => code,
+            })
+        }
+        Command::Verify {
+            node,
+            reboot,
+            junit,
+            json,
+        } => {
+            let inventory = match load_inventory(cli.inventory.as_deref()) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(verify(
+                inventory,
+                VerifyRequest { node, reboot },
+                junit,
+                json,
+            ))
+        }
+    }
+}
+
+async fn verify(
+    inventory: Inventory,
+    request: VerifyRequest,
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let console = Console::new();
+    let report = match gate::verify(&inventory, &request, &console, &cancel).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("postflight: {error}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    signals.abort();
+    console.clear_line();
+    let reports = [report];
+    let mut written = Vec::new();
+    if let Some(path) = &junit {
+        report::write_junit(path, &reports, "postflight verify")
+            .context("writing the JUnit report")?;
+        written.push(format!("JUnit: {}", path.display()));
+    }
+    if let Some(path) = &json {
+        report::write_json(path, &reports).context("writing the JSON report")?;
+        written.push(format!("JSON: {}", path.display()));
+    }
+    print!("{}", report::console(&reports, console.color));
+    for line in written {
+        println!("{line}");
+    }
+    let code = report::exit_code(&reports);
+    if code == 130 {
+        eprintln!("postflight: interrupted; the report marks the checks that did not run");
+    }
+    Ok(code)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) both end the run cleanly: reports
+/// are written and probe pods deleted.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals: Ctrl-C will end the run without a report");
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    cancel.cancel();
+}
+
+/// Progress for a person at a terminal: the step in progress on one line of stderr,
+/// then each check as it finishes. Off the terminal it shows nothing until the summary.
+struct Console {
+    interactive: bool,
+    color: bool,
+    started: std::time::Instant,
+    line_open: Mutex<bool>,
+}
+
+impl Console {
+    fn new() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Console {
+            interactive: std::io::stderr().is_terminal(),
+            color: std::io::stdout().is_terminal() && !no_color,
+            started: std::time::Instant::now(),
+            line_open: Mutex::new(false),
+        }
+    }
+
+    fn clear_line(&self) {
+        let mut open = self.line_open.lock().expect("console lock");
+        if *open {
+            eprint!("\r\x1b[2K");
+            *open = false;
+        }
+    }
+}
+
+impl Progress for Console {
+    fn step_started(&self, node: &str, step: &str) {
+        if !self.interactive {
+            return;
+        }
+        self.clear_line();
+        eprint!(
+            "[{:>5.1}s] {node}: {step} …",
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+        *self.line_open.lock().expect("console lock") = true;
+    }
+
+    fn check_finished(&self, result: &CheckResult) {
+        if !self.interactive {
+            return;
+        }
+        self.clear_line();
+        let mark = match result.verdict {
+            Verdict::Passed => "✔",
+            Verdict::Failed(_) => "✘",
+            Verdict::Error(_) => "!",
+        };
+        eprintln!(
+            "[{:>5.1}s] {mark} {}",
+            self.started.elapsed().as_secs_f64(),
+            result.name
+        );
+    }
+}

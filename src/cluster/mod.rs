@@ -1,0 +1,483 @@
+//! Everything postflight asks of the Kubernetes API, through kube-rs: nodes and their
+//! boot IDs, the calico-node pods, pod logs, probe pods, exec. Waiting is done with
+//! kube-runtime watchers — a wait is a condition over the watched objects, re-evaluated
+//! on every event — and the watch rides out API outages with kube-runtime's backoff.
+//! Nothing here adds a deadline: the caller owns it (see `gate`).
+
+pub mod probes;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::Condition;
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot load the kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(String),
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{action}: {reason}")]
+    Exec { action: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
+    let action = action.into();
+    move |source| ClusterError::Api { action, source }
+}
+
+/// The label every object postflight creates carries, so that it finds and deletes its
+/// own objects and never touches anybody else's.
+pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "postflight");
+
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+}
+
+/// Output of a command run in a container through the exec API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+}
+
+impl Cluster {
+    /// Connects with an explicit kubeconfig and context, or the usual rules (KUBECONFIG,
+    /// ~/.kube/config, in-cluster) when none is given.
+    pub async fn connect(
+        kubeconfig: Option<&Path>,
+        context: Option<&str>,
+    ) -> Result<Self, ClusterError> {
+        let options = KubeConfigOptions {
+            context: context.map(String::from),
+            ..Default::default()
+        };
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| ClusterError::Kubeconfig {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+            }
+            None if context.is_some() => {
+                Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| ClusterError::Kubeconfig {
+                        path: "(default)".into(),
+                        reason: e.to_string(),
+                    })?
+            }
+            None => Config::infer()
+                .await
+                .map_err(|e| ClusterError::Kubeconfig {
+                    path: "(default)".into(),
+                    reason: e.to_string(),
+                })?,
+        };
+        let client = Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
+        Ok(Cluster { client })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the API answers at all (a discovery call).
+    pub async fn ping(&self) -> Result<String, ClusterError> {
+        let version = self
+            .client
+            .apiserver_version()
+            .await
+            .map_err(api_error("asking the API server for its version"))?;
+        Ok(version.git_version)
+    }
+
+    pub async fn node(&self, name: &str) -> Result<Node, ClusterError> {
+        Api::<Node>::all(self.client.clone())
+            .get(name)
+            .await
+            .map_err(api_error(format!("reading node {name}")))
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClusterError> {
+        Ok(Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error("listing nodes"))?
+            .items)
+    }
+
+    /// Watches objects selected by `config` until `decide` returns a value, evaluating it
+    /// on the current set of objects after every event. API errors are retried with
+    /// kube-runtime's default backoff; the caller bounds the wait with a timeout.
+    pub async fn watch_until<K, T>(
+        &self,
+        api: Api<K>,
+        config: watcher::Config,
+        mut decide: impl FnMut(&[K]) -> Option<T>,
+    ) -> T
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let mut objects: BTreeMap<String, K> = BTreeMap::new();
+        let mut initial: BTreeMap<String, K> = BTreeMap::new();
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        let key = |o: &K| {
+            format!(
+                "{}/{}",
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default()
+            )
+        };
+        loop {
+            match stream.next().await {
+                Some(Ok(watcher::Event::Init)) => initial.clear(),
+                Some(Ok(watcher::Event::InitApply(object))) => {
+                    initial.insert(key(&object), object);
+                    continue;
+                }
+                Some(Ok(watcher::Event::InitDone)) => objects = std::mem::take(&mut initial),
+                Some(Ok(watcher::Event::Apply(object))) => {
+                    objects.insert(key(&object), object);
+                }
+                Some(Ok(watcher::Event::Delete(object))) => {
+                    objects.remove(&key(&object));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!("watch interrupted, retrying: {error}");
+                    continue;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            let current: Vec<K> = objects.values().cloned().collect();
+            if let Some(result) = decide(&current) {
+                return result;
+            }
+        }
+    }
+
+    /// Watches one node until `decide` says so.
+    pub async fn watch_node<T>(
+        &self,
+        name: &str,
+        decide: impl FnMut(Option<&Node>) -> Option<T>,
+    ) -> T {
+        let mut decide = decide;
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        self.watch_until(
+            Api::<Node>::all(self.client.clone()),
+            config,
+            move |nodes| decide(nodes.first()),
+        )
+        .await
+    }
+
+    /// Waits until the node matches `condition`, and returns what it looked like then.
+    /// `last_seen` is kept current on every event, so a caller whose deadline expires can
+    /// say what the node looked like last.
+    ///
+    /// # Caveats
+    /// No deadline of its own: wrap it in [`tokio::time::timeout`].
+    pub async fn wait_for_node(
+        &self,
+        name: &str,
+        condition: impl Condition<Node>,
+        last_seen: &std::sync::Mutex<Option<Node>>,
+    ) -> Node {
+        self.watch_node(name, |node| {
+            *last_seen.lock().expect("last_seen lock") = node.cloned();
+            node.filter(|node| condition.matches_object(Some(node)))
+                .cloned()
+        })
+        .await
+    }
+
+    pub fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Pods matching a label selector on one node.
+    pub async fn pods_on_node(
+        &self,
+        namespace: &str,
+        selector: &str,
+        node: &str,
+    ) -> Result<Vec<Pod>, ClusterError> {
+        let params = ListParams::default()
+            .labels(selector)
+            .fields(&format!("spec.nodeName={node}"));
+        Ok(self
+            .pods(namespace)
+            .list(&params)
+            .await
+            .map_err(api_error(format!("listing pods {selector} on {node}")))?
+            .items)
+    }
+
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        previous: bool,
+        tail_lines: i64,
+    ) -> Result<String, ClusterError> {
+        let params = LogParams {
+            container: container.map(String::from),
+            previous,
+            tail_lines: Some(tail_lines),
+            ..Default::default()
+        };
+        let which = if previous { "previous" } else { "current" };
+        self.pods(namespace)
+            .logs(pod, &params)
+            .await
+            .map_err(api_error(format!(
+                "reading the {which} log of {namespace}/{pod}"
+            )))
+    }
+
+    /// Creates the namespace (labelled as postflight's) unless it exists.
+    pub async fn ensure_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        if api
+            .get_opt(name)
+            .await
+            .map_err(api_error(format!("reading namespace {name}")))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some(name.into());
+        namespace.metadata.labels = Some(
+            [(
+                MANAGED_BY_LABEL.0.to_string(),
+                MANAGED_BY_LABEL.1.to_string(),
+            )]
+            .into(),
+        );
+        match api.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(api_error(format!("creating namespace {name}"))(e)),
+        }
+    }
+
+    pub async fn create_pod(&self, pod: &Pod) -> Result<Pod, ClusterError> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.pods(&namespace)
+            .create(&PostParams::default(), pod)
+            .await
+            .map_err(api_error(format!("creating pod {namespace}/{name}")))
+    }
+
+    /// Deletes postflight's pods with this run's label; a namespace postflight created is
+    /// deleted when nothing else is left in it.
+    pub async fn delete_pods(&self, namespace: &str, selector: &str) -> Result<(), ClusterError> {
+        let params = ListParams::default().labels(selector);
+        self.pods(namespace)
+            .delete_collection(&DeleteParams::default(), &params)
+            .await
+            .map(|_| ())
+            .map_err(api_error(format!(
+                "deleting probe pods {selector} in {namespace}"
+            )))
+    }
+
+    pub async fn delete_namespace_if_empty_and_ours(&self, name: &str) -> Result<(), ClusterError> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let Some(namespace) = api
+            .get_opt(name)
+            .await
+            .map_err(api_error(format!("reading namespace {name}")))?
+        else {
+            return Ok(());
+        };
+        let ours = namespace
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL.0))
+            .is_some_and(|v| v == MANAGED_BY_LABEL.1);
+        let empty = self
+            .pods(name)
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error(format!("listing pods in {name}")))?
+            .items
+            .is_empty();
+        if ours && empty {
+            api.delete(name, &DeleteParams::default())
+                .await
+                .map_err(api_error(format!("deleting namespace {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command in a container through the exec API (WebSocket) and collects its
+    /// output and exit code.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        argv: &[String],
+    ) -> Result<ExecOutput, ClusterError> {
+        let action = format!("exec in {namespace}/{pod}: {}", argv.join(" "));
+        let params = AttachParams::default()
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut process = self
+            .pods(namespace)
+            .exec(pod, argv.to_vec(), &params)
+            .await
+            .map_err(api_error(action.clone()))?;
+        let mut stdout_reader = process.stdout().ok_or_else(|| ClusterError::Exec {
+            action: action.clone(),
+            reason: "no stdout".into(),
+        })?;
+        let mut stderr_reader = process.stderr().ok_or_else(|| ClusterError::Exec {
+            action: action.clone(),
+            reason: "no stderr".into(),
+        })?;
+        let status = process.take_status().ok_or_else(|| ClusterError::Exec {
+            action: action.clone(),
+            reason: "no status channel".into(),
+        })?;
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let (out, err) = tokio::join!(
+            stdout_reader.read_to_string(&mut stdout),
+            stderr_reader.read_to_string(&mut stderr)
+        );
+        out.and(err).map_err(|e| ClusterError::Exec {
+            action: action.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = status.await;
+        process.join().await.map_err(|e| ClusterError::Exec {
+            action: action.clone(),
+            reason: e.to_string(),
+        })?;
+        let exit_code = match status {
+            Some(s) if s.status.as_deref() == Some("Success") => 0,
+            Some(s) => s
+                .details
+                .and_then(|d| d.causes)
+                .and_then(|causes| {
+                    causes
+                        .into_iter()
+                        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                })
+                .and_then(|c| c.message)
+                .and_then(|m| m.parse().ok())
+                .ok_or_else(|| ClusterError::Exec {
+                    action: action.clone(),
+                    reason: s.message.unwrap_or_else(|| "exec failed".into()),
+                })?,
+            None => {
+                return Err(ClusterError::Exec {
+                    action,
+                    reason: "the exec stream ended without a status".into(),
+                })
+            }
+        };
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+        })
+    }
+}
+
+/// The node reports Ready=True.
+pub fn is_node_ready() -> impl Condition<Node> {
+    |node: Option<&Node>| node.is_some_and(node_ready)
+}
+
+/// The node runs a boot other than `boot_id`: it has rebooted since that was read.
+pub fn has_boot_id_other_than(boot_id: &str) -> impl Condition<Node> + '_ {
+    move |node: Option<&Node>| {
+        node.and_then(self::boot_id)
+            .is_some_and(|id| !id.is_empty() && id != boot_id)
+    }
+}
+
+/// Node facts the checks read.
+pub fn node_ready(node: &Node) -> bool {
+    node_condition(node, "Ready").is_some_and(|c| c.status == "True")
+}
+
+pub fn node_condition<'a>(
+    node: &'a Node,
+    kind: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+}
+
+pub fn boot_id(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .node_info
+        .as_ref()
+        .map(|i| i.boot_id.as_str())
+}
+
+/// "Ready=False (KubeletNotReady: PLEG is not healthy)" — the node's Ready condition as
+/// an operator would want it quoted.
+pub fn describe_ready_condition(node: &Node) -> String {
+    match node_condition(node, "Ready") {
+        Some(c) => format!(
+            "Ready={} ({}: {})",
+            c.status,
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default()
+        ),
+        None => "no Ready condition".into(),
+    }
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .pod_ip
+        .clone()
+        .filter(|ip| !ip.is_empty())
+}

@@ -1,0 +1,339 @@
+//! Probe pods: the workloads postflight owns to test the pod network, in the manner of
+//! cilium-cli's connectivity test. postflight never borrows a user's pods: it creates its
+//! own, pinned to nodes by `spec.nodeName`, labelled with this run's ID so that cleanup
+//! finds exactly what this run made, and deletes them when the run ends.
+
+use super::{api_error, pod_ip, pod_ready, Cluster, ClusterError, MANAGED_BY_LABEL};
+use crate::inventory::ProbeSettings;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use std::collections::BTreeMap;
+
+/// The label that ties a probe pod to the run that made it.
+pub const RUN_LABEL: &str = "postflight.io/run";
+
+/// Waiting reasons after which a container will not start without someone changing
+/// something: waiting out the deadline would only delay the verdict.
+const HOPELESS_WAITING_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// One probe pod postflight wants on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub name: String,
+    pub node: String,
+}
+
+/// A probe pod that runs and is Ready, with the address other probes reach it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyProbe {
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+}
+
+/// What became of each requested probe pod.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeFleet {
+    pub namespace: String,
+    pub ready: Vec<ReadyProbe>,
+    /// Pods that could not start, with the reason (`<error>` material, not `<failure>`).
+    pub broken: Vec<(ProbeRequest, String)>,
+}
+
+impl ProbeFleet {
+    pub fn on_node(&self, node: &str) -> Vec<&ReadyProbe> {
+        self.ready.iter().filter(|p| p.node == node).collect()
+    }
+    pub fn why_broken(&self, name: &str) -> Option<&str> {
+        self.broken
+            .iter()
+            .find(|(r, _)| r.name == name)
+            .map(|(_, why)| why.as_str())
+    }
+}
+
+/// A pod name for a probe: DNS-1123, at most 63 characters, unique per run and node.
+pub fn probe_pod_name(run_id: &str, node: &str, index: usize) -> String {
+    let index = index.to_string();
+    let room = 63usize.saturating_sub("pf---".len() + run_id.len() + index.len());
+    let node: String = node.replace('.', "-").chars().take(room).collect();
+    format!("pf-{run_id}-{}-{index}", node.trim_end_matches('-'))
+}
+
+/// The pod spec of a probe: the inventory's image running its HTTP server, pinned to the
+/// node, tolerating every taint (a rebooted node may still carry some) and ready only
+/// when its HTTP port answers.
+pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest) -> Pod {
+    let args: Vec<String> = settings
+        .server_args
+        .iter()
+        .map(|a| a.replace("{port}", &settings.port.to_string()))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": request.name,
+            "namespace": settings.namespace,
+            "labels": {
+                MANAGED_BY_LABEL.0: MANAGED_BY_LABEL.1,
+                RUN_LABEL: run_id,
+                "app.kubernetes.io/name": "postflight-probe",
+            },
+        },
+        "spec": {
+            "nodeName": request.node,
+            "tolerations": [{"operator": "Exists"}],
+            "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "probe",
+                "image": settings.image,
+                "args": args,
+                "ports": [{"containerPort": settings.port, "protocol": "TCP"}],
+                "readinessProbe": {
+                    "httpGet": {"path": "/", "port": settings.port},
+                    "periodSeconds": 1,
+                },
+            }],
+        },
+    }))
+    .expect("the probe pod spec is a valid Pod")
+}
+
+/// Why a probe pod is not running, in the words its status gives; `None` while it may
+/// still come up.
+fn hopeless(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Failed") | Some("Succeeded")) {
+        return Some(format!(
+            "pod phase {}",
+            status.phase.clone().unwrap_or_default()
+        ));
+    }
+    let waiting = status
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref())?;
+    let reason = waiting.reason.clone().unwrap_or_default();
+    HOPELESS_WAITING_REASONS
+        .contains(&reason.as_str())
+        .then(|| format!("{reason}: {}", waiting.message.clone().unwrap_or_default()))
+}
+
+/// Why a probe pod is not Ready yet, for the report when its deadline passes.
+fn not_ready_reason(pod: Option<&Pod>) -> String {
+    let Some(pod) = pod else {
+        return "the pod does not exist".into();
+    };
+    let status = pod.status.as_ref();
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref());
+    match waiting {
+        Some(waiting) => format!(
+            "container waiting: {} {}",
+            waiting.reason.clone().unwrap_or_default(),
+            waiting.message.clone().unwrap_or_default()
+        )
+        .trim_end()
+        .to_string(),
+        None => {
+            let phase = status
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "unknown".into());
+            let ip = pod_ip(pod).unwrap_or_else(|| "none".into());
+            let container = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .map(|c| format!(", container ready={} restarts={}", c.ready, c.restart_count))
+                .unwrap_or_default();
+            format!("phase {phase}, pod IP {ip}{container}: its readiness probe (HTTP GET / on the probe port) does not pass")
+        }
+    }
+}
+
+impl Cluster {
+    /// Creates the probe pods (in the inventory's probe namespace, created if missing).
+    /// A pod the API refuses is recorded as broken; the others go on.
+    ///
+    /// # Errors
+    /// The namespace cannot be read or created.
+    pub async fn create_probes(
+        &self,
+        settings: &ProbeSettings,
+        run_id: &str,
+        requests: &[ProbeRequest],
+    ) -> Result<Vec<(ProbeRequest, String)>, ClusterError> {
+        self.ensure_namespace(&settings.namespace).await?;
+        let mut refused = Vec::new();
+        for request in requests {
+            if let Err(error) = self.create_pod(&probe_pod(settings, run_id, request)).await {
+                refused.push((request.clone(), error.to_string()));
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Watches this run's probe pods until each is Ready or can no longer start. Pods
+    /// still pending when the caller's deadline cuts this short are reported by
+    /// [`Cluster::probe_fleet_now`].
+    pub async fn wait_for_probes(
+        &self,
+        namespace: &str,
+        run_id: &str,
+        expected: usize,
+    ) -> ProbeFleet {
+        let config = watcher::Config::default().labels(&format!("{RUN_LABEL}={run_id}"));
+        let api: Api<Pod> = self.pods(namespace);
+        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+        let mut stream = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        loop {
+            match stream.next().await {
+                Some(Ok(pod)) => {
+                    pods.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                }
+                Some(Err(error)) => {
+                    tracing::warn!("watching probe pods, retrying: {error}");
+                    continue;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            let settled = pods
+                .values()
+                .filter(|p| (pod_ready(p) && pod_ip(p).is_some()) || hopeless(p).is_some());
+            if pods.len() >= expected && settled.count() == pods.len() {
+                return fleet_from(namespace, pods.values());
+            }
+        }
+    }
+
+    /// The probe pods of a run as they are now: Ready ones, and why the others are not.
+    ///
+    /// # Errors
+    /// The pods cannot be listed.
+    pub async fn probe_fleet_now(
+        &self,
+        namespace: &str,
+        run_id: &str,
+        requests: &[ProbeRequest],
+    ) -> Result<ProbeFleet, ClusterError> {
+        let params = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
+        let pods = self
+            .pods(namespace)
+            .list(&params)
+            .await
+            .map_err(api_error("listing probe pods"))?
+            .items;
+        let mut fleet = fleet_from(namespace, pods.iter());
+        for request in requests {
+            let listed = pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(&request.name));
+            let ready = fleet.ready.iter().any(|r| r.name == request.name);
+            if !ready && fleet.why_broken(&request.name).is_none() {
+                fleet.broken.push((
+                    request.clone(),
+                    format!("not Ready in time: {}", not_ready_reason(listed)),
+                ));
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Deletes every probe pod of this run, then the probe namespace if postflight made
+    /// it and nothing else is left in it.
+    ///
+    /// # Errors
+    /// The API refuses the deletion.
+    pub async fn delete_probes(&self, namespace: &str, run_id: &str) -> Result<(), ClusterError> {
+        let params = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
+        let api: Api<Pod> = self.pods(namespace);
+        match api
+            .delete_collection(&DeleteParams::default().grace_period(0), &params)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(error) => {
+                return Err(api_error(format!(
+                    "deleting the probe pods of run {run_id}"
+                ))(error))
+            }
+        }
+        self.delete_namespace_if_empty_and_ours(namespace).await
+    }
+}
+
+fn fleet_from<'a>(namespace: &str, pods: impl Iterator<Item = &'a Pod>) -> ProbeFleet {
+    let mut fleet = ProbeFleet {
+        namespace: namespace.into(),
+        ..Default::default()
+    };
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        match (pod_ready(pod), pod_ip(pod), hopeless(pod)) {
+            (true, Some(ip), _) => fleet.ready.push(ReadyProbe { name, node, ip }),
+            (_, _, Some(why)) => fleet.broken.push((ProbeRequest { name, node }, why)),
+            _ => {}
+        }
+    }
+    fleet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_pods_are_pinned_labelled_and_use_the_inventory_image() {
+        let settings = ProbeSettings::default();
+        let request = ProbeRequest {
+            name: probe_pod_name("r1", "k8s-worker-03", 0),
+            node: "k8s-worker-03".into(),
+        };
+        let pod = probe_pod(&settings, "r1", &request);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("k8s-worker-03"));
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels[RUN_LABEL], "r1");
+        assert_eq!(labels[MANAGED_BY_LABEL.0], MANAGED_BY_LABEL.1);
+        let container = &spec.containers[0];
+        assert_eq!(container.image.as_deref(), Some(settings.image.as_str()));
+        assert_eq!(
+            container.args.as_deref(),
+            Some(&["netexec".to_string(), "--http-port=8080".to_string()][..])
+        );
+        assert_eq!(pod.metadata.name.as_deref(), Some("pf-r1-k8s-worker-03-0"));
+    }
+
+    #[test]
+    fn probe_names_stay_valid_for_long_and_dotted_node_names() {
+        let name = probe_pod_name("abcdef12", &format!("{}.example.com", "n".repeat(80)), 1);
+        assert!(name.len() <= 63, "{name}");
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{name}"
+        );
+    }
+}
