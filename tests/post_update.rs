@@ -1,0 +1,364 @@
+//! The post-update cluster suite: the checks of `postflight verify` as a test suite that
+//! users point at their own cluster, one test per check, sharing the library code the
+//! command line uses.
+//!
+//! ```text
+//! POSTFLIGHT_INVENTORY=inventory/staging.yaml POSTFLIGHT_NODE=k8s-worker-03 \
+//!   [POSTFLIGHT_REBOOT=1] [POSTFLIGHT_JUNIT=out/junit.xml] cargo test --test post_update
+//! ```
+//!
+//! With POSTFLIGHT_REBOOT=1 the node is rebooted once, before any check runs. JUnit goes
+//! to POSTFLIGHT_JUNIT (default target/postflight/junit.xml), rewritten after every test
+//! so that it holds every check that ran. Without POSTFLIGHT_INVENTORY the suite says
+//! that it was not pointed at a cluster and reports every check as skipped, never as
+//! passed.
+
+use postflight::checks::{judge_node_ready, CheckName, CheckResult, Verdict};
+use postflight::cluster::Cluster;
+use postflight::gate::{self, ProbePlan, RebootBaseline};
+use postflight::host::SshTransport;
+use postflight::inventory::Inventory;
+use postflight::report::{self, NodeReport, StepTiming};
+use rstest::{fixture, rstest};
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// What the environment points the suite at.
+struct Target {
+    inventory: Inventory,
+    node: String,
+    reboot: bool,
+}
+
+impl Target {
+    fn from_env() -> Option<Target> {
+        let path = std::env::var_os("POSTFLIGHT_INVENTORY")?;
+        let inventory = Inventory::load(&PathBuf::from(path)).unwrap_or_else(|e| panic!("{e}"));
+        let node =
+            std::env::var("POSTFLIGHT_NODE").expect("POSTFLIGHT_NODE names the node to verify");
+        assert!(
+            inventory.node(&node).is_some(),
+            "{node} is not in {}",
+            inventory.file.display()
+        );
+        let reboot = std::env::var("POSTFLIGHT_REBOOT").is_ok_and(|v| !v.is_empty() && v != "0");
+        Some(Target {
+            inventory,
+            node,
+            reboot,
+        })
+    }
+}
+
+static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+
+/// The reboot, done once for the whole suite before any check runs.
+struct RebootPhase {
+    results: Vec<CheckResult>,
+    steps: Vec<StepTiming>,
+    baseline: Option<RebootBaseline>,
+}
+
+static REBOOT: OnceLock<RebootPhase> = OnceLock::new();
+
+static RESULTS: Mutex<Vec<CheckResult>> = Mutex::new(Vec::new());
+
+#[fixture]
+fn target() -> Option<&'static Target> {
+    TARGET.get_or_init(Target::from_env).as_ref()
+}
+
+/// The kube client for the inventory's cluster.
+#[fixture]
+async fn cluster(target: Option<&'static Target>) -> Option<Cluster> {
+    let target = target?;
+    Some(
+        gate::connect(&target.inventory)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the cluster: {e}")),
+    )
+}
+
+/// The node's SSH session (host key verified on every connection).
+#[fixture]
+fn node_ssh(target: Option<&'static Target>) -> Option<SshTransport> {
+    let target = target?;
+    gate::ssh_transport(&target.inventory, &target.node)
+}
+
+fn junit_path() -> PathBuf {
+    std::env::var_os("POSTFLIGHT_JUNIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/postflight/junit.xml")
+        })
+}
+
+/// Reboots the node the first time a test asks (when POSTFLIGHT_REBOOT is set); every
+/// test waits for it. It runs on a runtime of its own because each test has one.
+fn reboot_phase(target: &'static Target) -> &'static RebootPhase {
+    REBOOT.get_or_init(|| {
+        if !target.reboot {
+            return RebootPhase {
+                results: Vec::new(),
+                steps: Vec::new(),
+                baseline: None,
+            };
+        }
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime for the reboot");
+            runtime.block_on(async {
+                let cluster = gate::connect(&target.inventory)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let ssh = gate::ssh_transport(&target.inventory, &target.node)
+                    .expect("node in inventory");
+                let (results, steps, baseline) =
+                    gate::reboot_node(&target.inventory, &cluster, &ssh, &target.node).await;
+                RebootPhase {
+                    results,
+                    steps,
+                    baseline,
+                }
+            })
+        })
+        .join()
+        .expect("the reboot phase does not panic")
+    })
+}
+
+/// Records a result in the suite's JUnit and fails the test unless it passed.
+fn conclude(target: &Target, result: CheckResult) {
+    let verdict = result.verdict.clone();
+    let evidence = report::evidence_text(&result);
+    {
+        let mut results = RESULTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        results.push(result);
+        results.sort_by_key(|r| r.name);
+        let phase = REBOOT.get();
+        let node_report = NodeReport {
+            node: target.node.clone(),
+            rebooted: target.reboot,
+            started_at: String::new(),
+            results: results.clone(),
+            steps: phase.map(|p| p.steps.clone()).unwrap_or_default(),
+            ready_to_verdict: None,
+            interrupted: false,
+            notes: Vec::new(),
+        };
+        report::write_junit(&junit_path(), &[node_report], "postflight post_update")
+            .expect("JUnit written");
+    }
+    match verdict {
+        Verdict::Passed => {}
+        Verdict::Failed(message) => panic!("FAILED: {message}\n{evidence}"),
+        Verdict::Error(message) => panic!("COULD NOT RUN: {message}\n{evidence}"),
+    }
+}
+
+/// Without a target: say so, and write every check as skipped, not passed.
+fn not_pointed_at_a_cluster(check: CheckName) {
+    eprintln!(
+        "post_update: {check}: SKIPPED — not pointed at a cluster. Set POSTFLIGHT_INVENTORY and POSTFLIGHT_NODE \
+         (and POSTFLIGHT_REBOOT=1 to reboot first); nothing was checked."
+    );
+    let mut suite =
+        junit_report::TestSuite::new("postflight post_update (not pointed at a cluster)");
+    for name in CheckName::for_verify(true) {
+        let mut case = junit_report::TestCase::skipped(name.as_str());
+        case.set_classname("(no cluster)");
+        suite.add_testcase(case);
+    }
+    let mut junit = junit_report::Report::new();
+    junit.add_testsuite(suite);
+    let mut xml = Vec::new();
+    junit.write_xml(&mut xml).expect("JUnit renders");
+    report::write_atomically(&junit_path(), &xml).expect("JUnit written");
+}
+
+/// The reboot phase's own result for `check`, when it has one: its two checks, or an
+/// error for a check that cannot run because the node did not come back.
+fn from_reboot(target: &'static Target, check: CheckName) -> Option<CheckResult> {
+    reboot_phase(target)
+        .results
+        .iter()
+        .find(|r| r.name == check)
+        .cloned()
+}
+
+#[rstest]
+#[tokio::test]
+async fn node_ready_after_reboot(
+    target: Option<&'static Target>,
+    #[future(awt)] cluster: Option<Cluster>,
+) {
+    let (Some(target), Some(cluster)) = (target, cluster) else {
+        return not_pointed_at_a_cluster(CheckName::NodeReadyAfterReboot);
+    };
+    if let Some(result) = from_reboot(target, CheckName::NodeReadyAfterReboot) {
+        return conclude(target, result);
+    }
+    let started = Instant::now();
+    let node = cluster
+        .node(&target.node)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (verdict, evidence) = judge_node_ready(&node);
+    conclude(
+        target,
+        CheckResult::new(
+            CheckName::NodeReadyAfterReboot,
+            &target.node,
+            verdict,
+            evidence,
+            started.elapsed(),
+        ),
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn boot_id_changed(target: Option<&'static Target>) {
+    let Some(target) = target else {
+        return not_pointed_at_a_cluster(CheckName::BootIdChanged);
+    };
+    match from_reboot(target, CheckName::BootIdChanged) {
+        Some(result) => conclude(target, result),
+        None => eprintln!("boot_id_changed: not applicable, POSTFLIGHT_REBOOT is not set (the node was not rebooted)"),
+    }
+}
+
+async fn calico_results(target: &'static Target, cluster: &Cluster) -> gate::CalicoResults {
+    let phase = reboot_phase(target);
+    let since = gate::crashloop_window_start(phase.baseline.as_ref());
+    let baseline = phase.baseline.as_ref().map(|b| &b.calico);
+    gate::check_calico(cluster, &target.inventory, &target.node, baseline, since).await
+}
+
+#[rstest]
+#[tokio::test]
+async fn calico_node_ready(
+    target: Option<&'static Target>,
+    #[future(awt)] cluster: Option<Cluster>,
+) {
+    let (Some(target), Some(cluster)) = (target, cluster) else {
+        return not_pointed_at_a_cluster(CheckName::CalicoNodeReady);
+    };
+    if let Some(result) = from_reboot(target, CheckName::CalicoNodeReady) {
+        return conclude(target, result);
+    }
+    conclude(target, calico_results(target, &cluster).await.ready);
+}
+
+#[rstest]
+#[tokio::test]
+async fn calico_node_not_crashlooping(
+    target: Option<&'static Target>,
+    #[future(awt)] cluster: Option<Cluster>,
+) {
+    let (Some(target), Some(cluster)) = (target, cluster) else {
+        return not_pointed_at_a_cluster(CheckName::CalicoNodeNotCrashlooping);
+    };
+    if let Some(result) = from_reboot(target, CheckName::CalicoNodeNotCrashlooping) {
+        return conclude(target, result);
+    }
+    conclude(target, calico_results(target, &cluster).await.crashloop);
+}
+
+#[rstest]
+#[tokio::test]
+async fn tmpfiles_config_present(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
+    let (Some(target), Some(ssh)) = (target, node_ssh) else {
+        return not_pointed_at_a_cluster(CheckName::TmpfilesConfigPresent);
+    };
+    if let Some(result) = from_reboot(target, CheckName::TmpfilesConfigPresent) {
+        return conclude(target, result);
+    }
+    let inventory = &target.inventory;
+    let host = gate::check_host(
+        &ssh,
+        &target.node,
+        &inventory.calico,
+        inventory.timeouts.ssh,
+    )
+    .await;
+    conclude(target, host.tmpfiles);
+}
+
+#[rstest]
+#[tokio::test]
+async fn run_dir_permissions(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
+    let (Some(target), Some(ssh)) = (target, node_ssh) else {
+        return not_pointed_at_a_cluster(CheckName::RunDirPermissions);
+    };
+    if let Some(result) = from_reboot(target, CheckName::RunDirPermissions) {
+        return conclude(target, result);
+    }
+    let inventory = &target.inventory;
+    let host = gate::check_host(
+        &ssh,
+        &target.node,
+        &inventory.calico,
+        inventory.timeouts.ssh,
+    )
+    .await;
+    conclude(target, host.run_dir);
+}
+
+/// Both connectivity checks, on probe pods of their own that are deleted before the
+/// verdict is asserted, so a failing test leaves nothing behind.
+async fn connectivity(target: &'static Target, cluster: &Cluster) -> (CheckResult, CheckResult) {
+    let inventory = &target.inventory;
+    let others: Vec<String> = inventory
+        .node_names()
+        .into_iter()
+        .filter(|n| *n != target.node)
+        .collect();
+    let plan = ProbePlan::new(&gate::new_run_id(), &target.node, &others);
+    let calico_ready = calico_results(target, cluster).await.ready.passed();
+    let fleet = gate::start_probes(cluster, inventory, &plan).await;
+    let results = gate::check_connectivity(cluster, inventory, &plan, fleet, calico_ready).await;
+    if let Err(error) = cluster
+        .delete_probes(&inventory.probe.namespace, &plan.run_id)
+        .await
+    {
+        eprintln!(
+            "warning: probe pods of run {} were not deleted: {error}",
+            plan.run_id
+        );
+    }
+    results
+}
+
+#[rstest]
+#[tokio::test]
+async fn same_node_pod_connectivity(
+    target: Option<&'static Target>,
+    #[future(awt)] cluster: Option<Cluster>,
+) {
+    let (Some(target), Some(cluster)) = (target, cluster) else {
+        return not_pointed_at_a_cluster(CheckName::SameNodePodConnectivity);
+    };
+    if let Some(result) = from_reboot(target, CheckName::SameNodePodConnectivity) {
+        return conclude(target, result);
+    }
+    conclude(target, connectivity(target, &cluster).await.0);
+}
+
+#[rstest]
+#[tokio::test]
+async fn cross_node_pod_connectivity(
+    target: Option<&'static Target>,
+    #[future(awt)] cluster: Option<Cluster>,
+) {
+    let (Some(target), Some(cluster)) = (target, cluster) else {
+        return not_pointed_at_a_cluster(CheckName::CrossNodePodConnectivity);
+    };
+    if let Some(result) = from_reboot(target, CheckName::CrossNodePodConnectivity) {
+        return conclude(target, result);
+    }
+    conclude(target, connectivity(target, &cluster).await.1);
+}

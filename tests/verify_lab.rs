@@ -1,0 +1,455 @@
+//! End to end: the `postflight` binary against real labs (ci/lab). Each test brings up
+//! its own lab and takes it down when it ends, also when it fails (the lab handle's Drop).
+//! They need root, like the lab itself.
+
+use postflight_lab::{Lab, LabConfig};
+use rstest::rstest;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const POSTFLIGHT: &str = env!("CARGO_BIN_EXE_postflight");
+
+fn lab(name: &str, nodes: usize) -> Lab {
+    Lab::up(LabConfig::new(name).nodes(nodes)).unwrap_or_else(|e| panic!("lab {name}: {e}"))
+}
+
+/// One run of `postflight verify`, with its reports.
+struct Run {
+    output: Output,
+    junit: String,
+    json: Value,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code(),
+            self.stdout(),
+            String::from_utf8_lossy(&self.output.stderr)
+        )
+    }
+    fn result(&self, check: &str) -> &Value {
+        self.json["nodes"][0]["results"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == check))
+            .unwrap_or_else(|| panic!("no result for {check}: {}", self.describe()))
+    }
+    fn verdict(&self, check: &str) -> &str {
+        self.result(check)["verdict"].as_str().unwrap_or_default()
+    }
+    fn message(&self, check: &str) -> &str {
+        self.result(check)["message"].as_str().unwrap_or_default()
+    }
+    /// (testcase name, kind) for every testcase in the JUnit file: kind is "passed",
+    /// "failure" or "error".
+    fn junit_cases(&self) -> Vec<(String, String, String)> {
+        let document = roxmltree::Document::parse(&self.junit).expect("JUnit is well-formed XML");
+        document
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .map(|case| {
+                let kind = ["failure", "error"]
+                    .into_iter()
+                    .find(|k| case.children().any(|c| c.has_tag_name(*k)))
+                    .unwrap_or("passed");
+                (
+                    case.attribute("name").unwrap_or_default().to_string(),
+                    case.attribute("classname").unwrap_or_default().to_string(),
+                    kind.to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn verify(inventory: &Path, node: &str, reboot: bool, reports: &Path) -> Run {
+    let junit = reports.join(format!("{node}-junit.xml"));
+    let json = reports.join(format!("{node}.json"));
+    let _ = std::fs::remove_file(&junit);
+    let mut command = Command::new(POSTFLIGHT);
+    command
+        .arg("--inventory")
+        .arg(inventory)
+        .args(["verify", "--node", node]);
+    command
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .env("NO_COLOR", "1");
+    if reboot {
+        command.arg("--reboot");
+    }
+    let output = command.output().expect("postflight runs");
+    let junit = std::fs::read_to_string(&junit).unwrap_or_else(|e| {
+        panic!(
+            "no JUnit written ({e}): exit {:?}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+        .expect("JSON parses");
+    Run {
+        output,
+        junit,
+        json,
+    }
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn boot_id(lab: &Lab, node: &str) -> String {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.nodeInfo.bootID}",
+        ],
+    )
+}
+
+/// Nothing of postflight's is left in the cluster: no probe pod, no probe namespace.
+fn assert_no_probe_left(lab: &Lab) {
+    let leftovers = kubectl(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "-l",
+            "app.kubernetes.io/managed-by=postflight",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(leftovers, "", "probe pods left behind");
+    let namespaces = kubectl(lab, &["get", "namespaces", "-o", "name"]);
+    assert!(
+        !namespaces.contains("postflight-probe"),
+        "probe namespace left behind: {namespaces}"
+    );
+}
+
+const ALL_CHECKS: [&str; 8] = [
+    "node_ready_after_reboot",
+    "boot_id_changed",
+    "calico_node_ready",
+    "calico_node_not_crashlooping",
+    "tmpfiles_config_present",
+    "run_dir_permissions",
+    "same_node_pod_connectivity",
+    "cross_node_pod_connectivity",
+];
+
+#[test]
+fn a_healthy_reboot_passes_every_check() {
+    let lab = lab("pf-healthy", 5);
+    let reports = tempfile::tempdir().unwrap();
+    let node = "k8s-worker-03";
+    let before = boot_id(&lab, node);
+    let run = verify(&lab.paths().inventory(), node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let cases = run.junit_cases();
+    let names: Vec<&str> = cases.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names, ALL_CHECKS, "{}", run.junit);
+    assert!(
+        cases
+            .iter()
+            .all(|(_, class, kind)| class == node && kind == "passed"),
+        "{cases:?}"
+    );
+    let after = boot_id(&lab, node);
+    assert_ne!(before, after, "the node really rebooted");
+    assert_eq!(
+        run.result("boot_id_changed")["evidence"][0]["observed"],
+        after.as_str()
+    );
+    let cross = run.result("cross_node_pod_connectivity")["evidence"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(cross, 8, "to and from each of the 4 other nodes");
+    assert!(
+        run.stdout().contains("node Ready → verdict"),
+        "{}",
+        run.describe()
+    );
+    assert_no_probe_left(&lab);
+}
+
+#[test]
+fn the_incident_fails_with_evidence_and_its_fix_passes() {
+    let lab = lab("pf-incident", 5);
+    let reports = tempfile::tempdir().unwrap();
+    let node = "k8s-worker-03";
+    let inventory = lab.paths().inventory();
+    lab.os_update(node, true).unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+
+    assert_eq!(
+        run.verdict("node_ready_after_reboot"),
+        "passed",
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.verdict("boot_id_changed"), "passed");
+    assert_eq!(run.verdict("calico_node_ready"), "failed");
+    assert!(
+        run.message("calico_node_ready")
+            .contains("permission denied on /var/run/calico"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.verdict("calico_node_not_crashlooping"), "failed");
+    assert_eq!(run.verdict("tmpfiles_config_present"), "failed");
+    assert_eq!(
+        run.result("tmpfiles_config_present")["evidence"][0]["observed"],
+        "d /run/calico 0700 root root -"
+    );
+    assert_eq!(run.verdict("run_dir_permissions"), "failed");
+    let evidence = &run.result("run_dir_permissions")["evidence"][0];
+    assert_eq!(
+        (evidence["observed"].as_str(), evidence["expected"].as_str()),
+        (Some("700 0 0"), Some("755 999 999"))
+    );
+    assert_eq!(
+        run.verdict("same_node_pod_connectivity"),
+        "passed",
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.verdict("cross_node_pod_connectivity"), "failed");
+    let cross = run.message("cross_node_pod_connectivity");
+    for other in [
+        "k8s-control-01",
+        "k8s-worker-01",
+        "k8s-worker-02",
+        "k8s-worker-04",
+    ] {
+        assert!(
+            cross.contains(&format!("{node}/pf-")) && cross.contains(&format!("→ {other}/pf-")),
+            "{cross}"
+        );
+        assert!(cross.contains(&format!("{other}/pf-")), "{cross}");
+    }
+    assert!(
+        cross.contains("curl: ("),
+        "the failure carries the client's own error: {cross}"
+    );
+    let diagnosis = &run.result("run_dir_permissions")["diagnosis"]["root_cause"];
+    assert!(
+        diagnosis
+            .as_str()
+            .unwrap_or_default()
+            .contains("tmpfiles.d entry for Calico was replaced"),
+        "{diagnosis}"
+    );
+    let failures: Vec<String> = run
+        .junit_cases()
+        .into_iter()
+        .filter(|(_, _, kind)| kind == "failure")
+        .map(|(name, _, _)| name)
+        .collect();
+    assert_eq!(failures.len(), 5, "{failures:?}");
+    let ready_to_verdict = run.json["nodes"][0]["ready_to_verdict"]
+        .as_f64()
+        .expect("measured");
+    assert!(
+        ready_to_verdict < 60.0,
+        "verdict took {ready_to_verdict} s after the node was Ready"
+    );
+    assert!(
+        run.stdout().contains("node Ready → verdict"),
+        "{}",
+        run.describe()
+    );
+    assert_no_probe_left(&lab);
+
+    // The fix from the diagnosis, then the node verifies clean — and stays clean across
+    // another reboot.
+    let fix = "echo 'd /run/calico 0755 999 999 -' > /etc/tmpfiles.d/calico.conf && systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf";
+    let output = lab
+        .node_exec(node, &["sh".into(), "-c".into(), fix.into()])
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calico = kubectl(
+        &lab,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "k8s-app=calico-node",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "name",
+        ],
+    );
+    kubectl(&lab, &["delete", "-n", "kube-system", &calico]);
+    let run = verify(&inventory, node, false, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+}
+
+/// A known_hosts file that does not vouch for the node's real key.
+enum Tampering {
+    /// The node's entry carries another key: a man in the middle, or a reinstalled node.
+    KeyChanged,
+    /// The node has no entry at all.
+    NodeUnknown,
+}
+
+#[rstest]
+#[case::changed_key(Tampering::KeyChanged, "HOST KEY MISMATCH")]
+#[case::unknown_host(Tampering::NodeUnknown, "is not in")]
+fn a_host_key_that_does_not_match_is_refused_and_nothing_runs(
+    #[case] tampering: Tampering,
+    #[case] said: &str,
+) {
+    let name = match tampering {
+        Tampering::KeyChanged => "pf-hostkey-a",
+        Tampering::NodeUnknown => "pf-hostkey-b",
+    };
+    let lab = lab(name, 3);
+    let node = "k8s-worker-01";
+    let ip = lab.topology().node(node).unwrap().ip.to_string();
+    let state = lab.paths().state_dir.clone();
+    let real = std::fs::read_to_string(lab.paths().known_hosts()).unwrap();
+    let other_key = state.join("impostor");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let impostor = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let impostor: Vec<&str> = impostor.split_whitespace().take(2).collect();
+    let tampered: String = real
+        .lines()
+        .filter_map(|line| {
+            let host = line.split_whitespace().next().unwrap_or_default();
+            let this_node = host == ip || host.starts_with(&format!("[{ip}]"));
+            match (this_node, &tampering) {
+                (false, _) => Some(format!("{line}\n")),
+                (true, Tampering::KeyChanged) => Some(format!("{host} {}\n", impostor.join(" "))),
+                (true, Tampering::NodeUnknown) => None,
+            }
+        })
+        .collect();
+    assert_ne!(tampered, real);
+    let known_hosts = state.join("tampered_known_hosts");
+    std::fs::write(&known_hosts, tampered).unwrap();
+    let inventory_text = std::fs::read_to_string(lab.paths().inventory())
+        .unwrap()
+        .replace(
+            "known_hosts: ssh/known_hosts",
+            "known_hosts: tampered_known_hosts",
+        );
+    let inventory: PathBuf = state.join("tampered-inventory.yaml");
+    std::fs::write(&inventory, inventory_text).unwrap();
+    let before = boot_id(&lab, node);
+
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 3, "could not run is exit 3: {}", run.describe());
+    assert!(run.stdout().contains(said), "{}", run.describe());
+    assert!(
+        run.junit_cases().iter().all(|(_, _, kind)| kind == "error"),
+        "{}",
+        run.junit
+    );
+    // Nothing ran on the node: it did not reboot.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(boot_id(&lab, node), before);
+    assert_no_probe_left(&lab);
+}
+
+#[test]
+fn an_unknown_node_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        "nodes:\n  - name: k8s-worker-01\n    host: 198.18.0.11\n",
+    )
+    .unwrap();
+    let output = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(&inventory)
+        .args(["verify", "--node", "k8s-worker-09"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not in the inventory"));
+}
+
+#[test]
+fn check_inventory_points_at_the_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("bad.yaml");
+    std::fs::write(
+        &inventory,
+        "nodes:\n  - name: k8s-worker-01\n    host: 198.18.0.11\n    prot: 22\n",
+    )
+    .unwrap();
+    let output = Command::new(POSTFLIGHT)
+        .arg("check-inventory")
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4:5", inventory.display())),
+        "{stderr}"
+    );
+    for example in [
+        "inventory/example-staging.yaml",
+        "inventory/example-kind.yaml",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+        let output = Command::new(POSTFLIGHT)
+            .arg("check-inventory")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
