@@ -142,6 +142,7 @@ pub trait Transport: Send + Sync {
     ) -> BoxFuture<'a, Result<RebootOutcome, HostError>>;
 }
 
+#[derive(Clone)]
 pub struct SshTransport {
     target: SshTarget,
     timeout: Duration,
@@ -279,26 +280,31 @@ impl SshTransport {
     }
 }
 
+impl SshTransport {
+    /// Runs the command on a blocking thread, since libssh2 blocks; returns the line as
+    /// sent, for error messages.
+    async fn exec_off_thread(
+        &self,
+        command: &ShellCommand,
+    ) -> (String, Result<Result<CommandOutput, String>, HostError>) {
+        let line = command.render(self.target.become_method);
+        let transport = self.clone();
+        let sent = line.clone();
+        let result = tokio::task::spawn_blocking(move || transport.exec_blocking(&line))
+            .await
+            .expect("ssh worker does not panic");
+        (sent, result)
+    }
+}
+
 impl Transport for SshTransport {
     fn run<'a>(
         &'a self,
         command: &'a ShellCommand,
     ) -> BoxFuture<'a, Result<CommandOutput, HostError>> {
         Box::pin(async move {
-            let line = command.render(self.target.become_method);
-            let transport = SshTransport {
-                target: self.target.clone(),
-                timeout: self.timeout,
-            };
-            let result = tokio::task::spawn_blocking(move || {
-                let line = line;
-                transport
-                    .exec_blocking(&line)
-                    .map(|r| r.map_err(|reason| (line, reason)))
-            })
-            .await
-            .expect("ssh worker does not panic")?;
-            result.map_err(|(line, reason)| {
+            let (line, result) = self.exec_off_thread(command).await;
+            result?.map_err(|reason| {
                 self.session_error(&line, format!("connection dropped: {reason}"))
             })
         })
@@ -309,15 +315,7 @@ impl Transport for SshTransport {
         command: &'a ShellCommand,
     ) -> BoxFuture<'a, Result<RebootOutcome, HostError>> {
         Box::pin(async move {
-            let line = command.render(self.target.become_method);
-            let transport = SshTransport {
-                target: self.target.clone(),
-                timeout: self.timeout,
-            };
-            let result = tokio::task::spawn_blocking(move || transport.exec_blocking(&line))
-                .await
-                .expect("ssh worker does not panic");
-            match result {
+            match self.exec_off_thread(command).await.1 {
                 Ok(Ok(output)) if output.success() => Ok(RebootOutcome::Issued),
                 Ok(Ok(output)) => Ok(RebootOutcome::Refused(output)),
                 // Connected, authenticated, command sent, then the line went dead: the

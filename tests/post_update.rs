@@ -189,34 +189,56 @@ fn from_reboot(target: &'static Target, check: CheckName) -> Option<CheckResult>
         .cloned()
 }
 
+/// One check of the suite: skipped without a target; taken from the reboot phase when
+/// that phase decided it (its own two checks, or errors because the node did not come
+/// back); otherwise run now.
+async fn suite_check<Run>(
+    target: Option<&'static Target>,
+    check: CheckName,
+    run: impl FnOnce(&'static Target) -> Run,
+) where
+    Run: std::future::Future<Output = CheckResult>,
+{
+    let Some(target) = target else {
+        return not_pointed_at_a_cluster(check);
+    };
+    match from_reboot(target, check) {
+        Some(result) => conclude(target, result),
+        None => conclude(target, run(target).await),
+    }
+}
+
+/// Fixtures are None only without a target, and then `suite_check` never runs a check.
+fn present<T>(fixture: Option<T>) -> T {
+    fixture.expect("a fixture of a suite pointed at a cluster")
+}
+
 #[rstest]
 #[tokio::test]
 async fn node_ready_after_reboot(
     target: Option<&'static Target>,
     #[future(awt)] cluster: Option<Cluster>,
 ) {
-    let (Some(target), Some(cluster)) = (target, cluster) else {
-        return not_pointed_at_a_cluster(CheckName::NodeReadyAfterReboot);
-    };
-    if let Some(result) = from_reboot(target, CheckName::NodeReadyAfterReboot) {
-        return conclude(target, result);
-    }
-    let started = Instant::now();
-    let node = cluster
-        .node(&target.node)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (verdict, evidence) = judge_node_ready(&node);
-    conclude(
+    suite_check(
         target,
-        CheckResult::new(
-            CheckName::NodeReadyAfterReboot,
-            &target.node,
-            verdict,
-            evidence,
-            started.elapsed(),
-        ),
-    );
+        CheckName::NodeReadyAfterReboot,
+        |target| async move {
+            let started = Instant::now();
+            let node = present(cluster)
+                .node(&target.node)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (verdict, evidence) = judge_node_ready(&node);
+            CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                &target.node,
+                verdict,
+                evidence,
+                started.elapsed(),
+            )
+        },
+    )
+    .await;
 }
 
 #[rstest]
@@ -244,13 +266,10 @@ async fn calico_node_ready(
     target: Option<&'static Target>,
     #[future(awt)] cluster: Option<Cluster>,
 ) {
-    let (Some(target), Some(cluster)) = (target, cluster) else {
-        return not_pointed_at_a_cluster(CheckName::CalicoNodeReady);
-    };
-    if let Some(result) = from_reboot(target, CheckName::CalicoNodeReady) {
-        return conclude(target, result);
-    }
-    conclude(target, calico_results(target, &cluster).await.ready);
+    suite_check(target, CheckName::CalicoNodeReady, |target| async move {
+        calico_results(target, &present(cluster)).await.ready
+    })
+    .await;
 }
 
 #[rstest]
@@ -259,53 +278,43 @@ async fn calico_node_not_crashlooping(
     target: Option<&'static Target>,
     #[future(awt)] cluster: Option<Cluster>,
 ) {
-    let (Some(target), Some(cluster)) = (target, cluster) else {
-        return not_pointed_at_a_cluster(CheckName::CalicoNodeNotCrashlooping);
-    };
-    if let Some(result) = from_reboot(target, CheckName::CalicoNodeNotCrashlooping) {
-        return conclude(target, result);
-    }
-    conclude(target, calico_results(target, &cluster).await.crashloop);
+    suite_check(
+        target,
+        CheckName::CalicoNodeNotCrashlooping,
+        |target| async move { calico_results(target, &present(cluster)).await.crashloop },
+    )
+    .await;
+}
+
+async fn host_results(target: &'static Target, ssh: Option<SshTransport>) -> gate::HostResults {
+    let inventory = &target.inventory;
+    gate::check_host(
+        &present(ssh),
+        &target.node,
+        &inventory.calico,
+        inventory.timeouts.ssh,
+    )
+    .await
 }
 
 #[rstest]
 #[tokio::test]
 async fn tmpfiles_config_present(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
-    let (Some(target), Some(ssh)) = (target, node_ssh) else {
-        return not_pointed_at_a_cluster(CheckName::TmpfilesConfigPresent);
-    };
-    if let Some(result) = from_reboot(target, CheckName::TmpfilesConfigPresent) {
-        return conclude(target, result);
-    }
-    let inventory = &target.inventory;
-    let host = gate::check_host(
-        &ssh,
-        &target.node,
-        &inventory.calico,
-        inventory.timeouts.ssh,
+    suite_check(
+        target,
+        CheckName::TmpfilesConfigPresent,
+        |target| async move { host_results(target, node_ssh).await.tmpfiles },
     )
     .await;
-    conclude(target, host.tmpfiles);
 }
 
 #[rstest]
 #[tokio::test]
 async fn run_dir_permissions(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
-    let (Some(target), Some(ssh)) = (target, node_ssh) else {
-        return not_pointed_at_a_cluster(CheckName::RunDirPermissions);
-    };
-    if let Some(result) = from_reboot(target, CheckName::RunDirPermissions) {
-        return conclude(target, result);
-    }
-    let inventory = &target.inventory;
-    let host = gate::check_host(
-        &ssh,
-        &target.node,
-        &inventory.calico,
-        inventory.timeouts.ssh,
-    )
+    suite_check(target, CheckName::RunDirPermissions, |target| async move {
+        host_results(target, node_ssh).await.run_dir
+    })
     .await;
-    conclude(target, host.run_dir);
 }
 
 /// Both connectivity checks, on probe pods of their own that are deleted before the
@@ -339,13 +348,12 @@ async fn same_node_pod_connectivity(
     target: Option<&'static Target>,
     #[future(awt)] cluster: Option<Cluster>,
 ) {
-    let (Some(target), Some(cluster)) = (target, cluster) else {
-        return not_pointed_at_a_cluster(CheckName::SameNodePodConnectivity);
-    };
-    if let Some(result) = from_reboot(target, CheckName::SameNodePodConnectivity) {
-        return conclude(target, result);
-    }
-    conclude(target, connectivity(target, &cluster).await.0);
+    suite_check(
+        target,
+        CheckName::SameNodePodConnectivity,
+        |target| async move { connectivity(target, &present(cluster)).await.0 },
+    )
+    .await;
 }
 
 #[rstest]
@@ -354,11 +362,10 @@ async fn cross_node_pod_connectivity(
     target: Option<&'static Target>,
     #[future(awt)] cluster: Option<Cluster>,
 ) {
-    let (Some(target), Some(cluster)) = (target, cluster) else {
-        return not_pointed_at_a_cluster(CheckName::CrossNodePodConnectivity);
-    };
-    if let Some(result) = from_reboot(target, CheckName::CrossNodePodConnectivity) {
-        return conclude(target, result);
-    }
-    conclude(target, connectivity(target, &cluster).await.1);
+    suite_check(
+        target,
+        CheckName::CrossNodePodConnectivity,
+        |target| async move { connectivity(target, &present(cluster)).await.1 },
+    )
+    .await;
 }

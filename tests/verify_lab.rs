@@ -453,3 +453,51 @@ fn check_inventory_points_at_the_bad_line() {
         );
     }
 }
+
+#[test]
+fn an_interrupted_run_exits_130_and_still_writes_its_report() {
+    let lab = lab("pf-interrupt", 3);
+    let node = "k8s-worker-01";
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    let child = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", node, "--reboot", "--junit"])
+        .arg(&junit)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt while it waits for the node, as Ctrl-C in a terminal would.
+    let node_went_down = std::time::Instant::now();
+    while boot_id(&lab, node).is_empty()
+        || kubectl(&lab, &["get", "node", node]).contains(" Ready ")
+    {
+        assert!(
+            node_went_down.elapsed().as_secs() < 60,
+            "the node never went down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    nix_kill(child.id(), "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let junit =
+        std::fs::read_to_string(&junit).expect("the JUnit report is written when interrupted");
+    assert!(junit.contains("the run was interrupted"), "{junit}");
+    assert_no_probe_left(&lab);
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
