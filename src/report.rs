@@ -408,7 +408,7 @@ mod tests {
             failure.attribute("message"),
             Some("/var/run/calico is 700 0 0 & <bad>")
         );
-        assert_eq!(cases[1].attribute("time"), Some("1.500"));
+        assert_eq!(cases[1].attribute("time"), Some("1.5"));
         let out = cases[1]
             .children()
             .find(|n| n.has_tag_name("system-out"))
