@@ -333,7 +333,14 @@ async fn wait_until_ready(store: &Store, node_count: usize) -> Instant {
             .collect();
         let nodes_ready =
             nodes.len() == node_count && nodes.iter().all(crate::controllers::node_is_ready);
+        // The DaemonSet's own status counts too, as `kubectl rollout status` reads it:
+        // its controller publishes a tick after the pods turn Ready, and a user who
+        // looks right after `up` must not see a half-ready DaemonSet.
+        let daemonset_ready = store
+            .get("daemonsets.apps", "kube-system", "calico-node")
+            .is_some_and(|ds| ds["status"]["numberReady"] == serde_json::json!(node_count));
         if nodes_ready
+            && daemonset_ready
             && calico.len() == node_count
             && calico.iter().all(crate::apiserver::pod_is_ready)
         {
