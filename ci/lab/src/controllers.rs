@@ -45,8 +45,9 @@ fn node_lifecycle(store: &Store, grace: Duration) {
         let heartbeat = ready["lastHeartbeatTime"]
             .as_str()
             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        // Signed: a heartbeat stamped a moment ahead of this clock is fresh, not ancient.
         let silent = heartbeat.is_none_or(|t| {
-            (now.as_millisecond() - t.as_millisecond()) as u128 > grace.as_millis()
+            i128::from(now.as_millisecond() - t.as_millisecond()) > grace.as_millis() as i128
         });
         if !silent {
             continue;
@@ -57,22 +58,27 @@ fn node_lifecycle(store: &Store, grace: Duration) {
             mark_node_unknown(n);
             Ok(())
         });
-        for pod in store
-            .list("pods", None)
-            .0
-            .iter()
-            .filter(|p| p["spec"]["nodeName"] == json!(name))
-        {
-            let _ = store.update("pods", store::namespace_of(pod), store::name_of(pod), |p| {
-                if let Some(statuses) = p["status"]["containerStatuses"].as_array_mut() {
-                    for status in statuses {
-                        status["ready"] = json!(false);
-                    }
+        mark_pods_unready(store, &name);
+    }
+}
+
+/// Every pod on the node stops being Ready: its node is gone or going.
+pub fn mark_pods_unready(store: &Store, node: &str) {
+    for pod in store
+        .list("pods", None)
+        .0
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == json!(node))
+    {
+        let _ = store.update("pods", store::namespace_of(pod), store::name_of(pod), |p| {
+            if let Some(statuses) = p["status"]["containerStatuses"].as_array_mut() {
+                for status in statuses {
+                    status["ready"] = json!(false);
                 }
-                refresh_pod_conditions(p);
-                Ok(())
-            });
-        }
+            }
+            refresh_pod_conditions(p);
+            Ok(())
+        });
     }
 }
 

@@ -30,7 +30,11 @@ use tokio::task::JoinHandle;
 pub struct Timings {
     /// kubelet nodeStatusUpdateFrequency: 10 s in Kubernetes.
     pub heartbeat: Duration,
-    /// node-monitor-grace-period: 40 s in Kubernetes.
+    /// node-monitor-grace-period: 40 s in Kubernetes, four heartbeats. The lab allows
+    /// more heartbeats than that: a busy 2-core machine running two labs at once can
+    /// delay one by seconds, and a node that flaps to Unknown while it runs would be a
+    /// lab fault, not a cluster fault. A reboot does not wait for it: the kubelet's
+    /// graceful shutdown reports the node NotReady at once.
     pub node_grace: Duration,
     /// How long a rebooting node stays dark (firmware, kernel, systemd).
     pub boot_delay: Duration,
@@ -43,7 +47,7 @@ impl Default for Timings {
     fn default() -> Self {
         Timings {
             heartbeat: Duration::from_secs(1),
-            node_grace: Duration::from_secs(3),
+            node_grace: Duration::from_secs(8),
             boot_delay: Duration::from_secs(4),
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(20),
@@ -195,6 +199,16 @@ impl Runtime {
         let _power = slot.power.lock().await;
         tracing::info!(node = name, "rebooting");
         self.power_off_locked(&node).await;
+        // `systemctl reboot` runs the kubelet's graceful node shutdown: the node reports
+        // NotReady and its pods stop being Ready as it goes down. Written once the
+        // kubelet task is gone, so no late heartbeat can undo it.
+        let now = now_rfc3339();
+        let _ = self.store.update("nodes", "", name, |n| {
+            n["status"]["conditions"] =
+                node_conditions("False", "KubeletNotReady", "node is shutting down", &now);
+            Ok(())
+        });
+        crate::controllers::mark_pods_unready(&self.store, name);
         tokio::time::sleep(self.timings.boot_delay).await;
         let hold = node::NodePaths::new(&self.topology, &node).hold_flag;
         while hold.exists() {

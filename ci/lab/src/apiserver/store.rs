@@ -104,10 +104,18 @@ pub fn revision_of(object: &Value) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Now, in whole seconds as metav1.Time carries it. Truncated, not rounded, as Go's
+/// RFC 3339 formatting does: a rounded time can lie half a second in the future, and a
+/// heartbeat from the future once made the node controller see a live node as silent.
 pub fn now_rfc3339() -> String {
+    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
     k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .unwrap()
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(RoundMode::Trunc),
+        )
+        .expect("truncating to seconds cannot overflow")
         .to_string()
 }
 
