@@ -501,3 +501,47 @@ fn nix_kill(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
+    let lab = lab("pf-badimage", 3);
+    let node = "k8s-worker-01";
+    let state = lab.paths().state_dir.clone();
+    let inventory_text = std::fs::read_to_string(lab.paths().inventory())
+        .unwrap()
+        .replace(
+            "image: registry.k8s.io/e2e-test-images/agnhost:2.53",
+            "image: registry.example/no-such/probe:1.0",
+        );
+    let inventory = state.join("bad-image-inventory.yaml");
+    std::fs::write(&inventory, inventory_text).unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, false, reports.path());
+    assert_eq!(
+        run.code(),
+        3,
+        "the network could not be tested, so: could not run: {}",
+        run.describe()
+    );
+    for check in ["same_node_pod_connectivity", "cross_node_pod_connectivity"] {
+        assert_eq!(run.verdict(check), "error", "{}", run.describe());
+        assert!(
+            run.message(check).contains("ErrImagePull")
+                || run.message(check).contains("ImagePullBackOff"),
+            "{}",
+            run.describe()
+        );
+    }
+    assert_eq!(run.verdict("calico_node_ready"), "passed");
+    let kinds: Vec<String> = run
+        .junit_cases()
+        .into_iter()
+        .map(|(_, _, kind)| kind)
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "error").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_no_probe_left(&lab);
+}
