@@ -19,6 +19,7 @@ pub enum CheckName {
     CalicoNodeNotCrashlooping,
     TmpfilesConfigPresent,
     RunDirPermissions,
+    RunDirAfterNextBoot,
     SameNodePodConnectivity,
     CrossNodePodConnectivity,
 }
@@ -32,6 +33,7 @@ impl CheckName {
             CheckName::CalicoNodeNotCrashlooping => "calico_node_not_crashlooping",
             CheckName::TmpfilesConfigPresent => "tmpfiles_config_present",
             CheckName::RunDirPermissions => "run_dir_permissions",
+            CheckName::RunDirAfterNextBoot => "run_dir_after_next_boot",
             CheckName::SameNodePodConnectivity => "same_node_pod_connectivity",
             CheckName::CrossNodePodConnectivity => "cross_node_pod_connectivity",
         }
@@ -366,10 +368,155 @@ pub fn judge_tmpfiles(content: Option<&str>, expected: &CalicoExpectations) -> J
         observed,
         format!("contains `{want}`"),
     )];
-    if lines.contains(&want) {
+    if !lines.contains(&want) {
+        return (Verdict::Failed(format!("{file} lacks `{want}`")), evidence);
+    }
+    // Another entry for the same directory in the same file contradicts it:
+    // systemd-tmpfiles applies the first one and only warns about the rest.
+    let run_dir = canonical_run_path(&expected.run_dir);
+    let contradicting: Vec<String> = parse_tmpfiles(content)
+        .into_iter()
+        .filter(|entry| {
+            canonical_run_path(&entry.path) == run_dir && normalise(&entry.line) != want
+        })
+        .map(|entry| entry.line)
+        .collect();
+    if contradicting.is_empty() {
         (Verdict::Passed, evidence)
     } else {
-        (Verdict::Failed(format!("{file} lacks `{want}`")), evidence)
+        let message = format!(
+            "{file} has `{want}` but also `{}`, which contradicts it",
+            contradicting.join("`, `")
+        );
+        (Verdict::Failed(message), evidence)
+    }
+}
+
+/// One line of a tmpfiles.d configuration, and the file it came from (as
+/// `systemd-tmpfiles --cat-config` names it in a `# /path` header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfilesEntry {
+    pub kind: String,
+    pub path: String,
+    pub mode: String,
+    pub user: String,
+    pub group: String,
+    pub line: String,
+    pub source: Option<String>,
+}
+
+/// Parses tmpfiles.d lines (`type path mode user group age argument`), skipping comments.
+pub fn parse_tmpfiles(text: &str) -> Vec<TmpfilesEntry> {
+    let mut source = None;
+    let mut entries = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix("# /") {
+            if !header.contains(' ') {
+                source = Some(format!("/{header}"));
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("-").to_string();
+        entries.push(TmpfilesEntry {
+            kind: field(0),
+            path: field(1),
+            mode: field(2),
+            user: field(3),
+            group: field(4),
+            line: normalise(line),
+            source: source.clone(),
+        });
+    }
+    entries
+}
+
+/// /var/run is a symlink to /run on every systemd host; tmpfiles.d may name either.
+fn canonical_run_path(path: &str) -> String {
+    let path = path.trim_end_matches('/');
+    match path.strip_prefix("/var/run") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
+        _ => path.to_string(),
+    }
+}
+
+/// A user or group field as a number: `-` and `root` are 0, digits are themselves; a
+/// name is kept as written, since only the node could resolve it.
+fn numeric_owner(field: &str) -> Result<u32, String> {
+    match field {
+        "-" | "root" => Ok(0),
+        other => other.parse().map_err(|_| other.to_string()),
+    }
+}
+
+/// `run_dir_after_next_boot`: what systemd-tmpfiles will make of the run directory at the
+/// next boot, from its merged configuration (`--cat-config`): the first directory entry
+/// for the path wins, as systemd-tmpfiles applies it. This finds the incident's fault on
+/// nodes that have not rebooted yet.
+pub fn judge_next_boot(merged_config: &str, expected: &CalicoExpectations) -> Judgement {
+    let run_dir = canonical_run_path(&expected.run_dir);
+    let want = RunDirStat {
+        mode: expected.mode(),
+        uid: expected.run_dir_owner,
+        gid: expected.run_dir_group,
+    };
+    let what = format!("{} after the next boot (mode uid gid)", expected.run_dir);
+    let entry = parse_tmpfiles(merged_config).into_iter().find(|e| {
+        canonical_run_path(&e.path) == run_dir
+            && matches!(e.kind.trim_end_matches('!'), "d" | "D" | "v" | "q" | "Q")
+    });
+    let Some(entry) = entry else {
+        let message = format!(
+            "no tmpfiles.d entry creates {}: after the next boot it will not exist",
+            expected.run_dir
+        );
+        return (
+            Verdict::Failed(message),
+            vec![Evidence::new(what, "not created", want.to_string())],
+        );
+    };
+    // tmpfiles.d(5): a directory's mode defaults to 0755, its owner to root.
+    let mode = if entry.mode == "-" {
+        "755".to_string()
+    } else {
+        entry
+            .mode
+            .trim_start_matches('~')
+            .trim_start_matches('0')
+            .to_string()
+    };
+    let owner = (numeric_owner(&entry.user), numeric_owner(&entry.group));
+    let from = entry
+        .source
+        .as_deref()
+        .map(|s| format!(" (from {s}: `{}`)", entry.line))
+        .unwrap_or_default();
+    let observed = match owner {
+        (Ok(uid), Ok(gid)) => RunDirStat {
+            mode: mode.clone(),
+            uid,
+            gid,
+        }
+        .to_string(),
+        _ => format!("{mode} {} {}", entry.user, entry.group),
+    };
+    let evidence = vec![Evidence::new(
+        what,
+        format!("{observed}{from}"),
+        want.to_string(),
+    )];
+    if observed == want.to_string() {
+        (Verdict::Passed, evidence)
+    } else {
+        let message = format!(
+            "at the next boot systemd-tmpfiles will make {} as {observed}{from}, not {want}: calico-node will fail on this node's next reboot",
+            expected.run_dir
+        );
+        (Verdict::Failed(message), evidence)
     }
 }
 
@@ -583,6 +730,37 @@ mod tests {
             judge_connectivity(&[], "cross-node").0,
             Verdict::Error(_)
         ));
+    }
+
+    #[test]
+    fn a_contradicting_second_entry_fails_the_tmpfiles_check() {
+        let both = "d /run/calico 0755 999 999 -\nd /var/run/calico 0700 root root -\n";
+        let (verdict, _) = judge_tmpfiles(Some(both), &expectations());
+        assert!(
+            matches!(verdict, Verdict::Failed(ref m) if m.contains("contradicts")),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn the_next_boot_follows_the_first_entry_of_the_merged_configuration() {
+        let healthy = "# /etc/tmpfiles.d/calico.conf\nd /run/calico 0755 999 999 -\n\n# /usr/lib/tmpfiles.d/x.conf\nd /run/x 0755 - - -\n";
+        assert_eq!(judge_next_boot(healthy, &expectations()).0, Verdict::Passed);
+        let clobbered = "# /etc/tmpfiles.d/calico.conf\nd /run/calico 0700 root root -\n";
+        let (verdict, evidence) = judge_next_boot(clobbered, &expectations());
+        assert!(
+            matches!(verdict, Verdict::Failed(ref m) if m.contains("700 0 0") && m.contains("/etc/tmpfiles.d/calico.conf")),
+            "{verdict:?}"
+        );
+        assert!(evidence[0].observed.starts_with("700 0 0"), "{evidence:?}");
+        let shadowed = "# /etc/tmpfiles.d/00-hardening.conf\nd /var/run/calico 0700 - - -\n# /etc/tmpfiles.d/calico.conf\nd /run/calico 0755 999 999 -\n";
+        assert!(matches!(
+            judge_next_boot(shadowed, &expectations()).0,
+            Verdict::Failed(_)
+        ));
+        assert!(
+            matches!(judge_next_boot("", &expectations()).0, Verdict::Failed(ref m) if m.contains("will not exist"))
+        );
     }
 
     #[test]

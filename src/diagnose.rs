@@ -108,6 +108,27 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
     None
 }
 
+/// The incident's time bomb on a node that has not rebooted yet: its tmpfiles.d entry
+/// is wrong, so the next boot makes the run directory unusable for calico-node.
+pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
+    findings.tmpfiles_content.as_ref()?;
+    let node = &findings.node;
+    let file = &expected.tmpfiles_file;
+    Some(Diagnosis {
+        root_cause: format!(
+            "{file} on {node} will not recreate {} as calico-node needs it (package update?): the node works now and breaks at its next reboot",
+            expected.run_dir
+        ),
+        remediation: vec![
+            format!("ssh {node} \"echo '{}' | sudo tee {file}\"", expected.tmpfiles_line),
+            format!("ssh {node} sudo systemd-tmpfiles --create {file}"),
+        ],
+        prevention: Some(format!(
+            "put {file} into node provisioning, so that an OS package cannot replace it unnoticed, and keep `postflight drift` in the rolling update before each reboot"
+        )),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

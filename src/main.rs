@@ -55,6 +55,17 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Check every node, without rebooting any, for the state that breaks calico-node at
+    /// its next boot: the tmpfiles.d entry, what the next boot will create, the live
+    /// directory.
+    Drift {
+        /// Write JUnit XML here (one testsuite per node).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write the full report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,18 +127,67 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             runtime.block_on(verify(
                 inventory,
                 VerifyRequest { node, reboot },
-                junit,
-                json,
+                Outputs { junit, json },
             ))
         }
+        Command::Drift { junit, json } => {
+            let inventory = match load_inventory(cli.inventory.as_deref()) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(drift(inventory, Outputs { junit, json }))
+        }
     }
+}
+
+/// Where the reports of a run go, besides the console.
+struct Outputs {
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+/// Writes the reports, prints the summary, and returns the exit code.
+fn conclude(
+    reports: &[report::NodeReport],
+    outputs: &Outputs,
+    suite: &str,
+    console: &Console,
+) -> anyhow::Result<u8> {
+    console.clear_line();
+    let mut written = Vec::new();
+    if let Some(path) = &outputs.junit {
+        report::write_junit(path, reports, suite).context("writing the JUnit report")?;
+        written.push(format!("JUnit: {}", path.display()));
+    }
+    if let Some(path) = &outputs.json {
+        report::write_json(path, reports).context("writing the JSON report")?;
+        written.push(format!("JSON: {}", path.display()));
+    }
+    print!("{}", report::console(reports, console.color));
+    for line in written {
+        println!("{line}");
+    }
+    let code = report::exit_code(reports);
+    if code == 130 {
+        eprintln!("postflight: interrupted; the report marks the checks that did not run");
+    }
+    Ok(code)
+}
+
+async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let console = Console::new();
+    let reports = gate::drift(&inventory, &console, &cancel).await;
+    signals.abort();
+    conclude(&reports, &outputs, "postflight drift", &console)
 }
 
 async fn verify(
     inventory: Inventory,
     request: VerifyRequest,
-    junit: Option<PathBuf>,
-    json: Option<PathBuf>,
+    outputs: Outputs,
 ) -> anyhow::Result<u8> {
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
@@ -140,27 +200,7 @@ async fn verify(
         }
     };
     signals.abort();
-    console.clear_line();
-    let reports = [report];
-    let mut written = Vec::new();
-    if let Some(path) = &junit {
-        report::write_junit(path, &reports, "postflight verify")
-            .context("writing the JUnit report")?;
-        written.push(format!("JUnit: {}", path.display()));
-    }
-    if let Some(path) = &json {
-        report::write_json(path, &reports).context("writing the JSON report")?;
-        written.push(format!("JSON: {}", path.display()));
-    }
-    print!("{}", report::console(&reports, console.color));
-    for line in written {
-        println!("{line}");
-    }
-    let code = report::exit_code(&reports);
-    if code == 130 {
-        eprintln!("postflight: interrupted; the report marks the checks that did not run");
-    }
-    Ok(code)
+    conclude(&[report], &outputs, "postflight verify", &console)
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) both end the run cleanly: reports

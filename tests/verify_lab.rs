@@ -545,3 +545,97 @@ fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
     );
     assert_no_probe_left(&lab);
 }
+
+/// Runs `postflight drift` with JSON and JUnit reports.
+fn drift(inventory: &Path, reports: &Path) -> Run {
+    let junit = reports.join("drift-junit.xml");
+    let json = reports.join("drift.json");
+    let output = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("drift")
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("postflight runs");
+    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
+    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+        .expect("JSON parses");
+    Run {
+        output,
+        junit,
+        json,
+    }
+}
+
+#[test]
+fn drift_names_exactly_the_nodes_that_will_break_at_their_next_reboot() {
+    let lab = lab("pf-drift", 5);
+    for node in ["k8s-worker-02", "k8s-worker-04"] {
+        lab.os_update(node, true).unwrap();
+    }
+    // A node that does not answer: an address of the lab's own block that nobody holds.
+    let first_ip = lab.topology().node("k8s-worker-01").unwrap().ip.octets();
+    let nobody = format!("{}.{}.{}.250", first_ip[0], first_ip[1], first_ip[2]);
+    let inventory_text = std::fs::read_to_string(lab.paths().inventory())
+        .unwrap()
+        .replace(
+            "calico:\n",
+            &format!("  - name: k8s-worker-99\n    host: {nobody}\ncalico:\n"),
+        );
+    let inventory = lab.paths().state_dir.join("drift-inventory.yaml");
+    std::fs::write(&inventory, inventory_text).unwrap();
+    let boot_ids: Vec<String> = lab.node_names().iter().map(|n| boot_id(&lab, n)).collect();
+
+    let reports = tempfile::tempdir().unwrap();
+    let run = drift(&inventory, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    let cases = run.junit_cases();
+    let failing: std::collections::BTreeSet<&str> = cases
+        .iter()
+        .filter(|(_, _, kind)| kind == "failure")
+        .map(|(_, node, _)| node.as_str())
+        .collect();
+    assert_eq!(
+        failing.into_iter().collect::<Vec<_>>(),
+        ["k8s-worker-02", "k8s-worker-04"],
+        "{cases:?}"
+    );
+    let errors: Vec<&(String, String, String)> = cases
+        .iter()
+        .filter(|(_, _, kind)| kind == "error")
+        .collect();
+    assert_eq!(
+        errors.len(),
+        3,
+        "every check of the unreachable node, and only those: {cases:?}"
+    );
+    assert!(
+        errors.iter().all(|(_, node, _)| node == "k8s-worker-99"),
+        "{cases:?}"
+    );
+    for (check, node, kind) in &cases {
+        if node == "k8s-worker-02" || node == "k8s-worker-04" {
+            let expected = if check == "run_dir_permissions" {
+                "passed"
+            } else {
+                "failure"
+            };
+            assert_eq!(
+                kind, expected,
+                "{check} on {node}: the live directory is still fine, the next boot is not"
+            );
+        }
+    }
+    assert!(
+        run.stdout().contains("breaks at its next reboot"),
+        "{}",
+        run.describe()
+    );
+    // Nothing was rebooted.
+    let after: Vec<String> = lab.node_names().iter().map(|n| boot_id(&lab, n)).collect();
+    assert_eq!(boot_ids, after);
+}
