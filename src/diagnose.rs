@@ -129,6 +129,41 @@ pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Opt
     })
 }
 
+/// BGP sessions that are not Established: the node's pod routes are not exchanged, so
+/// cross-node pod traffic fails while same-node traffic works.
+pub fn diagnose_bgp(
+    node: &str,
+    show_protocols: &str,
+    expected: &CalicoExpectations,
+) -> Option<Diagnosis> {
+    let sessions = crate::checks::parse_bgp_sessions(show_protocols);
+    let down: Vec<String> = sessions
+        .iter()
+        .filter(|s| !s.established())
+        .map(|s| format!("{} ({})", s.name, format!("{} {}", s.state, s.info).trim()))
+        .collect();
+    if down.is_empty() {
+        return None;
+    }
+    let socket = format!("{}/bird.ctl", expected.run_dir.trim_end_matches('/'));
+    Some(Diagnosis {
+        root_cause: format!(
+            "BGP is not established on {node}: {} of {} sessions are down ({}), so its pod routes are not exchanged with its peers",
+            down.len(),
+            sessions.len(),
+            down.join(", ")
+        ),
+        remediation: vec![
+            format!("ssh {node} sudo birdcl -s {socket} show protocols all   # why each session is down"),
+            format!("ssh {node} 'sudo iptables -S; sudo nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?"),
+            format!("kubectl -n {} logs -l {} --field-selector spec.nodeName={node} --tail 50", expected.namespace, expected.selector),
+        ],
+        prevention: Some(
+            "allow TCP 179 between all nodes in the host firewall baseline, and alert on calico-node's BGP peer state".into(),
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,9 @@
 //! it are recorded as errors that say why they did not run.
 
 use crate::checks::{
-    judge_boot_id, judge_calico_ready, judge_connectivity, judge_crashloop, judge_next_boot,
-    judge_node_ready, judge_run_dir, judge_tmpfiles, CalicoObservation, CheckName, CheckResult,
-    Evidence, Judgement, ProbeOutcome, RunDirStat, Verdict,
+    judge_bgp, judge_boot_id, judge_calico_ready, judge_connectivity, judge_crashloop,
+    judge_next_boot, judge_node_ready, judge_run_dir, judge_tmpfiles, CalicoObservation, CheckName,
+    CheckResult, Evidence, Judgement, ProbeOutcome, RunDirStat, Verdict,
 };
 use crate::cluster::probes::{probe_pod_name, ProbeFleet, ProbeRequest, ReadyProbe};
 use crate::cluster::{self, Cluster};
@@ -325,6 +325,7 @@ async fn verify_steps(
             node,
             baseline.as_ref().map(|b| &b.calico),
             crashloop_since,
+            inventory.timeouts.calico_ready,
         ),
     );
     let host_step = recorder.timed(
@@ -346,19 +347,54 @@ async fn verify_steps(
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
     };
-    let diagnosis = diagnose::diagnose(&findings, calico);
+    let (same, cross) = recorder
+        .timed(
+            "probe pod connectivity",
+            check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
+        )
+        .await;
     let mut results = vec![
         calico_results.ready,
         calico_results.crashloop,
         host.tmpfiles,
         host.run_dir,
+        same,
+        cross,
     ];
+    let mut diagnosis = diagnose::diagnose(&findings, calico);
+    let network_broken = results.iter().any(|r| {
+        matches!(
+            r.name,
+            CheckName::CalicoNodeReady | CheckName::CrossNodePodConnectivity
+        ) && matches!(r.verdict, Verdict::Failed(_))
+    });
+    if network_broken {
+        // What the node's routing looks like, for the reader and for the BGP signature.
+        let state = recorder
+            .timed(
+                "collect the node's routes and BGP state",
+                node_network_state(&transport, calico),
+            )
+            .await;
+        if diagnosis.is_none() {
+            diagnosis = state
+                .bgp_output()
+                .and_then(|output| diagnose::diagnose_bgp(node, output, calico));
+        }
+        if let Some(cross) = results
+            .iter_mut()
+            .find(|r| r.name == CheckName::CrossNodePodConnectivity)
+        {
+            cross.details.extend(state.as_details());
+        }
+    }
     for result in &mut results {
         let diagnosed = matches!(
             result.name,
             CheckName::CalicoNodeReady
                 | CheckName::RunDirPermissions
                 | CheckName::TmpfilesConfigPresent
+                | CheckName::CrossNodePodConnectivity
         );
         if diagnosed && matches!(result.verdict, Verdict::Failed(_)) {
             result.diagnosis = diagnosis.clone();
@@ -367,14 +403,109 @@ async fn verify_steps(
     for result in results {
         recorder.record(result);
     }
-    let (same, cross) = recorder
-        .timed(
-            "probe pod connectivity",
-            check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
-        )
-        .await;
-    recorder.record(same);
-    recorder.record(cross);
+}
+
+/// The node's routes and BIRD's view of its BGP sessions, read over SSH.
+pub struct NodeNetworkState {
+    pub routes: Result<String, String>,
+    /// Ok(None): BIRD's control socket does not answer (BIRD is not running).
+    pub bgp: Result<Option<String>, String>,
+    pub socket: String,
+}
+
+impl NodeNetworkState {
+    fn bgp_output(&self) -> Option<&str> {
+        match &self.bgp {
+            Ok(Some(output)) => Some(output),
+            _ => None,
+        }
+    }
+
+    pub fn as_details(&self) -> Vec<String> {
+        let routes = match &self.routes {
+            Ok(routes) => format!("ip -4 route on the node:\n{}", routes.trim_end()),
+            Err(error) => format!("ip -4 route on the node: unavailable ({error})"),
+        };
+        let bgp = match &self.bgp {
+            Ok(Some(output)) => format!("BGP (birdcl show protocols):\n{}", output.trim_end()),
+            Ok(None) => format!("BGP: BIRD does not answer on {}", self.socket),
+            Err(error) => format!("BGP: unavailable ({error})"),
+        };
+        vec![routes, bgp]
+    }
+}
+
+/// Reads `ip -4 route` and `birdcl show protocols` (birdc where birdcl is missing) on
+/// the node. BIRD's socket is Calico's: `bird.ctl` in the run directory.
+pub async fn node_network_state(
+    transport: &dyn Transport,
+    calico: &CalicoExpectations,
+) -> NodeNetworkState {
+    let socket = format!("{}/bird.ctl", calico.run_dir.trim_end_matches('/'));
+    let routes = match transport
+        .run(&ShellCommand::new("ip").arg("-4").arg("route"))
+        .await
+    {
+        Ok(output) if output.success() => Ok(output.stdout),
+        Ok(output) => Err(format!(
+            "exit {}: {}",
+            output.exit_status,
+            output.stderr.trim()
+        )),
+        Err(error) => Err(error.to_string()),
+    };
+    let mut bgp = Err("neither birdcl nor birdc is installed on the node".to_string());
+    for client in ["birdcl", "birdc"] {
+        let command = ShellCommand::new(client)
+            .arg("-s")
+            .arg(&socket)
+            .arg("show")
+            .arg("protocols");
+        bgp = match transport.run(&command).await {
+            Ok(output) if output.success() => Ok(Some(output.stdout)),
+            // 127: the shell found no such program; try the other client.
+            Ok(output) if output.exit_status == 127 => continue,
+            Ok(output)
+                if format!("{}{}", output.stdout, output.stderr).contains("Unable to connect") =>
+            {
+                Ok(None)
+            }
+            Ok(output) => Err(format!(
+                "{client} exit {}: {}",
+                output.exit_status,
+                output.stderr.trim()
+            )),
+            Err(error) => Err(error.to_string()),
+        };
+        break;
+    }
+    NodeNetworkState {
+        routes,
+        bgp,
+        socket,
+    }
+}
+
+/// `bgp_sessions_established` from the node's network state.
+pub fn check_bgp(state: &NodeNetworkState, node: &str, started: Instant) -> CheckResult {
+    match &state.bgp {
+        Ok(output) => {
+            let mut result = check_result(
+                CheckName::BgpSessionsEstablished,
+                node,
+                judge_bgp(output.as_deref(), &state.socket),
+                started,
+            );
+            result.details.extend(state.as_details());
+            result
+        }
+        Err(error) => CheckResult::error(
+            CheckName::BgpSessionsEstablished,
+            node,
+            error.clone(),
+            started.elapsed(),
+        ),
+    }
 }
 
 /// Since when a calico-node container that exited with an error counts as crash-looping:
@@ -633,7 +764,7 @@ pub struct CalicoResults {
     pub fatal_log_line: Option<String>,
 }
 
-/// Waits (up to the inventory's deadline) for calico-node on the node to be Ready in a
+/// Waits (up to `deadline`) for calico-node on the node to be Ready in a
 /// container newer than `baseline`; a known fatal line in its logs ends the wait at once.
 /// On failure the current and previous log tails are attached as evidence.
 pub async fn check_calico(
@@ -642,11 +773,11 @@ pub async fn check_calico(
     node: &str,
     baseline: Option<&CalicoBaseline>,
     crashloop_since: Option<Timestamp>,
+    deadline: Duration,
 ) -> CalicoResults {
     let calico = &inventory.calico;
     let started = Instant::now();
     let latest: Mutex<Option<Pod>> = Mutex::new(None);
-    let deadline = inventory.timeouts.calico_ready;
     let watched = tokio::time::timeout(
         deadline,
         watch_calico(cluster, calico, node, baseline, &latest),
@@ -1288,6 +1419,119 @@ async fn probe_once(
     })
 }
 
+/// How long `diagnose` lets calico-node's state settle: enough for the first watch
+/// event, which carries the pod as it is; diagnose reports, it does not wait.
+const DIAGNOSE_SNAPSHOT: Duration = Duration::from_secs(2);
+
+/// The checks of `diagnose`, in report order.
+pub const DIAGNOSE_CHECKS: [CheckName; 6] = [
+    CheckName::CalicoNodeReady,
+    CheckName::CalicoNodeNotCrashlooping,
+    CheckName::TmpfilesConfigPresent,
+    CheckName::RunDirPermissions,
+    CheckName::RunDirAfterNextBoot,
+    CheckName::BgpSessionsEstablished,
+];
+
+/// Diagnoses a node as it is, without rebooting it or starting probe pods: calico-node
+/// (state, restarts, current and previous logs), the tmpfiles.d entry and what the next
+/// boot will make of the run directory, the directory now, the node's routes and BGP
+/// sessions — then the known failure signatures over all of it.
+///
+/// # Errors
+/// The node is not in the inventory.
+pub async fn diagnose_node(
+    inventory: &Inventory,
+    node: &str,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<NodeReport, GateError> {
+    if inventory.node(node).is_none() {
+        return Err(GateError::UnknownNode {
+            node: node.into(),
+            inventory: inventory.file.clone(),
+            known: inventory.node_names().join(", "),
+        });
+    }
+    let started_at = Timestamp::now();
+    let recorder = Recorder::new(node, progress);
+    let interrupted = tokio::select! {
+        () = diagnose_steps(inventory, node, &recorder) => false,
+        () = cancel.cancelled() => true,
+    };
+    if interrupted {
+        recorder.error_remaining(&DIAGNOSE_CHECKS, "the run was interrupted");
+    }
+    let mut report = recorder.into_report(false, started_at, None);
+    report.interrupted = interrupted;
+    Ok(report)
+}
+
+async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'_>) {
+    let calico = &inventory.calico;
+    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let cluster_side = async {
+        let cluster = match connect(inventory).await {
+            Ok(cluster) => cluster,
+            Err(error) => return Err(error.to_string()),
+        };
+        if let Ok(current) = cluster.node(node).await {
+            recorder.note(format!(
+                "node: {}",
+                cluster::describe_ready_condition(&current)
+            ));
+        }
+        let since = crashloop_window_start(None);
+        Ok(check_calico(&cluster, inventory, node, None, since, DIAGNOSE_SNAPSHOT).await)
+    };
+    let host_side = async {
+        let files = drift_checks(&transport, node, calico).await;
+        let started = Instant::now();
+        let network = node_network_state(&transport, calico).await;
+        (files, network, started)
+    };
+    let (calico_results, (files, network, network_started)) = tokio::join!(
+        recorder.timed("read calico-node from the API", cluster_side),
+        recorder.timed("read the node over SSH", host_side),
+    );
+    let (mut results, mut findings) = files;
+    results.push(check_bgp(&network, node, network_started));
+    match calico_results {
+        Ok(calico_results) => {
+            findings.calico_pod = calico_results.pod_name.clone();
+            findings.fatal_log_line = calico_results.fatal_log_line.clone();
+            results.push(calico_results.ready);
+            results.push(calico_results.crashloop);
+        }
+        Err(error) => {
+            for name in [
+                CheckName::CalicoNodeReady,
+                CheckName::CalicoNodeNotCrashlooping,
+            ] {
+                results.push(CheckResult::error(
+                    name,
+                    node,
+                    error.clone(),
+                    Duration::ZERO,
+                ));
+            }
+        }
+    }
+    let diagnosis = diagnose::diagnose(&findings, calico).or_else(|| {
+        network
+            .bgp_output()
+            .and_then(|output| diagnose::diagnose_bgp(node, output, calico))
+    });
+    for result in &mut results {
+        if matches!(result.verdict, Verdict::Failed(_)) && diagnosis.is_some() {
+            result.diagnosis = diagnosis.clone();
+        }
+    }
+    for result in results {
+        recorder.record(result);
+    }
+}
+
 /// How many nodes the drift check reads at once. Each is one SSH connection and three
 /// short commands; eight keeps a large cluster's sweep quick without a thundering herd on
 /// a bastion or on sshd's MaxStartups (10 by default).
@@ -1344,7 +1588,7 @@ async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) 
     )
     .await
     {
-        Ok(results) => results.into_iter().for_each(|r| recorder.record(r)),
+        Ok((results, _)) => results.into_iter().for_each(|r| recorder.record(r)),
         Err(_) => recorder.error_remaining(
             &DRIFT_CHECKS,
             &format!("{node} did not answer within {deadline:?}"),
@@ -1353,11 +1597,12 @@ async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) 
     recorder.into_report(false, started_at, None)
 }
 
+/// The drift checks of one node, and what they found, for the diagnosis.
 async fn drift_checks(
     transport: &dyn Transport,
     node: &str,
     calico: &CalicoExpectations,
-) -> Vec<CheckResult> {
+) -> (Vec<CheckResult>, Findings) {
     // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
     let host = check_host(transport, node, calico, Duration::ZERO).await;
     let started = Instant::now();
@@ -1418,7 +1663,7 @@ async fn drift_checks(
             next_boot.diagnosis = diagnosis;
         }
     }
-    vec![tmpfiles, next_boot, host.run_dir]
+    (vec![tmpfiles, next_boot, host.run_dir], findings)
 }
 
 #[cfg(test)]

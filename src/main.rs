@@ -55,6 +55,19 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Diagnose a node as it is, without rebooting it: calico-node and its logs, the
+    /// tmpfiles.d entry, the run directory, routes and BGP, and the known root causes.
+    Diagnose {
+        /// The node, as Kubernetes names it.
+        #[arg(long)]
+        node: String,
+        /// Write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write the full report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Check every node, without rebooting any, for the state that breaks calico-node at
     /// its next boot: the tmpfiles.d entry, what the next boot will create, the live
     /// directory.
@@ -130,6 +143,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Outputs { junit, json },
             ))
         }
+        Command::Diagnose { node, junit, json } => {
+            let inventory = match load_inventory(cli.inventory.as_deref()) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(diagnose(inventory, node, Outputs { junit, json }))
+        }
         Command::Drift { junit, json } => {
             let inventory = match load_inventory(cli.inventory.as_deref()) {
                 Ok(inventory) => inventory,
@@ -173,6 +194,21 @@ fn conclude(
         eprintln!("postflight: interrupted; the report marks the checks that did not run");
     }
     Ok(code)
+}
+
+async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyhow::Result<u8> {
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let console = Console::new();
+    let report = match gate::diagnose_node(&inventory, &node, &console, &cancel).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("postflight: {error}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    signals.abort();
+    conclude(&[report], &outputs, "postflight diagnose", &console)
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {

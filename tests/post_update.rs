@@ -257,7 +257,16 @@ async fn calico_results(target: &'static Target, cluster: &Cluster) -> gate::Cal
     let phase = reboot_phase(target);
     let since = gate::crashloop_window_start(phase.baseline.as_ref());
     let baseline = phase.baseline.as_ref().map(|b| &b.calico);
-    gate::check_calico(cluster, &target.inventory, &target.node, baseline, since).await
+    let deadline = target.inventory.timeouts.calico_ready;
+    gate::check_calico(
+        cluster,
+        &target.inventory,
+        &target.node,
+        baseline,
+        since,
+        deadline,
+    )
+    .await
 }
 
 #[rstest]

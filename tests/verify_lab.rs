@@ -155,6 +155,40 @@ fn assert_no_probe_left(lab: &Lab) {
     );
 }
 
+/// The lab's secrets — the API bearer token and the SSH private key — appear in no
+/// report and no output: canaries that any leak would carry.
+fn assert_no_secrets(lab: &Lab, run: &Run) {
+    let kubeconfig = std::fs::read_to_string(lab.paths().kubeconfig()).unwrap();
+    let token = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("the lab's kubeconfig has a token");
+    let key = std::fs::read_to_string(lab.paths().ssh_key()).unwrap();
+    let key_lines: Vec<&str> = key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let outputs = [
+        run.junit.clone(),
+        run.json.to_string(),
+        run.stdout(),
+        String::from_utf8_lossy(&run.output.stderr).to_string(),
+    ];
+    for output in outputs {
+        assert!(
+            !output.contains(token),
+            "the API token leaked into a report"
+        );
+        for line in &key_lines {
+            assert!(
+                !output.contains(line),
+                "SSH key material leaked into a report"
+            );
+        }
+    }
+}
+
 const ALL_CHECKS: [&str; 8] = [
     "node_ready_after_reboot",
     "boot_id_changed",
@@ -289,7 +323,40 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
         "{}",
         run.describe()
     );
+    assert_no_secrets(&lab, &run);
     assert_no_probe_left(&lab);
+
+    // `diagnose` finds the same root cause without rebooting anything.
+    let diagnosis = diagnose(&inventory, node, reports.path());
+    assert_eq!(diagnosis.code(), 1, "{}", diagnosis.describe());
+    for check in [
+        "calico_node_ready",
+        "tmpfiles_config_present",
+        "run_dir_permissions",
+        "run_dir_after_next_boot",
+    ] {
+        assert_eq!(
+            diagnosis.verdict(check),
+            "failed",
+            "{check}: {}",
+            diagnosis.describe()
+        );
+    }
+    let root_cause = diagnosis.result("run_dir_permissions")["diagnosis"]["root_cause"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        root_cause.contains("tmpfiles.d entry for Calico was replaced"),
+        "{}",
+        diagnosis.describe()
+    );
+    assert!(
+        diagnosis
+            .stdout()
+            .contains("permission denied on /var/run/calico"),
+        "the log line is in the evidence"
+    );
+    assert_no_secrets(&lab, &diagnosis);
 
     // The fix from the diagnosis, then the node verifies clean — and stays clean across
     // another reboot.
@@ -544,6 +611,30 @@ fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
         "{kinds:?}"
     );
     assert_no_probe_left(&lab);
+}
+
+/// Runs `postflight diagnose` on a node, with JSON and JUnit reports.
+fn diagnose(inventory: &Path, node: &str, reports: &Path) -> Run {
+    let junit = reports.join("diagnose-junit.xml");
+    let json = reports.join("diagnose.json");
+    let output = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(inventory)
+        .args(["diagnose", "--node", node, "--junit"])
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("postflight runs");
+    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
+    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+        .expect("JSON parses");
+    Run {
+        output,
+        junit,
+        json,
+    }
 }
 
 /// Runs `postflight drift` with JSON and JUnit reports.
