@@ -1,0 +1,351 @@
+//! Pod-to-pod probes between postflight's own probe pods: same node and across nodes,
+//! in both directions, each failure naming its pair and the client's own error.
+
+use super::*;
+
+/// The probe pods of one run: two on the node under test (for same-node traffic) and
+/// one on every other node.
+#[derive(Debug, Clone)]
+pub struct ProbePlan {
+    pub run_id: String,
+    pub node: String,
+    pub requests: Vec<ProbeRequest>,
+}
+
+impl ProbePlan {
+    pub fn new(run_id: &str, node: &str, others: &[String]) -> Self {
+        let mut requests: Vec<ProbeRequest> = (0..2)
+            .map(|index| ProbeRequest {
+                name: probe_pod_name(run_id, node, index),
+                node: node.into(),
+            })
+            .collect();
+        requests.extend(others.iter().map(|other| ProbeRequest {
+            name: probe_pod_name(run_id, other, 0),
+            node: other.clone(),
+        }));
+        ProbePlan {
+            run_id: run_id.into(),
+            node: node.into(),
+            requests,
+        }
+    }
+}
+
+/// Creates the probe pods and waits (up to the probe deadline) until each is Ready or
+/// cannot start.
+///
+/// # Errors
+/// The probe namespace or pods could not be created or read: the connectivity checks
+/// cannot run.
+pub async fn start_probes(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    plan: &ProbePlan,
+) -> Result<ProbeFleet, String> {
+    let settings = &inventory.probe;
+    let refused = cluster
+        .create_probes(settings, &plan.run_id, &plan.requests)
+        .await
+        .map_err(|e| e.to_string())?;
+    let expected = plan.requests.len() - refused.len();
+    let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, expected);
+    let mut fleet = match tokio::time::timeout(inventory.timeouts.probe_ready, wait).await {
+        Ok(fleet) => fleet,
+        Err(_) => cluster
+            .probe_fleet_now(&settings.namespace, &plan.run_id, &plan.requests)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    fleet.broken.extend(refused);
+    Ok(fleet)
+}
+
+/// One directed probe of the plan.
+#[derive(Debug, Clone)]
+struct Pair {
+    from: ReadyProbe,
+    to: ReadyProbe,
+    same_node: bool,
+}
+
+/// Runs the same-node and cross-node probes. Failed probes are retried until the
+/// connectivity deadline only when calico-node is Ready (routes may still be arriving);
+/// when it is not, the first answer is the verdict — waiting cannot fix it.
+pub async fn check_connectivity(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    plan: &ProbePlan,
+    fleet: Result<ProbeFleet, String>,
+    calico_ready: bool,
+) -> (CheckResult, CheckResult) {
+    let started = Instant::now();
+    let node = plan.node.as_str();
+    let fleet = match fleet {
+        Ok(fleet) => fleet,
+        Err(error) => {
+            let message = format!("probe pods could not be created: {error}");
+            return (
+                CheckResult::error(
+                    CheckName::SameNodePodConnectivity,
+                    node,
+                    message.clone(),
+                    started.elapsed(),
+                ),
+                CheckResult::error(
+                    CheckName::CrossNodePodConnectivity,
+                    node,
+                    message,
+                    started.elapsed(),
+                ),
+            );
+        }
+    };
+    let local = fleet.on_node(node);
+    let broken_text = |name: &str| fleet.why_broken(name).unwrap_or("not Ready").to_string();
+    let mut pairs = Vec::new();
+    let mut unrunnable: Vec<String> = Vec::new();
+    let mut same_unrunnable: Vec<String> = Vec::new();
+    match local.as_slice() {
+        [a, b, ..] => {
+            pairs.push(Pair {
+                from: (*a).clone(),
+                to: (*b).clone(),
+                same_node: true,
+            });
+            pairs.push(Pair {
+                from: (*b).clone(),
+                to: (*a).clone(),
+                same_node: true,
+            });
+        }
+        _ => {
+            for request in plan.requests.iter().filter(|r| r.node == node) {
+                if !local.iter().any(|p| p.name == request.name) {
+                    same_unrunnable.push(format!(
+                        "probe pod {} on {node}: {}",
+                        request.name,
+                        broken_text(&request.name)
+                    ));
+                }
+            }
+        }
+    }
+    let home = local.first().copied();
+    for request in plan.requests.iter().filter(|r| r.node != node) {
+        let remote = fleet.ready.iter().find(|p| p.name == request.name);
+        match (home, remote) {
+            (Some(home), Some(remote)) => {
+                pairs.push(Pair {
+                    from: home.clone(),
+                    to: remote.clone(),
+                    same_node: false,
+                });
+                pairs.push(Pair {
+                    from: remote.clone(),
+                    to: home.clone(),
+                    same_node: false,
+                });
+            }
+            (_, None) => unrunnable.push(format!(
+                "probe pod {} on {}: {}",
+                request.name,
+                request.node,
+                broken_text(&request.name)
+            )),
+            (None, Some(_)) => {}
+        }
+    }
+    if home.is_none() {
+        unrunnable.extend(same_unrunnable.iter().cloned());
+    }
+
+    let deadline = Instant::now() + inventory.timeouts.connectivity;
+    let outcomes = probe_until_settled(
+        cluster,
+        inventory,
+        &fleet.namespace,
+        pairs,
+        calico_ready,
+        deadline,
+    )
+    .await;
+    let (same, cross): (Vec<_>, Vec<_>) =
+        outcomes.into_iter().partition(|(pair, _)| pair.same_node);
+    let verdict =
+        |name: CheckName, what: &str, outcomes: Vec<(Pair, ProbeRun)>, unrunnable: &[String]| {
+            let mut ran = Vec::new();
+            let mut could_not_run = unrunnable.to_vec();
+            for (pair, run) in outcomes {
+                match run {
+                    ProbeRun::Ran(outcome) => ran.push(outcome),
+                    ProbeRun::CouldNotRun(why) => {
+                        could_not_run.push(format!("{} → {}: {why}", pair.from.name, pair.to.name))
+                    }
+                }
+            }
+            let (mut verdict, evidence) = judge_connectivity(&ran, what);
+            if !could_not_run.is_empty() && !matches!(verdict, Verdict::Failed(_)) {
+                verdict = Verdict::Error(format!(
+                    "{what} probes could not run: {}",
+                    could_not_run.join("; ")
+                ));
+            }
+            let mut result = CheckResult::new(name, node, verdict, evidence, started.elapsed());
+            result.details.extend(
+                could_not_run
+                    .into_iter()
+                    .map(|c| format!("could not run: {c}")),
+            );
+            result
+        };
+    (
+        verdict(
+            CheckName::SameNodePodConnectivity,
+            "same-node",
+            same,
+            &same_unrunnable,
+        ),
+        verdict(
+            CheckName::CrossNodePodConnectivity,
+            "cross-node",
+            cross,
+            &unrunnable,
+        ),
+    )
+}
+
+#[derive(Debug, Clone)]
+enum ProbeRun {
+    Ran(ProbeOutcome),
+    /// The exec itself failed (API error): nothing is known about the network.
+    CouldNotRun(String),
+}
+
+async fn probe_until_settled(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    namespace: &str,
+    pairs: Vec<Pair>,
+    retry: bool,
+    deadline: Instant,
+) -> Vec<(Pair, ProbeRun)> {
+    let mut done: Vec<(Pair, ProbeRun)> = Vec::new();
+    let mut pending: Vec<(Pair, u32)> = pairs.into_iter().map(|p| (p, 0)).collect();
+    loop {
+        let round = futures::stream::iter(pending.drain(..))
+            .map(|(pair, attempts)| async move {
+                let run = probe_once(cluster, inventory, namespace, &pair, attempts + 1).await;
+                (pair, run)
+            })
+            .buffer_unordered(PROBE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for (pair, run) in round {
+            let failed = matches!(&run, ProbeRun::Ran(outcome) if !outcome.succeeded());
+            let attempts = match &run {
+                ProbeRun::Ran(outcome) => outcome.attempts,
+                ProbeRun::CouldNotRun(_) => 1,
+            };
+            if failed && retry && Instant::now() + PROBE_RETRY_PAUSE < deadline {
+                pending.push((pair, attempts));
+            } else {
+                done.push((pair, run));
+            }
+        }
+        if pending.is_empty() {
+            return done;
+        }
+        tokio::time::sleep(PROBE_RETRY_PAUSE).await;
+    }
+}
+
+fn probe_url(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}/hostname")
+    } else {
+        format!("http://{ip}:{port}/hostname")
+    }
+}
+
+async fn probe_once(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    namespace: &str,
+    pair: &Pair,
+    attempt: u32,
+) -> ProbeRun {
+    let url = probe_url(&pair.to.ip, inventory.probe.port);
+    let seconds = PROBE_ATTEMPT_TIMEOUT.as_secs().to_string();
+    let argv: Vec<String> = inventory
+        .probe
+        .client_command
+        .iter()
+        .map(|word| {
+            word.replace("{url}", &url)
+                .replace("{timeout_seconds}", &seconds)
+        })
+        .collect();
+    // The exec round trip gets the curl's own limit plus time for the API server.
+    let exec = tokio::time::timeout(
+        PROBE_ATTEMPT_TIMEOUT * 3,
+        cluster.exec(namespace, &pair.from.name, &argv),
+    );
+    let result = match exec.await {
+        Err(_) => {
+            return ProbeRun::CouldNotRun(format!(
+                "exec did not finish within {:?}",
+                PROBE_ATTEMPT_TIMEOUT * 3
+            ))
+        }
+        Ok(Err(error)) => return ProbeRun::CouldNotRun(error.to_string()),
+        Ok(Ok(output)) if output.exit_code == 0 => match output.stdout.trim().parse::<u16>() {
+            Ok(code) => Ok(code),
+            Err(_) => Err(format!(
+                "the client printed {:?}, not an HTTP status",
+                output.stdout.trim()
+            )),
+        },
+        Ok(Ok(output)) => {
+            let said = output.stderr.trim();
+            Err(if said.is_empty() {
+                format!("exit {}", output.exit_code)
+            } else {
+                said.to_string()
+            })
+        }
+    };
+    ProbeRun::Ran(ProbeOutcome {
+        from_node: pair.from.node.clone(),
+        from_pod: pair.from.name.clone(),
+        to_node: pair.to.node.clone(),
+        to_pod: pair.to.name.clone(),
+        url,
+        result,
+        attempts: attempt,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_plan_puts_two_pods_on_the_node_and_one_on_each_other() {
+        let plan = ProbePlan::new("abc", "w3", &["w1".into(), "w2".into()]);
+        let nodes: Vec<&str> = plan.requests.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["w3", "w3", "w1", "w2"]);
+        let mut names: Vec<&str> = plan.requests.iter().map(|r| r.name.as_str()).collect();
+        names.dedup();
+        assert_eq!(names.len(), 4, "{names:?}");
+    }
+
+    #[test]
+    fn ipv6_probe_addresses_are_bracketed() {
+        assert_eq!(
+            probe_url("198.19.1.2", 8080),
+            "http://198.19.1.2:8080/hostname"
+        );
+        assert_eq!(probe_url("fd00::2", 8080), "http://[fd00::2]:8080/hostname");
+    }
+}

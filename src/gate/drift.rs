@@ -1,0 +1,139 @@
+//! `drift`: every node, without rebooting any, checked for the state that breaks
+//! calico-node at its next boot.
+
+use super::host_state::{command_error, host_error};
+use super::*;
+
+/// How many nodes the drift check reads at once. Each is one SSH connection and three
+/// short commands; eight keeps a large cluster's sweep quick without a thundering herd on
+/// a bastion or on sshd's MaxStartups (10 by default).
+const DRIFT_CONCURRENCY: usize = 8;
+
+/// The checks of `drift`, in report order.
+pub const DRIFT_CHECKS: [CheckName; 3] = [
+    CheckName::TmpfilesConfigPresent,
+    CheckName::RunDirAfterNextBoot,
+    CheckName::RunDirPermissions,
+];
+
+/// Checks every node of the inventory, without rebooting any, for the state that breaks
+/// calico-node at the next boot: the tmpfiles.d file, what systemd-tmpfiles will make of
+/// the run directory, and the directory as it is now. Nodes run in parallel (at most
+/// [`DRIFT_CONCURRENCY`] at once), each within the inventory's SSH deadline; a node that
+/// cannot be reached is an error for that node alone.
+pub async fn drift(
+    inventory: &Inventory,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Vec<NodeReport> {
+    let nodes = inventory.node_names();
+    let sweep = futures::stream::iter(nodes.iter())
+        .map(|node| drift_node(inventory, node, progress))
+        .buffer_unordered(DRIFT_CONCURRENCY)
+        .collect::<Vec<NodeReport>>();
+    let mut reports = tokio::select! {
+        reports = sweep => reports,
+        () = cancel.cancelled() => {
+            nodes.iter().map(|node| {
+                let recorder = Recorder::new(node, progress);
+                recorder.error_remaining(&DRIFT_CHECKS, "the run was interrupted");
+                let mut report = recorder.into_report(false, Timestamp::now(), None);
+                report.interrupted = true;
+                report
+            }).collect()
+        }
+    };
+    // Inventory order, so reports and JUnit read the same from run to run.
+    reports.sort_by_key(|r| nodes.iter().position(|n| *n == r.node));
+    reports
+}
+
+async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) -> NodeReport {
+    let started_at = Timestamp::now();
+    let recorder = Recorder::new(node, progress);
+    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let deadline = inventory.timeouts.ssh * 2;
+    let checks = drift_checks(&transport, node, &inventory.calico);
+    match tokio::time::timeout(
+        deadline,
+        recorder.timed("read the node's Calico state over SSH", checks),
+    )
+    .await
+    {
+        Ok((results, _)) => results.into_iter().for_each(|r| recorder.record(r)),
+        Err(_) => recorder.error_remaining(
+            &DRIFT_CHECKS,
+            &format!("{node} did not answer within {deadline:?}"),
+        ),
+    }
+    recorder.into_report(false, started_at, None)
+}
+
+/// The drift checks of one node, and what they found, for the diagnosis.
+pub(super) async fn drift_checks(
+    transport: &dyn Transport,
+    node: &str,
+    calico: &CalicoExpectations,
+) -> (Vec<CheckResult>, Findings) {
+    // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
+    let host = check_host(transport, node, calico, Duration::ZERO).await;
+    let started = Instant::now();
+    let cat_config = ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("systemd-tmpfiles")
+        .arg("--cat-config");
+    let mut next_boot = match transport.run(&cat_config).await {
+        Ok(output) if output.success() => check_result(
+            CheckName::RunDirAfterNextBoot,
+            node,
+            judge_next_boot(&output.stdout, calico),
+            started,
+        ),
+        // Older systemd has no --cat-config: judge the one file we know of, and say so.
+        Ok(output) => match &host.tmpfiles_content {
+            Some(Some(content)) => {
+                let mut result = check_result(
+                    CheckName::RunDirAfterNextBoot,
+                    node,
+                    judge_next_boot(content, calico),
+                    started,
+                );
+                result.details.push(format!(
+                    "`systemd-tmpfiles --cat-config` failed (exit {}: {}); judged from {} alone, other tmpfiles.d files may override it",
+                    output.exit_status,
+                    output.stderr.trim(),
+                    calico.tmpfiles_file
+                ));
+                result
+            }
+            _ => command_error(
+                CheckName::RunDirAfterNextBoot,
+                node,
+                &cat_config,
+                &output,
+                started,
+            ),
+        },
+        Err(error) => host_error(CheckName::RunDirAfterNextBoot, node, &error, started),
+    };
+    let findings = Findings {
+        node: node.into(),
+        calico_namespace: calico.namespace.clone(),
+        run_dir: host.run_dir_stat.clone(),
+        run_dir_missing: host.run_dir_missing,
+        tmpfiles_content: host.tmpfiles_content.clone(),
+        ..Default::default()
+    };
+    let mut tmpfiles = host.tmpfiles;
+    let failed = |r: &CheckResult| matches!(r.verdict, Verdict::Failed(_));
+    if failed(&tmpfiles) || failed(&next_boot) {
+        let diagnosis = diagnose::diagnose_drift(&findings, calico);
+        if failed(&tmpfiles) {
+            tmpfiles.diagnosis = diagnosis.clone();
+        }
+        if failed(&next_boot) {
+            next_boot.diagnosis = diagnosis;
+        }
+    }
+    (vec![tmpfiles, next_boot, host.run_dir], findings)
+}

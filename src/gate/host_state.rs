@@ -1,0 +1,278 @@
+//! What the checks read on the node itself over SSH: the tmpfiles.d file, the run
+//! directory, the routes and BIRD's BGP sessions.
+
+use super::*;
+
+/// `tmpfiles_config_present` and `run_dir_permissions`, with what the diagnosis needs.
+pub struct HostResults {
+    pub tmpfiles: CheckResult,
+    pub run_dir: CheckResult,
+    /// Some(None): the file does not exist; None: it could not be read.
+    pub tmpfiles_content: Option<Option<String>>,
+    pub run_dir_stat: Option<RunDirStat>,
+    pub run_dir_missing: bool,
+}
+
+/// What `cat`/`stat` say (in the C locale) of a path that does not exist.
+const NO_SUCH_FILE: &str = "No such file or directory";
+
+/// Runs a command, retrying only while the node refuses or drops the TCP connection
+/// (sshd still starting), up to `patience`. A host key or authentication failure is
+/// final at once: retrying cannot fix it, and must not hide it.
+async fn run_when_reachable(
+    transport: &dyn Transport,
+    command: &ShellCommand,
+    patience: Duration,
+) -> Result<crate::host::CommandOutput, HostError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match transport.run(command).await {
+            Err(HostError::Connect { .. }) if Instant::now() + SSH_RETRY_PAUSE < deadline => {
+                tokio::time::sleep(SSH_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reads the tmpfiles.d file and the run directory's mode and owner on the node. A node
+/// whose sshd is still starting is given `ssh_patience` to accept the connection.
+pub async fn check_host(
+    transport: &dyn Transport,
+    node: &str,
+    calico: &CalicoExpectations,
+    ssh_patience: Duration,
+) -> HostResults {
+    let started = Instant::now();
+    let cat = ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("cat")
+        .arg("--")
+        .arg(&calico.tmpfiles_file);
+    let (tmpfiles, tmpfiles_content) = match run_when_reachable(transport, &cat, ssh_patience).await
+    {
+        Ok(output) if output.success() => {
+            let judgement = judge_tmpfiles(Some(&output.stdout), calico);
+            (
+                check_result(CheckName::TmpfilesConfigPresent, node, judgement, started),
+                Some(Some(output.stdout)),
+            )
+        }
+        Ok(output) if output.stderr.contains(NO_SUCH_FILE) => (
+            check_result(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                judge_tmpfiles(None, calico),
+                started,
+            ),
+            Some(None),
+        ),
+        Ok(output) => (
+            command_error(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                &cat,
+                &output,
+                started,
+            ),
+            None,
+        ),
+        Err(error) => (
+            host_error(CheckName::TmpfilesConfigPresent, node, &error, started),
+            None,
+        ),
+    };
+    let started = Instant::now();
+    let stat = ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("stat")
+        .arg("-L")
+        .arg("-c")
+        .arg("%a %u %g")
+        .arg("--")
+        .arg(&calico.run_dir);
+    let (run_dir, run_dir_stat, run_dir_missing) =
+        match run_when_reachable(transport, &stat, ssh_patience).await {
+            Ok(output) if output.success() => match RunDirStat::parse(&output.stdout) {
+                Some(observed) => {
+                    let judgement = judge_run_dir(Some(&observed), calico);
+                    (
+                        check_result(CheckName::RunDirPermissions, node, judgement, started),
+                        Some(observed),
+                        false,
+                    )
+                }
+                None => {
+                    let message = format!(
+                        "`stat` printed {:?}, not `mode uid gid`",
+                        output.stdout.trim()
+                    );
+                    (
+                        CheckResult::error(
+                            CheckName::RunDirPermissions,
+                            node,
+                            message,
+                            started.elapsed(),
+                        ),
+                        None,
+                        false,
+                    )
+                }
+            },
+            Ok(output) if output.stderr.contains(NO_SUCH_FILE) => (
+                check_result(
+                    CheckName::RunDirPermissions,
+                    node,
+                    judge_run_dir(None, calico),
+                    started,
+                ),
+                None,
+                true,
+            ),
+            Ok(output) => (
+                command_error(CheckName::RunDirPermissions, node, &stat, &output, started),
+                None,
+                false,
+            ),
+            Err(error) => (
+                host_error(CheckName::RunDirPermissions, node, &error, started),
+                None,
+                false,
+            ),
+        };
+    HostResults {
+        tmpfiles,
+        run_dir,
+        tmpfiles_content,
+        run_dir_stat,
+        run_dir_missing,
+    }
+}
+
+pub(super) fn command_error(
+    name: CheckName,
+    node: &str,
+    command: &ShellCommand,
+    output: &crate::host::CommandOutput,
+    started: Instant,
+) -> CheckResult {
+    let message = format!(
+        "`{}` exited {} on the node: {}",
+        command.render(None),
+        output.exit_status,
+        output.stderr.trim()
+    );
+    CheckResult::error(name, node, message, started.elapsed())
+}
+
+pub(super) fn host_error(
+    name: CheckName,
+    node: &str,
+    error: &HostError,
+    started: Instant,
+) -> CheckResult {
+    CheckResult::error(name, node, error.to_string(), started.elapsed())
+}
+
+/// The node's routes and BIRD's view of its BGP sessions, read over SSH.
+pub struct NodeNetworkState {
+    pub routes: Result<String, String>,
+    /// Ok(None): BIRD's control socket does not answer (BIRD is not running).
+    pub bgp: Result<Option<String>, String>,
+    pub socket: String,
+}
+
+impl NodeNetworkState {
+    pub(super) fn bgp_output(&self) -> Option<&str> {
+        match &self.bgp {
+            Ok(Some(output)) => Some(output),
+            _ => None,
+        }
+    }
+
+    pub fn as_details(&self) -> Vec<String> {
+        let routes = match &self.routes {
+            Ok(routes) => format!("ip -4 route on the node:\n{}", routes.trim_end()),
+            Err(error) => format!("ip -4 route on the node: unavailable ({error})"),
+        };
+        let bgp = match &self.bgp {
+            Ok(Some(output)) => format!("BGP (birdcl show protocols):\n{}", output.trim_end()),
+            Ok(None) => format!("BGP: BIRD does not answer on {}", self.socket),
+            Err(error) => format!("BGP: unavailable ({error})"),
+        };
+        vec![routes, bgp]
+    }
+}
+
+/// Reads `ip -4 route` and `birdcl show protocols` (birdc where birdcl is missing) on
+/// the node. BIRD's socket is Calico's: `bird.ctl` in the run directory.
+pub async fn node_network_state(
+    transport: &dyn Transport,
+    calico: &CalicoExpectations,
+) -> NodeNetworkState {
+    let socket = format!("{}/bird.ctl", calico.run_dir.trim_end_matches('/'));
+    let routes = match transport
+        .run(&ShellCommand::new("ip").arg("-4").arg("route"))
+        .await
+    {
+        Ok(output) if output.success() => Ok(output.stdout),
+        Ok(output) => Err(format!(
+            "exit {}: {}",
+            output.exit_status,
+            output.stderr.trim()
+        )),
+        Err(error) => Err(error.to_string()),
+    };
+    let mut bgp = Err("neither birdcl nor birdc is installed on the node".to_string());
+    for client in ["birdcl", "birdc"] {
+        let command = ShellCommand::new(client)
+            .arg("-s")
+            .arg(&socket)
+            .arg("show")
+            .arg("protocols");
+        bgp = match transport.run(&command).await {
+            Ok(output) if output.success() => Ok(Some(output.stdout)),
+            // 127: the shell found no such program; try the other client.
+            Ok(output) if output.exit_status == 127 => continue,
+            Ok(output)
+                if format!("{}{}", output.stdout, output.stderr).contains("Unable to connect") =>
+            {
+                Ok(None)
+            }
+            Ok(output) => Err(format!(
+                "{client} exit {}: {}",
+                output.exit_status,
+                output.stderr.trim()
+            )),
+            Err(error) => Err(error.to_string()),
+        };
+        break;
+    }
+    NodeNetworkState {
+        routes,
+        bgp,
+        socket,
+    }
+}
+
+/// `bgp_sessions_established` from the node's network state.
+pub fn check_bgp(state: &NodeNetworkState, node: &str, started: Instant) -> CheckResult {
+    match &state.bgp {
+        Ok(output) => {
+            let mut result = check_result(
+                CheckName::BgpSessionsEstablished,
+                node,
+                judge_bgp(output.as_deref(), &state.socket),
+                started,
+            );
+            result.details.extend(state.as_details());
+            result
+        }
+        Err(error) => CheckResult::error(
+            CheckName::BgpSessionsEstablished,
+            node,
+            error.clone(),
+            started.elapsed(),
+        ),
+    }
+}

@@ -1,0 +1,640 @@
+//! The gate orders one node's verification: record the boot → reboot → wait for the node
+//! to go down and come back on a new boot → the checks → cleanup. It owns every deadline
+//! (the waits in `cluster` have none of their own) and times every step, so a report
+//! says where the minutes went.
+//!
+//! The steps live beside this file by what they read: `calico` (calico-node through the
+//! API), `host_state` (the node over SSH), `connectivity` (probe pods); `drift` and
+//! `node_diagnosis` are the two runs that reboot nothing.
+//!
+//! A check that could not run is an `<error>`, never a pass: when a step the later checks
+//! depend on fails (the reboot was refused, the node never came back), the checks after
+//! it are recorded as errors that say why they did not run.
+
+use crate::checks::{
+    judge_bgp, judge_boot_id, judge_calico_ready, judge_connectivity, judge_crashloop,
+    judge_next_boot, judge_node_ready, judge_run_dir, judge_tmpfiles, CalicoObservation, CheckName,
+    CheckResult, Evidence, Judgement, ProbeOutcome, RunDirStat, Verdict,
+};
+use crate::cluster::probes::{probe_pod_name, ProbeFleet, ProbeRequest, ReadyProbe};
+use crate::cluster::{self, Cluster};
+use crate::diagnose::{self, Findings};
+use crate::host::{HostError, RebootOutcome, ShellCommand, SshTransport, Transport};
+use crate::inventory::{CalicoExpectations, Inventory};
+use crate::report::{NodeReport, StepTiming};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::wait::Condition;
+use kube::runtime::{watcher, WatchStreamExt};
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+mod calico;
+mod connectivity;
+mod drift;
+mod host_state;
+mod node_diagnosis;
+
+pub use calico::{check_calico, CalicoBaseline, CalicoResults};
+pub use connectivity::{check_connectivity, start_probes, ProbePlan};
+pub use drift::{drift, DRIFT_CHECKS};
+pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
+pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
+
+/// How many curls run at once. Each is an exec stream through the API server; cilium-cli
+/// runs its connectivity scenarios with similar modest parallelism to stay polite to
+/// the control plane of a production cluster.
+const PROBE_CONCURRENCY: usize = 8;
+
+/// The longest one curl may take. Pod-to-pod traffic inside a cluster answers in
+/// milliseconds; five seconds tells a dropped packet from a slow one, and leaves room
+/// for retries inside the connectivity deadline.
+const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between retries of a failed probe while the network may still be converging
+/// (BGP routes arriving just after calico-node turns Ready).
+const PROBE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Without a reboot, a calico-node container that died with an error this recently is
+/// still crash-looping in all but name: the kubelet's back-off caps at 5 minutes, so two
+/// back-off periods cover a loop that is between attempts.
+const CRASHLOOP_LOOKBACK: Duration = Duration::from_secs(600);
+
+/// Pause between SSH connection attempts while a freshly booted node's sshd starts:
+/// the kubelet often reports Ready a little before sshd listens.
+const SSH_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Deleting the probe pods at the end may not hang the run: the verdict is known.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many lines of calico-node's logs go into the evidence.
+const LOG_TAIL_LINES: i64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{inventory}: node {node:?} is not in the inventory (it lists: {known})")]
+    UnknownNode {
+        node: String,
+        inventory: PathBuf,
+        known: String,
+    },
+}
+
+/// Receives progress while a run goes on, for a console or a test log. The library never
+/// prints; a front end decides what to show.
+pub trait Progress: Send + Sync {
+    fn step_started(&self, _node: &str, _step: &str) {}
+    fn check_finished(&self, _result: &CheckResult) {}
+}
+
+/// Shows nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    pub node: String,
+    /// Reboot the node first (otherwise verify it as it is).
+    pub reboot: bool,
+}
+
+/// Collects results and step timings; shared by the steps of one node's run.
+struct Recorder<'a> {
+    node: String,
+    results: Mutex<Vec<CheckResult>>,
+    steps: Mutex<Vec<StepTiming>>,
+    notes: Mutex<Vec<String>>,
+    last_verdict: Mutex<Option<Instant>>,
+    progress: &'a dyn Progress,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(node: &str, progress: &'a dyn Progress) -> Self {
+        Recorder {
+            node: node.into(),
+            results: Mutex::default(),
+            steps: Mutex::default(),
+            notes: Mutex::default(),
+            last_verdict: Mutex::default(),
+            progress,
+        }
+    }
+
+    fn record(&self, result: CheckResult) {
+        self.progress.check_finished(&result);
+        *self.last_verdict.lock().expect("recorder lock") = Some(Instant::now());
+        self.results.lock().expect("recorder lock").push(result);
+    }
+
+    fn note(&self, note: String) {
+        self.notes.lock().expect("recorder lock").push(note);
+    }
+
+    async fn timed<T>(&self, step: &str, work: impl std::future::Future<Output = T>) -> T {
+        self.progress.step_started(&self.node, step);
+        let started = Instant::now();
+        let value = work.await;
+        self.steps.lock().expect("recorder lock").push(StepTiming {
+            step: step.into(),
+            duration: started.elapsed(),
+        });
+        value
+    }
+
+    fn into_report(
+        self,
+        rebooted: bool,
+        started_at: Timestamp,
+        ready_at: Option<Instant>,
+    ) -> NodeReport {
+        let mut results = self.results.into_inner().expect("recorder lock");
+        results.sort_by_key(|r| r.name);
+        let last_verdict = self.last_verdict.into_inner().expect("recorder lock");
+        NodeReport {
+            node: self.node,
+            rebooted,
+            started_at: started_at.to_string(),
+            results,
+            steps: self.steps.into_inner().expect("recorder lock"),
+            ready_to_verdict: ready_at
+                .zip(last_verdict)
+                .map(|(ready, verdict)| verdict.saturating_duration_since(ready)),
+            interrupted: false,
+            notes: self.notes.into_inner().expect("recorder lock"),
+        }
+    }
+
+    /// Every expected check not recorded yet becomes an error saying why it did not run.
+    fn error_remaining(&self, expected: &[CheckName], why: &str) {
+        let missing: Vec<CheckName> = {
+            let results = self.results.lock().expect("recorder lock");
+            expected
+                .iter()
+                .copied()
+                .filter(|name| !results.iter().any(|r| r.name == *name))
+                .collect()
+        };
+        for name in missing {
+            self.record(CheckResult::error(
+                name,
+                &self.node,
+                format!("not run: {why}"),
+                Duration::ZERO,
+            ));
+        }
+    }
+}
+
+fn check_result(
+    name: CheckName,
+    node: &str,
+    (verdict, evidence): Judgement,
+    started: Instant,
+) -> CheckResult {
+    CheckResult::new(name, node, verdict, evidence, started.elapsed())
+}
+
+/// A short random ID for this run's probe pods: unique enough that two runs never share
+/// a pod, short enough to fit a pod name.
+pub fn new_run_id() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Connects to the cluster the inventory names.
+///
+/// # Errors
+/// The kubeconfig cannot be read or has no usable context.
+pub async fn connect(inventory: &Inventory) -> Result<Cluster, cluster::ClusterError> {
+    Cluster::connect(
+        inventory.cluster.kubeconfig.as_deref(),
+        inventory.cluster.context.as_deref(),
+    )
+    .await
+}
+
+/// The SSH transport for a node of the inventory.
+pub fn ssh_transport(inventory: &Inventory, node: &str) -> Option<SshTransport> {
+    let entry = inventory.node(node)?;
+    Some(SshTransport::new(
+        inventory.ssh_target(entry),
+        inventory.timeouts.ssh,
+    ))
+}
+
+/// Verifies one node, rebooting it first when asked. Always returns a report — checks
+/// that could not run are errors in it — unless the request itself is wrong.
+///
+/// `cancel` stops the run between or inside steps (Ctrl-C): the report then marks the
+/// checks that did not run, is flagged interrupted, and the probe pods are still deleted.
+///
+/// # Errors
+/// The node is not in the inventory.
+pub async fn verify(
+    inventory: &Inventory,
+    request: &VerifyRequest,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<NodeReport, GateError> {
+    if inventory.node(&request.node).is_none() {
+        return Err(GateError::UnknownNode {
+            node: request.node.clone(),
+            inventory: inventory.file.clone(),
+            known: inventory.node_names().join(", "),
+        });
+    }
+    let started_at = Timestamp::now();
+    let recorder = Recorder::new(&request.node, progress);
+    let run_id = new_run_id();
+    let mut connected: Option<Cluster> = None;
+    let mut ready_at: Option<Instant> = None;
+    let expected = CheckName::for_verify(request.reboot);
+    let interrupted = tokio::select! {
+        () = verify_steps(inventory, request, &recorder, &run_id, &mut connected, &mut ready_at) => false,
+        () = cancel.cancelled() => true,
+    };
+    if interrupted {
+        recorder.error_remaining(&expected, "the run was interrupted");
+    }
+    if let Some(cluster) = &connected {
+        let namespace = &inventory.probe.namespace;
+        let cleanup =
+            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &run_id));
+        match recorder.timed("delete probe pods", cleanup).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => recorder.note(format!("probe pods of run {run_id} were not deleted: {error}")),
+            Err(_) => recorder.note(format!(
+                "probe pods of run {run_id} were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}={run_id}`",
+                cluster::probes::RUN_LABEL
+            )),
+        }
+    }
+    let mut report = recorder.into_report(request.reboot, started_at, ready_at);
+    report.interrupted = interrupted;
+    Ok(report)
+}
+
+async fn verify_steps(
+    inventory: &Inventory,
+    request: &VerifyRequest,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    connected: &mut Option<Cluster>,
+    ready_at: &mut Option<Instant>,
+) {
+    let node = request.node.as_str();
+    let expected = CheckName::for_verify(request.reboot);
+    let cluster = match recorder
+        .timed("connect to the API server", connect(inventory))
+        .await
+    {
+        Ok(cluster) => cluster,
+        Err(error) => return recorder.error_remaining(&expected, &error.to_string()),
+    };
+    *connected = Some(cluster.clone());
+    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let calico = &inventory.calico;
+
+    let baseline = if request.reboot {
+        match reboot_and_wait(inventory, &cluster, &transport, node, recorder).await {
+            Some(baseline) => Some(baseline),
+            None => return,
+        }
+    } else {
+        let started = Instant::now();
+        match recorder.timed("read the node", cluster.node(node)).await {
+            Ok(current) => recorder.record(check_result(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                judge_node_ready(&current),
+                started,
+            )),
+            Err(error) => return recorder.error_remaining(&expected, &error.to_string()),
+        }
+        None
+    };
+    *ready_at = Some(Instant::now());
+    let crashloop_since = crashloop_window_start(baseline.as_ref());
+
+    let others: Vec<String> = inventory
+        .node_names()
+        .into_iter()
+        .filter(|n| n != node)
+        .collect();
+    let probes = ProbePlan::new(run_id, node, &others);
+    let calico_step = recorder.timed(
+        "wait for calico-node Ready",
+        check_calico(
+            &cluster,
+            inventory,
+            node,
+            baseline.as_ref().map(|b| &b.calico),
+            crashloop_since,
+            inventory.timeouts.calico_ready,
+        ),
+    );
+    let host_step = recorder.timed(
+        "read the node's Calico state over SSH",
+        check_host(&transport, node, calico, inventory.timeouts.ssh),
+    );
+    let probe_step = recorder.timed(
+        "start probe pods",
+        start_probes(&cluster, inventory, &probes),
+    );
+    let (calico_results, host, fleet) = tokio::join!(calico_step, host_step, probe_step);
+    let calico_ready = calico_results.ready.passed();
+    let findings = Findings {
+        node: node.into(),
+        calico_pod: calico_results.pod_name.clone(),
+        calico_namespace: calico.namespace.clone(),
+        fatal_log_line: calico_results.fatal_log_line.clone(),
+        run_dir: host.run_dir_stat.clone(),
+        run_dir_missing: host.run_dir_missing,
+        tmpfiles_content: host.tmpfiles_content.clone(),
+    };
+    let (same, cross) = recorder
+        .timed(
+            "probe pod connectivity",
+            check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
+        )
+        .await;
+    let mut results = vec![
+        calico_results.ready,
+        calico_results.crashloop,
+        host.tmpfiles,
+        host.run_dir,
+        same,
+        cross,
+    ];
+    let mut diagnosis = diagnose::diagnose(&findings, calico);
+    let network_broken = results.iter().any(|r| {
+        matches!(
+            r.name,
+            CheckName::CalicoNodeReady | CheckName::CrossNodePodConnectivity
+        ) && matches!(r.verdict, Verdict::Failed(_))
+    });
+    if network_broken {
+        // What the node's routing looks like, for the reader and for the BGP signature.
+        let state = recorder
+            .timed(
+                "collect the node's routes and BGP state",
+                node_network_state(&transport, calico),
+            )
+            .await;
+        if diagnosis.is_none() {
+            diagnosis = state
+                .bgp_output()
+                .and_then(|output| diagnose::diagnose_bgp(node, output, calico));
+        }
+        if let Some(cross) = results
+            .iter_mut()
+            .find(|r| r.name == CheckName::CrossNodePodConnectivity)
+        {
+            cross.details.extend(state.as_details());
+        }
+    }
+    for result in &mut results {
+        let diagnosed = matches!(
+            result.name,
+            CheckName::CalicoNodeReady
+                | CheckName::RunDirPermissions
+                | CheckName::TmpfilesConfigPresent
+                | CheckName::CrossNodePodConnectivity
+        );
+        if diagnosed && matches!(result.verdict, Verdict::Failed(_)) {
+            result.diagnosis = diagnosis.clone();
+        }
+    }
+    for result in results {
+        recorder.record(result);
+    }
+}
+
+/// Since when a calico-node container that exited with an error counts as crash-looping:
+/// since the node's new boot turned Ready, or, without a reboot, the recent past.
+pub fn crashloop_window_start(baseline: Option<&RebootBaseline>) -> Option<Timestamp> {
+    match baseline {
+        Some(baseline) => baseline.ready_since,
+        None => Timestamp::now().checked_sub(CRASHLOOP_LOOKBACK).ok(),
+    }
+}
+
+/// What a node looked like before its reboot, to tell the new boot from the old.
+#[derive(Debug, Clone)]
+pub struct RebootBaseline {
+    pub boot_id: String,
+    pub calico: CalicoBaseline,
+    /// When the node's Ready condition turned True on the new boot.
+    pub ready_since: Option<Timestamp>,
+}
+
+/// Reboots a node and waits for it to come back, as `verify --reboot` does, for a front
+/// end that runs the checks one by one (the cluster suite). Returns
+/// `node_ready_after_reboot` and `boot_id_changed` (or errors for the checks that could
+/// not run), the timed steps, and the baseline the later checks compare against — None
+/// when the node did not come back.
+pub async fn reboot_node(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
+    let recorder = Recorder::new(node, &Quiet);
+    let baseline = reboot_and_wait(inventory, cluster, transport, node, &recorder).await;
+    let results = recorder.results.into_inner().expect("recorder lock");
+    (
+        results,
+        recorder.steps.into_inner().expect("recorder lock"),
+        baseline,
+    )
+}
+
+/// Records the boot, reboots the node over SSH, waits for it to go down and to come
+/// back Ready on a new boot, and records `node_ready_after_reboot` and `boot_id_changed`.
+/// Returns None when the node did not come back (the remaining checks are then recorded
+/// as errors).
+async fn reboot_and_wait(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+) -> Option<RebootBaseline> {
+    let expected = CheckName::for_verify(true);
+    let timeouts = &inventory.timeouts;
+    let calico = &inventory.calico;
+    let before = match recorder
+        .timed("record the boot ID", cluster.node(node))
+        .await
+    {
+        Ok(before) => before,
+        Err(error) => {
+            recorder.error_remaining(&expected, &error.to_string());
+            return None;
+        }
+    };
+    let Some(boot_id) = cluster::boot_id(&before)
+        .map(String::from)
+        .filter(|id| !id.is_empty())
+    else {
+        recorder.error_remaining(
+            &expected,
+            &format!("node {node} reports no bootID: a reboot could not be proven"),
+        );
+        return None;
+    };
+    let calico_before = match cluster
+        .pods_on_node(&calico.namespace, &calico.selector, node)
+        .await
+    {
+        Ok(pods) => CalicoBaseline::of(pods.first()),
+        Err(error) => {
+            recorder.error_remaining(&expected, &error.to_string());
+            return None;
+        }
+    };
+
+    let started = Instant::now();
+    let command = ShellCommand::operator_text(&inventory.reboot.command);
+    match recorder
+        .timed("issue the reboot", transport.reboot(&command))
+        .await
+    {
+        Ok(RebootOutcome::Issued) => {}
+        Ok(RebootOutcome::Refused(output)) => {
+            let message = format!(
+                "the reboot command `{}` was refused (exit {}): {}",
+                inventory.reboot.command,
+                output.exit_status,
+                output.stderr.trim()
+            );
+            recorder.record(CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                Verdict::Failed(message.clone()),
+                vec![Evidence::new(
+                    "reboot command",
+                    format!("exit {}", output.exit_status),
+                    "the node goes down",
+                )],
+                started.elapsed(),
+            ));
+            recorder.error_remaining(&expected, "the node was not rebooted");
+            return None;
+        }
+        Err(error) => {
+            recorder.error_remaining(&expected, &format!("could not issue the reboot: {error}"));
+            return None;
+        }
+    }
+
+    let last_seen = Mutex::new(None);
+    let went_down = cluster::is_node_ready()
+        .not()
+        .or(cluster::has_boot_id_other_than(&boot_id));
+    let down = tokio::time::timeout(
+        timeouts.node_not_ready,
+        cluster.wait_for_node(node, went_down, &last_seen),
+    );
+    if recorder
+        .timed("wait for the node to go down", down)
+        .await
+        .is_err()
+    {
+        let message = format!(
+            "the node stayed Ready on boot {boot_id} for {} after the reboot command: it did not reboot",
+            humantime::format_duration(timeouts.node_not_ready)
+        );
+        let seen = last_seen.lock().expect("last_seen lock").clone();
+        fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+        recorder.error_remaining(&expected, "the node did not reboot");
+        return None;
+    }
+
+    let back = cluster::is_node_ready().and(cluster::has_boot_id_other_than(&boot_id));
+    let up = tokio::time::timeout(
+        timeouts.node_ready,
+        cluster.wait_for_node(node, back, &last_seen),
+    );
+    let after = match recorder
+        .timed("wait for the node to be Ready on a new boot", up)
+        .await
+    {
+        Ok(after) => after,
+        Err(_) => {
+            let seen = last_seen.lock().expect("last_seen lock").clone();
+            let last = seen.as_ref().map_or(
+                "the node object is gone".into(),
+                cluster::describe_ready_condition,
+            );
+            let message = format!(
+                "the node was not Ready on a new boot within {}; last seen: {last}",
+                humantime::format_duration(timeouts.node_ready)
+            );
+            fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+            recorder.error_remaining(&expected, "the node did not come back");
+            return None;
+        }
+    };
+    recorder.record(check_result(
+        CheckName::NodeReadyAfterReboot,
+        node,
+        judge_node_ready(&after),
+        started,
+    ));
+    let new_boot = cluster::boot_id(&after).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::BootIdChanged,
+        node,
+        judge_boot_id(&boot_id, new_boot),
+        started,
+    ));
+    let ready_since = cluster::node_condition(&after, "Ready")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    Some(RebootBaseline {
+        boot_id,
+        calico: calico_before,
+        ready_since,
+    })
+}
+
+fn fail_node_ready(
+    recorder: &Recorder<'_>,
+    node: &str,
+    message: String,
+    seen: Option<&Node>,
+    boot_id: &str,
+    started: Instant,
+) {
+    let condition = seen.map_or("node not found".into(), cluster::describe_ready_condition);
+    recorder.record(CheckResult::new(
+        CheckName::NodeReadyAfterReboot,
+        node,
+        Verdict::Failed(message),
+        vec![Evidence::new(
+            "Ready condition",
+            condition,
+            "Ready=True on a new boot",
+        )],
+        started.elapsed(),
+    ));
+    let seen_boot = seen.and_then(cluster::boot_id).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::BootIdChanged,
+        node,
+        judge_boot_id(boot_id, seen_boot),
+        started,
+    ));
+}

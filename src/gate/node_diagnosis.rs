@@ -1,0 +1,118 @@
+//! `diagnose`: a node as it is, without a reboot or probe pods, with the evidence and
+//! the known root causes.
+
+use super::drift::drift_checks;
+use super::*;
+
+/// How long `diagnose` lets calico-node's state settle: enough for the first watch
+/// event, which carries the pod as it is; diagnose reports, it does not wait.
+const DIAGNOSE_SNAPSHOT: Duration = Duration::from_secs(2);
+
+/// The checks of `diagnose`, in report order.
+pub const DIAGNOSE_CHECKS: [CheckName; 6] = [
+    CheckName::CalicoNodeReady,
+    CheckName::CalicoNodeNotCrashlooping,
+    CheckName::TmpfilesConfigPresent,
+    CheckName::RunDirPermissions,
+    CheckName::RunDirAfterNextBoot,
+    CheckName::BgpSessionsEstablished,
+];
+
+/// Diagnoses a node as it is, without rebooting it or starting probe pods: calico-node
+/// (state, restarts, current and previous logs), the tmpfiles.d entry and what the next
+/// boot will make of the run directory, the directory now, the node's routes and BGP
+/// sessions — then the known failure signatures over all of it.
+///
+/// # Errors
+/// The node is not in the inventory.
+pub async fn diagnose_node(
+    inventory: &Inventory,
+    node: &str,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<NodeReport, GateError> {
+    if inventory.node(node).is_none() {
+        return Err(GateError::UnknownNode {
+            node: node.into(),
+            inventory: inventory.file.clone(),
+            known: inventory.node_names().join(", "),
+        });
+    }
+    let started_at = Timestamp::now();
+    let recorder = Recorder::new(node, progress);
+    let interrupted = tokio::select! {
+        () = diagnose_steps(inventory, node, &recorder) => false,
+        () = cancel.cancelled() => true,
+    };
+    if interrupted {
+        recorder.error_remaining(&DIAGNOSE_CHECKS, "the run was interrupted");
+    }
+    let mut report = recorder.into_report(false, started_at, None);
+    report.interrupted = interrupted;
+    Ok(report)
+}
+
+async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'_>) {
+    let calico = &inventory.calico;
+    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let cluster_side = async {
+        let cluster = match connect(inventory).await {
+            Ok(cluster) => cluster,
+            Err(error) => return Err(error.to_string()),
+        };
+        if let Ok(current) = cluster.node(node).await {
+            recorder.note(format!(
+                "node: {}",
+                cluster::describe_ready_condition(&current)
+            ));
+        }
+        let since = crashloop_window_start(None);
+        Ok(check_calico(&cluster, inventory, node, None, since, DIAGNOSE_SNAPSHOT).await)
+    };
+    let host_side = async {
+        let files = drift_checks(&transport, node, calico).await;
+        let started = Instant::now();
+        let network = node_network_state(&transport, calico).await;
+        (files, network, started)
+    };
+    let (calico_results, (files, network, network_started)) = tokio::join!(
+        recorder.timed("read calico-node from the API", cluster_side),
+        recorder.timed("read the node over SSH", host_side),
+    );
+    let (mut results, mut findings) = files;
+    results.push(check_bgp(&network, node, network_started));
+    match calico_results {
+        Ok(calico_results) => {
+            findings.calico_pod = calico_results.pod_name.clone();
+            findings.fatal_log_line = calico_results.fatal_log_line.clone();
+            results.push(calico_results.ready);
+            results.push(calico_results.crashloop);
+        }
+        Err(error) => {
+            for name in [
+                CheckName::CalicoNodeReady,
+                CheckName::CalicoNodeNotCrashlooping,
+            ] {
+                results.push(CheckResult::error(
+                    name,
+                    node,
+                    error.clone(),
+                    Duration::ZERO,
+                ));
+            }
+        }
+    }
+    let diagnosis = diagnose::diagnose(&findings, calico).or_else(|| {
+        network
+            .bgp_output()
+            .and_then(|output| diagnose::diagnose_bgp(node, output, calico))
+    });
+    for result in &mut results {
+        if matches!(result.verdict, Verdict::Failed(_)) && diagnosis.is_some() {
+            result.diagnosis = diagnosis.clone();
+        }
+    }
+    for result in results {
+        recorder.record(result);
+    }
+}
