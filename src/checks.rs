@@ -13,6 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckName {
+    ClusterHealthyBeforeReboot,
     NodeReadyAfterReboot,
     BootIdChanged,
     CalicoNodeReady,
@@ -28,6 +29,7 @@ pub enum CheckName {
 impl CheckName {
     pub fn as_str(self) -> &'static str {
         match self {
+            CheckName::ClusterHealthyBeforeReboot => "cluster_healthy_before_reboot",
             CheckName::NodeReadyAfterReboot => "node_ready_after_reboot",
             CheckName::BootIdChanged => "boot_id_changed",
             CheckName::CalicoNodeReady => "calico_node_ready",
@@ -44,10 +46,15 @@ impl CheckName {
     /// The checks of `verify`, in report order.
     pub fn for_verify(reboot: bool) -> Vec<CheckName> {
         use CheckName::*;
-        let mut names = vec![NodeReadyAfterReboot];
-        if reboot {
-            names.push(BootIdChanged);
-        }
+        let mut names = if reboot {
+            vec![
+                ClusterHealthyBeforeReboot,
+                NodeReadyAfterReboot,
+                BootIdChanged,
+            ]
+        } else {
+            vec![NodeReadyAfterReboot]
+        };
         names.extend([
             CalicoNodeReady,
             CalicoNodeNotCrashlooping,

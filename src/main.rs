@@ -45,9 +45,16 @@ enum Command {
         /// The node, as Kubernetes names it.
         #[arg(long)]
         node: String,
-        /// Reboot the node first (with the inventory's reboot command, over SSH).
+        /// Reboot the node first (with the inventory's reboot command, over SSH), after
+        /// a preflight that the rest of the cluster is whole.
         #[arg(long)]
         reboot: bool,
+        /// Reboot even if the preflight finds the cluster degraded. Recorded in the report.
+        #[arg(long, requires = "reboot")]
+        force: bool,
+        /// Allow rebooting a node the inventory marks `protected` (the control plane).
+        #[arg(long, requires = "reboot")]
+        allow_protected: bool,
         /// Write JUnit XML here (always written, also on failure and interruption).
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -129,6 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify {
             node,
             reboot,
+            force,
+            allow_protected,
             junit,
             json,
         } => {
@@ -139,7 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(verify(
                 inventory,
-                VerifyRequest { node, reboot },
+                VerifyRequest {
+                    node,
+                    reboot,
+                    force,
+                    allow_protected,
+                },
                 Outputs { junit, json },
             ))
         }

@@ -189,7 +189,8 @@ fn assert_no_secrets(lab: &Lab, run: &Run) {
     }
 }
 
-const ALL_CHECKS: [&str; 8] = [
+const ALL_CHECKS: [&str; 9] = [
+    "cluster_healthy_before_reboot",
     "node_ready_after_reboot",
     "boot_id_changed",
     "calico_node_ready",
@@ -453,8 +454,13 @@ fn a_host_key_that_does_not_match_is_refused_and_nothing_runs(
     let run = verify(&inventory, node, true, reports.path());
     assert_eq!(run.code(), 3, "could not run is exit 3: {}", run.describe());
     assert!(run.stdout().contains(said), "{}", run.describe());
+    // The preflight (API side only) passes; everything that needs the node could not run.
+    assert_eq!(run.verdict("cluster_healthy_before_reboot"), "passed");
     assert!(
-        run.junit_cases().iter().all(|(_, _, kind)| kind == "error"),
+        run.junit_cases()
+            .iter()
+            .filter(|(name, _, _)| name != "cluster_healthy_before_reboot")
+            .all(|(_, _, kind)| kind == "error"),
         "{}",
         run.junit
     );
@@ -729,4 +735,61 @@ fn drift_names_exactly_the_nodes_that_will_break_at_their_next_reboot() {
     // Nothing was rebooted.
     let after: Vec<String> = lab.node_names().iter().map(|n| boot_id(&lab, n)).collect();
     assert_eq!(boot_ids, after);
+}
+
+#[test]
+fn a_degraded_cluster_is_refused_and_nothing_is_rebooted() {
+    let lab = lab("pf-degraded", 5);
+    // Another node already carries the incident: calico-node crash-loops on it.
+    let broken = "k8s-worker-02";
+    lab.os_update(broken, true).unwrap();
+    lab.reboot(broken).unwrap();
+    let calico_down = std::time::Instant::now();
+    while !kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
+        .lines()
+        .any(|l| l.contains(broken) && l.contains("CrashLoopBackOff"))
+    {
+        assert!(
+            calico_down.elapsed().as_secs() < 60,
+            "calico-node on {broken} never crash-looped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let node = "k8s-worker-03";
+    let before = boot_id(&lab, node);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&lab.paths().inventory(), node, true, reports.path());
+    assert_eq!(run.code(), 3, "refused is exit 3: {}", run.describe());
+    assert_eq!(run.verdict("cluster_healthy_before_reboot"), "error");
+    let why = run.message("cluster_healthy_before_reboot");
+    assert!(why.contains(&format!("on {broken} is not Ready")), "{why}");
+    assert!(
+        run.junit_cases().iter().all(|(_, _, kind)| kind == "error"),
+        "{}",
+        run.junit
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
+    assert_no_probe_left(&lab);
+}
+
+#[test]
+fn a_protected_node_is_not_rebooted_unless_named() {
+    let lab = lab("pf-protected", 3);
+    let node = "k8s-control-01";
+    let before = boot_id(&lab, node);
+    let output = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", node, "--reboot"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-protected"));
+    assert_eq!(boot_id(&lab, node), before);
 }

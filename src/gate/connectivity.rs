@@ -326,6 +326,46 @@ async fn probe_once(
     })
 }
 
+/// Every probe pod reaches every other one (one per node, each ordered pair once): the
+/// preflight's proof that the pod network is whole before anything is rebooted. One
+/// attempt per pair — a healthy cluster answers at once, and a gate that waits on a sick
+/// one only delays the refusal. Returns what is wrong, empty when nothing is.
+pub(super) async fn mesh_problems(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    fleet: ProbeFleet,
+) -> Vec<String> {
+    let mut problems: Vec<String> = fleet
+        .broken
+        .iter()
+        .map(|(request, why)| format!("probe pod on {} could not start: {why}", request.node))
+        .collect();
+    let mut pairs = Vec::new();
+    for from in &fleet.ready {
+        for to in fleet.ready.iter().filter(|to| to.node != from.node) {
+            pairs.push(Pair {
+                from: from.clone(),
+                to: to.clone(),
+                same_node: false,
+            });
+        }
+    }
+    let deadline = Instant::now() + inventory.timeouts.connectivity;
+    for (pair, run) in
+        probe_until_settled(cluster, inventory, &fleet.namespace, pairs, false, deadline).await
+    {
+        match run {
+            ProbeRun::Ran(outcome) if outcome.succeeded() => {}
+            ProbeRun::Ran(outcome) => problems.push(outcome.describe()),
+            ProbeRun::CouldNotRun(why) => problems.push(format!(
+                "{} → {}: could not run: {why}",
+                pair.from.node, pair.to.node
+            )),
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

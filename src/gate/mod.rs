@@ -38,6 +38,7 @@ mod connectivity;
 mod drift;
 mod host_state;
 mod node_diagnosis;
+mod preflight;
 
 pub use calico::{check_calico, CalicoBaseline, CalicoResults};
 pub use connectivity::{check_connectivity, start_probes, ProbePlan};
@@ -76,6 +77,8 @@ const LOG_TAIL_LINES: i64 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
+    #[error("{node} is protected in {inventory} (the control plane, typically): name it with --allow-protected to reboot it")]
+    Protected { node: String, inventory: PathBuf },
     #[error("{inventory}: node {node:?} is not in the inventory (it lists: {known})")]
     UnknownNode {
         node: String,
@@ -100,6 +103,10 @@ pub struct VerifyRequest {
     pub node: String,
     /// Reboot the node first (otherwise verify it as it is).
     pub reboot: bool,
+    /// Reboot even when the preflight finds the cluster degraded (recorded, loudly).
+    pub force: bool,
+    /// Allow rebooting a node the inventory marks protected.
+    pub allow_protected: bool,
 }
 
 /// Collects results and step timings; shared by the steps of one node's run.
@@ -247,11 +254,17 @@ pub async fn verify(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
-    if inventory.node(&request.node).is_none() {
+    let Some(entry) = inventory.node(&request.node) else {
         return Err(GateError::UnknownNode {
             node: request.node.clone(),
             inventory: inventory.file.clone(),
             known: inventory.node_names().join(", "),
+        });
+    };
+    if request.reboot && entry.protected && !request.allow_protected {
+        return Err(GateError::Protected {
+            node: request.node.clone(),
+            inventory: inventory.file.clone(),
         });
     }
     let started_at = Timestamp::now();
@@ -307,7 +320,17 @@ async fn verify_steps(
     let calico = &inventory.calico;
 
     let baseline = if request.reboot {
-        match reboot_and_wait(inventory, &cluster, &transport, node, recorder).await {
+        match preflight_then_reboot(
+            inventory,
+            &cluster,
+            &transport,
+            node,
+            recorder,
+            run_id,
+            request.force,
+        )
+        .await
+        {
             Some(baseline) => Some(baseline),
             None => return,
         }
@@ -439,7 +462,8 @@ pub struct RebootBaseline {
     pub ready_since: Option<Timestamp>,
 }
 
-/// Reboots a node and waits for it to come back, as `verify --reboot` does, for a front
+/// Checks the cluster is whole, reboots a node and waits for it to come back, as
+/// `verify --reboot` does (without --force), for a front
 /// end that runs the checks one by one (the cluster suite). Returns
 /// `node_ready_after_reboot` and `boot_id_changed` (or errors for the checks that could
 /// not run), the timed steps, and the baseline the later checks compare against — None
@@ -451,13 +475,77 @@ pub async fn reboot_node(
     node: &str,
 ) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
     let recorder = Recorder::new(node, &Quiet);
-    let baseline = reboot_and_wait(inventory, cluster, transport, node, &recorder).await;
+    let baseline = preflight_then_reboot(
+        inventory,
+        cluster,
+        transport,
+        node,
+        &recorder,
+        &new_run_id(),
+        false,
+    )
+    .await;
     let results = recorder.results.into_inner().expect("recorder lock");
     (
         results,
         recorder.steps.into_inner().expect("recorder lock"),
         baseline,
     )
+}
+
+/// Refuses to reboot into a degraded cluster (unless forced, which is noted), then
+/// reboots and waits; records `cluster_healthy_before_reboot` on the way. None: the node
+/// was not rebooted or did not come back, and the remaining checks are recorded as errors.
+async fn preflight_then_reboot(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    force: bool,
+) -> Option<RebootBaseline> {
+    let started = Instant::now();
+    let problems = recorder
+        .timed(
+            "preflight: is the cluster whole?",
+            preflight::cluster_problems(cluster, inventory, node, run_id),
+        )
+        .await;
+    if problems.is_empty() {
+        let evidence = Evidence::new(
+            "cluster before the reboot",
+            "whole",
+            "API answers, every node and calico-node Ready, pod mesh complete",
+        );
+        recorder.record(CheckResult::new(
+            CheckName::ClusterHealthyBeforeReboot,
+            node,
+            Verdict::Passed,
+            vec![evidence],
+            started.elapsed(),
+        ));
+    } else {
+        let message = format!(
+            "the cluster is degraded before the reboot: {}",
+            problems.join("; ")
+        );
+        recorder.record(CheckResult::error(
+            CheckName::ClusterHealthyBeforeReboot,
+            node,
+            message,
+            started.elapsed(),
+        ));
+        if !force {
+            let why = "the preflight refused the reboot (the cluster is already degraded; --force overrides)";
+            recorder.error_remaining(&CheckName::for_verify(true), why);
+            return None;
+        }
+        recorder.note(format!(
+            "--force: rebooted {node} although the preflight found the cluster degraded"
+        ));
+    }
+    reboot_and_wait(inventory, cluster, transport, node, recorder).await
 }
 
 /// Records the boot, reboots the node over SSH, waits for it to go down and to come

@@ -1,0 +1,92 @@
+//! Preflight: never reboot a node into a cluster that is already degraded. Before the
+//! reboot the API must answer, every other node must be Ready, calico-node must be Ready
+//! on every node, and every node's pods must reach every other node's. A reboot on top of
+//! an existing fault turns one broken node into two, and hides which one broke first.
+
+use super::connectivity::mesh_problems;
+use super::*;
+use crate::cluster::probes::probe_pod_name;
+
+/// What the preflight found wrong; empty when the cluster is whole.
+pub(super) async fn cluster_problems(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    node: &str,
+    run_id: &str,
+) -> Vec<String> {
+    if let Err(error) = cluster.ping().await {
+        return vec![format!("the API server does not answer: {error}")];
+    }
+    let mut problems = Vec::new();
+    match cluster.nodes().await {
+        Ok(nodes) => {
+            for name in inventory.node_names().iter().filter(|n| *n != node) {
+                match nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(name))
+                {
+                    None => problems.push(format!("node {name} is not in the cluster")),
+                    Some(other) if !cluster::node_ready(other) => problems.push(format!(
+                        "node {name} is not Ready: {}",
+                        cluster::describe_ready_condition(other)
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        Err(error) => problems.push(error.to_string()),
+    }
+    let calico = &inventory.calico;
+    let params = kube::api::ListParams::default().labels(&calico.selector);
+    match cluster.pods(&calico.namespace).list(&params).await {
+        Ok(pods) => {
+            for name in inventory.node_names() {
+                let on_node = pods
+                    .items
+                    .iter()
+                    .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name));
+                match on_node {
+                    None => problems.push(format!("no calico-node pod on {name}")),
+                    Some(pod) if !cluster::pod_ready(pod) => problems.push(format!(
+                        "calico-node {} on {name} is not Ready",
+                        pod.metadata.name.clone().unwrap_or_default()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        Err(error) => problems.push(format!("listing calico-node pods: {error}")),
+    }
+    if !problems.is_empty() {
+        // The network cannot be whole with a node or calico-node down; probing would
+        // only add noise to the refusal.
+        return problems;
+    }
+    let preflight_run = format!("{run_id}p");
+    let requests = inventory
+        .node_names()
+        .iter()
+        .map(|name| ProbeRequest {
+            name: probe_pod_name(&preflight_run, name, 0),
+            node: name.clone(),
+        })
+        .collect();
+    let plan = ProbePlan {
+        run_id: preflight_run.clone(),
+        node: node.into(),
+        requests,
+    };
+    match start_probes(cluster, inventory, &plan).await {
+        Ok(fleet) => problems.extend(mesh_problems(cluster, inventory, fleet).await),
+        Err(error) => problems.push(format!("probe pods could not be created: {error}")),
+    }
+    if let Err(error) = cluster
+        .delete_probes(&inventory.probe.namespace, &preflight_run)
+        .await
+    {
+        problems.push(format!(
+            "the preflight's probe pods were not deleted: {error}"
+        ));
+    }
+    problems
+}
