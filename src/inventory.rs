@@ -45,6 +45,36 @@ pub struct Inventory {
     pub reboot: RebootSettings,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub lock: LockSettings,
+}
+
+/// The cluster-wide reboot lock: a coordination.k8s.io/v1 Lease held (and renewed) for
+/// the whole of a reboot, so that two pipelines never reboot two nodes at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockSettings {
+    pub namespace: String,
+    pub name: String,
+    /// A holder that stops renewing (killed) loses the lease after this long.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// How long a second run waits for the lock before it gives up, naming the holder.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        LockSettings {
+            namespace: "kube-system".into(),
+            name: "postflight-reboot-lock".into(),
+            // Long enough to ride out a slow API call or two between renewals (every third
+            // of it), short enough that a killed run blocks the next one for only a minute.
+            duration: Duration::from_secs(60),
+            wait: Duration::from_secs(300),
+        }
+    }
 }
 
 /// How to reach the API server. Unset fields follow the usual rules (KUBECONFIG, then

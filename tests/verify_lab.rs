@@ -563,6 +563,11 @@ fn an_interrupted_run_exits_130_and_still_writes_its_report() {
     let junit =
         std::fs::read_to_string(&junit).expect("the JUnit report is written when interrupted");
     assert!(junit.contains("the run was interrupted"), "{junit}");
+    assert_eq!(
+        lock_holder(&lab),
+        "",
+        "the reboot lock is released on Ctrl-C"
+    );
     assert_no_probe_left(&lab);
 }
 
@@ -792,4 +797,84 @@ fn a_protected_node_is_not_rebooted_unless_named() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-protected"));
     assert_eq!(boot_id(&lab, node), before);
+}
+
+/// Who holds the reboot lock now ("" when nobody does).
+fn lock_holder(lab: &Lab) -> String {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "postflight-reboot-lock",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+}
+
+#[test]
+fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
+    let lab = lab("pf-lock", 4);
+    let reports = tempfile::tempdir().unwrap();
+    let first = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", "k8s-worker-01", "--reboot"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let holder = loop {
+        let holder = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(lab.paths().kubeconfig())
+            .args([
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                "postflight-reboot-lock",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .output()
+            .unwrap();
+        let holder = String::from_utf8_lossy(&holder.stdout).trim().to_string();
+        if !holder.is_empty() {
+            break holder;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // The second run waits 1 s, not the default 5 minutes, then gives up.
+    let inventory = lab.paths().state_dir.join("impatient-inventory.yaml");
+    let text = std::fs::read_to_string(lab.paths().inventory()).unwrap();
+    std::fs::write(&inventory, format!("{text}lock:\n  wait: 1s\n")).unwrap();
+    let before = boot_id(&lab, "k8s-worker-02");
+    let second = verify(&inventory, "k8s-worker-02", true, reports.path());
+    assert_eq!(second.code(), 3, "{}", second.describe());
+    assert!(
+        second.stdout().contains(&format!("is held by {holder}")),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        boot_id(&lab, "k8s-worker-02"),
+        before,
+        "the second run rebooted nothing"
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert_eq!(lock_holder(&lab), "", "released when the first run ended");
 }

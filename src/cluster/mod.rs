@@ -4,6 +4,7 @@
 //! on every event — and the watch rides out API outages with kube-runtime's backoff.
 //! Nothing here adds a deadline: the caller owns it (see `gate`).
 
+pub mod lease;
 pub mod probes;
 
 use futures::StreamExt;

@@ -37,6 +37,7 @@ mod calico;
 mod connectivity;
 mod drift;
 mod host_state;
+pub mod lock;
 mod node_diagnosis;
 mod preflight;
 
@@ -189,7 +190,7 @@ impl<'a> Recorder<'a> {
             self.record(CheckResult::error(
                 name,
                 &self.node,
-                format!("not run: {why}"),
+                why.to_string(),
                 Duration::ZERO,
             ));
         }
@@ -270,17 +271,16 @@ pub async fn verify(
     let started_at = Timestamp::now();
     let recorder = Recorder::new(&request.node, progress);
     let run_id = new_run_id();
-    let mut connected: Option<Cluster> = None;
-    let mut ready_at: Option<Instant> = None;
+    let mut state = RunState::default();
     let expected = CheckName::for_verify(request.reboot);
     let interrupted = tokio::select! {
-        () = verify_steps(inventory, request, &recorder, &run_id, &mut connected, &mut ready_at) => false,
+        () = verify_steps(inventory, request, &recorder, &run_id, &mut state) => false,
         () = cancel.cancelled() => true,
     };
     if interrupted {
         recorder.error_remaining(&expected, "the run was interrupted");
     }
-    if let Some(cluster) = &connected {
+    if let Some(cluster) = &state.cluster {
         let namespace = &inventory.probe.namespace;
         let cleanup =
             tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &run_id));
@@ -293,9 +293,31 @@ pub async fn verify(
             )),
         }
     }
-    let mut report = recorder.into_report(request.reboot, started_at, ready_at);
+    if let Some(held) = state.lock.take() {
+        if let Some(lost) = held.lost() {
+            recorder.note(format!("the reboot lock was lost during the run: {lost}"));
+        }
+        let release = tokio::time::timeout(CLEANUP_TIMEOUT, held.release());
+        match recorder.timed("release the reboot lock", release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => recorder.note(format!(
+                "the reboot lock was not released (it expires by itself): {error}"
+            )),
+            Err(_) => recorder
+                .note("the reboot lock was not released in time (it expires by itself)".into()),
+        }
+    }
+    let mut report = recorder.into_report(request.reboot, started_at, state.ready_at);
     report.interrupted = interrupted;
     Ok(report)
+}
+
+/// What the steps of a run leave for its cleanup, whether they finish or are cut short.
+#[derive(Default)]
+struct RunState {
+    cluster: Option<Cluster>,
+    lock: Option<lock::HeldLock>,
+    ready_at: Option<Instant>,
 }
 
 async fn verify_steps(
@@ -303,8 +325,7 @@ async fn verify_steps(
     request: &VerifyRequest,
     recorder: &Recorder<'_>,
     run_id: &str,
-    connected: &mut Option<Cluster>,
-    ready_at: &mut Option<Instant>,
+    state: &mut RunState,
 ) {
     let node = request.node.as_str();
     let expected = CheckName::for_verify(request.reboot);
@@ -315,11 +336,22 @@ async fn verify_steps(
         Ok(cluster) => cluster,
         Err(error) => return recorder.error_remaining(&expected, &error.to_string()),
     };
-    *connected = Some(cluster.clone());
+    state.cluster = Some(cluster.clone());
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let calico = &inventory.calico;
 
     let baseline = if request.reboot {
+        let holder = lock::holder_identity(run_id);
+        match recorder
+            .timed(
+                "take the reboot lock",
+                lock::acquire(&cluster, inventory, &holder),
+            )
+            .await
+        {
+            Ok(held) => state.lock = Some(held),
+            Err(why) => return recorder.error_remaining(&expected, &why),
+        }
         match preflight_then_reboot(
             inventory,
             &cluster,
@@ -347,7 +379,7 @@ async fn verify_steps(
         }
         None
     };
-    *ready_at = Some(Instant::now());
+    state.ready_at = Some(Instant::now());
     let crashloop_since = crashloop_window_start(baseline.as_ref());
 
     let others: Vec<String> = inventory
