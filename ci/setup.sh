@@ -8,8 +8,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-# The real parts the lab is built from, and what ssh2's libssh2/OpenSSL build needs.
-packages=(openssh-server openssh-client bird2 iproute2 curl util-linux procps systemd
+# The real parts the lab is built from (nftables for its firewall knob), and what ssh2's
+# libssh2/OpenSSL build needs.
+packages=(openssh-server openssh-client bird2 iproute2 nftables curl util-linux procps systemd
           libssl-dev pkg-config ca-certificates)
 missing=()
 for package in "${packages[@]}"; do

@@ -2,192 +2,12 @@
 //! its own lab and takes it down when it ends, also when it fails (the lab handle's Drop).
 //! They need root, like the lab itself.
 
-use postflight_lab::{Lab, LabConfig};
+mod common;
+
+use common::*;
 use rstest::rstest;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const POSTFLIGHT: &str = env!("CARGO_BIN_EXE_postflight");
-
-fn lab(name: &str, nodes: usize) -> Lab {
-    Lab::up(LabConfig::new(name).nodes(nodes)).unwrap_or_else(|e| panic!("lab {name}: {e}"))
-}
-
-/// One run of `postflight verify`, with its reports.
-struct Run {
-    output: Output,
-    junit: String,
-    json: Value,
-}
-
-impl Run {
-    fn code(&self) -> i32 {
-        self.output.status.code().unwrap_or(-1)
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into()
-    }
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\nstdout:\n{}\nstderr:\n{}",
-            self.code(),
-            self.stdout(),
-            String::from_utf8_lossy(&self.output.stderr)
-        )
-    }
-    fn result(&self, check: &str) -> &Value {
-        self.json["nodes"][0]["results"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == check))
-            .unwrap_or_else(|| panic!("no result for {check}: {}", self.describe()))
-    }
-    fn verdict(&self, check: &str) -> &str {
-        self.result(check)["verdict"].as_str().unwrap_or_default()
-    }
-    fn message(&self, check: &str) -> &str {
-        self.result(check)["message"].as_str().unwrap_or_default()
-    }
-    /// (testcase name, kind) for every testcase in the JUnit file: kind is "passed",
-    /// "failure" or "error".
-    fn junit_cases(&self) -> Vec<(String, String, String)> {
-        let document = roxmltree::Document::parse(&self.junit).expect("JUnit is well-formed XML");
-        document
-            .descendants()
-            .filter(|n| n.has_tag_name("testcase"))
-            .map(|case| {
-                let kind = ["failure", "error"]
-                    .into_iter()
-                    .find(|k| case.children().any(|c| c.has_tag_name(*k)))
-                    .unwrap_or("passed");
-                (
-                    case.attribute("name").unwrap_or_default().to_string(),
-                    case.attribute("classname").unwrap_or_default().to_string(),
-                    kind.to_string(),
-                )
-            })
-            .collect()
-    }
-}
-
-fn verify(inventory: &Path, node: &str, reboot: bool, reports: &Path) -> Run {
-    let junit = reports.join(format!("{node}-junit.xml"));
-    let json = reports.join(format!("{node}.json"));
-    let _ = std::fs::remove_file(&junit);
-    let mut command = Command::new(POSTFLIGHT);
-    command
-        .arg("--inventory")
-        .arg(inventory)
-        .args(["verify", "--node", node]);
-    command
-        .arg("--junit")
-        .arg(&junit)
-        .arg("--json")
-        .arg(&json)
-        .env("NO_COLOR", "1");
-    if reboot {
-        command.arg("--reboot");
-    }
-    let output = command.output().expect("postflight runs");
-    let junit = std::fs::read_to_string(&junit).unwrap_or_else(|e| {
-        panic!(
-            "no JUnit written ({e}): exit {:?}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-        .expect("JSON parses");
-    Run {
-        output,
-        junit,
-        json,
-    }
-}
-
-fn kubectl(lab: &Lab, args: &[&str]) -> String {
-    let output = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(lab.paths().kubeconfig())
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn boot_id(lab: &Lab, node: &str) -> String {
-    kubectl(
-        lab,
-        &[
-            "get",
-            "node",
-            node,
-            "-o",
-            "jsonpath={.status.nodeInfo.bootID}",
-        ],
-    )
-}
-
-/// Nothing of postflight's is left in the cluster: no probe pod, no probe namespace.
-fn assert_no_probe_left(lab: &Lab) {
-    let leftovers = kubectl(
-        lab,
-        &[
-            "get",
-            "pods",
-            "-A",
-            "-l",
-            "app.kubernetes.io/managed-by=postflight",
-            "-o",
-            "name",
-        ],
-    );
-    assert_eq!(leftovers, "", "probe pods left behind");
-    let namespaces = kubectl(lab, &["get", "namespaces", "-o", "name"]);
-    assert!(
-        !namespaces.contains("postflight-probe"),
-        "probe namespace left behind: {namespaces}"
-    );
-}
-
-/// The lab's secrets — the API bearer token and the SSH private key — appear in no
-/// report and no output: canaries that any leak would carry.
-fn assert_no_secrets(lab: &Lab, run: &Run) {
-    let kubeconfig = std::fs::read_to_string(lab.paths().kubeconfig()).unwrap();
-    let token = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .expect("the lab's kubeconfig has a token");
-    let key = std::fs::read_to_string(lab.paths().ssh_key()).unwrap();
-    let key_lines: Vec<&str> = key
-        .lines()
-        .filter(|l| !l.starts_with("-----") && l.len() > 16)
-        .collect();
-    assert!(!key_lines.is_empty());
-    let outputs = [
-        run.junit.clone(),
-        run.json.to_string(),
-        run.stdout(),
-        String::from_utf8_lossy(&run.output.stderr).to_string(),
-    ];
-    for output in outputs {
-        assert!(
-            !output.contains(token),
-            "the API token leaked into a report"
-        );
-        for line in &key_lines {
-            assert!(
-                !output.contains(line),
-                "SSH key material leaked into a report"
-            );
-        }
-    }
-}
+use std::process::Command;
 
 const ALL_CHECKS: [&str; 9] = [
     "cluster_healthy_before_reboot",
@@ -571,15 +391,6 @@ fn an_interrupted_run_exits_130_and_still_writes_its_report() {
     assert_no_probe_left(&lab);
 }
 
-fn nix_kill(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
     let lab = lab("pf-badimage", 3);
@@ -622,55 +433,6 @@ fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
         "{kinds:?}"
     );
     assert_no_probe_left(&lab);
-}
-
-/// Runs `postflight diagnose` on a node, with JSON and JUnit reports.
-fn diagnose(inventory: &Path, node: &str, reports: &Path) -> Run {
-    let junit = reports.join("diagnose-junit.xml");
-    let json = reports.join("diagnose.json");
-    let output = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(inventory)
-        .args(["diagnose", "--node", node, "--junit"])
-        .arg(&junit)
-        .arg("--json")
-        .arg(&json)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("postflight runs");
-    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-        .expect("JSON parses");
-    Run {
-        output,
-        junit,
-        json,
-    }
-}
-
-/// Runs `postflight drift` with JSON and JUnit reports.
-fn drift(inventory: &Path, reports: &Path) -> Run {
-    let junit = reports.join("drift-junit.xml");
-    let json = reports.join("drift.json");
-    let output = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(inventory)
-        .arg("drift")
-        .arg("--junit")
-        .arg(&junit)
-        .arg("--json")
-        .arg(&json)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("postflight runs");
-    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-        .expect("JSON parses");
-    Run {
-        output,
-        junit,
-        json,
-    }
 }
 
 #[test]
@@ -797,22 +559,6 @@ fn a_protected_node_is_not_rebooted_unless_named() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-protected"));
     assert_eq!(boot_id(&lab, node), before);
-}
-
-/// Who holds the reboot lock now ("" when nobody does).
-fn lock_holder(lab: &Lab) -> String {
-    kubectl(
-        lab,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "kube-system",
-            "postflight-reboot-lock",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-    )
 }
 
 #[test]

@@ -121,6 +121,10 @@ pub async fn acquire(
     })
 }
 
+/// Pause between renewal attempts after one failed: the API may be briefly away (a
+/// control-plane restart), and the lease is still ours until it expires.
+const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 async fn renew_until_stopped(
     cluster: Cluster,
     namespace: String,
@@ -129,15 +133,29 @@ async fn renew_until_stopped(
     every: Duration,
     lost: Arc<Mutex<Option<String>>>,
 ) {
+    // Renewals happen every third of the lease's duration, so the last good one leaves
+    // two more periods before the lease is anybody's.
+    let duration = every * 3;
+    let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        if let Err(error) = cluster.renew_lease(&namespace, &name, &holder).await {
-            // One failed renewal is not yet a lost lease (it has two more periods); the
-            // report says so only if the lease is really gone.
-            tracing::warn!("renewing the reboot lock: {error}");
-            if let Err(error) = cluster.renew_lease(&namespace, &name, &holder).await {
-                *lost.lock().expect("lock state") = Some(error.to_string());
-                return;
+        loop {
+            match cluster.renew_lease(&namespace, &name, &holder).await {
+                Ok(()) => {
+                    renewed = Instant::now();
+                    break;
+                }
+                Err(error) if renewed.elapsed() + RENEW_RETRY_PAUSE < duration => {
+                    tracing::warn!("renewing the reboot lock, retrying: {error}");
+                    tokio::time::sleep(RENEW_RETRY_PAUSE).await;
+                }
+                Err(error) => {
+                    *lost.lock().expect("lock state") = Some(format!(
+                        "not renewed for {}: {error}",
+                        humantime::format_duration(duration)
+                    ));
+                    return;
+                }
             }
         }
     }

@@ -520,3 +520,77 @@ pub fn node_command(name: &str, node: &str, argv: &[String]) -> Result<std::proc
         argv,
     ))
 }
+
+/// Holds a node down (or releases it): while held, a node that reboots stays off, as a
+/// machine that never comes back from its reboot. A node that is up is not affected
+/// until its next reboot.
+pub fn hold(name: &str, node: &str, held: bool) -> Result<()> {
+    let (_, topology) = entry_and_topology(name)?;
+    let spec = topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    let flag = node::NodePaths::new(&topology, spec).hold_flag;
+    let result = if held {
+        std::fs::write(&flag, b"held by postflight-lab hold\n")
+    } else {
+        match std::fs::remove_file(&flag) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    result.map_err(|e| {
+        LabError::System(system::SystemError::Io {
+            context: format!(
+                "{} the hold-down flag of {node}",
+                if held { "setting" } else { "clearing" }
+            ),
+            source: e,
+        })
+    })
+}
+
+/// The nftables table the lab's firewall knobs live in, inside a node's namespace.
+const FIREWALL_TABLE: &str = "postflight_lab";
+
+/// Drops BGP (TCP 179, both directions) on a node, as a host firewall would, or allows
+/// it again. The rule lives in the node's own network namespace and dies with it.
+pub fn block_bgp(name: &str, node: &str, blocked: bool) -> Result<()> {
+    let script = if blocked {
+        format!(
+            "nft add table inet {t} && \
+             nft add chain inet {t} input '{{ type filter hook input priority 0; }}' && \
+             nft add chain inet {t} output '{{ type filter hook output priority 0; }}' && \
+             nft add rule inet {t} input tcp dport 179 drop && nft add rule inet {t} input tcp sport 179 drop && \
+             nft add rule inet {t} output tcp dport 179 drop && nft add rule inet {t} output tcp sport 179 drop",
+            t = FIREWALL_TABLE
+        )
+    } else {
+        format!("nft delete table inet {FIREWALL_TABLE} 2>/dev/null || true")
+    };
+    let argv = ["sh".to_string(), "-c".to_string(), script];
+    let output = node_command(name, node, &argv)?.output().map_err(|e| {
+        LabError::System(system::SystemError::Spawn {
+            command: "nft".into(),
+            source: e,
+        })
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Control(format!(
+            "nft on {node}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Makes the lab's API server answer 503 to every request for `seconds`.
+pub fn pause_api(name: &str, seconds: u64) -> Result<String> {
+    let (_, topology) = entry_and_topology(name)?;
+    control::request(
+        &topology.control_socket(),
+        "POST",
+        &format!("/apiserver/pause?seconds={seconds}"),
+    )
+    .map_err(LabError::Control)
+}

@@ -68,6 +68,33 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Keep a node down: while held, a rebooting node does not come back (a node that
+    /// never returns from its reboot). `--release` lets it boot.
+    Hold {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        release: bool,
+    },
+    /// Drop BGP (TCP 179) in and out of a node, as a host firewall would; `--unblock`
+    /// removes the rule.
+    BlockBgp {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        unblock: bool,
+    },
+    /// Make the API server answer 503 to everything for a while.
+    PauseApi {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Print the lab's state directory.
     Path {
         #[arg(long, default_value = "lab")]
@@ -198,6 +225,42 @@ fn run() -> anyhow::Result<ExitCode> {
                 .status()
                 .context("running the command on the node")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Command::Hold {
+            name,
+            node,
+            release,
+        } => {
+            postflight_lab::hold(&name, &node, !release)?;
+            println!(
+                "{node}: {}",
+                if release {
+                    "released: it boots when it reboots"
+                } else {
+                    "held down: a reboot will not bring it back"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BlockBgp {
+            name,
+            node,
+            unblock,
+        } => {
+            postflight_lab::block_bgp(&name, &node, !unblock)?;
+            println!(
+                "{node}: BGP (TCP 179) {}",
+                if unblock {
+                    "allowed again"
+                } else {
+                    "dropped in and out"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PauseApi { name, seconds } => {
+            print!("{}", postflight_lab::pause_api(&name, seconds)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Path { name } => {
             println!("{}", postflight_lab::state_dir(&name)?.display());

@@ -1,0 +1,214 @@
+//! The fault matrix: what `verify --reboot` does when the cluster misbehaves in the ways
+//! a gate that reboots production nodes must survive. Each test breaks a lab with one of
+//! its knobs, asserts the exact verdict and exit code, and that no lease (nor cordon) is
+//! left behind. Labs are taken down when a test ends, also when it fails.
+
+mod common;
+
+use common::*;
+use postflight_lab::Lab;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The lab's inventory with extra YAML appended (later keys win only where they are
+/// new; each test appends sections the lab's inventory does not have).
+fn inventory_with(lab: &Lab, file: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let text = std::fs::read_to_string(lab.paths().inventory()).unwrap();
+    let path = lab.paths().state_dir.join(file);
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn lab_cli(lab: &Lab, args: &[&str]) {
+    let binary = postflight_lab::lab_binary(None);
+    let output = Command::new(&binary)
+        .args(args)
+        .args(["--name", lab.name()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "postflight-lab {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No lease held, and the node schedulable: the run left nothing behind.
+fn assert_nothing_left(lab: &Lab, node: &str) {
+    assert_eq!(lock_holder(lab), "", "the reboot lock is released");
+    let unschedulable = kubectl(
+        lab,
+        &["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"],
+    );
+    assert_ne!(unschedulable, "true", "{node} is not left cordoned");
+    assert_no_probe_left(lab);
+}
+
+fn node_ready(lab: &Lab, node: &str) -> bool {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "node",
+            node,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+    ) == "True"
+}
+
+#[test]
+fn a_node_that_never_comes_back_fails_at_the_ready_deadline_naming_its_last_condition() {
+    let lab = lab("pf-holddown", 4);
+    let node = "k8s-worker-03";
+    lab_cli(&lab, &["hold", "--node", node]);
+    let inventory = inventory_with(&lab, "short-ready.yaml", |text| {
+        text.replace("node_ready: 120s", "node_ready: 8s")
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    assert_eq!(run.verdict("node_ready_after_reboot"), "failed");
+    let message = run.message("node_ready_after_reboot");
+    assert!(message.contains("within 8s"), "{message}");
+    assert!(
+        message.contains("last seen: Ready=False (KubeletNotReady: node is shutting down"),
+        "{message}"
+    );
+    assert_eq!(run.verdict("boot_id_changed"), "failed");
+    assert_eq!(
+        run.verdict("calico_node_ready"),
+        "error",
+        "not run: the node did not come back"
+    );
+    lab_cli(&lab, &["hold", "--node", node, "--release"]);
+    assert_nothing_left(&lab, node);
+}
+
+#[test]
+fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
+    let lab = lab("pf-bgp", 4);
+    let node = "k8s-worker-03";
+    lab_cli(&lab, &["block-bgp", "--node", node]);
+    // BIRD notices when its hold timer (9 s in the lab) runs out.
+    wait_until(
+        "calico-node on the node to turn unready",
+        Duration::from_secs(60),
+        || {
+            kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
+                .lines()
+                .any(|l| l.contains(node) && l.contains("0/1"))
+        },
+    );
+    let inventory = inventory_with(&lab, "short-calico.yaml", |text| {
+        text.replace("calico_ready: 90s", "calico_ready: 10s")
+            .replace("connectivity: 30s", "connectivity: 5s")
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, false, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    assert_eq!(run.verdict("calico_node_ready"), "failed");
+    assert_eq!(
+        run.verdict("run_dir_permissions"),
+        "passed",
+        "not the incident"
+    );
+    assert_eq!(
+        run.verdict("tmpfiles_config_present"),
+        "passed",
+        "not the incident"
+    );
+    assert_eq!(run.verdict("cross_node_pod_connectivity"), "failed");
+    let root_cause = run.result("calico_node_ready")["diagnosis"]["root_cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        root_cause.contains("BGP is not established on k8s-worker-03"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout().contains("birdcl show protocols"),
+        "the BGP state is in the evidence: {}",
+        run.describe()
+    );
+    lab_cli(&lab, &["block-bgp", "--node", node, "--unblock"]);
+    assert_nothing_left(&lab, node);
+}
+
+#[test]
+fn an_api_outage_during_the_wait_is_ridden_out() {
+    let lab = lab("pf-apipause", 4);
+    let node = "k8s-worker-03";
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    let child = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", node, "--reboot", "--junit"])
+        .arg(&junit)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the node to go down", Duration::from_secs(60), || {
+        !node_ready(&lab, node)
+    });
+    let paused = Instant::now();
+    lab_cli(&lab, &["pause-api", "--seconds", "20"]);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        paused.elapsed() >= Duration::from_secs(20),
+        "the run cannot finish while the API is away: {stdout}"
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        !junit.contains("<failure") && !junit.contains("<error"),
+        "{junit}"
+    );
+    assert_nothing_left(&lab, node);
+}
+
+#[test]
+fn a_denied_reboot_command_fails_and_nothing_is_rebooted() {
+    let lab = lab("pf-denied", 4);
+    let node = "k8s-worker-03";
+    let inventory = inventory_with(&lab, "denied.yaml", |text| {
+        text.replace(
+            "command: systemctl reboot",
+            "command: \"echo 'Failed to reboot: Access denied' >&2; exit 1\"",
+        )
+    });
+    let before = boot_id(&lab, node);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    assert_eq!(run.verdict("node_ready_after_reboot"), "failed");
+    let message = run.message("node_ready_after_reboot");
+    assert!(
+        message.contains("was refused (exit 1): Failed to reboot: Access denied"),
+        "{message}"
+    );
+    assert_eq!(
+        run.verdict("calico_node_ready"),
+        "error",
+        "not run: the node was not rebooted"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
+    assert_nothing_left(&lab, node);
+}
