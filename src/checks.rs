@@ -14,6 +14,7 @@ use std::time::Duration;
 #[serde(rename_all = "snake_case")]
 pub enum CheckName {
     ClusterHealthyBeforeReboot,
+    NodeDrained,
     NodeReadyAfterReboot,
     BootIdChanged,
     CalicoNodeReady,
@@ -30,6 +31,7 @@ impl CheckName {
     pub fn as_str(self) -> &'static str {
         match self {
             CheckName::ClusterHealthyBeforeReboot => "cluster_healthy_before_reboot",
+            CheckName::NodeDrained => "node_drained",
             CheckName::NodeReadyAfterReboot => "node_ready_after_reboot",
             CheckName::BootIdChanged => "boot_id_changed",
             CheckName::CalicoNodeReady => "calico_node_ready",

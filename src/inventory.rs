@@ -272,6 +272,10 @@ pub struct Timeouts {
     pub probe_ready: Duration,
     #[serde(with = "humantime_serde")]
     pub ssh: Duration,
+    /// How long evictions may be refused (disruption budgets) before the run gives up
+    /// without rebooting.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
 }
 
 impl Default for Timeouts {
@@ -283,6 +287,7 @@ impl Default for Timeouts {
             connectivity: Duration::from_secs(120),
             probe_ready: Duration::from_secs(120),
             ssh: Duration::from_secs(30),
+            drain: Duration::from_secs(300),
         }
     }
 }

@@ -55,6 +55,10 @@ enum Command {
         /// Allow rebooting a node the inventory marks `protected` (the control plane).
         #[arg(long, requires = "reboot")]
         allow_protected: bool,
+        /// Cordon and drain the node first (evictions respect PodDisruptionBudgets); it is
+        /// uncordoned only if every check passes.
+        #[arg(long, requires = "reboot")]
+        drain: bool,
         /// Write JUnit XML here (always written, also on failure and interruption).
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -138,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             reboot,
             force,
             allow_protected,
+            drain,
             junit,
             json,
         } => {
@@ -153,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     reboot,
                     force,
                     allow_protected,
+                    drain,
                 },
                 Outputs { junit, json },
             ))

@@ -212,3 +212,110 @@ fn a_denied_reboot_command_fails_and_nothing_is_rebooted() {
     assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
     assert_nothing_left(&lab, node);
 }
+
+/// A pod of the user's on `node`, and optionally a disruption budget that forbids
+/// evicting it.
+fn user_pod(lab: &Lab, node: &str, guarded: bool) {
+    let manifest = lab.paths().state_dir.join("user-pod.json");
+    let mut items = vec![serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "checkout", "namespace": "default", "labels": {"app": "checkout"}},
+        "spec": {"nodeName": node, "containers": [{"name": "web", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                 "args": ["netexec", "--http-port=8080"]}]},
+    })];
+    if guarded {
+        items.push(serde_json::json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "checkout", "namespace": "default"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "checkout"}}},
+        }));
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(&manifest, list.to_string()).unwrap();
+    // The lab serves no OpenAPI schema for kubectl to validate against.
+    kubectl(
+        lab,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    wait_until(
+        "the user's pod to be Ready",
+        Duration::from_secs(30),
+        || {
+            kubectl(
+                lab,
+                &[
+                    "get",
+                    "pod",
+                    "checkout",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            ) == "True"
+        },
+    );
+}
+
+#[test]
+fn a_drain_blocked_by_a_disruption_budget_stops_before_the_reboot_and_uncordons() {
+    let lab = lab("pf-pdb", 4);
+    let node = "k8s-worker-03";
+    user_pod(&lab, node, true);
+    let inventory = inventory_with(&lab, "short-drain.yaml", |text| {
+        text.replace(
+            "  connectivity: 30s\n",
+            "  connectivity: 30s\n  drain: 6s\n",
+        )
+    });
+    let before = boot_id(&lab, node);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify_with(&inventory, node, &["--reboot", "--drain"], reports.path());
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert_eq!(run.verdict("node_drained"), "error");
+    let why = run.message("node_drained");
+    assert!(
+        why.contains("default/checkout") && why.contains("disruption budget"),
+        "{why}"
+    );
+    assert!(
+        why.contains("not rebooted and is uncordoned again"),
+        "{why}"
+    );
+    assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
+    assert_eq!(
+        kubectl(&lab, &["get", "pod", "checkout", "-o", "name"]),
+        "pod/checkout",
+        "the guarded pod stays"
+    );
+    assert_nothing_left(&lab, node);
+}
+
+#[test]
+fn a_drained_node_that_passes_is_uncordoned() {
+    let lab = lab("pf-drain", 4);
+    let node = "k8s-worker-03";
+    user_pod(&lab, node, false);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify_with(
+        &lab.paths().inventory(),
+        node,
+        &["--reboot", "--drain"],
+        reports.path(),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(
+        run.result("node_drained")["evidence"][0]["observed"],
+        "1",
+        "the user's pod was evicted"
+    );
+    let gone = kubectl(
+        &lab,
+        &["get", "pod", "checkout", "--ignore-not-found", "-o", "name"],
+    );
+    assert_eq!(gone, "");
+    assert_nothing_left(&lab, node);
+}

@@ -4,6 +4,7 @@
 //! on every event — and the watch rides out API outages with kube-runtime's backoff.
 //! Nothing here adds a deadline: the caller owns it (see `gate`).
 
+pub mod drain;
 pub mod lease;
 pub mod probes;
 
@@ -49,6 +50,10 @@ pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "pos
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
+    /// The same API without kube-rs's built-in retry of 429/503/504: for calls whose
+    /// refusal is the answer (an eviction a disruption budget forbids), where the gate
+    /// must see the 429, say what it said, and own the retry and its deadline.
+    client_without_retry: Client,
 }
 
 /// Output of a command run in a container through the exec API.
@@ -98,8 +103,15 @@ impl Cluster {
                     reason: e.to_string(),
                 })?,
         };
+        let mut without_retry = config.clone();
+        without_retry.default_retry = false;
         let client = Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
-        Ok(Cluster { client })
+        let client_without_retry =
+            Client::try_from(without_retry).map_err(|e| ClusterError::Client(e.to_string()))?;
+        Ok(Cluster {
+            client,
+            client_without_retry,
+        })
     }
 
     pub fn client(&self) -> &Client {

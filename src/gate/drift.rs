@@ -35,8 +35,8 @@ pub async fn drift(
         reports = sweep => reports,
         () = cancel.cancelled() => {
             nodes.iter().map(|node| {
-                let recorder = Recorder::new(node, progress);
-                recorder.error_remaining(&DRIFT_CHECKS, "the run was interrupted");
+                let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
+                recorder.error_remaining("the run was interrupted");
                 let mut report = recorder.into_report(false, Timestamp::now(), None);
                 report.interrupted = true;
                 report
@@ -50,7 +50,7 @@ pub async fn drift(
 
 async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) -> NodeReport {
     let started_at = Timestamp::now();
-    let recorder = Recorder::new(node, progress);
+    let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let deadline = inventory.timeouts.ssh * 2;
     let checks = drift_checks(&transport, node, &inventory.calico);
@@ -61,10 +61,7 @@ async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) 
     .await
     {
         Ok((results, _)) => results.into_iter().for_each(|r| recorder.record(r)),
-        Err(_) => recorder.error_remaining(
-            &DRIFT_CHECKS,
-            &format!("{node} did not answer within {deadline:?}"),
-        ),
+        Err(_) => recorder.error_remaining(&format!("{node} did not answer within {deadline:?}")),
     }
     recorder.into_report(false, started_at, None)
 }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 mod calico;
 mod connectivity;
+mod drain;
 mod drift;
 mod host_state;
 pub mod lock;
@@ -108,11 +109,27 @@ pub struct VerifyRequest {
     pub force: bool,
     /// Allow rebooting a node the inventory marks protected.
     pub allow_protected: bool,
+    /// Cordon and drain the node before the reboot; uncordon it only if every check
+    /// passed.
+    pub drain: bool,
+}
+
+impl VerifyRequest {
+    /// The checks this request reports, in report order.
+    pub fn expected_checks(&self) -> Vec<CheckName> {
+        let mut checks = CheckName::for_verify(self.reboot);
+        if self.reboot && self.drain {
+            checks.insert(1, CheckName::NodeDrained);
+        }
+        checks
+    }
 }
 
 /// Collects results and step timings; shared by the steps of one node's run.
 struct Recorder<'a> {
     node: String,
+    /// The checks this run reports, in order; any not recorded at the end is an error.
+    expected: Vec<CheckName>,
     results: Mutex<Vec<CheckResult>>,
     steps: Mutex<Vec<StepTiming>>,
     notes: Mutex<Vec<String>>,
@@ -121,9 +138,10 @@ struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    fn new(node: &str, progress: &'a dyn Progress) -> Self {
+    fn new(node: &str, progress: &'a dyn Progress, expected: &[CheckName]) -> Self {
         Recorder {
             node: node.into(),
+            expected: expected.to_vec(),
             results: Mutex::default(),
             steps: Mutex::default(),
             notes: Mutex::default(),
@@ -177,10 +195,10 @@ impl<'a> Recorder<'a> {
     }
 
     /// Every expected check not recorded yet becomes an error saying why it did not run.
-    fn error_remaining(&self, expected: &[CheckName], why: &str) {
+    fn error_remaining(&self, why: &str) {
         let missing: Vec<CheckName> = {
             let results = self.results.lock().expect("recorder lock");
-            expected
+            self.expected
                 .iter()
                 .copied()
                 .filter(|name| !results.iter().any(|r| r.name == *name))
@@ -269,16 +287,15 @@ pub async fn verify(
         });
     }
     let started_at = Timestamp::now();
-    let recorder = Recorder::new(&request.node, progress);
+    let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
     let run_id = new_run_id();
     let mut state = RunState::default();
-    let expected = CheckName::for_verify(request.reboot);
     let interrupted = tokio::select! {
         () = verify_steps(inventory, request, &recorder, &run_id, &mut state) => false,
         () = cancel.cancelled() => true,
     };
     if interrupted {
-        recorder.error_remaining(&expected, "the run was interrupted");
+        recorder.error_remaining("the run was interrupted");
     }
     if let Some(cluster) = &state.cluster {
         let namespace = &inventory.probe.namespace;
@@ -292,6 +309,15 @@ pub async fn verify(
                 cluster::probes::RUN_LABEL
             )),
         }
+    }
+    if state.cordoned {
+        uncordon_if_passed(
+            &recorder,
+            state.cluster.as_ref(),
+            &request.node,
+            interrupted,
+        )
+        .await;
     }
     if let Some(held) = state.lock.take() {
         if let Some(lost) = held.lost() {
@@ -312,12 +338,46 @@ pub async fn verify(
     Ok(report)
 }
 
+/// A drained node goes back into service only when every check passed; a node that
+/// failed, or whose run was interrupted, stays cordoned, and the report says so.
+async fn uncordon_if_passed(
+    recorder: &Recorder<'_>,
+    cluster: Option<&Cluster>,
+    node: &str,
+    interrupted: bool,
+) {
+    let all_passed = recorder
+        .results
+        .lock()
+        .expect("recorder lock")
+        .iter()
+        .all(CheckResult::passed);
+    let Some(cluster) = cluster else { return };
+    if all_passed && !interrupted {
+        let uncordon = recorder
+            .timed("uncordon", cluster.set_unschedulable(node, false))
+            .await;
+        if let Err(error) = uncordon {
+            recorder.note(format!(
+                "{node} passed every check but could not be uncordoned: {error}"
+            ));
+        }
+    } else {
+        recorder.note(format!(
+            "{node} stays cordoned: {}; uncordon it with `kubectl uncordon {node}` once it is fixed",
+            if interrupted { "the run was interrupted" } else { "a check did not pass" }
+        ));
+    }
+}
+
 /// What the steps of a run leave for its cleanup, whether they finish or are cut short.
 #[derive(Default)]
 struct RunState {
     cluster: Option<Cluster>,
     lock: Option<lock::HeldLock>,
     ready_at: Option<Instant>,
+    /// The drain cordoned the node.
+    cordoned: bool,
 }
 
 async fn verify_steps(
@@ -328,13 +388,12 @@ async fn verify_steps(
     state: &mut RunState,
 ) {
     let node = request.node.as_str();
-    let expected = CheckName::for_verify(request.reboot);
     let cluster = match recorder
         .timed("connect to the API server", connect(inventory))
         .await
     {
         Ok(cluster) => cluster,
-        Err(error) => return recorder.error_remaining(&expected, &error.to_string()),
+        Err(error) => return recorder.error_remaining(&error.to_string()),
     };
     state.cluster = Some(cluster.clone());
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
@@ -350,7 +409,7 @@ async fn verify_steps(
             .await
         {
             Ok(held) => state.lock = Some(held),
-            Err(why) => return recorder.error_remaining(&expected, &why),
+            Err(why) => return recorder.error_remaining(&why),
         }
         match preflight_then_reboot(
             inventory,
@@ -359,7 +418,11 @@ async fn verify_steps(
             node,
             recorder,
             run_id,
-            request.force,
+            RebootOptions {
+                force: request.force,
+                drain: request.drain,
+                cordoned: &mut state.cordoned,
+            },
         )
         .await
         {
@@ -375,7 +438,7 @@ async fn verify_steps(
                 judge_node_ready(&current),
                 started,
             )),
-            Err(error) => return recorder.error_remaining(&expected, &error.to_string()),
+            Err(error) => return recorder.error_remaining(&error.to_string()),
         }
         None
     };
@@ -506,7 +569,7 @@ pub async fn reboot_node(
     transport: &dyn Transport,
     node: &str,
 ) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
-    let recorder = Recorder::new(node, &Quiet);
+    let recorder = Recorder::new(node, &Quiet, &CheckName::for_verify(true));
     let baseline = preflight_then_reboot(
         inventory,
         cluster,
@@ -514,7 +577,11 @@ pub async fn reboot_node(
         node,
         &recorder,
         &new_run_id(),
-        false,
+        RebootOptions {
+            force: false,
+            drain: false,
+            cordoned: &mut false,
+        },
     )
     .await;
     let results = recorder.results.into_inner().expect("recorder lock");
@@ -535,8 +602,13 @@ async fn preflight_then_reboot(
     node: &str,
     recorder: &Recorder<'_>,
     run_id: &str,
-    force: bool,
+    options: RebootOptions<'_>,
 ) -> Option<RebootBaseline> {
+    let RebootOptions {
+        force,
+        drain: drain_first,
+        cordoned,
+    } = options;
     let started = Instant::now();
     let problems = recorder
         .timed(
@@ -570,14 +642,61 @@ async fn preflight_then_reboot(
         ));
         if !force {
             let why = "the preflight refused the reboot (the cluster is already degraded; --force overrides)";
-            recorder.error_remaining(&CheckName::for_verify(true), why);
+            recorder.error_remaining(why);
             return None;
         }
         recorder.note(format!(
             "--force: rebooted {node} although the preflight found the cluster degraded"
         ));
     }
+    if drain_first {
+        let started = Instant::now();
+        let drained = recorder
+            .timed(
+                "cordon and drain",
+                drain::drain(cluster, node, inventory.timeouts.drain),
+            )
+            .await;
+        match drained {
+            Ok(evicted) => {
+                *cordoned = true;
+                let evidence = Evidence::new(
+                    "pods evicted",
+                    evicted.to_string(),
+                    "every pod a drain moves",
+                );
+                recorder.record(CheckResult::new(
+                    CheckName::NodeDrained,
+                    node,
+                    Verdict::Passed,
+                    vec![evidence],
+                    started.elapsed(),
+                ));
+            }
+            Err(why) => {
+                recorder.record(CheckResult::error(
+                    CheckName::NodeDrained,
+                    node,
+                    why,
+                    started.elapsed(),
+                ));
+                recorder.error_remaining("the node was not rebooted: its drain did not finish");
+                return None;
+            }
+        }
+    }
     reboot_and_wait(inventory, cluster, transport, node, recorder).await
+}
+
+/// How a reboot is prepared.
+struct RebootOptions<'a> {
+    /// Reboot even into a degraded cluster.
+    force: bool,
+    /// Cordon and drain first.
+    drain: bool,
+    /// Set once the node is cordoned by the drain: the run uncordons it at the end, and
+    /// only if every check passed.
+    cordoned: &'a mut bool,
 }
 
 /// Records the boot, reboots the node over SSH, waits for it to go down and to come
@@ -591,7 +710,6 @@ async fn reboot_and_wait(
     node: &str,
     recorder: &Recorder<'_>,
 ) -> Option<RebootBaseline> {
-    let expected = CheckName::for_verify(true);
     let timeouts = &inventory.timeouts;
     let calico = &inventory.calico;
     let before = match recorder
@@ -600,7 +718,7 @@ async fn reboot_and_wait(
     {
         Ok(before) => before,
         Err(error) => {
-            recorder.error_remaining(&expected, &error.to_string());
+            recorder.error_remaining(&error.to_string());
             return None;
         }
     };
@@ -608,10 +726,9 @@ async fn reboot_and_wait(
         .map(String::from)
         .filter(|id| !id.is_empty())
     else {
-        recorder.error_remaining(
-            &expected,
-            &format!("node {node} reports no bootID: a reboot could not be proven"),
-        );
+        recorder.error_remaining(&format!(
+            "node {node} reports no bootID: a reboot could not be proven"
+        ));
         return None;
     };
     let calico_before = match cluster
@@ -620,7 +737,7 @@ async fn reboot_and_wait(
     {
         Ok(pods) => CalicoBaseline::of(pods.first()),
         Err(error) => {
-            recorder.error_remaining(&expected, &error.to_string());
+            recorder.error_remaining(&error.to_string());
             return None;
         }
     };
@@ -650,11 +767,11 @@ async fn reboot_and_wait(
                 )],
                 started.elapsed(),
             ));
-            recorder.error_remaining(&expected, "the node was not rebooted");
+            recorder.error_remaining("the node was not rebooted");
             return None;
         }
         Err(error) => {
-            recorder.error_remaining(&expected, &format!("could not issue the reboot: {error}"));
+            recorder.error_remaining(&format!("could not issue the reboot: {error}"));
             return None;
         }
     }
@@ -678,7 +795,7 @@ async fn reboot_and_wait(
         );
         let seen = last_seen.lock().expect("last_seen lock").clone();
         fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
-        recorder.error_remaining(&expected, "the node did not reboot");
+        recorder.error_remaining("the node did not reboot");
         return None;
     }
 
@@ -703,7 +820,7 @@ async fn reboot_and_wait(
                 humantime::format_duration(timeouts.node_ready)
             );
             fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
-            recorder.error_remaining(&expected, "the node did not come back");
+            recorder.error_remaining("the node did not come back");
             return None;
         }
     };

@@ -39,13 +39,13 @@ pub async fn diagnose_node(
         });
     }
     let started_at = Timestamp::now();
-    let recorder = Recorder::new(node, progress);
+    let recorder = Recorder::new(node, progress, &DIAGNOSE_CHECKS);
     let interrupted = tokio::select! {
         () = diagnose_steps(inventory, node, &recorder) => false,
         () = cancel.cancelled() => true,
     };
     if interrupted {
-        recorder.error_remaining(&DIAGNOSE_CHECKS, "the run was interrupted");
+        recorder.error_remaining("the run was interrupted");
     }
     let mut report = recorder.into_report(false, started_at, None);
     report.interrupted = interrupted;

@@ -70,24 +70,31 @@ impl Run {
 }
 
 pub fn verify(inventory: &Path, node: &str, reboot: bool, reports: &Path) -> Run {
+    verify_with(
+        inventory,
+        node,
+        if reboot { &["--reboot"] } else { &[] },
+        reports,
+    )
+}
+
+/// Runs `postflight verify` on a node with extra flags, with JSON and JUnit reports.
+pub fn verify_with(inventory: &Path, node: &str, flags: &[&str], reports: &Path) -> Run {
     let junit = reports.join(format!("{node}-junit.xml"));
     let json = reports.join(format!("{node}.json"));
     let _ = std::fs::remove_file(&junit);
-    let mut command = Command::new(POSTFLIGHT);
-    command
+    let output = Command::new(POSTFLIGHT)
         .arg("--inventory")
         .arg(inventory)
-        .args(["verify", "--node", node]);
-    command
+        .args(["verify", "--node", node])
+        .args(flags)
         .arg("--junit")
         .arg(&junit)
         .arg("--json")
         .arg(&json)
-        .env("NO_COLOR", "1");
-    if reboot {
-        command.arg("--reboot");
-    }
-    let output = command.output().expect("postflight runs");
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("postflight runs");
     let junit = std::fs::read_to_string(&junit).unwrap_or_else(|e| {
         panic!(
             "no JUnit written ({e}): exit {:?}\n{}",
