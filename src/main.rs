@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postflight::checks::{CheckResult, Verdict};
-use postflight::gate::{self, Progress, VerifyRequest};
+use postflight::gate::{self, Progress, RollingRequest, VerifyRequest};
 use postflight::inventory::Inventory;
 use postflight::report;
 use std::io::{IsTerminal, Write};
@@ -73,6 +73,29 @@ enum Command {
         #[arg(long)]
         node: String,
         /// Write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write the full report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A rolling update's gate: reboot and verify the nodes one at a time (each as
+    /// `verify --reboot`), stopping at the first that does not pass.
+    Rolling {
+        /// The nodes, in order (comma-separated); default: every node of the inventory
+        /// that is not protected, in inventory order.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<String>>,
+        /// Cordon and drain each node first.
+        #[arg(long)]
+        drain: bool,
+        /// Reboot even if a preflight finds the cluster degraded.
+        #[arg(long)]
+        force: bool,
+        /// Allow protected nodes named in --nodes.
+        #[arg(long)]
+        allow_protected: bool,
+        /// Write JUnit XML here: a testsuite per node, then a summary.
         #[arg(long)]
         junit: Option<PathBuf>,
         /// Write the full report as JSON here.
@@ -171,6 +194,27 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(diagnose(inventory, node, Outputs { junit, json }))
         }
+        Command::Rolling {
+            nodes,
+            drain,
+            force,
+            allow_protected,
+            junit,
+            json,
+        } => {
+            let inventory = match load_inventory(cli.inventory.as_deref()) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            let request = RollingRequest {
+                nodes,
+                drain,
+                force,
+                allow_protected,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(rolling(inventory, request, Outputs { junit, json }))
+        }
         Command::Drift { junit, json } => {
             let inventory = match load_inventory(cli.inventory.as_deref()) {
                 Ok(inventory) => inventory,
@@ -229,6 +273,48 @@ async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyho
     };
     signals.abort();
     conclude(&[report], &outputs, "postflight diagnose", &console)
+}
+
+async fn rolling(
+    inventory: Inventory,
+    request: RollingRequest,
+    outputs: Outputs,
+) -> anyhow::Result<u8> {
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let console = Console::new();
+    let (reports, summary) = match gate::rolling(&inventory, &request, &console, &cancel).await {
+        Ok(done) => done,
+        Err(error) => {
+            eprintln!("postflight: {error}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    signals.abort();
+    console.clear_line();
+    if let Some(path) = &outputs.junit {
+        report::write_junit_rolling(path, &reports, &summary)
+            .context("writing the JUnit report")?;
+    }
+    if let Some(path) = &outputs.json {
+        report::write_json_rolling(path, &reports, &summary).context("writing the JSON report")?;
+    }
+    let code = conclude(
+        &reports,
+        &Outputs {
+            junit: None,
+            json: None,
+        },
+        "postflight rolling",
+        &console,
+    )?;
+    println!("{}", summary.describe());
+    for (kind, path) in [("JUnit", &outputs.junit), ("JSON", &outputs.json)] {
+        if let Some(path) = path {
+            println!("{kind}: {}", path.display());
+        }
+    }
+    Ok(code)
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {

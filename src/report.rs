@@ -205,6 +205,95 @@ pub fn write_junit(
     write_atomically(path, &xml)
 }
 
+/// How far a rolling update got: its order, the node it stopped at (the first that did
+/// not pass), and the nodes it never started.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RollingSummary {
+    pub order: Vec<String>,
+    pub stopped_at: Option<String>,
+    pub not_started: Vec<String>,
+}
+
+impl RollingSummary {
+    /// One line for a person: the order, with where it stopped.
+    pub fn describe(&self) -> String {
+        let order = self.order.join(" → ");
+        match &self.stopped_at {
+            Some(node) => format!(
+                "rolling update {order}: STOPPED at {node}; not started: {}",
+                if self.not_started.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.not_started.join(", ")
+                }
+            ),
+            None => format!("rolling update {order}: every node passed"),
+        }
+    }
+
+    /// The summary testsuite: one testcase per node in order — passed, failed (the node
+    /// it stopped at) or skipped (not started) — so a CI server shows the rollout at a
+    /// glance and trends it.
+    pub fn junit_suite(&self, reports: &[NodeReport]) -> junit_report::TestSuite {
+        let mut suite = junit_report::TestSuite::new("postflight rolling");
+        for node in &self.order {
+            let report = reports.iter().find(|r| &r.node == node);
+            let mut case = match report {
+                None => junit_report::TestCase::skipped(node),
+                Some(report) if self.stopped_at.as_ref() == Some(node) => {
+                    let failing: Vec<&str> = report
+                        .results
+                        .iter()
+                        .filter(|r| !r.passed())
+                        .map(|r| r.name.as_str())
+                        .collect();
+                    let message = format!("the rollout stopped here: {}", failing.join(", "));
+                    junit_report::TestCase::failure(
+                        node,
+                        junit_duration(report.total()),
+                        "stopped",
+                        &message,
+                    )
+                }
+                Some(report) => {
+                    junit_report::TestCase::success(node, junit_duration(report.total()))
+                }
+            };
+            case.set_classname("rolling");
+            suite.add_testcase(case);
+        }
+        suite.set_system_out(&format!("{}\n", self.describe()));
+        suite
+    }
+}
+
+/// The JUnit of a rolling update: one testsuite per node verified, then the summary.
+pub fn write_junit_rolling(
+    path: &Path,
+    reports: &[NodeReport],
+    summary: &RollingSummary,
+) -> Result<(), ReportError> {
+    let mut junit = junit(reports, "postflight rolling");
+    junit.add_testsuite(summary.junit_suite(reports));
+    let mut xml = Vec::new();
+    junit
+        .write_xml(&mut xml)
+        .map_err(|e| ReportError::Junit(e.to_string()))?;
+    write_atomically(path, &xml)
+}
+
+pub fn write_json_rolling(
+    path: &Path,
+    reports: &[NodeReport],
+    summary: &RollingSummary,
+) -> Result<(), ReportError> {
+    let json = serde_json::to_vec_pretty(
+        &serde_json::json!({ "nodes": reports, "rolling": summary, "exit_code": exit_code(reports) }),
+    )
+    .expect("reports serialise");
+    write_atomically(path, &json)
+}
+
 pub fn write_json(path: &Path, reports: &[NodeReport]) -> Result<(), ReportError> {
     let json = serde_json::to_vec_pretty(
         &serde_json::json!({ "nodes": reports, "exit_code": exit_code(reports) }),

@@ -54,6 +54,7 @@ fn a_healthy_reboot_passes_every_check() {
         "{}",
         run.describe()
     );
+    assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
     assert_no_probe_left(&lab);
 }
 
@@ -143,6 +144,11 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
         run.stdout().contains("node Ready → verdict"),
         "{}",
         run.describe()
+    );
+    assert_eq!(
+        lock_holder(&lab),
+        "",
+        "the reboot lock is released after a failed run"
     );
     assert_no_secrets(&lab, &run);
     assert_no_probe_left(&lab);
@@ -623,4 +629,87 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
         String::from_utf8_lossy(&first.stdout)
     );
     assert_eq!(lock_holder(&lab), "", "released when the first run ended");
+}
+
+#[test]
+fn a_rolling_update_stops_at_the_first_node_that_fails() {
+    let lab = lab("pf-rolling", 5);
+    lab.os_update("k8s-worker-02", true).unwrap();
+    let untouched = boot_id(&lab, "k8s-worker-03");
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("rolling.xml");
+    let json = reports.path().join("rolling.json");
+    let output = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args([
+            "rolling",
+            "--nodes",
+            "k8s-worker-01,k8s-worker-02,k8s-worker-03",
+            "--junit",
+        ])
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("STOPPED at k8s-worker-02; not started: k8s-worker-03"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        json["rolling"]["order"],
+        serde_json::json!(["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"])
+    );
+    assert_eq!(json["rolling"]["stopped_at"], "k8s-worker-02");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    let document = roxmltree::Document::parse(&junit).unwrap();
+    let suites: Vec<&str> = document
+        .descendants()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    assert_eq!(
+        suites,
+        [
+            "postflight rolling k8s-worker-01",
+            "postflight rolling k8s-worker-02",
+            "postflight rolling"
+        ],
+        "a suite per node verified, then the summary"
+    );
+    let summary = document
+        .descendants()
+        .find(|n| n.attribute("name") == Some("postflight rolling"))
+        .unwrap();
+    let kinds: Vec<(String, bool, bool)> = summary
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .map(|case| {
+            (
+                case.attribute("name").unwrap().to_string(),
+                case.children().any(|c| c.has_tag_name("failure")),
+                case.children().any(|c| c.has_tag_name("skipped")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("k8s-worker-01".to_string(), false, false),
+            ("k8s-worker-02".to_string(), true, false),
+            ("k8s-worker-03".to_string(), false, true)
+        ]
+    );
+    assert_eq!(
+        boot_id(&lab, "k8s-worker-03"),
+        untouched,
+        "the rollout stopped before k8s-worker-03"
+    );
+    assert_eq!(lock_holder(&lab), "");
 }

@@ -41,12 +41,14 @@ mod host_state;
 pub mod lock;
 mod node_diagnosis;
 mod preflight;
+mod rolling;
 
 pub use calico::{check_calico, CalicoBaseline, CalicoResults};
 pub use connectivity::{check_connectivity, start_probes, ProbePlan};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
 pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
+pub use rolling::{rolling, RollingRequest};
 
 /// How many curls run at once. Each is an exec stream through the API server; cilium-cli
 /// runs its connectivity scenarios with similar modest parallelism to stay polite to
