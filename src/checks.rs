@@ -223,8 +223,27 @@ fn container_summary(pod: &Pod) -> String {
     } else {
         "unknown".into()
     };
+    // The last termination says how the previous container died: the evidence an
+    // operator reads next to `kubectl logs --previous`.
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| {
+            let when = t
+                .finished_at
+                .as_ref()
+                .map(|f| format!(" at {}", f.0))
+                .unwrap_or_default();
+            format!(
+                ", last exit {} ({}){when}",
+                t.exit_code,
+                t.reason.clone().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{state}, ready={}, restarts={}",
+        "{state}, ready={}, restarts={}{last}",
         status.ready, status.restart_count
     )
 }

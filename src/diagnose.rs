@@ -164,6 +164,39 @@ pub fn diagnose_bgp(
     })
 }
 
+/// Probe pods that never started: the network was not tested at all, and the cause is
+/// usually the probe image (not mirrored into an air-gapped registry) or scheduling.
+pub fn diagnose_probes(
+    node: &str,
+    namespace: &str,
+    image: &str,
+    why: &[String],
+) -> Option<Diagnosis> {
+    if why.is_empty() {
+        return None;
+    }
+    let image_trouble = why
+        .iter()
+        .any(|w| w.contains("ErrImagePull") || w.contains("ImagePullBackOff"));
+    let root_cause = if image_trouble {
+        format!("postflight's probe pods could not pull {image}: the pod network of {node} was not tested ({})", why.join("; "))
+    } else {
+        format!(
+            "postflight's probe pods did not start: the pod network of {node} was not tested ({})",
+            why.join("; ")
+        )
+    };
+    Some(Diagnosis {
+        root_cause,
+        remediation: vec![
+            format!("kubectl -n {namespace} get events --sort-by=.lastTimestamp | tail -20"),
+            format!("kubectl -n {namespace} describe pods"),
+            format!("if the cluster cannot reach registry.k8s.io, mirror {image} and set probe.image in the inventory"),
+        ],
+        prevention: Some("keep the probe image in the cluster's own registry, next to the images the nodes run".into()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -438,6 +438,15 @@ fn a_probe_image_that_cannot_run_is_an_error_not_a_failure() {
         2,
         "{kinds:?}"
     );
+    let root_cause = run.result("cross_node_pod_connectivity")["diagnosis"]["root_cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        root_cause.contains("could not pull registry.example/no-such/probe:1.0"),
+        "{}",
+        run.describe()
+    );
     assert_no_probe_left(&lab);
 }
 
@@ -646,6 +655,7 @@ fn a_rolling_update_stops_at_the_first_node_that_fails() {
             "rolling",
             "--nodes",
             "k8s-worker-01,k8s-worker-02,k8s-worker-03",
+            "--drain",
             "--junit",
         ])
         .arg(&junit)
@@ -712,4 +722,18 @@ fn a_rolling_update_stops_at_the_first_node_that_fails() {
         "the rollout stopped before k8s-worker-03"
     );
     assert_eq!(lock_holder(&lab), "");
+    // Drained, passed: back in service. Drained, failed: stays out until someone fixes it.
+    let unschedulable = |node: &str| {
+        kubectl(
+            &lab,
+            &["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"],
+        )
+    };
+    assert_ne!(unschedulable("k8s-worker-01"), "true");
+    assert_eq!(
+        unschedulable("k8s-worker-02"),
+        "true",
+        "a failed node stays cordoned"
+    );
+    assert!(stdout.contains("k8s-worker-02 stays cordoned"), "{stdout}");
 }

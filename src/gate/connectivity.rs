@@ -191,7 +191,17 @@ pub async fn check_connectivity(
                     could_not_run.join("; ")
                 ));
             }
+            let probes_missing = matches!(verdict, Verdict::Error(_)) && !could_not_run.is_empty();
             let mut result = CheckResult::new(name, node, verdict, evidence, started.elapsed());
+            if probes_missing {
+                let settings = &inventory.probe;
+                result.diagnosis = diagnose::diagnose_probes(
+                    node,
+                    &settings.namespace,
+                    &settings.image,
+                    &could_not_run,
+                );
+            }
             result.details.extend(
                 could_not_run
                     .into_iter()
