@@ -261,18 +261,14 @@ fn conclude(
 }
 
 async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyhow::Result<u8> {
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let console = Console::new();
-    let report = match gate::diagnose_node(&inventory, &node, &console, &cancel).await {
-        Ok(report) => report,
-        Err(error) => {
-            eprintln!("postflight: {error}");
-            return Ok(EXIT_USAGE);
-        }
-    };
-    signals.abort();
-    conclude(&[report], &outputs, "postflight diagnose", &console)
+    let console = &Console::new();
+    let run = cancellable(|cancel| async move {
+        gate::diagnose_node(&inventory, &node, console, &cancel).await
+    });
+    match run.await {
+        Ok(report) => conclude(&[report], &outputs, "postflight diagnose", console),
+        Err(error) => usage_error(error),
+    }
 }
 
 async fn rolling(
@@ -280,17 +276,15 @@ async fn rolling(
     request: RollingRequest,
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let console = Console::new();
-    let (reports, summary) = match gate::rolling(&inventory, &request, &console, &cancel).await {
+    let console = &Console::new();
+    let run =
+        cancellable(
+            |cancel| async move { gate::rolling(&inventory, &request, console, &cancel).await },
+        );
+    let (reports, summary) = match run.await {
         Ok(done) => done,
-        Err(error) => {
-            eprintln!("postflight: {error}");
-            return Ok(EXIT_USAGE);
-        }
+        Err(error) => return usage_error(error),
     };
-    signals.abort();
     console.clear_line();
     if let Some(path) = &outputs.junit {
         report::write_junit_rolling(path, &reports, &summary)
@@ -306,7 +300,7 @@ async fn rolling(
             json: None,
         },
         "postflight rolling",
-        &console,
+        console,
     )?;
     println!("{}", summary.describe());
     for (kind, path) in [("JUnit", &outputs.junit), ("JSON", &outputs.json)] {
@@ -318,12 +312,10 @@ async fn rolling(
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
-    let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let console = Console::new();
-    let reports = gate::drift(&inventory, &console, &cancel).await;
-    signals.abort();
-    conclude(&reports, &outputs, "postflight drift", &console)
+    let console = &Console::new();
+    let reports =
+        cancellable(|cancel| async move { gate::drift(&inventory, console, &cancel).await }).await;
+    conclude(&reports, &outputs, "postflight drift", console)
 }
 
 async fn verify(
@@ -331,18 +323,33 @@ async fn verify(
     request: VerifyRequest,
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
+    let console = &Console::new();
+    let run =
+        cancellable(
+            |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
+        );
+    match run.await {
+        Ok(report) => conclude(&[report], &outputs, "postflight verify", console),
+        Err(error) => usage_error(error),
+    }
+}
+
+/// Runs `work` with Ctrl-C and SIGTERM wired to the cancellation token it gets.
+async fn cancellable<T, Work>(work: impl FnOnce(CancellationToken) -> Work) -> T
+where
+    Work: std::future::Future<Output = T>,
+{
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let console = Console::new();
-    let report = match gate::verify(&inventory, &request, &console, &cancel).await {
-        Ok(report) => report,
-        Err(error) => {
-            eprintln!("postflight: {error}");
-            return Ok(EXIT_USAGE);
-        }
-    };
+    let result = work(cancel).await;
     signals.abort();
-    conclude(&[report], &outputs, "postflight verify", &console)
+    result
+}
+
+/// A request the gate refused before doing anything: exit code 2.
+fn usage_error(error: gate::GateError) -> anyhow::Result<u8> {
+    eprintln!("postflight: {error}");
+    Ok(EXIT_USAGE)
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) both end the run cleanly: reports

@@ -80,14 +80,21 @@ pub fn verify(inventory: &Path, node: &str, reboot: bool, reports: &Path) -> Run
 
 /// Runs `postflight verify` on a node with extra flags, with JSON and JUnit reports.
 pub fn verify_with(inventory: &Path, node: &str, flags: &[&str], reports: &Path) -> Run {
-    let junit = reports.join(format!("{node}-junit.xml"));
-    let json = reports.join(format!("{node}.json"));
+    let mut args = vec!["verify", "--node", node];
+    args.extend_from_slice(flags);
+    run_postflight(inventory, &args, reports, node)
+}
+
+/// Runs `postflight --inventory INVENTORY ARGS --junit … --json …` and reads both reports
+/// back (named after `report_name` in `reports`).
+pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_name: &str) -> Run {
+    let junit = reports.join(format!("{report_name}-junit.xml"));
+    let json = reports.join(format!("{report_name}.json"));
     let _ = std::fs::remove_file(&junit);
     let output = Command::new(POSTFLIGHT)
         .arg("--inventory")
         .arg(inventory)
-        .args(["verify", "--node", node])
-        .args(flags)
+        .args(args)
         .arg("--junit")
         .arg(&junit)
         .arg("--json")
@@ -206,51 +213,17 @@ pub fn nix_kill(pid: u32, signal: &str) {
 
 /// Runs `postflight diagnose` on a node, with JSON and JUnit reports.
 pub fn diagnose(inventory: &Path, node: &str, reports: &Path) -> Run {
-    let junit = reports.join("diagnose-junit.xml");
-    let json = reports.join("diagnose.json");
-    let output = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(inventory)
-        .args(["diagnose", "--node", node, "--junit"])
-        .arg(&junit)
-        .arg("--json")
-        .arg(&json)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("postflight runs");
-    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-        .expect("JSON parses");
-    Run {
-        output,
-        junit,
-        json,
-    }
+    run_postflight(
+        inventory,
+        &["diagnose", "--node", node],
+        reports,
+        "diagnose",
+    )
 }
 
 /// Runs `postflight drift` with JSON and JUnit reports.
 pub fn drift(inventory: &Path, reports: &Path) -> Run {
-    let junit = reports.join("drift-junit.xml");
-    let json = reports.join("drift.json");
-    let output = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(inventory)
-        .arg("drift")
-        .arg("--junit")
-        .arg(&junit)
-        .arg("--json")
-        .arg(&json)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("postflight runs");
-    let junit = std::fs::read_to_string(&junit).expect("JUnit written");
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
-        .expect("JSON parses");
-    Run {
-        output,
-        junit,
-        json,
-    }
+    run_postflight(inventory, &["drift"], reports, "drift")
 }
 
 /// Who holds the reboot lock now ("" when nobody does, or no run ever took it).
