@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: the incident reproduced on a 5-node lab and caught by postflight.
 #   1. a healthy reboot of k8s-worker-03 passes every check;
-#   2. the OS update replaces /etc/tmpfiles.d/calico.conf, the reboot breaks Calico on
-#      the node, and postflight fails it with the evidence and the fix;
+#   2. the OS update replaces /etc/tmpfiles.d/calico.conf: `drift` finds it before any
+#      reboot; the reboot breaks Calico on the node, and postflight fails it with the
+#      evidence and the fix;
 #   3. the fix is applied and the node verifies clean across another reboot.
 # Run as root on a fresh Debian/Ubuntu machine; it installs what it needs first.
 set -euo pipefail
@@ -39,6 +40,11 @@ verify 0 1-healthy-reboot.xml --reboot
 
 banner "2. the incident: the OS update replaces /etc/tmpfiles.d/calico.conf, then the reboot"
 "$lab" os-update --name "$name" --node "$node" --clobber-tmpfiles
+banner "   postflight drift finds the time bomb before anything reboots (exit 1)"
+code=0
+"$postflight" --inventory "$inventory" drift --junit "$reports/2-drift.xml" || code=$?
+[ "$code" -eq 1 ] || { echo "demo: drift exited $code, expected 1" >&2; exit 1; }
+banner "   … and the reboot breaks calico-node on $node (exit 1)"
 verify 1 2-incident.xml --reboot
 
 banner "3. the fix from the diagnosis: restore the file, recreate the directory, restart calico-node"
