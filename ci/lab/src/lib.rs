@@ -372,11 +372,19 @@ impl Drop for Lab {
     }
 }
 
+/// Writes a registry entry atomically (a temporary file, then a rename): another lab
+/// claiming a block reads entries without waiting for this write, and a half-written
+/// entry would read as a dead lab whose block is free — two labs on one block.
 fn write_entry(entry: &RegistryEntry) {
-    let _ = std::fs::write(
-        registry_file(&entry.name),
+    let path = registry_file(&entry.name);
+    let temporary = path.with_extension(format!("json.{}", std::process::id()));
+    let written = std::fs::write(
+        &temporary,
         serde_json::to_vec(entry).expect("entry serialises"),
     );
+    if written.is_ok() {
+        let _ = std::fs::rename(&temporary, &path);
+    }
 }
 
 /// Claims a free address block and registers the lab, under an exclusive lock so that
@@ -448,16 +456,22 @@ pub fn teardown(name: &str) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
     }
-    let prefix = format!("pf{}", entry.block);
-    let namespaces = system::list_netns_with_prefix(&prefix);
-    // Pods first, then nodes, then the bridge: processes die before their cables go.
-    for netns in namespaces.iter().rev() {
-        system::delete_netns(netns);
+    // The block's network is this lab's only while the block file names it: a stale
+    // entry's block may already belong to a lab started since.
+    let owns_block =
+        std::fs::read_to_string(block_file(entry.block)).is_ok_and(|owner| owner.trim() == name);
+    if owns_block {
+        let prefix = format!("pf{}", entry.block);
+        let namespaces = system::list_netns_with_prefix(&prefix);
+        // Pods first, then nodes, then the bridge: processes die before their cables go.
+        for netns in namespaces.iter().rev() {
+            system::delete_netns(netns);
+        }
+        let _ = system::ip(None, &["link", "del", &format!("{prefix}-host")]);
+        let _ = std::fs::remove_file(block_file(entry.block));
     }
-    let _ = system::ip(None, &["link", "del", &format!("{prefix}-host")]);
     system::unmount_below(&entry.state_dir);
     let _ = std::fs::remove_dir_all(&entry.state_dir);
-    let _ = std::fs::remove_file(block_file(entry.block));
     let _ = std::fs::remove_file(registry_file(name));
 }
 
