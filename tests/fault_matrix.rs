@@ -45,17 +45,6 @@ fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
-/// No lease held, and the node schedulable: the run left nothing behind.
-fn assert_nothing_left(lab: &Lab, node: &str) {
-    assert_eq!(lock_holder(lab), "", "the reboot lock is released");
-    let unschedulable = kubectl(
-        lab,
-        &["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"],
-    );
-    assert_ne!(unschedulable, "true", "{node} is not left cordoned");
-    assert_no_probe_left(lab);
-}
-
 fn node_ready(lab: &Lab, node: &str) -> bool {
     kubectl(
         lab,

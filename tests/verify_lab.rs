@@ -54,8 +54,7 @@ fn a_healthy_reboot_passes_every_check() {
         "{}",
         run.describe()
     );
-    assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
-    assert_no_probe_left(&lab);
+    assert_nothing_left(&lab, node);
 }
 
 #[test]
@@ -145,11 +144,7 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
         "{}",
         run.describe()
     );
-    assert_eq!(
-        lock_holder(&lab),
-        "",
-        "the reboot lock is released after a failed run"
-    );
+    assert_nothing_left(&lab, node);
     assert_no_secrets(&lab, &run);
     assert_no_probe_left(&lab);
 
@@ -389,12 +384,7 @@ fn an_interrupted_run_exits_130_and_still_writes_its_report() {
     let junit =
         std::fs::read_to_string(&junit).expect("the JUnit report is written when interrupted");
     assert!(junit.contains("the run was interrupted"), "{junit}");
-    assert_eq!(
-        lock_holder(&lab),
-        "",
-        "the reboot lock is released on Ctrl-C"
-    );
-    assert_no_probe_left(&lab);
+    assert_nothing_left(&lab, node);
 }
 
 #[test]
@@ -552,7 +542,7 @@ fn a_degraded_cluster_is_refused_and_nothing_is_rebooted() {
     );
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
-    assert_no_probe_left(&lab);
+    assert_nothing_left(&lab, node);
 }
 
 #[test]

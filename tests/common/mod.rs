@@ -242,3 +242,14 @@ pub fn lock_holder(lab: &Lab) -> String {
         ],
     )
 }
+
+/// No lease held, and the node schedulable: the run left nothing behind.
+pub fn assert_nothing_left(lab: &Lab, node: &str) {
+    assert_eq!(lock_holder(lab), "", "the reboot lock is released");
+    let unschedulable = kubectl(
+        lab,
+        &["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"],
+    );
+    assert_ne!(unschedulable, "true", "{node} is not left cordoned");
+    assert_no_probe_left(lab);
+}
