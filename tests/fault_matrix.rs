@@ -45,19 +45,6 @@ fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
-fn node_ready(lab: &Lab, node: &str) -> bool {
-    kubectl(
-        lab,
-        &[
-            "get",
-            "node",
-            node,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
-    ) == "True"
-}
-
 #[test]
 fn a_node_that_never_comes_back_fails_at_the_ready_deadline_naming_its_last_condition() {
     let lab = lab("pf-holddown", 4);
@@ -144,17 +131,8 @@ fn an_api_outage_during_the_wait_is_ridden_out() {
     let node = "k8s-worker-03";
     let reports = tempfile::tempdir().unwrap();
     let junit = reports.path().join("junit.xml");
-    let child = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args(["verify", "--node", node, "--reboot", "--junit"])
-        .arg(&junit)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the node to go down", Duration::from_secs(60), || {
-        !node_ready(&lab, node)
-    });
+    let child = spawn_reboot(&lab, node, &junit);
+    wait_for_node_down(&lab, node);
     let paused = Instant::now();
     lab_cli(&lab, &["pause-api", "--seconds", "20"]);
     let output = child.wait_with_output().unwrap();

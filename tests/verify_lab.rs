@@ -354,25 +354,9 @@ fn an_interrupted_run_exits_130_and_still_writes_its_report() {
     let node = "k8s-worker-01";
     let reports = tempfile::tempdir().unwrap();
     let junit = reports.path().join("junit.xml");
-    let child = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args(["verify", "--node", node, "--reboot", "--junit"])
-        .arg(&junit)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_reboot(&lab, node, &junit);
     // Interrupt while it waits for the node, as Ctrl-C in a terminal would.
-    let node_went_down = std::time::Instant::now();
-    while boot_id(&lab, node).is_empty()
-        || kubectl(&lab, &["get", "node", node]).contains(" Ready ")
-    {
-        assert!(
-            node_went_down.elapsed().as_secs() < 60,
-            "the node never went down"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_node_down(&lab, node);
     nix_kill(child.id(), "INT");
     let output = child.wait_with_output().unwrap();
     assert_eq!(

@@ -253,3 +253,37 @@ pub fn assert_nothing_left(lab: &Lab, node: &str) {
     assert_ne!(unschedulable, "true", "{node} is not left cordoned");
     assert_no_probe_left(lab);
 }
+
+/// Starts `postflight verify --reboot` on a node in the background, writing JUnit to
+/// `junit`; for tests that act on the cluster while it waits.
+pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> std::process::Child {
+    Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", node, "--reboot", "--junit"])
+        .arg(junit)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("postflight starts")
+}
+
+/// Returns once the node is no longer Ready (within a minute).
+pub fn wait_for_node_down(lab: &Lab, node: &str) {
+    let started = std::time::Instant::now();
+    let ready = || {
+        kubectl(
+            lab,
+            &[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ) == "True"
+    };
+    while ready() {
+        assert!(started.elapsed().as_secs() < 60, "{node} never went down");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
