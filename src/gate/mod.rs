@@ -1,11 +1,13 @@
-//! The gate orders one node's verification: record the boot → reboot → wait for the node
-//! to go down and come back on a new boot → the checks → cleanup. It owns every deadline
-//! (the waits in `cluster` have none of their own) and times every step, so a report
-//! says where the minutes went.
+//! The gate orders one node's verification: take the reboot lock → preflight → (drain) →
+//! record the boot → reboot → wait for the node to go down and come back on a new boot →
+//! the checks → cleanup (probe pods, uncordon when clean, release the lock). It owns
+//! every deadline (the waits in `cluster` have none of their own) and times every step,
+//! so a report says where the minutes went.
 //!
-//! The steps live beside this file by what they read: `calico` (calico-node through the
-//! API), `host_state` (the node over SSH), `connectivity` (probe pods); `drift` and
-//! `node_diagnosis` are the two runs that reboot nothing.
+//! The steps live beside this file: `lock`, `preflight` and `drain` guard the reboot;
+//! `calico` (calico-node through the API), `host_state` (the node over SSH) and
+//! `connectivity` (probe pods) read what the checks judge; `rolling` repeats a verify
+//! node by node; `drift` and `node_diagnosis` are the runs that reboot nothing.
 //!
 //! A check that could not run is an `<error>`, never a pass: when a step the later checks
 //! depend on fails (the reboot was refused, the node never came back), the checks after
