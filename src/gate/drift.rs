@@ -19,7 +19,7 @@ pub const DRIFT_CHECKS: [CheckName; 3] = [
 /// Checks every node of the inventory, without rebooting any, for the state that breaks
 /// calico-node at the next boot: the tmpfiles.d file, what systemd-tmpfiles will make of
 /// the run directory, and the directory as it is now. Nodes run in parallel (at most
-/// [`DRIFT_CONCURRENCY`] at once), each within the inventory's SSH deadline; a node that
+/// `DRIFT_CONCURRENCY` at once), each within the inventory's SSH deadline; a node that
 /// cannot be reached is an error for that node alone.
 pub async fn drift(
     inventory: &Inventory,

@@ -50,7 +50,7 @@ pub fn plan(inventory: &Inventory, request: &RollingRequest) -> Result<Vec<Strin
 /// not pass every check (or whose run is interrupted).
 ///
 /// # Errors
-/// As [`plan`]: before anything is rebooted.
+/// As `plan`: before anything is rebooted.
 pub async fn rolling(
     inventory: &Inventory,
     request: &RollingRequest,
