@@ -34,8 +34,6 @@ pub enum ClusterError {
     },
     #[error("{action}: {reason}")]
     Exec { action: String, reason: String },
-    #[error("{0}")]
-    NotFound(String),
 }
 
 fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
@@ -310,19 +308,8 @@ impl Cluster {
             .map_err(api_error(format!("creating pod {namespace}/{name}")))
     }
 
-    /// Deletes postflight's pods with this run's label; a namespace postflight created is
-    /// deleted when nothing else is left in it.
-    pub async fn delete_pods(&self, namespace: &str, selector: &str) -> Result<(), ClusterError> {
-        let params = ListParams::default().labels(selector);
-        self.pods(namespace)
-            .delete_collection(&DeleteParams::default(), &params)
-            .await
-            .map(|_| ())
-            .map_err(api_error(format!(
-                "deleting probe pods {selector} in {namespace}"
-            )))
-    }
-
+    /// Deletes the namespace when postflight made it (it carries postflight's label) and
+    /// no pod is left in it; another's namespace, or one still in use, is left alone.
     pub async fn delete_namespace_if_empty_and_ours(&self, name: &str) -> Result<(), ClusterError> {
         let api = Api::<Namespace>::all(self.client.clone());
         let Some(namespace) = api
