@@ -9,9 +9,10 @@
 //!
 //! With POSTFLIGHT_REBOOT=1 the node is rebooted once, before any check runs. JUnit goes
 //! to POSTFLIGHT_JUNIT (default target/postflight/junit.xml), rewritten after every test
-//! so that it holds every check that ran. Without POSTFLIGHT_INVENTORY the suite says
-//! that it was not pointed at a cluster and reports every check as skipped, never as
-//! passed.
+//! so that it holds every check that ran. Without POSTFLIGHT_INVENTORY at build time
+//! (build.rs) every test is ignored with the reason, so an unpointed `cargo test` never
+//! counts a cluster check as passed; run with `--ignored` but unpointed, each test fails
+//! saying it was not pointed at a cluster.
 
 use postflight::checks::{judge_node_ready, CheckName, CheckResult, Verdict};
 use postflight::cluster::Cluster;
@@ -53,6 +54,10 @@ impl Target {
 
 static TARGET: OnceLock<Option<Target>> = OnceLock::new();
 
+/// Why every test is ignored in a build that was not pointed at a cluster.
+const NOT_POINTED: &str = "not pointed at a cluster: set POSTFLIGHT_INVENTORY and POSTFLIGHT_NODE \
+                           (and POSTFLIGHT_REBOOT=1 to reboot first)";
+
 /// The reboot, done once for the whole suite before any check runs.
 struct RebootPhase {
     results: Vec<CheckResult>,
@@ -65,26 +70,25 @@ static REBOOT: OnceLock<RebootPhase> = OnceLock::new();
 static RESULTS: Mutex<Vec<CheckResult>> = Mutex::new(Vec::new());
 
 #[fixture]
-fn target() -> Option<&'static Target> {
-    TARGET.get_or_init(Target::from_env).as_ref()
+fn target() -> &'static Target {
+    TARGET
+        .get_or_init(Target::from_env)
+        .as_ref()
+        .unwrap_or_else(|| panic!("{NOT_POINTED}; nothing was checked"))
 }
 
 /// The kube client for the inventory's cluster.
 #[fixture]
-async fn cluster(target: Option<&'static Target>) -> Option<Cluster> {
-    let target = target?;
-    Some(
-        gate::connect(&target.inventory)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to the cluster: {e}")),
-    )
+async fn cluster(target: &'static Target) -> Cluster {
+    gate::connect(&target.inventory)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the cluster: {e}"))
 }
 
 /// The node's SSH session (host key verified on every connection).
 #[fixture]
-fn node_ssh(target: Option<&'static Target>) -> Option<SshTransport> {
-    let target = target?;
-    gate::ssh_transport(&target.inventory, &target.node)
+fn node_ssh(target: &'static Target) -> SshTransport {
+    gate::ssh_transport(&target.inventory, &target.node).expect("the node is in the inventory")
 }
 
 fn junit_path() -> PathBuf {
@@ -159,26 +163,6 @@ fn conclude(target: &Target, result: CheckResult) {
     }
 }
 
-/// Without a target: say so, and write every check as skipped, not passed.
-fn not_pointed_at_a_cluster(check: CheckName) {
-    eprintln!(
-        "post_update: {check}: SKIPPED — not pointed at a cluster. Set POSTFLIGHT_INVENTORY and POSTFLIGHT_NODE \
-         (and POSTFLIGHT_REBOOT=1 to reboot first); nothing was checked."
-    );
-    let mut suite =
-        junit_report::TestSuite::new("postflight post_update (not pointed at a cluster)");
-    for name in CheckName::for_verify(true) {
-        let mut case = junit_report::TestCase::skipped(name.as_str());
-        case.set_classname("(no cluster)");
-        suite.add_testcase(case);
-    }
-    let mut junit = junit_report::Report::new();
-    junit.add_testsuite(suite);
-    let mut xml = Vec::new();
-    junit.write_xml(&mut xml).expect("JUnit renders");
-    report::write_atomically(&junit_path(), &xml).expect("JUnit written");
-}
-
 /// The reboot phase's own result for `check`, when it has one: its two checks, or an
 /// error for a check that cannot run because the node did not come back.
 fn from_reboot(target: &'static Target, check: CheckName) -> Option<CheckResult> {
@@ -189,42 +173,34 @@ fn from_reboot(target: &'static Target, check: CheckName) -> Option<CheckResult>
         .cloned()
 }
 
-/// One check of the suite: skipped without a target; taken from the reboot phase when
-/// that phase decided it (its own two checks, or errors because the node did not come
-/// back); otherwise run now.
+/// One check of the suite: taken from the reboot phase when that phase decided it (its
+/// own two checks, or errors because the node did not come back); otherwise run now.
 async fn suite_check<Run>(
-    target: Option<&'static Target>,
+    target: &'static Target,
     check: CheckName,
     run: impl FnOnce(&'static Target) -> Run,
 ) where
     Run: std::future::Future<Output = CheckResult>,
 {
-    let Some(target) = target else {
-        return not_pointed_at_a_cluster(check);
-    };
     match from_reboot(target, check) {
         Some(result) => conclude(target, result),
         None => conclude(target, run(target).await),
     }
 }
 
-/// Fixtures are None only without a target, and then `suite_check` never runs a check.
-fn present<T>(fixture: Option<T>) -> T {
-    fixture.expect("a fixture of a suite pointed at a cluster")
-}
-
 #[rstest]
 #[tokio::test]
-async fn node_ready_after_reboot(
-    target: Option<&'static Target>,
-    #[future(awt)] cluster: Option<Cluster>,
-) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn node_ready_after_reboot(target: &'static Target, #[future(awt)] cluster: Cluster) {
     suite_check(
         target,
         CheckName::NodeReadyAfterReboot,
         |target| async move {
             let started = Instant::now();
-            let node = present(cluster)
+            let node = cluster
                 .node(&target.node)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -243,10 +219,11 @@ async fn node_ready_after_reboot(
 
 #[rstest]
 #[tokio::test]
-async fn boot_id_changed(target: Option<&'static Target>) {
-    let Some(target) = target else {
-        return not_pointed_at_a_cluster(CheckName::BootIdChanged);
-    };
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn boot_id_changed(target: &'static Target) {
     match from_reboot(target, CheckName::BootIdChanged) {
         Some(result) => conclude(target, result),
         None => eprintln!("boot_id_changed: not applicable, POSTFLIGHT_REBOOT is not set (the node was not rebooted)"),
@@ -271,34 +248,36 @@ async fn calico_results(target: &'static Target, cluster: &Cluster) -> gate::Cal
 
 #[rstest]
 #[tokio::test]
-async fn calico_node_ready(
-    target: Option<&'static Target>,
-    #[future(awt)] cluster: Option<Cluster>,
-) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn calico_node_ready(target: &'static Target, #[future(awt)] cluster: Cluster) {
     suite_check(target, CheckName::CalicoNodeReady, |target| async move {
-        calico_results(target, &present(cluster)).await.ready
+        calico_results(target, &cluster).await.ready
     })
     .await;
 }
 
 #[rstest]
 #[tokio::test]
-async fn calico_node_not_crashlooping(
-    target: Option<&'static Target>,
-    #[future(awt)] cluster: Option<Cluster>,
-) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn calico_node_not_crashlooping(target: &'static Target, #[future(awt)] cluster: Cluster) {
     suite_check(
         target,
         CheckName::CalicoNodeNotCrashlooping,
-        |target| async move { calico_results(target, &present(cluster)).await.crashloop },
+        |target| async move { calico_results(target, &cluster).await.crashloop },
     )
     .await;
 }
 
-async fn host_results(target: &'static Target, ssh: Option<SshTransport>) -> gate::HostResults {
+async fn host_results(target: &'static Target, ssh: SshTransport) -> gate::HostResults {
     let inventory = &target.inventory;
     gate::check_host(
-        &present(ssh),
+        &ssh,
         &target.node,
         &inventory.calico,
         inventory.timeouts.ssh,
@@ -308,7 +287,11 @@ async fn host_results(target: &'static Target, ssh: Option<SshTransport>) -> gat
 
 #[rstest]
 #[tokio::test]
-async fn tmpfiles_config_present(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn tmpfiles_config_present(target: &'static Target, node_ssh: SshTransport) {
     suite_check(
         target,
         CheckName::TmpfilesConfigPresent,
@@ -319,7 +302,11 @@ async fn tmpfiles_config_present(target: Option<&'static Target>, node_ssh: Opti
 
 #[rstest]
 #[tokio::test]
-async fn run_dir_permissions(target: Option<&'static Target>, node_ssh: Option<SshTransport>) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn run_dir_permissions(target: &'static Target, node_ssh: SshTransport) {
     suite_check(target, CheckName::RunDirPermissions, |target| async move {
         host_results(target, node_ssh).await.run_dir
     })
@@ -353,28 +340,30 @@ async fn connectivity(target: &'static Target, cluster: &Cluster) -> (CheckResul
 
 #[rstest]
 #[tokio::test]
-async fn same_node_pod_connectivity(
-    target: Option<&'static Target>,
-    #[future(awt)] cluster: Option<Cluster>,
-) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn same_node_pod_connectivity(target: &'static Target, #[future(awt)] cluster: Cluster) {
     suite_check(
         target,
         CheckName::SameNodePodConnectivity,
-        |target| async move { connectivity(target, &present(cluster)).await.0 },
+        |target| async move { connectivity(target, &cluster).await.0 },
     )
     .await;
 }
 
 #[rstest]
 #[tokio::test]
-async fn cross_node_pod_connectivity(
-    target: Option<&'static Target>,
-    #[future(awt)] cluster: Option<Cluster>,
-) {
+#[cfg_attr(
+    not(postflight_cluster),
+    ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
+)]
+async fn cross_node_pod_connectivity(target: &'static Target, #[future(awt)] cluster: Cluster) {
     suite_check(
         target,
         CheckName::CrossNodePodConnectivity,
-        |target| async move { connectivity(target, &present(cluster)).await.1 },
+        |target| async move { connectivity(target, &cluster).await.1 },
     )
     .await;
 }
