@@ -133,17 +133,21 @@ pub fn kubectl(lab: &Lab, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-pub fn boot_id(lab: &Lab, node: &str) -> String {
+/// One field of a Node, read by kubectl with a JSONPath such as `{.spec.unschedulable}`.
+pub fn node_field(lab: &Lab, node: &str, jsonpath: &str) -> String {
     kubectl(
         lab,
-        &[
-            "get",
-            "node",
-            node,
-            "-o",
-            "jsonpath={.status.nodeInfo.bootID}",
-        ],
+        &["get", "node", node, "-o", &format!("jsonpath={jsonpath}")],
     )
+}
+
+pub fn boot_id(lab: &Lab, node: &str) -> String {
+    node_field(lab, node, "{.status.nodeInfo.bootID}")
+}
+
+/// Whether the node is cordoned (`spec.unschedulable`).
+pub fn cordoned(lab: &Lab, node: &str) -> bool {
+    node_field(lab, node, "{.spec.unschedulable}") == "true"
 }
 
 /// Nothing of postflight's is left in the cluster: no probe pod, no probe namespace.
@@ -246,11 +250,7 @@ pub fn lock_holder(lab: &Lab) -> String {
 /// No lease held, and the node schedulable: the run left nothing behind.
 pub fn assert_nothing_left(lab: &Lab, node: &str) {
     assert_eq!(lock_holder(lab), "", "the reboot lock is released");
-    let unschedulable = kubectl(
-        lab,
-        &["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"],
-    );
-    assert_ne!(unschedulable, "true", "{node} is not left cordoned");
+    assert!(!cordoned(lab, node), "{node} is not left cordoned");
     assert_no_probe_left(lab);
 }
 
@@ -271,15 +271,10 @@ pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> std::process::Child 
 pub fn wait_for_node_down(lab: &Lab, node: &str) {
     let started = std::time::Instant::now();
     let ready = || {
-        kubectl(
+        node_field(
             lab,
-            &[
-                "get",
-                "node",
-                node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
+            node,
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
         ) == "True"
     };
     while ready() {
