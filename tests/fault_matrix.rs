@@ -162,9 +162,18 @@ fn a_denied_reboot_command_fails_and_nothing_is_rebooted() {
     });
     let before = boot_id(&lab, node);
     let reports = tempfile::tempdir().unwrap();
-    let run = verify(&inventory, node, true, reports.path());
+    // Drained first, so that the cordon is there to be undone: a node the reboot never
+    // reached is as it was and goes back into service.
+    let run = verify_with(&inventory, node, &["--reboot", "--drain"], reports.path());
     assert_eq!(run.code(), 1, "{}", run.describe());
+    assert_eq!(run.verdict("node_drained"), "passed");
     assert_eq!(run.verdict("node_ready_after_reboot"), "failed");
+    assert!(
+        run.stdout()
+            .contains("k8s-worker-03 was not rebooted, so it is uncordoned again"),
+        "{}",
+        run.describe()
+    );
     let message = run.message("node_ready_after_reboot");
     assert!(
         message.contains("was refused (exit 1): Failed to reboot: Access denied"),

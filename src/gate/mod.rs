@@ -315,11 +315,12 @@ pub async fn verify(
         }
     }
     if state.cordoned {
-        uncordon_if_passed(
+        uncordon_if_safe(
             &recorder,
             state.cluster.as_ref(),
             &request.node,
             interrupted,
+            state.reboot_sent,
         )
         .await;
     }
@@ -342,13 +343,16 @@ pub async fn verify(
     Ok(report)
 }
 
-/// A drained node goes back into service only when every check passed; a node that
-/// failed, or whose run was interrupted, stays cordoned, and the report says so.
-async fn uncordon_if_passed(
+/// A drained node goes back into service when every check passed, or when it was never
+/// rebooted (the reboot was refused or never sent: it is as it was). A node that
+/// rebooted and failed, or whose run was interrupted after the reboot, stays cordoned,
+/// and the report says so.
+async fn uncordon_if_safe(
     recorder: &Recorder<'_>,
     cluster: Option<&Cluster>,
     node: &str,
     interrupted: bool,
+    reboot_sent: bool,
 ) {
     let all_passed = recorder
         .results
@@ -357,14 +361,17 @@ async fn uncordon_if_passed(
         .iter()
         .all(CheckResult::passed);
     let Some(cluster) = cluster else { return };
-    if all_passed && !interrupted {
+    if !reboot_sent {
+        recorder.note(format!(
+            "{node} was not rebooted, so it is uncordoned again as it was"
+        ));
+    }
+    if !reboot_sent || (all_passed && !interrupted) {
         let uncordon = recorder
             .timed("uncordon", cluster.set_unschedulable(node, false))
             .await;
         if let Err(error) = uncordon {
-            recorder.note(format!(
-                "{node} passed every check but could not be uncordoned: {error}"
-            ));
+            recorder.note(format!("{node} could not be uncordoned: {error}"));
         }
     } else {
         recorder.note(format!(
@@ -382,6 +389,9 @@ struct RunState {
     ready_at: Option<Instant>,
     /// The drain cordoned the node.
     cordoned: bool,
+    /// The reboot command was sent and not refused: from here on the node may be down,
+    /// so a drained node stays cordoned unless every check passes.
+    reboot_sent: bool,
 }
 
 async fn verify_steps(
@@ -426,6 +436,7 @@ async fn verify_steps(
                 force: request.force,
                 drain: request.drain,
                 cordoned: &mut state.cordoned,
+                reboot_sent: &mut state.reboot_sent,
             },
         )
         .await
@@ -585,6 +596,7 @@ pub async fn reboot_node(
             force: false,
             drain: false,
             cordoned: &mut false,
+            reboot_sent: &mut false,
         },
     )
     .await;
@@ -612,6 +624,7 @@ async fn preflight_then_reboot(
         force,
         drain: drain_first,
         cordoned,
+        reboot_sent,
     } = options;
     let started = Instant::now();
     let problems = recorder
@@ -655,6 +668,8 @@ async fn preflight_then_reboot(
     }
     if drain_first {
         let started = Instant::now();
+        // Set before the drain starts: a run interrupted mid-drain must still uncordon.
+        *cordoned = true;
         let drained = recorder
             .timed(
                 "cordon and drain",
@@ -663,7 +678,6 @@ async fn preflight_then_reboot(
             .await;
         match drained {
             Ok(evicted) => {
-                *cordoned = true;
                 let evidence = Evidence::new(
                     "pods evicted",
                     evicted.to_string(),
@@ -678,6 +692,8 @@ async fn preflight_then_reboot(
                 ));
             }
             Err(why) => {
+                // The drain uncordoned the node itself, or says why it could not.
+                *cordoned = false;
                 recorder.record(CheckResult::error(
                     CheckName::NodeDrained,
                     node,
@@ -689,7 +705,7 @@ async fn preflight_then_reboot(
             }
         }
     }
-    reboot_and_wait(inventory, cluster, transport, node, recorder).await
+    reboot_and_wait(inventory, cluster, transport, node, recorder, reboot_sent).await
 }
 
 /// How a reboot is prepared.
@@ -699,8 +715,10 @@ struct RebootOptions<'a> {
     /// Cordon and drain first.
     drain: bool,
     /// Set once the node is cordoned by the drain: the run uncordons it at the end, and
-    /// only if every check passed.
+    /// only if every check passed or the node was never rebooted.
     cordoned: &'a mut bool,
+    /// Set when the reboot command is sent, cleared when the node refuses it.
+    reboot_sent: &'a mut bool,
 }
 
 /// Records the boot, reboots the node over SSH, waits for it to go down and to come
@@ -713,6 +731,7 @@ async fn reboot_and_wait(
     transport: &dyn Transport,
     node: &str,
     recorder: &Recorder<'_>,
+    reboot_sent: &mut bool,
 ) -> Option<RebootBaseline> {
     let timeouts = &inventory.timeouts;
     let calico = &inventory.calico;
@@ -748,12 +767,16 @@ async fn reboot_and_wait(
 
     let started = Instant::now();
     let command = ShellCommand::operator_text(&inventory.reboot.command);
+    // Set before sending: an SSH error mid-command leaves it unknown whether the node is
+    // going down, and unknown must count as rebooted.
+    *reboot_sent = true;
     match recorder
         .timed("issue the reboot", transport.reboot(&command))
         .await
     {
         Ok(RebootOutcome::Issued) => {}
         Ok(RebootOutcome::Refused(output)) => {
+            *reboot_sent = false;
             let message = format!(
                 "the reboot command `{}` was refused (exit {}): {}",
                 inventory.reboot.command,
