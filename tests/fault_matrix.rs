@@ -295,3 +295,42 @@ fn a_drained_node_that_passes_is_uncordoned() {
     assert_eq!(gone, "");
     assert_nothing_left(&lab, node);
 }
+
+#[test]
+fn a_node_cordoned_before_the_run_is_left_cordoned() {
+    let lab = lab("pf-precordon", 4);
+    let node = "k8s-worker-03";
+    // An operator's cordon (kubectl cordon sends the same patch).
+    kubectl(
+        &lab,
+        &[
+            "patch",
+            "node",
+            node,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ],
+    );
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify_with(
+        &lab.paths().inventory(),
+        node,
+        &["--reboot", "--drain"],
+        reports.path(),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        run.stdout()
+            .contains("k8s-worker-03 was already cordoned before this run; it is left cordoned"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        cordoned(&lab, node),
+        "the operator's cordon is theirs to lift"
+    );
+    assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
+    assert_no_probe_left(&lab);
+}

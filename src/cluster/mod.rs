@@ -433,6 +433,14 @@ pub fn node_ready(node: &Node) -> bool {
     node_condition(node, "Ready").is_some_and(|c| c.status == "True")
 }
 
+/// Whether the node is cordoned (`spec.unschedulable`).
+pub fn node_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|spec| spec.unschedulable)
+        .unwrap_or(false)
+}
+
 pub fn node_condition<'a>(
     node: &'a Node,
     kind: &str,

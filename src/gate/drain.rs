@@ -17,7 +17,8 @@ const CONCURRENT_EVICTIONS: usize = 5;
 const EVICTION_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// Cordons the node and evicts its pods, up to `deadline`. Returns how many pods were
-/// evicted; on failure the node is uncordoned before returning.
+/// evicted; on failure the node is uncordoned before returning when `uncordon_on_failure`
+/// (the cordon is this run's own).
 ///
 /// # Errors
 /// A pod still could not be evicted at the deadline (the message names it and what the
@@ -26,6 +27,7 @@ pub(super) async fn drain(
     cluster: &Cluster,
     node: &str,
     deadline: Duration,
+    uncordon_on_failure: bool,
 ) -> Result<usize, String> {
     cluster
         .set_unschedulable(node, true)
@@ -53,6 +55,11 @@ pub(super) async fn drain(
     } else {
         format!(" ({})", blocked.join("; "))
     };
+    if !uncordon_on_failure {
+        return Err(format!(
+            "{failure}{detail}; the node was not rebooted and stays cordoned, as it was before the run"
+        ));
+    }
     match cluster.set_unschedulable(node, false).await {
         Ok(()) => Err(format!(
             "{failure}{detail}; the node was not rebooted and is uncordoned again"

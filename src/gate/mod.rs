@@ -668,12 +668,32 @@ async fn preflight_then_reboot(
     }
     if drain_first {
         let started = Instant::now();
+        // A node someone else cordoned stays cordoned whatever this run finds: the cordon
+        // is theirs to lift, not ours.
+        let cordoned_before = match cluster.node(node).await {
+            Ok(current) => cluster::node_unschedulable(&current),
+            Err(error) => {
+                recorder.record(CheckResult::error(
+                    CheckName::NodeDrained,
+                    node,
+                    error.to_string(),
+                    started.elapsed(),
+                ));
+                recorder.error_remaining("the node was not rebooted: it could not be drained");
+                return None;
+            }
+        };
+        if cordoned_before {
+            recorder.note(format!(
+                "{node} was already cordoned before this run; it is left cordoned"
+            ));
+        }
         // Set before the drain starts: a run interrupted mid-drain must still uncordon.
-        *cordoned = true;
+        *cordoned = !cordoned_before;
         let drained = recorder
             .timed(
                 "cordon and drain",
-                drain::drain(cluster, node, inventory.timeouts.drain),
+                drain::drain(cluster, node, inventory.timeouts.drain, *cordoned),
             )
             .await;
         match drained {
@@ -692,7 +712,7 @@ async fn preflight_then_reboot(
                 ));
             }
             Err(why) => {
-                // The drain uncordoned the node itself, or says why it could not.
+                // The drain undid its own cordon, or says why it could not.
                 *cordoned = false;
                 recorder.record(CheckResult::error(
                     CheckName::NodeDrained,
