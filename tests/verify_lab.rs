@@ -614,6 +614,63 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
     assert_eq!(lock_holder(&lab), "", "released when the first run ended");
 }
 
+/// A run killed without releasing the lock (SIGKILL, a lost runner) leaves a lease that
+/// nobody renews: the next run waits for it to expire by its duration, then proceeds.
+#[test]
+fn a_stale_lock_from_a_killed_run_expires_and_the_next_run_proceeds() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let lab = lab("pf-stale-lock", 4);
+    let lease_duration = 4;
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let stale = Lease {
+        metadata: ObjectMeta {
+            name: Some("postflight-reboot-lock".into()),
+            namespace: Some("kube-system".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("postflight on a runner that was killed".into()),
+            lease_duration_seconds: Some(lease_duration),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..LeaseSpec::default()
+        }),
+    };
+    let manifest = lab.paths().state_dir.join("stale-lease.json");
+    std::fs::write(&manifest, serde_json::to_string(&stale).unwrap()).unwrap();
+    kubectl(
+        &lab,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(
+        &lab.paths().inventory(),
+        "k8s-worker-01",
+        true,
+        reports.path(),
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let waited = run.json["nodes"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|step| step["step"] == "take the reboot lock")
+        .and_then(|step| step["duration"].as_f64())
+        .expect("the lock step is timed");
+    // It did wait: the lease was not taken over before it expired.
+    assert!(
+        waited >= 1.0,
+        "waited only {waited} s for a {lease_duration} s lease to expire"
+    );
+    assert_eq!(lock_holder(&lab), "", "released when the run ended");
+}
+
 #[test]
 fn a_rolling_update_stops_at_the_first_node_that_fails() {
     let lab = lab("pf-rolling", 5);
