@@ -300,7 +300,7 @@ fn a_drained_node_that_passes_is_uncordoned() {
 fn a_node_cordoned_before_the_run_is_left_cordoned() {
     let lab = lab("pf-precordon", 4);
     let node = "k8s-worker-03";
-    // An operator's cordon (kubectl cordon sends the same patch).
+    // An operator cordoned the node earlier: `kubectl cordon` sets the same field.
     kubectl(
         &lab,
         &[
