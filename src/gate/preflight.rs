@@ -1,6 +1,7 @@
 //! Preflight: never reboot a node into a cluster that is already degraded. Before the
 //! reboot the API must answer, every other node must be Ready, calico-node must be Ready
-//! on every node, and every node's pods must reach every other node's. A reboot on top of
+//! on every node, and every node's pods must reach every other node's (every pair in a
+//! small cluster; a linear set in a large one, see `connectivity::preflight_pairs`). A reboot on top of
 //! an existing fault turns one broken node into two, and hides which one broke first.
 
 use super::connectivity::mesh_problems;
@@ -77,7 +78,7 @@ pub(super) async fn cluster_problems(
         requests,
     };
     match start_probes(cluster, inventory, &plan).await {
-        Ok(fleet) => problems.extend(mesh_problems(cluster, inventory, fleet).await),
+        Ok(fleet) => problems.extend(mesh_problems(cluster, inventory, node, fleet).await),
         Err(error) => problems.push(format!("probe pods could not be created: {error}")),
     }
     if let Err(error) = cluster
