@@ -3,8 +3,54 @@
 //! (log lines, `stat` of the run directory, the tmpfiles.d file); nothing here does I/O.
 
 use crate::checks::RunDirStat;
-use crate::inventory::CalicoExpectations;
+use crate::inventory::{CalicoExpectations, SshTarget};
 use serde::Serialize;
+
+/// How an engineer reaches a node from their own shell, for the remediation commands:
+/// the inventory's SSH destination (user, host and port, which need not resolve from the
+/// node's Kubernetes name), with sudo unless they log in as root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeShell {
+    ssh: String,
+    sudo: &'static str,
+}
+
+impl NodeShell {
+    pub fn of(target: &SshTarget) -> Self {
+        let port = if target.port == 22 {
+            String::new()
+        } else {
+            format!("-p {} ", target.port)
+        };
+        NodeShell {
+            ssh: format!("ssh {port}{}@{}", target.user, target.host),
+            sudo: if target.user == "root" { "" } else { "sudo " },
+        }
+    }
+
+    /// `remote` as one command line to paste; `{sudo}` in it marks where root is needed.
+    fn run(&self, remote: &str) -> String {
+        format!("{} {}", self.ssh, remote.replace("{sudo}", self.sudo))
+    }
+
+    fn restore_tmpfiles(&self, expected: &CalicoExpectations) -> [String; 2] {
+        let file = &expected.tmpfiles_file;
+        [
+            self.run(&format!(
+                "\"echo '{}' | {{sudo}}tee {file}\"",
+                expected.tmpfiles_line
+            )),
+            self.recreate_run_dir(expected),
+        ]
+    }
+
+    fn recreate_run_dir(&self, expected: &CalicoExpectations) -> String {
+        self.run(&format!(
+            "{{sudo}}systemd-tmpfiles --create {}",
+            expected.tmpfiles_file
+        ))
+    }
+}
 
 /// Log lines with which calico-node tells it cannot start; seeing one ends the wait for
 /// calico-node Ready at once.
@@ -33,9 +79,11 @@ pub fn fatal_calico_log_line(log: &str) -> Option<String> {
 }
 
 /// What the diagnosis can use; each piece is optional because collection may fail.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Findings {
     pub node: String,
+    /// How to reach the node, for the remediation commands.
+    pub shell: NodeShell,
     pub calico_pod: Option<String>,
     pub calico_namespace: String,
     pub fatal_log_line: Option<String>,
@@ -43,6 +91,22 @@ pub struct Findings {
     pub run_dir_missing: bool,
     /// Some(None): the file does not exist.
     pub tmpfiles_content: Option<Option<String>>,
+}
+
+impl Findings {
+    /// Nothing collected yet about `node`.
+    pub fn new(node: &str, shell: NodeShell, calico_namespace: &str) -> Self {
+        Findings {
+            node: node.into(),
+            shell,
+            calico_pod: None,
+            calico_namespace: calico_namespace.into(),
+            fatal_log_line: None,
+            run_dir: None,
+            run_dir_missing: false,
+            tmpfiles_content: None,
+        }
+    }
 }
 
 pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
@@ -66,6 +130,7 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
         None => false,
     };
     let node = &findings.node;
+    let shell = &findings.shell;
     let file = &expected.tmpfiles_file;
     let delete_pod = match &findings.calico_pod {
         Some(pod) => format!("kubectl -n {} delete pod {pod}", findings.calico_namespace),
@@ -85,11 +150,11 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
                 "the tmpfiles.d entry for Calico was replaced (package update?): {file} no longer has `{}`, so at boot systemd-tmpfiles made {} as {observed} and calico-node (uid {}) cannot use it",
                 expected.tmpfiles_line, expected.run_dir, expected.run_dir_owner
             ),
-            remediation: vec![
-                format!("ssh {node} \"echo '{}' | sudo tee {file}\"", expected.tmpfiles_line),
-                format!("ssh {node} sudo systemd-tmpfiles --create {file}"),
-                delete_pod,
-            ],
+            remediation: [
+                shell.restore_tmpfiles(expected).to_vec(),
+                vec![delete_pod],
+            ]
+            .concat(),
             prevention: Some(format!(
                 "put {file} into node provisioning (configuration management owns it, the OS package does not), and run `postflight drift` before every rolling update: every node updated with the same package carries the same fault until its next reboot"
             )),
@@ -101,7 +166,7 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
                 "{} is {observed} (expected {wanted_stat}) although {file} is right: something changed it after boot",
                 expected.run_dir
             ),
-            remediation: vec![format!("ssh {node} sudo systemd-tmpfiles --create {file}"), delete_pod],
+            remediation: vec![shell.recreate_run_dir(expected), delete_pod],
             prevention: Some("find what changes the directory's mode or owner after boot (a hardening script, a security agent)".into()),
         });
     }
@@ -119,10 +184,7 @@ pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Opt
             "{file} on {node} will not recreate {} as calico-node needs it (package update?): the node works now and breaks at its next reboot",
             expected.run_dir
         ),
-        remediation: vec![
-            format!("ssh {node} \"echo '{}' | sudo tee {file}\"", expected.tmpfiles_line),
-            format!("ssh {node} sudo systemd-tmpfiles --create {file}"),
-        ],
+        remediation: findings.shell.restore_tmpfiles(expected).to_vec(),
         prevention: Some(format!(
             "put {file} into node provisioning, so that an OS package cannot replace it unnoticed, and keep `postflight drift` in the rolling update before each reboot"
         )),
@@ -133,6 +195,7 @@ pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Opt
 /// cross-node pod traffic fails while same-node traffic works.
 pub fn diagnose_bgp(
     node: &str,
+    shell: &NodeShell,
     show_protocols: &str,
     expected: &CalicoExpectations,
 ) -> Option<Diagnosis> {
@@ -154,8 +217,8 @@ pub fn diagnose_bgp(
             down.join(", ")
         ),
         remediation: vec![
-            format!("ssh {node} sudo birdcl -s {socket} show protocols all   # why each session is down"),
-            format!("ssh {node} 'sudo iptables -S; sudo nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?"),
+            shell.run(&format!("{{sudo}}birdcl -s {socket} show protocols all   # why each session is down")),
+            shell.run("'{sudo}iptables -S; {sudo}nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?"),
             format!("kubectl -n {} logs -l {} --field-selector spec.nodeName={node} --tail 50", expected.namespace, expected.selector),
         ],
         prevention: Some(
@@ -201,16 +264,26 @@ pub fn diagnose_probes(
 mod tests {
     use super::*;
 
+    fn shell(user: &str, port: u16) -> NodeShell {
+        NodeShell::of(&SshTarget {
+            node: "k8s-worker-03".into(),
+            host: "10.20.0.13".into(),
+            port,
+            user: user.into(),
+            identity_file: None,
+            known_hosts: "known_hosts".into(),
+            become_method: None,
+        })
+    }
+
     #[test]
     fn the_incident_is_named_with_its_fix_and_prevention() {
         let findings = Findings {
-            node: "k8s-worker-03".into(),
             calico_pod: Some("calico-node-x1".into()),
-            calico_namespace: "kube-system".into(),
             fatal_log_line: fatal_calico_log_line("start\n[FATAL] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico\n"),
             run_dir: RunDirStat::parse("700 0 0"),
-            run_dir_missing: false,
             tmpfiles_content: Some(Some("d /run/calico 0700 root root -\n".into())),
+            ..Findings::new("k8s-worker-03", shell("ops", 22), "kube-system")
         };
         let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
         assert!(
@@ -220,23 +293,32 @@ mod tests {
             "{}",
             diagnosis.root_cause
         );
-        assert_eq!(diagnosis.remediation.len(), 3);
-        assert!(diagnosis.remediation[1]
-            .contains("systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"));
         assert_eq!(
-            diagnosis.remediation[2],
-            "kubectl -n kube-system delete pod calico-node-x1"
+            diagnosis.remediation,
+            [
+                "ssh ops@10.20.0.13 \"echo 'd /run/calico 0755 999 999 -' | sudo tee /etc/tmpfiles.d/calico.conf\"",
+                "ssh ops@10.20.0.13 sudo systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
+                "kubectl -n kube-system delete pod calico-node-x1",
+            ]
         );
         assert!(diagnosis.prevention.unwrap().contains("provisioning"));
     }
 
     #[test]
+    fn remediation_reaches_the_node_as_the_inventory_does() {
+        assert_eq!(
+            shell("root", 2222).recreate_run_dir(&CalicoExpectations::default()),
+            "ssh -p 2222 root@10.20.0.13 systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
+            "root needs no sudo; a port other than 22 is named"
+        );
+    }
+
+    #[test]
     fn a_healthy_node_has_no_diagnosis() {
         let findings = Findings {
-            node: "n".into(),
             run_dir: RunDirStat::parse("755 999 999"),
             tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -".into())),
-            ..Default::default()
+            ..Findings::new("n", shell("ops", 22), "kube-system")
         };
         assert_eq!(diagnose(&findings, &CalicoExpectations::default()), None);
     }

@@ -153,6 +153,11 @@ impl SshTransport {
         SshTransport { target, timeout }
     }
 
+    /// Where this transport connects, as whom.
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
     fn address(&self) -> String {
         format!("{}:{}", self.target.host, self.target.port)
     }

@@ -68,7 +68,7 @@ async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) 
 
 /// The drift checks of one node, and what they found, for the diagnosis.
 pub(super) async fn drift_checks(
-    transport: &dyn Transport,
+    transport: &SshTransport,
     node: &str,
     calico: &CalicoExpectations,
 ) -> (Vec<CheckResult>, Findings) {
@@ -114,12 +114,10 @@ pub(super) async fn drift_checks(
         Err(error) => host_error(CheckName::RunDirAfterNextBoot, node, &error, started),
     };
     let findings = Findings {
-        node: node.into(),
-        calico_namespace: calico.namespace.clone(),
         run_dir: host.run_dir_stat.clone(),
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
-        ..Default::default()
+        ..Findings::new(node, NodeShell::of(transport.target()), &calico.namespace)
     };
     let mut tmpfiles = host.tmpfiles;
     let failed = |r: &CheckResult| matches!(r.verdict, Verdict::Failed(_));

@@ -20,7 +20,7 @@ use crate::checks::{
 };
 use crate::cluster::probes::{probe_pod_name, ProbeFleet, ProbeRequest, ReadyProbe};
 use crate::cluster::{self, Cluster};
-use crate::diagnose::{self, Findings};
+use crate::diagnose::{self, Findings, NodeShell};
 use crate::host::{HostError, RebootOutcome, ShellCommand, SshTransport, Transport};
 use crate::inventory::{CalicoExpectations, Inventory};
 use crate::report::{NodeReport, StepTiming};
@@ -489,6 +489,7 @@ async fn verify_steps(
     let calico_ready = calico_results.ready.passed();
     let findings = Findings {
         node: node.into(),
+        shell: NodeShell::of(transport.target()),
         calico_pod: calico_results.pod_name.clone(),
         calico_namespace: calico.namespace.clone(),
         fatal_log_line: calico_results.fatal_log_line.clone(),
@@ -528,7 +529,7 @@ async fn verify_steps(
         if diagnosis.is_none() {
             diagnosis = state
                 .bgp_output()
-                .and_then(|output| diagnose::diagnose_bgp(node, output, calico));
+                .and_then(|output| diagnose::diagnose_bgp(node, &findings.shell, output, calico));
         }
         if let Some(cross) = results
             .iter_mut()

@@ -105,7 +105,7 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
     let diagnosis = diagnose::diagnose(&findings, calico).or_else(|| {
         network
             .bgp_output()
-            .and_then(|output| diagnose::diagnose_bgp(node, output, calico))
+            .and_then(|output| diagnose::diagnose_bgp(node, &findings.shell, output, calico))
     });
     for result in &mut results {
         if matches!(result.verdict, Verdict::Failed(_)) && diagnosis.is_some() {
