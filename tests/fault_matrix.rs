@@ -334,3 +334,40 @@ fn a_node_cordoned_before_the_run_is_left_cordoned() {
     assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
     assert_no_probe_left(&lab);
 }
+
+/// A node whose pods cannot reach any other node while calico-node stays Ready (a host
+/// firewall's FORWARD policy of DROP): only the preflight's pod probes can see it. In a
+/// small cluster they cover every pair; a large one (17 nodes: over the full-mesh limit)
+/// gets the linear set, which must catch it as well.
+#[rstest::rstest]
+#[case::full_mesh("pf-fwd-mesh", 5)]
+#[case::linear_set("pf-fwd-linear", 17)]
+fn pod_traffic_dropped_elsewhere_is_refused_before_the_reboot(
+    #[case] name: &str,
+    #[case] nodes: usize,
+) {
+    let lab = lab(name, nodes);
+    let blocked = "k8s-worker-02";
+    lab_cli(&lab, &["block-pod-traffic", "--node", blocked]);
+    let node = "k8s-worker-03";
+    let before = boot_id(&lab, node);
+    let inventory = inventory_with(&lab, "short-connectivity.yaml", |text| {
+        text.replace("connectivity: 30s", "connectivity: 5s")
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 3, "refused is exit 3: {}", run.describe());
+    assert_eq!(run.verdict("cluster_healthy_before_reboot"), "error");
+    let why = run.message("cluster_healthy_before_reboot");
+    assert!(
+        why.contains(&format!("{blocked}/")) && why.contains("curl: ("),
+        "the refusal names the failing pairs with curl's error: {why}"
+    );
+    assert!(
+        !why.contains("is not Ready"),
+        "calico-node and the nodes are Ready: {why}"
+    );
+    assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
+    lab_cli(&lab, &["block-pod-traffic", "--node", blocked, "--unblock"]);
+    assert_nothing_left(&lab, node);
+}

@@ -563,24 +563,45 @@ pub fn hold(name: &str, node: &str, held: bool) -> Result<()> {
     })
 }
 
-/// The nftables table the lab's firewall knobs live in, inside a node's namespace.
-const FIREWALL_TABLE: &str = "postflight_lab";
+/// The nftables tables the lab's firewall knobs live in, inside a node's namespace: one
+/// per knob, so that lifting one fault leaves the other in place.
+const BGP_FIREWALL_TABLE: &str = "postflight_lab_bgp";
+const POD_FIREWALL_TABLE: &str = "postflight_lab_pods";
 
 /// Drops BGP (TCP 179, both directions) on a node, as a host firewall would, or allows
 /// it again. The rule lives in the node's own network namespace and dies with it.
 pub fn block_bgp(name: &str, node: &str, blocked: bool) -> Result<()> {
-    let script = if blocked {
-        format!(
-            "nft add table inet {t} && \
-             nft add chain inet {t} input '{{ type filter hook input priority 0; }}' && \
-             nft add chain inet {t} output '{{ type filter hook output priority 0; }}' && \
-             nft add rule inet {t} input tcp dport 179 drop && nft add rule inet {t} input tcp sport 179 drop && \
-             nft add rule inet {t} output tcp dport 179 drop && nft add rule inet {t} output tcp sport 179 drop",
-            t = FIREWALL_TABLE
-        )
-    } else {
-        format!("nft delete table inet {FIREWALL_TABLE} 2>/dev/null || true")
-    };
+    let t = BGP_FIREWALL_TABLE;
+    let script = format!(
+        "nft add table inet {t} && \
+         nft add chain inet {t} input '{{ type filter hook input priority 0; }}' && \
+         nft add chain inet {t} output '{{ type filter hook output priority 0; }}' && \
+         nft add rule inet {t} input tcp dport 179 drop && nft add rule inet {t} input tcp sport 179 drop && \
+         nft add rule inet {t} output tcp dport 179 drop && nft add rule inet {t} output tcp sport 179 drop"
+    );
+    firewall(name, node, t, blocked.then_some(script))
+}
+
+/// Drops pod traffic that crosses the node's uplink, in both directions, as a host
+/// firewall's FORWARD policy of DROP does (Docker sets one): BGP and the node's own
+/// traffic still flow, so calico-node stays Ready, and pods on the node still reach each
+/// other, but no pod traffic enters or leaves the node. Or allows it again.
+pub fn block_pod_traffic(name: &str, node: &str, blocked: bool) -> Result<()> {
+    let t = POD_FIREWALL_TABLE;
+    let script = format!(
+        "nft add table inet {t} && \
+         nft add chain inet {t} forward '{{ type filter hook forward priority 0; }}' && \
+         nft add rule inet {t} forward iifname eth0 oifname 'cali*' drop && \
+         nft add rule inet {t} forward iifname 'cali*' oifname eth0 drop"
+    );
+    firewall(name, node, t, blocked.then_some(script))
+}
+
+/// Runs `script` (which fills `table`) in the node's network namespace, or deletes the
+/// table when there is no script.
+fn firewall(name: &str, node: &str, table: &str, script: Option<String>) -> Result<()> {
+    let script =
+        script.unwrap_or_else(|| format!("nft delete table inet {table} 2>/dev/null || true"));
     let argv = ["sh".to_string(), "-c".to_string(), script];
     let output = node_command(name, node, &argv)?.output().map_err(|e| {
         LabError::System(system::SystemError::Spawn {

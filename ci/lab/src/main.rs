@@ -88,6 +88,16 @@ enum Command {
         #[arg(long)]
         unblock: bool,
     },
+    /// Drop pod traffic in and out of a node (a FORWARD policy of DROP) while BGP stays
+    /// up and calico-node Ready; `--unblock` removes the rule.
+    BlockPodTraffic {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        unblock: bool,
+    },
     /// Make the API server answer 503 to everything for a while.
     PauseApi {
         #[arg(long, default_value = "lab")]
@@ -250,6 +260,22 @@ fn run() -> anyhow::Result<ExitCode> {
             postflight_lab::block_bgp(&name, &node, !unblock)?;
             println!(
                 "{node}: BGP (TCP 179) {}",
+                if unblock {
+                    "allowed again"
+                } else {
+                    "dropped in and out"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BlockPodTraffic {
+            name,
+            node,
+            unblock,
+        } => {
+            postflight_lab::block_pod_traffic(&name, &node, !unblock)?;
+            println!(
+                "{node}: pod traffic through the node {}",
                 if unblock {
                     "allowed again"
                 } else {
