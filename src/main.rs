@@ -117,12 +117,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // kube-client logs every failed HTTP request at ERROR: during an API outage that is a
+    // flood of lines saying what postflight's own "retrying" warnings and its report say
+    // once. POSTFLIGHT_LOG=kube_client=debug brings them back.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("POSTFLIGHT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color_asked())
         .init();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -372,6 +376,11 @@ async fn cancel_on_signal(cancel: CancellationToken) {
 
 /// Progress for a person at a terminal: the step in progress on one line of stderr,
 /// then each check as it finishes. Off the terminal it shows nothing until the summary.
+/// NO_COLOR (https://no-color.org): set and not empty.
+fn no_color_asked() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+}
+
 struct Console {
     interactive: bool,
     color: bool,
@@ -381,10 +390,9 @@ struct Console {
 
 impl Console {
     fn new() -> Self {
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Console {
             interactive: std::io::stderr().is_terminal(),
-            color: std::io::stdout().is_terminal() && !no_color,
+            color: std::io::stdout().is_terminal() && !no_color_asked(),
             started: std::time::Instant::now(),
             line_open: Mutex::new(false),
         }
