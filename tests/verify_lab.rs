@@ -180,33 +180,46 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
     );
     assert_no_secrets(&lab, &diagnosis);
 
-    // The fix from the diagnosis, then the node verifies clean — and stays clean across
-    // another reboot.
-    let fix = "echo 'd /run/calico 0755 999 999 -' > /etc/tmpfiles.d/calico.conf && systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf";
-    let output = lab
-        .node_exec(node, &["sh".into(), "-c".into(), fix.into()])
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    // The fix exactly as the diagnosis prints it, pasted by an engineer whose ssh knows
+    // the lab's key and host keys (as ~/.ssh/config would) and whose kubectl points at
+    // the lab. Then the node verifies clean, and stays clean across another reboot.
+    let remediation: Vec<String> = run.result("run_dir_permissions")["diagnosis"]["remediation"]
+        .as_array()
+        .expect("the diagnosis carries its commands")
+        .iter()
+        .map(|command| command.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(remediation.len(), 3, "{remediation:?}");
+    let engineer = tempfile::tempdir().unwrap();
+    let ssh = engineer.path().join("ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes \"$@\"\n",
+            lab.paths().ssh_key().display(),
+            lab.paths().known_hosts().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        engineer.path().display(),
+        std::env::var("PATH").unwrap_or_default()
     );
-    let calico = kubectl(
-        &lab,
-        &[
-            "get",
-            "pods",
-            "-n",
-            "kube-system",
-            "-l",
-            "k8s-app=calico-node",
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-            "-o",
-            "name",
-        ],
-    );
-    kubectl(&lab, &["delete", "-n", "kube-system", &calico]);
+    for command in &remediation {
+        let output = Command::new("sh")
+            .args(["-c", command])
+            .env("PATH", &path)
+            .env("KUBECONFIG", lab.paths().kubeconfig())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let run = verify(&inventory, node, false, reports.path());
     assert_eq!(run.code(), 0, "{}", run.describe());
     let run = verify(&inventory, node, true, reports.path());
