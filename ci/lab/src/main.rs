@@ -80,24 +80,10 @@ enum Command {
     },
     /// Drop BGP (TCP 179) in and out of a node, as a host firewall would; `--unblock`
     /// removes the rule.
-    BlockBgp {
-        #[arg(long, default_value = "lab")]
-        name: String,
-        #[arg(long)]
-        node: String,
-        #[arg(long)]
-        unblock: bool,
-    },
+    BlockBgp(FirewallFault),
     /// Drop pod traffic in and out of a node (a FORWARD policy of DROP) while BGP stays
     /// up and calico-node Ready; `--unblock` removes the rule.
-    BlockPodTraffic {
-        #[arg(long, default_value = "lab")]
-        name: String,
-        #[arg(long)]
-        node: String,
-        #[arg(long)]
-        unblock: bool,
-    },
+    BlockPodTraffic(FirewallFault),
     /// Make the API server answer 503 to everything for a while.
     PauseApi {
         #[arg(long, default_value = "lab")]
@@ -143,6 +129,34 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// A firewall fault on one node, set or (with `--unblock`) lifted.
+#[derive(clap::Args)]
+struct FirewallFault {
+    #[arg(long, default_value = "lab")]
+    name: String,
+    #[arg(long)]
+    node: String,
+    #[arg(long)]
+    unblock: bool,
+}
+
+impl FirewallFault {
+    fn apply(
+        self,
+        block: fn(&str, &str, bool) -> postflight_lab::Result<()>,
+        traffic: &str,
+    ) -> anyhow::Result<ExitCode> {
+        block(&self.name, &self.node, !self.unblock)?;
+        let state = if self.unblock {
+            "allowed again"
+        } else {
+            "dropped in and out"
+        };
+        println!("{}: {traffic} {state}", self.node);
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn main() -> ExitCode {
@@ -252,38 +266,11 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::BlockBgp {
-            name,
-            node,
-            unblock,
-        } => {
-            postflight_lab::block_bgp(&name, &node, !unblock)?;
-            println!(
-                "{node}: BGP (TCP 179) {}",
-                if unblock {
-                    "allowed again"
-                } else {
-                    "dropped in and out"
-                }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::BlockPodTraffic {
-            name,
-            node,
-            unblock,
-        } => {
-            postflight_lab::block_pod_traffic(&name, &node, !unblock)?;
-            println!(
-                "{node}: pod traffic through the node {}",
-                if unblock {
-                    "allowed again"
-                } else {
-                    "dropped in and out"
-                }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::BlockBgp(fault) => fault.apply(postflight_lab::block_bgp, "BGP (TCP 179)"),
+        Command::BlockPodTraffic(fault) => fault.apply(
+            postflight_lab::block_pod_traffic,
+            "pod traffic through the node",
+        ),
         Command::PauseApi { name, seconds } => {
             print!("{}", postflight_lab::pause_api(&name, seconds)?);
             Ok(ExitCode::SUCCESS)
