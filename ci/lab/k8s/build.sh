@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds lab-k8s, the lab's real Kubernetes control plane (kube-apiserver, etcd,
+# kube-controller-manager, kube-scheduler, kubectl and the kubelets' streaming server in
+# one binary), unless the binary is already up to date, and prints its path.
+#
+# The first build on a machine compiles most of Kubernetes and takes minutes on two cores;
+# Go keeps its module and build caches (GOMODCACHE, GOCACHE), so later builds only link.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out_dir=${POSTFLIGHT_LAB_K8S_DIR:-$(cd "$here/../../.." && pwd)/target/lab-k8s}
+binary=$out_dir/lab-k8s
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "lab-k8s: Go is not installed, and the lab's control plane is built from Go modules." >&2
+  echo "lab-k8s: install Go >= 1.26 (Debian: a current golang from backports, or go.dev/dl), then run: bash ci/lab/k8s/build.sh" >&2
+  exit 1
+fi
+version=$(tr -d '[:space:]' < "$here/VERSION")
+mkdir -p "$out_dir"
+# Labs started side by side (parallel tests) share one build.
+exec 9>"$out_dir/.build.lock"
+flock 9
+
+stamp=$( (cat "$here/VERSION" "$here/go.mod" "$here/go.sum" "$here"/*.go; go version) | sha256sum | cut -d' ' -f1)
+if [ -x "$binary" ] && [ "$(cat "$binary.stamp" 2>/dev/null)" = "$stamp" ]; then
+  echo "$binary"
+  exit 0
+fi
+
+minor=${version#v1.}; minor=${minor%%.*}
+echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes several minutes, later ones seconds" >&2
+started=$(date +%s)
+cd "$here"
+# The version the components report (`kubectl version`, /version) is stamped at link time,
+# as Kubernetes' own release build does.
+ldflags="-s -w"
+for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags="$ldflags -X $package.gitVersion=$version -X $package.gitMajor=1 -X $package.gitMinor=$minor"
+  ldflags="$ldflags -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+done
+GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" .
+mv "$binary.partial" "$binary"
+echo "$stamp" > "$binary.stamp"
+echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2
+echo "$binary"
