@@ -576,7 +576,7 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
         .unwrap();
     let started = std::time::Instant::now();
     let holder = loop {
-        let holder = Command::new("kubectl")
+        let holder = Command::new(lab.paths().kubectl())
             .arg("--kubeconfig")
             .arg(lab.paths().kubeconfig())
             .args([

@@ -119,7 +119,7 @@ pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_na
 }
 
 pub fn kubectl(lab: &Lab, args: &[&str]) -> String {
-    let output = Command::new("kubectl")
+    let output = Command::new(lab.paths().kubectl())
         .arg("--kubeconfig")
         .arg(lab.paths().kubeconfig())
         .args(args)

@@ -2,7 +2,7 @@
 //! `postflight-lab reboot`, the nodes' own `systemctl reboot` and the fault knobs reach
 //! the running lab. Plain HTTP/1.0, so the client needs nothing but a socket.
 
-use crate::apiserver::ApiServer;
+use crate::controlplane::ControlPlane;
 use crate::kubelet::Runtime;
 use crate::system::{io_context, Result};
 use crate::topology::Topology;
@@ -10,19 +10,25 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone)]
 struct Control {
     runtime: Arc<Runtime>,
-    api: Arc<ApiServer>,
+    plane: Arc<tokio::sync::Mutex<ControlPlane>>,
+    admin: kube::Client,
 }
 
-pub fn serve(topology: &Topology, runtime: Arc<Runtime>, api: Arc<ApiServer>) -> Result<()> {
+pub fn serve(
+    topology: &Topology,
+    runtime: Arc<Runtime>,
+    plane: Arc<tokio::sync::Mutex<ControlPlane>>,
+    admin: kube::Client,
+) -> Result<()> {
     let path = topology.control_socket();
     let _ = std::fs::remove_file(&path);
     let listener = io_context(std::os::unix::net::UnixListener::bind(&path), || {
@@ -33,8 +39,13 @@ pub fn serve(topology: &Topology, runtime: Arc<Runtime>, api: Arc<ApiServer>) ->
     let app = Router::new()
         .route("/nodes/{node}/reboot", post(reboot))
         .route("/apiserver/pause", post(pause))
+        .route("/etcd/compact", post(compact))
         .route("/status", get(status))
-        .with_state(Control { runtime, api });
+        .with_state(Control {
+            runtime,
+            plane,
+            admin,
+        });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
 }
@@ -50,12 +61,14 @@ async fn reboot(State(control): State<Control>, Path(node): Path<String>) -> (St
     let answer = format!("rebooting {node}\n");
     tokio::spawn(async move {
         if let Err(e) = control.runtime.reboot(&node).await {
-            tracing::error!(node, "reboot failed: {}", e.message);
+            tracing::error!(node, "reboot failed: {e}");
         }
     });
     (StatusCode::ACCEPTED, answer)
 }
 
+/// A real outage: the API server process goes away for the given time, then starts
+/// again. Answers at once; the outage runs on.
 async fn pause(
     State(control): State<Control>,
     Query(query): Query<HashMap<String, String>>,
@@ -64,28 +77,64 @@ async fn pause(
         .get("seconds")
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    control.api.paused.store(true, Ordering::SeqCst);
+    let mut plane = control.plane.clone().lock_owned().await;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        control.api.paused.store(false, Ordering::SeqCst);
+        let result = plane.outage(Duration::from_secs(seconds), stopped_tx).await;
+        if let Err(e) = result {
+            tracing::error!("the API server did not come back: {e}");
+        }
     });
+    // The answer waits until the server is really down, so a caller's next request
+    // meets the outage.
+    let _ = stopped_rx.await;
     (
         StatusCode::ACCEPTED,
-        format!("API server paused for {seconds}s\n"),
+        format!("API server down for {seconds}s\n"),
     )
+}
+
+async fn compact(State(control): State<Control>) -> (StatusCode, String) {
+    let plane = control.plane.lock().await;
+    match plane.compact_etcd().await {
+        Ok(text) => (StatusCode::OK, text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+fn pod_status_text(pod: &Pod) -> String {
+    let status = pod.status.as_ref();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    waiting
+        .or_else(|| status.and_then(|s| s.phase.clone()))
+        .unwrap_or_else(|| "Unknown".into())
 }
 
 async fn status(State(control): State<Control>) -> String {
     let runtime = &control.runtime;
+    let nodes: kube::Api<Node> = kube::Api::all(control.admin.clone());
+    let pods: kube::Api<Pod> = kube::Api::all(control.admin.clone());
     let mut text = String::new();
     for node in &runtime.topology.nodes {
-        let object = runtime.store.get("nodes", "", &node.name);
-        let ready = object
-            .as_ref()
-            .is_some_and(crate::controllers::node_is_ready);
+        let object = nodes.get_opt(&node.name).await.ok().flatten();
+        let ready = object.as_ref().is_some_and(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
         let boot_id = object
             .as_ref()
-            .and_then(|o| o["status"]["nodeInfo"]["bootID"].as_str().map(String::from))
+            .and_then(|n| Some(n.status.as_ref()?.node_info.as_ref()?.boot_id.clone()))
             .unwrap_or_default();
         let argv = [
             "birdc",
@@ -123,22 +172,31 @@ async fn status(State(control): State<Control>) -> String {
             bgp.unwrap_or_else(|| "unknown".into())
         ));
     }
-    for pod in runtime.store.list("pods", None).0 {
-        let restarts: i64 = pod["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s["restartCount"].as_i64())
-            .sum();
-        text.push_str(&format!(
-            "pod  {}/{} on {} {} {} restarts {}\n",
-            pod["metadata"]["namespace"].as_str().unwrap_or(""),
-            pod["metadata"]["name"].as_str().unwrap_or(""),
-            pod["spec"]["nodeName"].as_str().unwrap_or("-"),
-            pod["status"]["podIP"].as_str().unwrap_or("-"),
-            crate::apiserver::tables::pod_status_text(&pod),
-            restarts
-        ));
+    match pods.list(&Default::default()).await {
+        Ok(list) => {
+            for pod in list {
+                let status = pod.status.as_ref();
+                let restarts: i32 = status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.restart_count)
+                    .sum();
+                text.push_str(&format!(
+                    "pod  {}/{} on {} {} {} restarts {}\n",
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    pod.metadata.name.as_deref().unwrap_or(""),
+                    pod.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .unwrap_or("-"),
+                    status.and_then(|s| s.pod_ip.as_deref()).unwrap_or("-"),
+                    pod_status_text(&pod),
+                    restarts
+                ));
+            }
+        }
+        Err(e) => text.push_str(&format!("pods: the API server did not answer: {e}\n")),
     }
     text
 }

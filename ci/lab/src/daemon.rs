@@ -1,18 +1,21 @@
 //! The lab's background process: it owns the lab's network, PKI and control plane, boots
 //! the nodes, and takes everything down again on SIGTERM.
 
-use crate::apiserver::store::Store;
-use crate::apiserver::{ApiServer, PodRuntime};
-use crate::kubelet::{Runtime, Timings};
+use crate::controlplane::{self, ControlPlane};
+use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
+use crate::pki;
 use crate::system::{self, io_context, Result, SystemError};
 use crate::topology::Topology;
 use crate::{LabPaths, ReadyReport};
-use base64::Engine;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::wait::await_condition;
 use serde_json::json;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The image the lab's calico-node DaemonSet runs (the stand-in answers to it).
 pub const CALICO_NODE_IMAGE: &str = "docker.io/calico/node:v3.28.0";
@@ -23,66 +26,11 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     })
 }
 
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-}
-
-fn make_pki(topology: &Topology) -> std::result::Result<Pki, rcgen::Error> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("postflight-lab-{} CA", topology.name),
-    );
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate()?;
-    let mut server_params = rcgen::CertificateParams::new(vec![
-        "localhost".to_string(),
-        "kubernetes".into(),
-        "kubernetes.default.svc".into(),
-    ])?;
-    server_params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    server_params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(topology.host_ip().into()));
-    server_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "kube-apiserver");
-    server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &issuer)?;
-    Ok(Pki {
-        ca_pem: ca_cert.pem(),
-        server_cert_pem: server_cert.pem(),
-        server_key_pem: server_key.serialize_pem(),
-    })
-}
-
-fn kubeconfig(topology: &Topology, port: u16, ca_pem: &str, token: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let name = format!("postflight-lab-{}", topology.name);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: {name}-admin\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}-admin\n\
-         current-context: {name}\n"
-    )
-}
-
 /// A postflight inventory describing this lab, as a user would write one for a cluster.
 fn inventory(topology: &Topology) -> String {
     let mut text = format!(
         "# postflight inventory for the lab `{name}` (written by postflight-lab up).\n\
-         cluster:\n  kubeconfig: kubeconfig\n  context: postflight-lab-{name}\n\
+         cluster:\n  kubeconfig: postflight.kubeconfig\n  context: postflight-lab-{name}\n\
          ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n\
          nodes:\n",
         name = topology.name
@@ -192,7 +140,65 @@ fn ssh_material(paths: &LabPaths) -> Result<()> {
 pub struct DaemonArgs {
     pub topology: Topology,
     pub lab_binary: PathBuf,
+    pub k8s_binary: PathBuf,
     pub timings: Timings,
+}
+
+/// The RBAC postflight runs with in every lab: the manifest users apply, and nothing else.
+pub const POSTFLIGHT_RBAC: &str = include_str!("../../rbac.yaml");
+
+/// Runs the lab's kubectl (the server's own version) as the lab's admin, feeding it
+/// `stdin`; returns what it printed.
+pub async fn admin_kubectl(
+    k8s_binary: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(k8s_binary);
+    command
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let describe = format!("kubectl {}", args.join(" "));
+    let mut child = command.spawn().map_err(|source| SystemError::Spawn {
+        command: describe.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(text.as_bytes()).await;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|source| SystemError::Spawn {
+            command: describe.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(SystemError::Failed {
+            command: describe,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn other(context: &str, message: impl std::fmt::Display) -> SystemError {
+    SystemError::Io {
+        context: context.into(),
+        source: std::io::Error::other(message.to_string()),
+    }
 }
 
 pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
@@ -222,66 +228,111 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     write(&paths.known_hosts(), known_hosts)?;
     create_network(&topology)?;
 
-    let pki = make_pki(&topology).map_err(|e| SystemError::Io {
-        context: "making the lab PKI".into(),
-        source: std::io::Error::other(e),
-    })?;
-    write(&paths.state_dir.join("ca.crt"), &pki.ca_pem)?;
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let store = Arc::new(Store::new());
-    let runtime = Runtime::new(
-        topology.clone(),
-        store.clone(),
-        args.lab_binary.clone(),
-        args.timings,
-    );
-    let request_log = io_context(std::fs::File::create(paths.request_log()), || {
-        "creating the request log".into()
-    })?;
-    let api = ApiServer::new(
-        store.clone(),
-        token.clone(),
-        runtime.clone() as Arc<dyn PodRuntime>,
-        request_log,
-    );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-        pki.server_cert_pem.into_bytes(),
-        pki.server_key_pem.into_bytes(),
-    )
-    .await
-    .map_err(|e| SystemError::Io {
-        context: "loading the server certificate".into(),
-        source: e,
-    })?;
-    let loopback = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| SystemError::Io {
-        context: "binding 127.0.0.1".into(),
-        source: e,
-    })?;
-    let port = loopback.local_addr().expect("bound").port();
-    let lab_side =
-        std::net::TcpListener::bind((topology.host_ip(), port)).map_err(|e| SystemError::Io {
-            context: format!("binding {}:{port}", topology.host_ip()),
-            source: e,
-        })?;
-    for listener in [loopback, lab_side] {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let server = axum_server::from_tcp_rustls(listener, tls.clone());
-        let app = api.router();
-        tokio::spawn(async move { server.serve(app.into_make_service()).await });
-    }
+    let pki = pki::create(&topology)?;
     write(
-        &paths.kubeconfig(),
-        kubeconfig(&topology, port, &pki.ca_pem, &token),
+        &paths.state_dir.join("ca.crt"),
+        std::fs::read(pki.ca_cert()).unwrap_or_default(),
+    )?;
+    let mut plane = ControlPlane::start(&topology, &args.k8s_binary, &pki, &args.timings).await?;
+    let plane_paths = controlplane::ControlPlanePaths::new(&topology.state_dir);
+    // kubectl at the server's version, for the lab's users and tests.
+    let kubectl_link = paths.kubectl();
+    io_context(
+        std::fs::create_dir_all(kubectl_link.parent().expect("bin directory"))
+            .and_then(|()| std::os::unix::fs::symlink(&args.k8s_binary, &kubectl_link)),
+        || format!("linking {}", kubectl_link.display()),
+    )?;
+    io_context(
+        std::fs::copy(plane_paths.kubeconfig("admin"), paths.kubeconfig()),
+        || "writing the admin kubeconfig".into(),
+    )?;
+    let kubectl = |arguments: &'static [&'static str], stdin: Option<String>| {
+        let (binary, kubeconfig) = (args.k8s_binary.clone(), paths.kubeconfig());
+        async move { admin_kubectl(&binary, &kubeconfig, arguments, stdin.as_deref()).await }
+    };
+    // postflight's identity: a ServiceAccount bound to the RBAC users apply, and a token
+    // for it, in the kubeconfig the lab's inventory names.
+    kubectl(&["apply", "-f", "-"], Some(POSTFLIGHT_RBAC.to_string())).await?;
+    kubectl(&["create", "namespace", "postflight"], None).await?;
+    kubectl(
+        &[
+            "create",
+            "serviceaccount",
+            "postflight",
+            "--namespace",
+            "postflight",
+        ],
+        None,
+    )
+    .await?;
+    let token = kubectl(
+        &[
+            "create",
+            "token",
+            "postflight",
+            "--namespace",
+            "postflight",
+            "--duration",
+            "48h",
+        ],
+        None,
+    )
+    .await?;
+    let ca_pem = io_context(std::fs::read_to_string(pki.ca_cert()), || {
+        "reading the lab CA".into()
+    })?;
+    write(
+        &paths.postflight_kubeconfig(),
+        controlplane::token_kubeconfig(
+            &plane.server,
+            &ca_pem,
+            token.trim(),
+            &format!("postflight-lab-{}", topology.name),
+            "postflight",
+        ),
     )?;
     write(&paths.inventory(), inventory(&topology))?;
+    kubectl(&["apply", "-f", "-"], Some(calico_daemonset().to_string())).await?;
 
-    for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let _ = store.create("namespaces", "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}, "status": {"phase": "Active"}}));
+    // Each kubelet is a client of its own, as the node's identity.
+    let mut clients = HashMap::new();
+    for node in &topology.nodes {
+        let pair = pki.node_client(&node.name);
+        let read = |path: &Path| {
+            io_context(std::fs::read_to_string(path), || {
+                format!("reading {}", path.display())
+            })
+        };
+        let kubeconfig_path = plane_paths.kubeconfig(&format!("kubelet-{}", node.name));
+        write(
+            &kubeconfig_path,
+            controlplane::certificate_kubeconfig(
+                &plane.server,
+                &ca_pem,
+                &read(&pair.cert)?,
+                &read(&pair.key)?,
+                &format!("postflight-lab-{}", topology.name),
+                &format!("system:node:{}", node.name),
+            ),
+        )?;
+        let client = kubelet::client_from_kubeconfig(&kubeconfig_path)
+            .await
+            .map_err(|e| other("a kubelet's API client", e))?;
+        clients.insert(node.name.clone(), client);
     }
-    let _ = store.create("daemonsets.apps", "kube-system", calico_daemonset());
-    tokio::spawn(crate::controllers::run(store.clone(), args.timings));
-    crate::control::serve(&topology, runtime.clone(), api.clone())?;
+    plane.start_kubelet_server(&topology)?;
+    let runtime = Runtime::new(
+        topology.clone(),
+        args.lab_binary.clone(),
+        args.timings,
+        plane_paths.pods_dir(),
+        clients,
+    );
+    let admin = kubelet::client_from_kubeconfig(&paths.kubeconfig())
+        .await
+        .map_err(|e| other("the lab's admin client", e))?;
+    let plane = Arc::new(tokio::sync::Mutex::new(plane));
+    crate::control::serve(&topology, runtime.clone(), plane.clone(), admin.clone())?;
 
     let booted = Instant::now();
     let boots = topology.nodes.iter().map(|n| {
@@ -290,14 +341,37 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         async move { runtime.boot(&name).await }
     });
     for result in futures::future::join_all(boots).await {
-        result.map_err(|e| SystemError::Io {
-            context: "booting".into(),
-            source: std::io::Error::other(e.message),
-        })?;
+        result.map_err(|e| other("booting", e))?;
     }
-    let ready_at = wait_until_ready(&store, topology.nodes.len()).await;
+    // kubeadm labels the control-plane node; a kubelet may not label itself so.
+    for node in topology.nodes.iter().filter(|n| n.control_plane) {
+        let nodes: kube::Api<Node> = kube::Api::all(admin.clone());
+        let registered = await_condition(nodes, &node.name, |n: Option<&Node>| n.is_some());
+        tokio::time::timeout(Duration::from_secs(120), registered)
+            .await
+            .map_err(|_| {
+                other(
+                    "registering nodes",
+                    format!("{} did not register", node.name),
+                )
+            })?
+            .map_err(|e| other("watching nodes", e))?;
+        let label = "node-role.kubernetes.io/control-plane=";
+        let binary = args.k8s_binary.clone();
+        admin_kubectl(
+            &binary,
+            &paths.kubeconfig(),
+            &["label", "node", &node.name, label, "--overwrite"],
+            None,
+        )
+        .await?;
+    }
+    let ready_at = wait_until_ready(&admin, topology.nodes.len())
+        .await
+        .map_err(|e| other("waiting for the lab to be ready", e))?;
+    let api_port = plane.lock().await.ports.apiserver;
     let report = ReadyReport {
-        api_port: port,
+        api_port,
         pid: std::process::id(),
         setup_seconds: (booted - started).as_secs_f64(),
         boot_to_calico_ready_seconds: (ready_at - booted).as_secs_f64(),
@@ -318,34 +392,49 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     }
     tracing::info!("stopping the lab");
     runtime.shutdown_all().await;
+    plane.lock().await.stop().await;
     Ok(())
 }
 
-async fn wait_until_ready(store: &Store, node_count: usize) -> Instant {
-    let mut events = store.subscribe();
-    loop {
-        let nodes = store.list("nodes", None).0;
-        let calico: Vec<_> = store
-            .list("pods", Some("kube-system"))
-            .0
-            .into_iter()
-            .filter(|p| p["metadata"]["labels"]["k8s-app"] == "calico-node")
-            .collect();
-        let nodes_ready =
-            nodes.len() == node_count && nodes.iter().all(crate::controllers::node_is_ready);
-        // The DaemonSet's own status counts too, as `kubectl rollout status` reads it:
-        // its controller publishes a tick after the pods turn Ready, and a user who
-        // looks right after `up` must not see a half-ready DaemonSet.
-        let daemonset_ready = store
-            .get("daemonsets.apps", "kube-system", "calico-node")
-            .is_some_and(|ds| ds["status"]["numberReady"] == serde_json::json!(node_count));
-        if nodes_ready
-            && daemonset_ready
-            && calico.len() == node_count
-            && calico.iter().all(crate::apiserver::pod_is_ready)
-        {
-            return Instant::now();
-        }
-        let _ = events.recv().await;
+fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Waits until every node is Ready and the calico-node DaemonSet reports a Ready pod on
+/// each, as `kubectl rollout status` reads it.
+async fn wait_until_ready(
+    admin: &kube::Client,
+    node_count: usize,
+) -> std::result::Result<Instant, String> {
+    let daemonsets: kube::Api<DaemonSet> = kube::Api::namespaced(admin.clone(), "kube-system");
+    let count = node_count as i32;
+    let rolled_out = await_condition(daemonsets, "calico-node", move |ds: Option<&DaemonSet>| {
+        ds.and_then(|ds| ds.status.as_ref())
+            .is_some_and(|s| s.desired_number_scheduled == count && s.number_ready == count)
+    });
+    tokio::time::timeout(Duration::from_secs(300), rolled_out)
+        .await
+        .map_err(|_| "calico-node was not Ready on every node within 300 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let nodes: kube::Api<Node> = kube::Api::all(admin.clone());
+    for node in nodes
+        .list(&Default::default())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let ready = await_condition(nodes.clone(), &name, |n: Option<&Node>| {
+            n.is_some_and(node_is_ready)
+        });
+        tokio::time::timeout(Duration::from_secs(120), ready)
+            .await
+            .map_err(|_| format!("node {name} was not Ready within 120 s"))?
+            .map_err(|e| e.to_string())?;
     }
+    Ok(Instant::now())
 }

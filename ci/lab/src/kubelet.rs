@@ -1,40 +1,49 @@
 //! The lab's kubelets and container runtime. One kubelet per node runs while the node is
-//! powered: it registers the Node with its boot ID, heart-beats, and runs the pods bound
-//! to the node — each in its own network namespace wired the way Calico wires pods, each
-//! container a real process — with readiness probes, restarts with back-off
-//! (CrashLoopBackOff), restart counts and current/previous logs.
+//! powered. It is a real client of the real API server, under the Node authorizer with
+//! the node's own identity (`system:node:<name>`): it registers the Node with its boot
+//! ID, renews its Lease in `kube-node-lease`, reports node status, and runs the pods
+//! bound to the node — each in its own network namespace wired the way Calico wires pods,
+//! each container a real process — with readiness probes, restarts with back-off
+//! (CrashLoopBackOff), restart counts, current and previous logs, and graceful deletion.
+//! The node's kubelet API (exec, logs) is served by `lab-k8s kubelet-server` from the
+//! container records this module writes.
 //!
 //! The kubelets live in the lab daemon rather than as processes on the nodes: what a
 //! reboot does to them (they stop, the node goes silent, they come back and re-register)
 //! is done by aborting and restarting their tasks, and every process they started on the
 //! node dies with the node.
 
-use crate::apiserver::store::{self, now_rfc3339, ApiError, Store};
-use crate::apiserver::PodRuntime;
 use crate::images::{self, Image};
 use crate::node;
 use crate::system;
 use crate::topology::{NodeSpec, Topology};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Client;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// The lab's clock settings. Kubernetes' defaults are in the comments; the lab is faster
 /// so that a reboot cycle takes seconds, not minutes, while keeping the same shape.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
-    /// kubelet nodeStatusUpdateFrequency: 10 s in Kubernetes.
+    /// How often a kubelet renews its node Lease: 10 s in Kubernetes (a quarter of the
+    /// lease's 40 s).
     pub heartbeat: Duration,
-    /// node-monitor-grace-period: 40 s in Kubernetes, four heartbeats. The lab allows
-    /// more heartbeats than that: a busy 2-core machine running two labs at once can
-    /// delay one by seconds, and a node that flaps to Unknown while it runs would be a
-    /// lab fault, not a cluster fault. A reboot does not wait for it: the kubelet's
-    /// graceful shutdown reports the node NotReady at once.
+    /// node-monitor-grace-period: 40 s in Kubernetes, four lease renewals. The lab allows
+    /// more renewals than that: a busy 2-core machine running two labs at once can delay
+    /// one by seconds, and a node that flaps to Unknown while it runs would be a lab
+    /// fault, not a cluster fault. A reboot does not wait for it: the kubelet's graceful
+    /// shutdown reports the node NotReady at once.
     pub node_grace: Duration,
     /// How long a rebooting node stays dark (firmware, kernel, systemd).
     pub boot_delay: Duration,
@@ -55,6 +64,38 @@ impl Default for Timings {
     }
 }
 
+/// How often a kubelet reports its node status when nothing changed (the Lease is the
+/// heartbeat): nodeStatusReportFrequency, 5 min in Kubernetes.
+const NODE_STATUS_REPORT: Duration = Duration::from_secs(60);
+
+/// Now, in whole seconds as metav1.Time carries it. Truncated, not rounded, as Go's
+/// RFC 3339 formatting does: a rounded time can lie half a second in the future.
+pub fn now_rfc3339() -> String {
+    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
+    k8s_openapi::jiff::Timestamp::now()
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(RoundMode::Trunc),
+        )
+        .expect("truncating to seconds cannot overflow")
+        .to_string()
+}
+
+/// Now with microseconds, as metav1.MicroTime (a Lease's renewTime) carries it.
+fn now_micro() -> String {
+    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
+    k8s_openapi::jiff::Timestamp::now()
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Microsecond)
+                .mode(RoundMode::Trunc),
+        )
+        .expect("truncating to microseconds cannot overflow")
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
 #[derive(Debug, Clone)]
 struct Sandbox {
     node: String,
@@ -63,18 +104,50 @@ struct Sandbox {
     host_network: bool,
 }
 
+/// What the kubelet knows of one pod it runs: the status it reports (its own view,
+/// pushed to the API server by a writer task, as the kubelet's status manager does), and
+/// the signal that asks its containers to stop.
+struct PodWorker {
+    uid: String,
+    namespace: String,
+    name: String,
+    status: Mutex<Value>,
+    changed: Notify,
+    /// `Some(grace)` once the pod is being deleted.
+    stop: watch::Sender<Option<Duration>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PodWorker {
+    /// Stops everything this worker runs at once: its containers (killed with their
+    /// tasks), its probes and its status writer. The tasks hold the worker themselves,
+    /// so dropping the kubelet's handle alone would leave them running.
+    fn abort(&self) {
+        for handle in [&self.task, &self.writer] {
+            if let Some(task) = handle.lock().unwrap().take() {
+                task.abort();
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct NodeSlot {
     kubelet: Mutex<Option<JoinHandle<()>>>,
     sshd: Mutex<Option<JoinHandle<()>>>,
+    pods: Mutex<HashMap<String, Arc<PodWorker>>>,
     power: tokio::sync::Mutex<()>,
 }
 
 pub struct Runtime {
     pub topology: Topology,
-    pub store: Arc<Store>,
     pub lab_binary: PathBuf,
     pub timings: Timings,
+    /// Where container records for the kubelet API server go.
+    pods_dir: PathBuf,
+    /// Each node's API client, authenticated as that node.
+    clients: HashMap<String, Client>,
     sandboxes: Mutex<HashMap<String, Sandbox>>,
     next_sandbox: AtomicU64,
     nodes: HashMap<String, NodeSlot>,
@@ -88,31 +161,20 @@ fn log_dir(topology: &Topology, pod_uid: &str, container: &str) -> PathBuf {
         .join(container)
 }
 
-pub fn record_event(store: &Store, object: &Value, kind: &str, reason: &str, message: &str) {
-    let namespace = match store::namespace_of(object) {
-        "" => "default",
-        ns => ns,
-    };
-    let now = now_rfc3339();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{}.", store::name_of(object))},
-        "involvedObject": {
-            "kind": object["kind"], "apiVersion": object["apiVersion"], "namespace": object["metadata"]["namespace"],
-            "name": object["metadata"]["name"], "uid": object["metadata"]["uid"],
-        },
-        "reason": reason, "message": message, "type": kind, "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "kubelet"},
-    });
-    let _ = store.create("events", namespace, event);
+fn name_of(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+fn namespace_of(object: &Value) -> &str {
+    object["metadata"]["namespace"].as_str().unwrap_or_default()
 }
 
 impl Runtime {
     pub fn new(
         topology: Topology,
-        store: Arc<Store>,
         lab_binary: PathBuf,
         timings: Timings,
+        pods_dir: PathBuf,
+        clients: HashMap<String, Client>,
     ) -> Arc<Self> {
         let nodes = topology
             .nodes
@@ -121,46 +183,70 @@ impl Runtime {
             .collect();
         Arc::new(Runtime {
             topology,
-            store,
             lab_binary,
             timings,
+            pods_dir,
+            clients,
             sandboxes: Mutex::new(HashMap::new()),
             next_sandbox: AtomicU64::new(1),
             nodes,
         })
     }
 
-    fn node(&self, name: &str) -> Result<NodeSpec, ApiError> {
+    fn node(&self, name: &str) -> Result<NodeSpec, String> {
         self.topology
             .node(name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found("nodes", name))
+            .ok_or_else(|| format!("no node {name} in this lab"))
+    }
+
+    fn client(&self, node: &str) -> Client {
+        self.clients[node].clone()
+    }
+
+    /// Records an event as the kubelet does; best effort, never waited on.
+    fn record_event(&self, node: &str, pod: &Value, kind: &str, reason: &str, message: &str) {
+        let client = self.client(node);
+        let namespace = namespace_of(pod).to_string();
+        let now = now_rfc3339();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": format!("{}.", name_of(pod)), "namespace": namespace},
+            "involvedObject": {
+                "kind": "Pod", "apiVersion": "v1", "namespace": namespace,
+                "name": name_of(pod), "uid": pod["metadata"]["uid"],
+            },
+            "reason": reason, "message": message, "type": kind, "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet", "reportingInstance": node,
+        });
+        tokio::spawn(async move {
+            let events: Api<k8s_openapi::api::core::v1::Event> =
+                Api::namespaced(client, &namespace);
+            if let Ok(event) = serde_json::from_value(event) {
+                let _ = events.create(&PostParams::default(), &event).await;
+            }
+        });
     }
 
     /// Powers a node on: fresh /run from tmpfiles.d, new boot ID, then sshd and kubelet.
-    pub async fn boot(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+    pub async fn boot(self: &Arc<Self>, name: &str) -> Result<(), String> {
         let node = self.node(name)?;
         let slot = &self.nodes[name];
         let _power = slot.power.lock().await;
         self.boot_locked(&node).await
     }
 
-    async fn boot_locked(self: &Arc<Self>, node: &NodeSpec) -> Result<(), ApiError> {
+    async fn boot_locked(self: &Arc<Self>, node: &NodeSpec) -> Result<(), String> {
         let slot = &self.nodes[&node.name];
         let (topology, spec) = (self.topology.clone(), node.clone());
         let boot_id = tokio::task::spawn_blocking(move || node::power_on(&topology, &spec))
             .await
             .expect("power_on does not panic")
-            .map_err(|e| {
-                ApiError::new(500, "InternalError", format!("booting {}: {e}", node.name))
-            })?;
-        let mut sshd = node::start_sshd(&self.topology, node).map_err(|e| {
-            ApiError::new(
-                500,
-                "InternalError",
-                format!("starting sshd on {}: {e}", node.name),
-            )
-        })?;
+            .map_err(|e| format!("booting {}: {e}", node.name))?;
+        let mut sshd = node::start_sshd(&self.topology, node)
+            .map_err(|e| format!("starting sshd on {}: {e}", node.name))?;
         *slot.sshd.lock().unwrap() = Some(tokio::spawn(async move {
             let _ = sshd.wait().await;
         }));
@@ -183,6 +269,13 @@ impl Runtime {
         if let Some(sshd) = slot.sshd.lock().unwrap().take() {
             sshd.abort();
         }
+        let workers: Vec<Arc<PodWorker>> =
+            slot.pods.lock().unwrap().drain().map(|(_, w)| w).collect();
+        for worker in &workers {
+            worker.abort();
+            self.remove_records(&worker.namespace, &worker.name);
+        }
+        drop(workers);
         self.sandboxes
             .lock()
             .unwrap()
@@ -191,24 +284,62 @@ impl Runtime {
         let _ = tokio::task::spawn_blocking(move || node::power_off(&topology, &spec)).await;
     }
 
+    /// What `systemctl reboot` makes the kubelet do before the machine goes down (its
+    /// graceful node shutdown): report the node NotReady and its pods not ready. Bounded,
+    /// as systemd's inhibitor delay is: an unreachable API server does not hold the
+    /// reboot.
+    async fn graceful_shutdown(&self, node: &NodeSpec) {
+        let client = self.client(&node.name);
+        let workers: Vec<Arc<PodWorker>> = self.nodes[&node.name]
+            .pods
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let now = now_rfc3339();
+        let report = async {
+            let nodes: Api<Node> = Api::all(client.clone());
+            let status = json!({"status": {"conditions": node_conditions("False", "KubeletNotReady", "node is shutting down", &now)}});
+            let _ = nodes
+                .patch_status(
+                    &node.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(status),
+                )
+                .await;
+            for worker in workers {
+                let status = {
+                    let mut status = worker.status.lock().unwrap();
+                    for container in status["containerStatuses"]
+                        .as_array_mut()
+                        .into_iter()
+                        .flatten()
+                    {
+                        container["ready"] = json!(false);
+                    }
+                    refresh_pod_conditions(&mut status);
+                    status.clone()
+                };
+                let _ = push_status(&client, &worker, status).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), report).await;
+    }
+
     /// A reboot as `systemctl reboot` does it, plus the time the machine stays dark. While
     /// the node's hold-down flag exists it stays off (a node that never comes back).
-    pub async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+    pub async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), String> {
         let node = self.node(name)?;
         let slot = &self.nodes[name];
         let _power = slot.power.lock().await;
         tracing::info!(node = name, "rebooting");
+        // The kubelet stops first, so no late heartbeat can undo the shutdown report.
+        if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
+            kubelet.abort();
+        }
+        self.graceful_shutdown(&node).await;
         self.power_off_locked(&node).await;
-        // `systemctl reboot` runs the kubelet's graceful node shutdown: the node reports
-        // NotReady and its pods stop being Ready as it goes down. Written once the
-        // kubelet task is gone, so no late heartbeat can undo it.
-        let now = now_rfc3339();
-        let _ = self.store.update("nodes", "", name, |n| {
-            n["status"]["conditions"] =
-                node_conditions("False", "KubeletNotReady", "node is shutting down", &now);
-            Ok(())
-        });
-        crate::controllers::mark_pods_unready(&self.store, name);
         tokio::time::sleep(self.timings.boot_delay).await;
         let hold = node::NodePaths::new(&self.topology, &node).hold_flag;
         while hold.exists() {
@@ -227,119 +358,286 @@ impl Runtime {
     }
 
     fn node_object(&self, node: &NodeSpec, boot_id: &str) -> Value {
-        let mut labels = json!({
+        // A kubelet may not give itself node-role labels (NodeRestriction); the lab's
+        // admin labels the control-plane node, as kubeadm does.
+        let labels = json!({
             "kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
             "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
         });
-        if node.control_plane {
-            labels["node-role.kubernetes.io/control-plane"] = json!("");
-        }
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": labels},
+            "spec": {"podCIDR": node.pod_cidr(), "podCIDRs": [node.pod_cidr()]},
+            "status": self.node_status(node, boot_id),
+        })
+    }
+
+    fn node_status(&self, node: &NodeSpec, boot_id: &str) -> Value {
         let now = now_rfc3339();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
             .to_string();
         json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node.name, "labels": labels},
-            "spec": {"podCIDR": node.pod_cidr(), "podCIDRs": [node.pod_cidr()]},
-            "status": {
-                "conditions": node_conditions("True", "KubeletReady", "kubelet is posting ready status", &now),
-                "addresses": [{"type": "InternalIP", "address": node.ip.to_string()}, {"type": "Hostname", "address": node.name}],
-                "nodeInfo": {
-                    "bootID": boot_id, "machineID": format!("{:032x}", node.index + 1), "systemUUID": format!("lab-{}", node.name),
-                    "kernelVersion": kernel, "osImage": "Debian GNU/Linux 12 (bookworm) [postflight lab]",
-                    "containerRuntimeVersion": "lab://0.1.0", "kubeletVersion": "v1.32.0-lab", "kubeProxyVersion": "",
-                    "operatingSystem": "linux", "architecture": "amd64",
-                },
-                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "conditions": node_conditions("True", "KubeletReady", "kubelet is posting ready status", &now),
+            "addresses": [{"type": "InternalIP", "address": node.ip.to_string()}, {"type": "Hostname", "address": node.name}],
+            "nodeInfo": {
+                "bootID": boot_id, "machineID": format!("{:032x}", node.index + 1), "systemUUID": format!("lab-{}", node.name),
+                "kernelVersion": kernel, "osImage": "Debian GNU/Linux 12 (bookworm) [postflight lab]",
+                "containerRuntimeVersion": "lab://0.2.0",
+                "kubeletVersion": crate::controlplane::KUBERNETES_VERSION.trim(),
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
             },
+            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         })
     }
 
-    async fn kubelet(self: Arc<Self>, node: NodeSpec, boot_id: String) {
-        let registration = self.node_object(&node, &boot_id);
-        if self.store.get("nodes", "", &node.name).is_some() {
-            let _ = self.store.update("nodes", "", &node.name, |n| {
-                n["status"] = registration["status"].clone();
-                Ok(())
-            });
-        } else if let Err(e) = self.store.create("nodes", "", registration) {
-            tracing::error!(node = node.name, "registering the node: {}", e.message);
+    /// Registers the Node, or, when it exists (a reboot), reports the new boot's status.
+    async fn register(&self, node: &NodeSpec, boot_id: &str) -> Result<(), kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client(&node.name));
+        let object: Node =
+            serde_json::from_value(self.node_object(node, boot_id)).expect("a valid Node");
+        match nodes.create(&PostParams::default(), &object).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e),
         }
-        let mut workers = PodWorkers::default();
-        let mut events = self.store.subscribe();
-        let mut heartbeat = tokio::time::interval(self.timings.heartbeat);
+        // Status is not taken from a create; it is reported, as the kubelet does.
+        let status = json!({"status": self.node_status(node, boot_id)});
+        nodes
+            .patch_status(
+                &node.name,
+                &PatchParams::default(),
+                &Patch::Strategic(status),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn renew_lease(&self, node: &NodeSpec) -> Result<(), kube::Error> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client(&node.name), "kube-node-lease");
+        let renewed = json!({"spec": {"holderIdentity": node.name, "renewTime": now_micro(),
+            "leaseDurationSeconds": self.timings.node_grace.as_secs().max(1)}});
+        match leases
+            .patch(&node.name, &PatchParams::default(), &Patch::Merge(&renewed))
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                let mut lease = renewed.clone();
+                lease["metadata"] = json!({"name": node.name, "namespace": "kube-node-lease"});
+                let lease = serde_json::from_value(lease).expect("a valid Lease");
+                leases
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn kubelet(self: Arc<Self>, node: NodeSpec, boot_id: String) {
+        // Registration is retried as the kubelet retries it: the API server may be
+        // away (an outage) when the node boots.
+        while let Err(e) = self.register(&node, &boot_id).await {
+            tracing::warn!(node = node.name, "registering the node: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let heartbeat = {
+            let runtime = self.clone();
+            let (node, boot_id) = (node.clone(), boot_id.clone());
+            tokio::spawn(async move { runtime.heartbeat(node, boot_id).await })
+        };
+        let _heartbeat = AbortOnDrop(heartbeat);
+        let pods: Api<Pod> = Api::all(self.client(&node.name));
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", node.name));
+        let (reader, writer) = reflector::store::<Pod>();
+        let mut events = reflector(writer, watcher(pods, config))
+            .default_backoff()
+            .boxed();
         let mut resync = tokio::time::interval(Duration::from_secs(1));
+        // Nothing is synced before the first complete list: an empty store would read as
+        // "no pods here" and stop what runs.
+        let mut listed = false;
         loop {
             tokio::select! {
-                _ = heartbeat.tick() => self.heartbeat(&node),
-                _ = resync.tick() => self.sync_pods(&node, &mut workers),
-                event = events.recv() => match event {
-                    Ok(event) if event.resource == "pods" && event.object["spec"]["nodeName"] == json!(node.name) => self.sync_pods(&node, &mut workers),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.sync_pods(&node, &mut workers),
-                    Err(_) => return,
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        listed |= matches!(event, watcher::Event::InitDone);
+                        if listed {
+                            self.sync_pods(&node, &reader.state());
+                        }
+                    }
+                    Some(Err(e)) => tracing::debug!(node = node.name, "pod watch: {e}"),
+                    None => return,
                 },
+                _ = resync.tick() => {
+                    if listed {
+                        self.sync_pods(&node, &reader.state());
+                    }
+                }
             }
         }
     }
 
-    fn heartbeat(&self, node: &NodeSpec) {
-        let now = now_rfc3339();
-        let _ = self.store.update("nodes", "", &node.name, |n| {
-            n["status"]["conditions"] = node_conditions(
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-                &now,
-            );
-            Ok(())
-        });
+    async fn heartbeat(self: Arc<Self>, node: NodeSpec, boot_id: String) {
+        let nodes: Api<Node> = Api::all(self.client(&node.name));
+        let mut lease = tokio::time::interval(self.timings.heartbeat);
+        let mut report = tokio::time::interval(NODE_STATUS_REPORT);
+        report.tick().await;
+        loop {
+            tokio::select! {
+                _ = lease.tick() => {
+                    if let Err(e) = self.renew_lease(&node).await {
+                        tracing::debug!(node = node.name, "renewing the node lease: {e}");
+                    }
+                }
+                _ = report.tick() => {
+                    let status = json!({"status": self.node_status(&node, &boot_id)});
+                    let _ = nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(status)).await;
+                }
+            }
+        }
     }
 
-    fn sync_pods(self: &Arc<Self>, node: &NodeSpec, workers: &mut PodWorkers) {
-        let (pods, _) = self.store.list("pods", None);
+    fn sync_pods(self: &Arc<Self>, node: &NodeSpec, pods: &[Arc<Pod>]) {
+        let slot = &self.nodes[&node.name];
         let desired: HashMap<String, Value> = pods
-            .into_iter()
-            .filter(|p| p["spec"]["nodeName"] == json!(node.name))
-            .map(|p| {
-                (
-                    p["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p,
-                )
+            .iter()
+            .filter_map(|p| {
+                let value = serde_json::to_value(p.as_ref()).ok()?;
+                Some((p.metadata.uid.clone()?, value))
             })
             .collect();
+        let mut workers = slot.pods.lock().unwrap();
         let gone: Vec<String> = workers
-            .0
             .keys()
             .filter(|uid| !desired.contains_key(*uid))
             .cloned()
             .collect();
         for uid in gone {
-            if let Some(worker) = workers.0.remove(&uid) {
+            // Removed from the API (force-deleted, or finished here): the containers stop.
+            if let Some(worker) = workers.remove(&uid) {
                 worker.abort();
+                self.remove_records(&worker.namespace, &worker.name);
+                self.remove_sandbox(&uid);
             }
-            self.remove_sandbox(&uid);
         }
         for (uid, pod) in desired {
-            workers.0.entry(uid).or_insert_with(|| {
-                let runtime = self.clone();
-                let node = node.clone();
-                tokio::spawn(async move { runtime.run_pod(node, pod).await })
-            });
+            let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+            let grace = Duration::from_secs(
+                pod["metadata"]["deletionGracePeriodSeconds"]
+                    .as_u64()
+                    .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+                    .unwrap_or(30),
+            );
+            if let Some(worker) = workers.get(&uid) {
+                if deleting && worker.stop.borrow().is_none() {
+                    worker.stop.send_replace(Some(grace));
+                }
+                continue;
+            }
+            let worker = self.start_pod(node, pod, deleting.then_some(grace));
+            workers.insert(uid, worker);
         }
+    }
+
+    fn start_pod(
+        self: &Arc<Self>,
+        node: &NodeSpec,
+        pod: Value,
+        stop: Option<Duration>,
+    ) -> Arc<PodWorker> {
+        let (stop_sender, _) = watch::channel(stop);
+        let worker = Arc::new(PodWorker {
+            uid: pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            namespace: namespace_of(&pod).to_string(),
+            name: name_of(&pod).to_string(),
+            status: Mutex::new(pod["status"].clone()),
+            changed: Notify::new(),
+            stop: stop_sender,
+            task: Mutex::new(None),
+            writer: Mutex::new(None),
+        });
+        let client = self.client(&node.name);
+        let writer = {
+            let worker = Arc::downgrade(&worker);
+            tokio::spawn(async move { status_writer(client, worker).await })
+        };
+        *worker.writer.lock().unwrap() = Some(writer);
+        let task = {
+            let runtime = self.clone();
+            let node = node.clone();
+            let worker = worker.clone();
+            tokio::spawn(async move { runtime.run_pod(node, pod, worker).await })
+        };
+        *worker.task.lock().unwrap() = Some(task);
+        worker
     }
 
     fn remove_sandbox(&self, uid: &str) {
         let sandbox = self.sandboxes.lock().unwrap().remove(uid);
         if let Some(sandbox) = sandbox.filter(|s| !s.host_network) {
             std::thread::spawn(move || system::delete_netns(&sandbox.netns));
+        }
+    }
+
+    fn records_dir(&self, namespace: &str, pod: &str) -> PathBuf {
+        self.pods_dir.join(namespace).join(pod)
+    }
+
+    fn remove_records(&self, namespace: &str, pod: &str) {
+        let _ = std::fs::remove_dir_all(self.records_dir(namespace, pod));
+    }
+
+    /// Describes a container to the kubelet API server: how to enter it for exec and
+    /// where its logs are.
+    #[allow(clippy::too_many_arguments)]
+    fn write_record(
+        &self,
+        node: &NodeSpec,
+        pod: &Value,
+        sandbox: &Sandbox,
+        container: &Value,
+        image: &Image,
+        running: bool,
+        restarts: u64,
+    ) {
+        let container_name = container["name"].as_str().unwrap_or_default();
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let mut prefix: Vec<String> =
+            node::enter_command(&self.topology, node, &sandbox.netns, &[])
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+        prefix.insert(0, "ip".into());
+        let lab = self.lab_binary.to_string_lossy().to_string();
+        let binaries = match image {
+            Image::CalicoNode => json!({"calico-node": [lab, "calico-node"]}),
+            Image::Agnhost => json!({"agnhost": [lab, "agnhost"]}),
+            _ => json!({}),
+        };
+        let env: Vec<String> = self
+            .container_env(pod, container, sandbox, node)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let record = json!({
+            "uid": uid, "node": node.name, "running": running, "restart_count": restarts,
+            "log_dir": log_dir(&self.topology, uid, container_name),
+            "argv_prefix": prefix, "env": env, "binaries": binaries,
+        });
+        let dir = self.records_dir(namespace_of(pod), name_of(pod));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{container_name}.json"));
+        let temporary = dir.join(format!(".{container_name}.json.tmp"));
+        if std::fs::write(&temporary, record.to_string()).is_ok() {
+            let _ = std::fs::rename(&temporary, &path);
         }
     }
 
@@ -423,15 +721,49 @@ impl Runtime {
             .expect("sandbox just made"))
     }
 
-    async fn run_pod(self: Arc<Self>, node: NodeSpec, pod: Value) {
-        let uid = pod["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let (namespace, name) = (
-            store::namespace_of(&pod).to_string(),
-            store::name_of(&pod).to_string(),
-        );
+    async fn run_pod(self: Arc<Self>, node: NodeSpec, pod: Value, worker: Arc<PodWorker>) {
+        let uid = worker.uid.clone();
+        if worker.stop.borrow().is_none() {
+            self.start_containers(&node, &pod, &worker).await;
+        }
+        // Graceful deletion: every container has stopped (or none ran); the kubelet
+        // removes the pod, conditioned on its UID so that a new pod of the same name is
+        // never taken with it.
+        self.remove_records(&worker.namespace, &worker.name);
+        self.remove_sandbox(&uid);
+        let pods: Api<Pod> = Api::namespaced(self.client(&node.name), &worker.namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        loop {
+            match pods.delete(&worker.name, &params).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => return,
+                Err(e) => {
+                    tracing::debug!(
+                        node = node.name,
+                        pod = worker.name,
+                        "finishing deletion: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Creates the sandbox and runs every container until the pod is asked to stop.
+    async fn start_containers(
+        self: &Arc<Self>,
+        node: &NodeSpec,
+        pod: &Value,
+        worker: &Arc<PodWorker>,
+    ) {
+        let uid = worker.uid.clone();
         let host_network = pod["spec"]["hostNetwork"] == json!(true);
         let runtime = self.clone();
         let (sandbox_node, sandbox_uid) = (node.clone(), uid.clone());
@@ -443,13 +775,15 @@ impl Runtime {
         let sandbox = match sandbox {
             Ok(s) => s,
             Err(message) => {
-                record_event(
-                    &self.store,
-                    &pod,
+                self.record_event(
+                    &node.name,
+                    pod,
                     "Warning",
                     "FailedCreatePodSandBox",
                     &message,
                 );
+                let mut stop = worker.stop.subscribe();
+                stopped(&mut stop).await;
                 return;
             }
         };
@@ -460,11 +794,7 @@ impl Runtime {
             .unwrap_or_default();
         // After a reboot the pod object is the same but every container is new: restart
         // counts go on from where they were, as the kubelet counts dead containers.
-        let current = self
-            .store
-            .get("pods", &namespace, &name)
-            .unwrap_or_else(|| pod.clone());
-        let previous_statuses = current["status"]["containerStatuses"]
+        let previous_statuses = pod["status"]["containerStatuses"]
             .as_array()
             .cloned()
             .unwrap_or_default();
@@ -485,44 +815,52 @@ impl Runtime {
                 status
             })
             .collect();
-        let _ = self.store.update("pods", &namespace, &name, |p| {
-            p["status"]["phase"] = json!("Pending");
-            p["status"]["hostIP"] = json!(node.ip.to_string());
-            p["status"]["hostIPs"] = json!([{"ip": node.ip.to_string()}]);
-            p["status"]["podIP"] = json!(sandbox.ip.to_string());
-            p["status"]["podIPs"] = json!([{"ip": sandbox.ip.to_string()}]);
-            p["status"]["startTime"] = json!(now);
-            p["status"]["containerStatuses"] = json!(statuses);
-            refresh_pod_conditions(p);
-            Ok(())
-        });
+        {
+            let mut status = worker.status.lock().unwrap();
+            status["phase"] = json!("Pending");
+            status["hostIP"] = json!(node.ip.to_string());
+            status["hostIPs"] = json!([{"ip": node.ip.to_string()}]);
+            status["podIP"] = json!(sandbox.ip.to_string());
+            status["podIPs"] = json!([{"ip": sandbox.ip.to_string()}]);
+            status["startTime"] = json!(now);
+            status["containerStatuses"] = json!(statuses);
+            refresh_pod_conditions(&mut status);
+        }
+        worker.changed.notify_one();
         let mut containers_running = tokio::task::JoinSet::new();
         for container in containers {
             let runtime = self.clone();
-            let (node, pod, sandbox) = (node.clone(), pod.clone(), sandbox.clone());
-            containers_running
-                .spawn(async move { runtime.run_container(node, pod, sandbox, container).await });
+            let (node, pod, sandbox, worker) =
+                (node.clone(), pod.clone(), sandbox.clone(), worker.clone());
+            containers_running.spawn(async move {
+                runtime
+                    .run_container(node, pod, sandbox, container, worker)
+                    .await
+            });
         }
         while containers_running.join_next().await.is_some() {}
     }
 
-    fn set_container_status(&self, pod: &Value, container: &str, change: impl FnOnce(&mut Value)) {
-        let _ = self
-            .store
-            .update("pods", store::namespace_of(pod), store::name_of(pod), |p| {
-                if p["metadata"]["uid"] != pod["metadata"]["uid"] {
-                    return Ok(());
-                }
-                if let Some(statuses) = p["status"]["containerStatuses"].as_array_mut() {
-                    if let Some(status) =
-                        statuses.iter_mut().find(|s| s["name"] == json!(container))
-                    {
-                        change(status);
+    fn set_container_status(
+        &self,
+        worker: &PodWorker,
+        container: &str,
+        change: impl FnOnce(&mut Value),
+    ) {
+        {
+            let mut status = worker.status.lock().unwrap();
+            if let Some(statuses) = status["containerStatuses"].as_array_mut() {
+                if let Some(entry) = statuses.iter_mut().find(|s| s["name"] == json!(container)) {
+                    let before = entry.clone();
+                    change(entry);
+                    if *entry == before {
+                        return;
                     }
                 }
-                refresh_pod_conditions(p);
-                Ok(())
-            });
+            }
+            refresh_pod_conditions(&mut status);
+        }
+        worker.changed.notify_one();
     }
 
     fn container_env(
@@ -542,7 +880,7 @@ impl Runtime {
                 if sandbox.host_network {
                     node.name.clone()
                 } else {
-                    store::name_of(pod).to_string()
+                    name_of(pod).to_string()
                 },
             ),
             (
@@ -559,8 +897,8 @@ impl Runtime {
                     Some("spec.nodeName") => node.name.clone(),
                     Some("status.podIP") => sandbox.ip.to_string(),
                     Some("status.hostIP") => node.ip.to_string(),
-                    Some("metadata.name") => store::name_of(pod).to_string(),
-                    Some("metadata.namespace") => store::namespace_of(pod).to_string(),
+                    Some("metadata.name") => name_of(pod).to_string(),
+                    Some("metadata.namespace") => namespace_of(pod).to_string(),
                     _ => String::new(),
                 }
             };
@@ -575,21 +913,24 @@ impl Runtime {
         pod: Value,
         sandbox: Sandbox,
         container: Value,
+        worker: Arc<PodWorker>,
     ) {
         let container_name = container["name"].as_str().unwrap_or_default().to_string();
         let image_name = container["image"].as_str().unwrap_or_default().to_string();
+        let mut stop = worker.stop.subscribe();
         let image = match images::identify(&image_name) {
             Ok(image) => image,
             Err(message) => {
-                record_event(&self.store, &pod, "Warning", "Failed", &message);
-                self.set_container_status(&pod, &container_name, |s| {
+                self.record_event(&node.name, &pod, "Warning", "Failed", &message);
+                self.set_container_status(&worker, &container_name, |s| {
                     s["state"] = json!({"waiting": {"reason": "ErrImagePull", "message": message}})
                 });
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                self.set_container_status(&pod, &container_name, |s| {
+                self.set_container_status(&worker, &container_name, |s| {
                     s["state"] = json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image_name}\"")}})
                 });
-                return std::future::pending().await;
+                stopped(&mut stop).await;
+                return;
             }
         };
         let strings = |v: &Value| -> Vec<String> {
@@ -606,10 +947,7 @@ impl Runtime {
             &self.lab_binary,
         );
         let env = self.container_env(&pod, &container, &sandbox, &node);
-        let uid = pod["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let uid = worker.uid.clone();
         let logs = log_dir(&self.topology, &uid, &container_name);
         let _ = std::fs::create_dir_all(&logs);
         let restart_policy = pod["spec"]["restartPolicy"]
@@ -617,18 +955,19 @@ impl Runtime {
             .unwrap_or("Always")
             .to_string();
         let mut backoff = self.timings.backoff_base;
-        let mut restarts: u64 = self
-            .store
-            .get("pods", store::namespace_of(&pod), store::name_of(&pod))
-            .and_then(|p| {
-                p["status"]["containerStatuses"]
-                    .as_array()?
+        let mut restarts: u64 = worker.status.lock().unwrap()["containerStatuses"]
+            .as_array()
+            .and_then(|statuses| {
+                statuses
                     .iter()
                     .find(|s| s["name"] == json!(container_name))?["restartCount"]
                     .as_u64()
             })
             .unwrap_or(0);
         loop {
+            if stop.borrow().is_some() {
+                return;
+            }
             let log_path = logs.join(format!("{restarts}.log"));
             let log = match std::fs::File::create(&log_path) {
                 Ok(f) => f,
@@ -652,18 +991,20 @@ impl Runtime {
             let mut child = match command.spawn() {
                 Ok(child) => child,
                 Err(e) => {
-                    self.set_container_status(&pod, &container_name, |s| s["state"] = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}}));
+                    self.set_container_status(&worker, &container_name, |s| s["state"] = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}}));
+                    stopped(&mut stop).await;
                     return;
                 }
             };
-            record_event(
-                &self.store,
+            self.write_record(&node, &pod, &sandbox, &container, &image, true, restarts);
+            self.record_event(
+                &node.name,
                 &pod,
                 "Normal",
                 "Started",
                 &format!("Started container {container_name}"),
             );
-            self.set_container_status(&pod, &container_name, |s| {
+            self.set_container_status(&worker, &container_name, |s| {
                 s["state"] = json!({"running": {"startedAt": started_at}});
                 s["started"] = json!(true);
                 s["ready"] = json!(container["readinessProbe"].is_null());
@@ -672,45 +1013,47 @@ impl Runtime {
             });
             let probe = (!container["readinessProbe"].is_null()).then(|| {
                 let runtime = self.clone();
-                let (node, pod, sandbox, container, image_name) = (
+                let (node, pod, sandbox, container, image_name, worker) = (
                     node.clone(),
                     pod.clone(),
                     sandbox.clone(),
                     container.clone(),
                     image_name.clone(),
+                    worker.clone(),
                 );
-                tokio::spawn(async move {
+                AbortOnDrop(tokio::spawn(async move {
                     runtime
-                        .readiness_loop(node, pod, sandbox, container, image_name)
+                        .readiness_loop(node, pod, sandbox, container, image_name, worker)
                         .await
-                })
+                }))
             });
-            let status = child.wait().await;
-            if let Some(probe) = probe {
-                probe.abort();
-            }
-            let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
+            let status = tokio::select! {
+                status = child.wait() => status.ok(),
+                grace = stopped(&mut stop) => terminate(&mut child, grace).await,
+            };
+            drop(probe);
+            let code = status.and_then(exit_code).unwrap_or(137);
+            self.write_record(&node, &pod, &sandbox, &container, &image, false, restarts);
             let terminated = json!({"terminated": {
                 "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
                 "startedAt": started_at, "finishedAt": now_rfc3339(), "containerID": format!("lab://{uid}-{container_name}-{restarts}"),
             }});
-            let done = restart_policy == "Never" || (restart_policy == "OnFailure" && code == 0);
+            let stopping = stop.borrow().is_some();
+            let done = stopping
+                || restart_policy == "Never"
+                || (restart_policy == "OnFailure" && code == 0);
             if done {
-                self.set_container_status(&pod, &container_name, |s| {
+                self.set_container_status(&worker, &container_name, |s| {
                     s["state"] = terminated.clone();
                     s["ready"] = json!(false);
+                    s["started"] = json!(false);
                 });
-                let phase = if code == 0 { "Succeeded" } else { "Failed" };
-                let _ = self.store.update(
-                    "pods",
-                    store::namespace_of(&pod),
-                    store::name_of(&pod),
-                    |p| {
-                        p["status"]["phase"] = json!(phase);
-                        refresh_pod_conditions(p);
-                        Ok(())
-                    },
-                );
+                if !stopping {
+                    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                    worker.status.lock().unwrap()["phase"] = json!(phase);
+                    worker.changed.notify_one();
+                    stopped(&mut stop).await;
+                }
                 return;
             }
             if started.elapsed() > Duration::from_secs(600) {
@@ -720,24 +1063,28 @@ impl Runtime {
             let message = format!(
                 "back-off {}s restarting failed container={container_name} pod={}_{}({uid})",
                 backoff.as_secs(),
-                store::name_of(&pod),
-                store::namespace_of(&pod)
+                name_of(&pod),
+                namespace_of(&pod)
             );
-            record_event(
-                &self.store,
+            self.record_event(
+                &node.name,
                 &pod,
                 "Warning",
                 "BackOff",
                 "Back-off restarting failed container",
             );
-            self.set_container_status(&pod, &container_name, |s| {
+            self.set_container_status(&worker, &container_name, |s| {
                 s["lastState"] = terminated.clone();
                 s["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": message}});
                 s["ready"] = json!(false);
                 s["started"] = json!(false);
                 s["restartCount"] = json!(restarts);
             });
-            tokio::time::sleep(backoff).await;
+            self.write_record(&node, &pod, &sandbox, &container, &image, false, restarts);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped(&mut stop) => return,
+            }
             backoff = (backoff * 2).min(self.timings.backoff_cap);
         }
     }
@@ -749,6 +1096,7 @@ impl Runtime {
         sandbox: Sandbox,
         container: Value,
         image_name: String,
+        worker: Arc<PodWorker>,
     ) {
         let probe = &container["readinessProbe"];
         let seconds = |field: &str, default: u64| {
@@ -810,13 +1158,84 @@ impl Runtime {
             let passed = matches!(tokio::time::timeout(timeout + Duration::from_secs(2), command.status()).await, Ok(Ok(s)) if s.success());
             failures = if passed { 0 } else { failures + 1 };
             ready = passed || (ready && failures < failure_threshold);
-            // Published every period, not only on a change, as the kubelet's status
-            // manager reconciles: the node lifecycle controller may have marked the pod
-            // unready while this node's heartbeat was late, and a change-only update
-            // would leave it unready for good. An unchanged status is not written.
-            self.set_container_status(&pod, &container_name, |s| s["ready"] = json!(ready));
+            self.set_container_status(&worker, &container_name, |s| s["ready"] = json!(ready));
             tokio::time::sleep(period).await;
         }
+    }
+}
+
+/// Waits until the pod is asked to stop, and returns its grace period. A pod whose
+/// worker is gone counts as stopped at once.
+async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    stop.wait_for(Option::is_some)
+        .await
+        .map(|grace| grace.unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Stops a container as the kubelet does: SIGTERM, then SIGKILL once the grace period
+/// is over.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.kill().await;
+            child.wait().await.ok()
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or_else(|| status.signal().map(|s| 128 + s))
+}
+
+/// Pushes a pod's status as the kubelet's status manager does: the latest status wins,
+/// and the patch names the pod's UID so that it never lands on a new pod of the same
+/// name.
+async fn status_writer(client: Client, worker: std::sync::Weak<PodWorker>) {
+    loop {
+        let Some(current) = worker.upgrade() else {
+            return;
+        };
+        current.changed.notified().await;
+        loop {
+            let status = current.status.lock().unwrap().clone();
+            match push_status(&client, &current, status).await {
+                Ok(()) => break,
+                Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+}
+
+async fn push_status(
+    client: &Client,
+    worker: &PodWorker,
+    status: Value,
+) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &worker.namespace);
+    let patch = json!({"metadata": {"uid": worker.uid}, "status": status});
+    pods.patch_status(&worker.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -833,23 +1252,10 @@ fn node_conditions(ready: &str, reason: &str, message: &str, now: &str) -> Value
     ])
 }
 
-/// Marks a node whose kubelet went silent as the node lifecycle controller does.
-pub fn mark_node_unknown(node: &mut Value) {
-    let now = now_rfc3339();
-    if let Some(conditions) = node["status"]["conditions"].as_array_mut() {
-        for condition in conditions {
-            condition["status"] = json!("Unknown");
-            condition["reason"] = json!("NodeStatusUnknown");
-            condition["message"] = json!("Kubelet stopped posting node status.");
-            condition["lastTransitionTime"] = json!(now);
-        }
-    }
-}
-
 /// Recomputes phase and the Ready/ContainersReady conditions from container statuses,
 /// keeping each condition's lastTransitionTime while its status does not change.
-pub fn refresh_pod_conditions(pod: &mut Value) {
-    let statuses = pod["status"]["containerStatuses"]
+pub fn refresh_pod_conditions(status: &mut Value) {
+    let statuses = status["containerStatuses"]
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -857,24 +1263,21 @@ pub fn refresh_pod_conditions(pod: &mut Value) {
     let any_started = statuses
         .iter()
         .any(|s| !s["state"]["running"].is_null() || s["restartCount"].as_u64().unwrap_or(0) > 0);
-    if pod["status"]["phase"] == json!("Pending") && any_started {
-        pod["status"]["phase"] = json!("Running");
+    if status["phase"] == json!("Pending") && any_started {
+        status["phase"] = json!("Running");
     }
     let now = now_rfc3339();
-    let previous = pod["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let condition = |kind: &str, status: bool| {
-        let status = if status { "True" } else { "False" };
+    let previous = status["conditions"].as_array().cloned().unwrap_or_default();
+    let condition = |kind: &str, ok: bool| {
+        let value = if ok { "True" } else { "False" };
         let since = previous
             .iter()
-            .find(|c| c["type"] == json!(kind) && c["status"] == json!(status))
+            .find(|c| c["type"] == json!(kind) && c["status"] == json!(value))
             .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
             .unwrap_or_else(|| now.clone());
-        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+        json!({"type": kind, "status": value, "lastProbeTime": null, "lastTransitionTime": since})
     };
-    pod["status"]["conditions"] = json!([
+    status["conditions"] = json!([
         condition("PodScheduled", true),
         condition("Initialized", true),
         condition("ContainersReady", all_ready),
@@ -882,94 +1285,12 @@ pub fn refresh_pod_conditions(pod: &mut Value) {
     ]);
 }
 
-#[derive(Default)]
-struct PodWorkers(HashMap<String, JoinHandle<()>>);
-
-impl Drop for PodWorkers {
-    fn drop(&mut self) {
-        for worker in self.0.values() {
-            worker.abort();
-        }
-    }
-}
-
-impl PodRuntime for Runtime {
-    fn exec_command(
-        &self,
-        pod: &Value,
-        container: &str,
-        argv: &[String],
-    ) -> Result<tokio::process::Command, ApiError> {
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-        let spec = pod["spec"]["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["name"] == json!(container))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "container {container} is not valid for pod {}",
-                    store::name_of(pod)
-                ))
-            })?;
-        let running = pod["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["name"] == json!(container) && !s["state"]["running"].is_null());
-        let sandbox = self.sandboxes.lock().unwrap().get(uid).cloned();
-        let (Some(sandbox), true) = (sandbox, running) else {
-            return Err(ApiError::bad_request(format!(
-                "unable to upgrade connection: container not found (\"{container}\")"
-            )));
-        };
-        let node = self.node(&sandbox.node)?;
-        let image =
-            images::identify(spec["image"].as_str().unwrap_or_default()).unwrap_or(Image::Shell);
-        let argv = images::map_binary(&image, argv.to_vec(), &self.lab_binary);
-        let mut command: tokio::process::Command =
-            node::enter_command(&self.topology, &node, &sandbox.netns, &argv).into();
-        let env = self.container_env(pod, spec, &sandbox, &node);
-        command.env_clear().envs(env);
-        Ok(command)
-    }
-
-    fn log_file(&self, pod: &Value, container: &str, previous: bool) -> Result<PathBuf, ApiError> {
-        let status = pod["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == json!(container))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "container \"{container}\" in pod \"{}\" is waiting to start",
-                    store::name_of(pod)
-                ))
-            })?;
-        let restarts = status["restartCount"].as_u64().unwrap_or(0);
-        let dir = log_dir(
-            &self.topology,
-            pod["metadata"]["uid"].as_str().unwrap_or_default(),
-            container,
-        );
-        if previous {
-            if restarts == 0 {
-                return Err(ApiError::bad_request(format!(
-                    "previous terminated container \"{container}\" in pod \"{}\" not found",
-                    store::name_of(pod)
-                )));
-            }
-            return Ok(dir.join(format!("{}.log", restarts - 1)));
-        }
-        (0..=restarts)
-            .rev()
-            .map(|n| dir.join(format!("{n}.log")))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "container \"{container}\" in pod \"{}\" is waiting to start",
-                    store::name_of(pod)
-                ))
-            })
-    }
+/// A client for the API server from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, String> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| format!("loading {}: {e}", path.display()))?;
+    Client::try_from(config).map_err(|e| format!("a client from {}: {e}", path.display()))
 }

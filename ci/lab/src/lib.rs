@@ -13,14 +13,14 @@
 //! ```
 
 pub mod agnhost;
-pub mod apiserver;
 pub mod calico;
 pub mod control;
-pub mod controllers;
+pub mod controlplane;
 pub mod daemon;
 pub mod images;
 pub mod kubelet;
 pub mod node;
+pub mod pki;
 pub mod system;
 pub mod topology;
 
@@ -43,14 +43,16 @@ pub enum LabError {
     NotRoot,
     #[error("lab `{0}` is not running (no registry entry)")]
     NotRunning(String),
-    #[error("the lab daemon exited before the lab was ready; its log ({log}) ends with:\n{tail}")]
+    #[error("the lab daemon exited before the lab was ready; its logs are kept in {log}; the daemon's ends with:\n{tail}")]
     DaemonDied { log: PathBuf, tail: String },
-    #[error("the lab was not ready within {0:?}; see {1}")]
+    #[error("the lab was not ready within {0:?}; its logs are kept in {1}")]
     NotReadyInTime(Duration, PathBuf),
     #[error("node {0:?} is not part of lab `{1}`")]
     UnknownNode(String, String),
     #[error("lab control: {0}")]
     Control(String),
+    #[error("the lab's control plane is not built: {0}")]
+    ControlPlaneBuild(String),
     #[error(transparent)]
     System(#[from] system::SystemError),
 }
@@ -87,8 +89,14 @@ impl LabPaths {
     pub fn authorized_keys(&self) -> PathBuf {
         self.ssh_dir().join("authorized_keys")
     }
-    pub fn request_log(&self) -> PathBuf {
-        self.state_dir.join("apiserver-requests.log")
+    /// The kubeconfig postflight runs with: a token of the `postflight` ServiceAccount,
+    /// bound to `ci/rbac.yaml` and nothing else.
+    pub fn postflight_kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("postflight.kubeconfig")
+    }
+    /// `kubectl` at the server's version (a link to the lab's `lab-k8s`).
+    pub fn kubectl(&self) -> PathBuf {
+        self.state_dir.join("bin").join("kubectl")
     }
     pub fn daemon_log(&self) -> PathBuf {
         self.state_dir.join("daemon.log")
@@ -222,6 +230,9 @@ impl Lab {
             return Err(LabError::NotRoot);
         }
         teardown(name);
+        // Built (or found up to date) before anything is claimed, so a missing Go fails
+        // `up` at once with the reason and the command to run; never a simulated plane.
+        let k8s_binary = controlplane::ensure_binary().map_err(LabError::ControlPlaneBuild)?;
         std::fs::create_dir_all(registry_dir()).map_err(|e| system::SystemError::Io {
             context: "creating the lab registry".into(),
             source: e,
@@ -260,6 +271,8 @@ impl Lab {
             ])
             .arg("--state-dir")
             .arg(&state_dir)
+            .arg("--k8s-binary")
+            .arg(&k8s_binary)
             .args(["--timings", &timings])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -284,18 +297,14 @@ impl Lab {
                 let tail = std::fs::read_to_string(paths.daemon_log()).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(20).collect();
                 let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                let logs = preserve_logs(name, &paths);
                 teardown(name);
-                return Err(LabError::DaemonDied {
-                    log: paths.daemon_log(),
-                    tail,
-                });
+                return Err(LabError::DaemonDied { log: logs, tail });
             }
             if Instant::now() > deadline {
+                let logs = preserve_logs(name, &paths);
                 teardown(name);
-                return Err(LabError::NotReadyInTime(
-                    config.ready_timeout,
-                    paths.daemon_log(),
-                ));
+                return Err(LabError::NotReadyInTime(config.ready_timeout, logs));
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -370,6 +379,23 @@ impl Drop for Lab {
             teardown(&self.name);
         }
     }
+}
+
+/// Copies a failed lab's logs (the daemon's and every control-plane component's) out of
+/// its state directory, which teardown removes, and returns where they went.
+fn preserve_logs(name: &str, paths: &LabPaths) -> PathBuf {
+    let kept = registry_dir().join(format!("{name}.failed"));
+    let _ = std::fs::remove_dir_all(&kept);
+    let _ = std::fs::create_dir_all(&kept);
+    let _ = std::fs::copy(paths.daemon_log(), kept.join("daemon.log"));
+    let plane = controlplane::ControlPlanePaths::new(&paths.state_dir).dir;
+    for entry in std::fs::read_dir(plane).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+        }
+    }
+    kept
 }
 
 /// Writes a registry entry atomically (a temporary file, then a rename): another lab
@@ -455,6 +481,12 @@ pub fn teardown(name: &str) {
         }
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+    // The daemon leads its own process group, and so do what it started (control plane,
+    // kubelet API server, sshd, containers): whatever a crashed daemon left goes too.
+    if let Some(pid) = entry.pid {
+        let group = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
     // The block's network is this lab's only while the block file names it: a stale
     // entry's block may already belong to a lab started since.
@@ -619,7 +651,14 @@ fn firewall(name: &str, node: &str, table: &str, script: Option<String>) -> Resu
     }
 }
 
-/// Makes the lab's API server answer 503 to every request for `seconds`.
+/// Compacts the lab's etcd at its current revision: watches on older revisions end
+/// with 410 Gone, as after etcd's routine compaction on a real cluster.
+pub fn compact_etcd(name: &str) -> Result<String> {
+    let (_, topology) = entry_and_topology(name)?;
+    control::request(&topology.control_socket(), "POST", "/etcd/compact").map_err(LabError::Control)
+}
+
+/// Stops the lab's API server process for `seconds`, then starts it again.
 pub fn pause_api(name: &str, seconds: u64) -> Result<String> {
     let (_, topology) = entry_and_topology(name)?;
     control::request(

@@ -84,7 +84,12 @@ enum Command {
     /// Drop pod traffic in and out of a node (a FORWARD policy of DROP) while BGP stays
     /// up and calico-node Ready; `--unblock` removes the rule.
     BlockPodTraffic(FirewallFault),
-    /// Make the API server answer 503 to everything for a while.
+    /// Compact etcd at its current revision, so that open watches get 410 Gone.
+    CompactEtcd {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Stop the API server for a while (a real outage), then start it again.
     PauseApi {
         #[arg(long, default_value = "lab")]
         name: String,
@@ -108,6 +113,8 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long)]
         timings: String,
+        #[arg(long)]
+        k8s_binary: PathBuf,
     },
     /// Used by a node's `systemctl reboot`: asks the lab to reboot this node.
     #[command(hide = true)]
@@ -208,8 +215,13 @@ fn run() -> anyhow::Result<ExitCode> {
                 );
             }
             println!(
-                "try: kubectl --kubeconfig {} get nodes -o wide",
+                "try: {} --kubeconfig {} get nodes -o wide",
+                paths.kubectl().display(),
                 paths.kubeconfig().display()
+            );
+            println!(
+                "postflight runs as the ServiceAccount postflight/postflight (ci/rbac.yaml): {}",
+                paths.postflight_kubeconfig().display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -271,6 +283,10 @@ fn run() -> anyhow::Result<ExitCode> {
             postflight_lab::block_pod_traffic,
             "pod traffic through the node",
         ),
+        Command::CompactEtcd { name } => {
+            print!("{}", postflight_lab::compact_etcd(&name)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::PauseApi { name, seconds } => {
             print!("{}", postflight_lab::pause_api(&name, seconds)?);
             Ok(ExitCode::SUCCESS)
@@ -285,6 +301,7 @@ fn run() -> anyhow::Result<ExitCode> {
             nodes,
             state_dir,
             timings,
+            k8s_binary,
         } => {
             let log_filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info".into());
@@ -300,6 +317,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 postflight_lab::daemon::DaemonArgs {
                     topology,
                     lab_binary,
+                    k8s_binary,
                     timings,
                 },
             ))?;

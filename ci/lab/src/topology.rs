@@ -80,6 +80,14 @@ impl Topology {
     pub fn host_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.block, 1)
     }
+    /// The Services' virtual range (`--service-cluster-ip-range`): never on an interface
+    /// and never routed, but inside the lab's addresses like everything else it names.
+    pub fn service_range_base(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 128 + self.block, 0)
+    }
+    pub fn service_cidr(&self) -> String {
+        format!("{}/24", self.service_range_base())
+    }
     pub fn node_subnet(&self) -> String {
         format!("198.18.{}.0/24", self.block)
     }
