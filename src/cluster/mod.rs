@@ -10,7 +10,7 @@ pub mod probes;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{Api, AttachParams, ListParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::Condition;
 use kube::runtime::watcher;
@@ -272,30 +272,55 @@ impl Cluster {
             )))
     }
 
-    /// Creates the namespace (labelled as postflight's) unless it exists.
+    /// Makes sure the probe namespace can take new pods. A namespace still Terminating
+    /// (someone deleted it; a real API server refuses new pods in it) is waited out. A
+    /// missing one is created, labelled as postflight's and for Pod Security
+    /// `restricted` (which the probe pods meet), when this identity may; least-privilege
+    /// setups provision it with the RBAC instead (`ci/rbac.yaml`), and postflight never
+    /// deletes a namespace.
+    ///
+    /// # Errors
+    /// The namespace cannot be read or created (a 403 says which permission is missing),
+    /// or the wait for a Terminating one failed. The caller owns the deadline.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ClusterError> {
         let api = Api::<Namespace>::all(self.client.clone());
-        if api
+        if let Some(existing) = api
             .get_opt(name)
             .await
             .map_err(api_error(format!("reading namespace {name}")))?
-            .is_some()
         {
-            return Ok(());
+            if existing.metadata.deletion_timestamp.is_none() {
+                return Ok(());
+            }
+            let uid = existing.metadata.uid.clone().unwrap_or_default();
+            kube::runtime::wait::await_condition(
+                api.clone(),
+                name,
+                kube::runtime::conditions::is_deleted(&uid),
+            )
+            .await
+            .map_err(|e| ClusterError::Exec {
+                action: format!("waiting for the Terminating namespace {name} to go"),
+                reason: e.to_string(),
+            })?;
         }
         let mut namespace = Namespace::default();
         namespace.metadata.name = Some(name.into());
         namespace.metadata.labels = Some(
-            [(
-                MANAGED_BY_LABEL.0.to_string(),
-                MANAGED_BY_LABEL.1.to_string(),
-            )]
+            [
+                (MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1),
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+                ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .into(),
         );
         match api.create(&PostParams::default(), &namespace).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(e) => Err(api_error(format!("creating namespace {name}"))(e)),
+            Err(e) => Err(api_error(format!(
+                "creating the missing probe namespace {name} (provision it with the RBAC manifest, ci/rbac.yaml)"
+            ))(e)),
         }
     }
 
@@ -306,38 +331,6 @@ impl Cluster {
             .create(&PostParams::default(), pod)
             .await
             .map_err(api_error(format!("creating pod {namespace}/{name}")))
-    }
-
-    /// Deletes the namespace when postflight made it (it carries postflight's label) and
-    /// no pod is left in it; another's namespace, or one still in use, is left alone.
-    pub async fn delete_namespace_if_empty_and_ours(&self, name: &str) -> Result<(), ClusterError> {
-        let api = Api::<Namespace>::all(self.client.clone());
-        let Some(namespace) = api
-            .get_opt(name)
-            .await
-            .map_err(api_error(format!("reading namespace {name}")))?
-        else {
-            return Ok(());
-        };
-        let ours = namespace
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY_LABEL.0))
-            .is_some_and(|v| v == MANAGED_BY_LABEL.1);
-        let empty = self
-            .pods(name)
-            .list(&ListParams::default())
-            .await
-            .map_err(api_error(format!("listing pods in {name}")))?
-            .items
-            .is_empty();
-        if ours && empty {
-            api.delete(name, &DeleteParams::default())
-                .await
-                .map_err(api_error(format!("deleting namespace {name}")))?;
-        }
-        Ok(())
     }
 
     /// Runs a command in a container through the exec API (WebSocket) and collects its

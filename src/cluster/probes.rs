@@ -61,6 +61,10 @@ impl ProbeFleet {
     }
 }
 
+/// The user probe pods run as: `nobody`, which every image has. agnhost's HTTP server
+/// listens above 1024 and needs no privilege.
+pub const PROBE_USER: i64 = 65534;
+
 /// A pod name for a probe: DNS-1123, at most 63 characters, unique per run and node.
 pub fn probe_pod_name(run_id: &str, node: &str, index: usize) -> String {
     let index = index.to_string();
@@ -95,11 +99,28 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
             "tolerations": [{"operator": "Exists"}],
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": false,
+            // Pod Security `restricted`, which postflight's namespace enforces and many
+            // clusters enforce everywhere: an unprivileged user, no privilege escalation,
+            // no capabilities, the runtime's seccomp profile, and bounded resources.
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": PROBE_USER,
+                "runAsGroup": PROBE_USER,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [{
                 "name": "probe",
                 "image": settings.image,
                 "args": args,
                 "ports": [{"containerPort": settings.port, "protocol": "TCP"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "16Mi"},
+                    "limits": {"cpu": "100m", "memory": "64Mi"},
+                },
                 "readinessProbe": {
                     "httpGet": {"path": "/", "port": settings.port},
                     "periodSeconds": 1,
@@ -255,27 +276,30 @@ impl Cluster {
         Ok(fleet)
     }
 
-    /// Deletes every probe pod of this run, then the probe namespace if postflight made
-    /// it and nothing else is left in it.
+    /// Deletes the probe pods of the given runs (a gate's preflight and post-reboot
+    /// runs), at once: they hold no state worth a grace period.
     ///
     /// # Errors
     /// The API refuses the deletion.
-    pub async fn delete_probes(&self, namespace: &str, run_id: &str) -> Result<(), ClusterError> {
-        let params = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
+    pub async fn delete_probes(
+        &self,
+        namespace: &str,
+        run_ids: &[&str],
+    ) -> Result<(), ClusterError> {
+        let selector = format!("{RUN_LABEL} in ({})", run_ids.join(","));
+        let params = ListParams::default().labels(&selector);
         let api: Api<Pod> = self.pods(namespace);
         match api
             .delete_collection(&DeleteParams::default().grace_period(0), &params)
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-            Err(error) => {
-                return Err(api_error(format!(
-                    "deleting the probe pods of run {run_id}"
-                ))(error))
-            }
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(api_error(format!(
+                "deleting the probe pods of run {}",
+                run_ids.join(", ")
+            ))(error)),
         }
-        self.delete_namespace_if_empty_and_ours(namespace).await
     }
 }
 

@@ -44,16 +44,30 @@ pub async fn start_probes(
     plan: &ProbePlan,
 ) -> Result<ProbeFleet, String> {
     let settings = &inventory.probe;
-    let refused = cluster
-        .create_probes(settings, &plan.run_id, &plan.requests)
+    // Bounded by the probe deadline: creating may first wait out a namespace that an
+    // earlier run left Terminating.
+    let create = cluster.create_probes(settings, &plan.run_id, &plan.requests);
+    let refused = tokio::time::timeout(inventory.timeouts.probe_ready, create)
         .await
+        .map_err(|_| {
+            format!(
+                "the probe namespace {} was not ready for new pods within {} (still Terminating?)",
+                settings.namespace,
+                humantime::format_duration(inventory.timeouts.probe_ready)
+            )
+        })?
         .map_err(|e| e.to_string())?;
-    let expected = plan.requests.len() - refused.len();
-    let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, expected);
+    let created: Vec<ProbeRequest> = plan
+        .requests
+        .iter()
+        .filter(|r| !refused.iter().any(|(refused, _)| refused.name == r.name))
+        .cloned()
+        .collect();
+    let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, created.len());
     let mut fleet = match tokio::time::timeout(inventory.timeouts.probe_ready, wait).await {
         Ok(fleet) => fleet,
         Err(_) => cluster
-            .probe_fleet_now(&settings.namespace, &plan.run_id, &plan.requests)
+            .probe_fleet_now(&settings.namespace, &plan.run_id, &created)
             .await
             .map_err(|e| e.to_string())?,
     };

@@ -303,8 +303,11 @@ pub async fn verify(
     }
     if let Some(cluster) = &state.cluster {
         let namespace = &inventory.probe.namespace;
+        // The preflight's pods too: an interrupted preflight leaves them behind.
+        let preflight_run = preflight::preflight_run_id(&run_id);
+        let runs = [run_id.as_str(), preflight_run.as_str()];
         let cleanup =
-            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &run_id));
+            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &runs));
         match recorder.timed("delete probe pods", cleanup).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => recorder.note(format!("probe pods of run {run_id} were not deleted: {error}")),

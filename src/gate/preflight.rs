@@ -63,7 +63,7 @@ pub(super) async fn cluster_problems(
         // only add noise to the refusal.
         return problems;
     }
-    let preflight_run = format!("{run_id}p");
+    let preflight_run = preflight_run_id(run_id);
     let requests = inventory
         .node_names()
         .iter()
@@ -82,7 +82,7 @@ pub(super) async fn cluster_problems(
         Err(error) => problems.push(format!("probe pods could not be created: {error}")),
     }
     if let Err(error) = cluster
-        .delete_probes(&inventory.probe.namespace, &preflight_run)
+        .delete_probes(&inventory.probe.namespace, &[&preflight_run])
         .await
     {
         problems.push(format!(
@@ -90,4 +90,10 @@ pub(super) async fn cluster_problems(
         ));
     }
     problems
+}
+
+/// The run id the preflight's probe pods carry: the gate's own, marked, so that the
+/// post-reboot probes never count a preflight pod still being deleted.
+pub fn preflight_run_id(run_id: &str) -> String {
+    format!("{run_id}p")
 }

@@ -610,11 +610,17 @@ impl Runtime {
     ) {
         let container_name = container["name"].as_str().unwrap_or_default();
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-        let mut prefix: Vec<String> =
-            node::enter_command(&self.topology, node, &sandbox.netns, &[])
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
+        // `kubectl exec` runs as the container's user, in its namespaces.
+        let user = run_as(pod, container).ok().flatten();
+        let mut prefix: Vec<String> = node::enter_command(
+            &self.topology,
+            node,
+            &sandbox.netns,
+            &as_user(user, Vec::new()),
+        )
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
         prefix.insert(0, "ip".into());
         let lab = self.lab_binary.to_string_lossy().to_string();
         let binaries = match image {
@@ -946,6 +952,17 @@ impl Runtime {
             &strings(&container["args"]),
             &self.lab_binary,
         );
+        let argv = match run_as(&pod, &container) {
+            Ok(user) => as_user(user, argv),
+            Err(message) => {
+                self.record_event(&node.name, &pod, "Warning", "Failed", &message);
+                self.set_container_status(&worker, &container_name, |s| {
+                    s["state"] = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}})
+                });
+                stopped(&mut stop).await;
+                return;
+            }
+        };
         let env = self.container_env(&pod, &container, &sandbox, &node);
         let uid = worker.uid.clone();
         let logs = log_dir(&self.topology, &uid, &container_name);
@@ -1162,6 +1179,48 @@ impl Runtime {
             tokio::time::sleep(period).await;
         }
     }
+}
+
+/// The user and group a container runs as, from its securityContext over the pod's, as
+/// the kubelet resolves them; `None` is the image's user (root, for every lab image).
+/// `runAsNonRoot` without a non-root user is refused, as the kubelet refuses it.
+fn run_as(pod: &Value, container: &Value) -> Result<Option<(u64, u64)>, String> {
+    let field = |name: &str| {
+        let own = &container["securityContext"][name];
+        if own.is_null() {
+            pod["spec"]["securityContext"][name].clone()
+        } else {
+            own.clone()
+        }
+    };
+    let user = field("runAsUser").as_u64();
+    let group = field("runAsGroup").as_u64().unwrap_or(0);
+    if field("runAsNonRoot") == json!(true) && user.unwrap_or(0) == 0 {
+        return Err(format!(
+            "Error: container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+            name_of(pod),
+            namespace_of(pod),
+            pod["metadata"]["uid"].as_str().unwrap_or_default(),
+            container["name"].as_str().unwrap_or_default()
+        ));
+    }
+    Ok(user.map(|user| (user, group)))
+}
+
+/// Prefixes `argv` so that it runs as the given user, with no supplementary groups.
+fn as_user(user: Option<(u64, u64)>, argv: Vec<String>) -> Vec<String> {
+    let Some((user, group)) = user else {
+        return argv;
+    };
+    let mut prefixed: Vec<String> = vec![
+        "setpriv".into(),
+        format!("--reuid={user}"),
+        format!("--regid={group}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ];
+    prefixed.extend(argv);
+    prefixed
 }
 
 /// Waits until the pod is asked to stop, and returns its grace period. A pod whose
