@@ -33,7 +33,8 @@ verify() {
 banner "bring up a 5-node Calico lab"
 "$lab" up --name "$name"
 inventory=$("$lab" path --name "$name")/inventory.yaml
-kubectl="kubectl --kubeconfig $("$lab" path --name "$name")/kubeconfig"
+state=$("$lab" path --name "$name")
+kubectl="$state/bin/kubectl --kubeconfig $state/kubeconfig"
 
 banner "1. a healthy reboot of $node: every check passes (exit 0)"
 verify 0 1-healthy-reboot.xml --reboot
