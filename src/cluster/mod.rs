@@ -166,7 +166,12 @@ impl Cluster {
         };
         loop {
             match stream.next().await {
-                Some(Ok(watcher::Event::Init)) => initial.clear(),
+                // A (re)list starts: nothing is decided until it is complete, or an empty
+                // or half-read list would pass for the cluster's state.
+                Some(Ok(watcher::Event::Init)) => {
+                    initial.clear();
+                    continue;
+                }
                 Some(Ok(watcher::Event::InitApply(object))) => {
                     initial.insert(key(&object), object);
                     continue;

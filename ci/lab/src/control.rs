@@ -95,7 +95,7 @@ async fn pause(
 }
 
 async fn compact(State(control): State<Control>) -> (StatusCode, String) {
-    let plane = control.plane.lock().await;
+    let mut plane = control.plane.lock().await;
     match plane.compact_etcd().await {
         Ok(text) => (StatusCode::OK, text),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

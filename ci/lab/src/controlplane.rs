@@ -504,9 +504,21 @@ impl ControlPlane {
         self.wait_ready(Duration::from_secs(120)).await
     }
 
-    /// Compacts etcd at its current revision: the API server's watches on older
-    /// revisions end, and its clients get 410 Gone and relist.
-    pub async fn compact_etcd(&self) -> Result<String> {
+    /// etcd maintenance as clients meet it: etcd is compacted at its current revision
+    /// and the API server restarts onto the compacted store (a rolling restart, a 0 s
+    /// outage). Every open watch breaks; resumed from its last resourceVersion it gets
+    /// 410 Gone, because that revision is gone from etcd and from the new watch cache, and
+    /// the client must relist.
+    pub async fn compact_etcd(&mut self) -> Result<String> {
+        let compacted = self.compact_etcd_store().await?;
+        let (stopped, _) = tokio::sync::oneshot::channel();
+        self.outage(Duration::ZERO, stopped).await?;
+        Ok(format!(
+            "{compacted}API server restarted onto the compacted store\n"
+        ))
+    }
+
+    async fn compact_etcd_store(&self) -> Result<String> {
         let p = |path: PathBuf| path.to_string_lossy().into_owned();
         let output = Command::new(&self.binary)
             .arg("etcd-compact")

@@ -39,24 +39,29 @@ pub fn entrypoint(
     args: &[String],
     lab_binary: &Path,
 ) -> Vec<String> {
-    let lab = lab_binary.to_string_lossy().to_string();
-    let mut argv: Vec<String> = if !command.is_empty() {
-        command.iter().chain(args).cloned().collect()
-    } else {
-        match image {
-            Image::CalicoNode => vec!["calico-node".into()],
-            Image::Agnhost => vec!["/agnhost".into()],
-            Image::Pause => vec!["/pause".into()],
-            Image::Shell => vec!["sh".into()],
-        }
-        .into_iter()
-        .chain(args.iter().cloned())
-        .collect()
+    // As a container runtime combines them: `command` replaces the image's ENTRYPOINT,
+    // `args` its CMD. busybox-like images have no ENTRYPOINT and CMD ["sh"], so their
+    // args run on their own (`kubectl run x --image=busybox -- sleep 60`).
+    let (entry, default_args): (Vec<String>, Vec<String>) = match image {
+        Image::CalicoNode => (vec!["calico-node".into()], vec![]),
+        Image::Agnhost => (vec!["/agnhost".into()], vec![]),
+        Image::Pause => (vec!["/pause".into()], vec![]),
+        Image::Shell => (vec![], vec!["sh".into()]),
     };
+    let entry = if command.is_empty() {
+        entry
+    } else {
+        command.to_vec()
+    };
+    let args = if args.is_empty() && command.is_empty() {
+        default_args
+    } else {
+        args.to_vec()
+    };
+    let mut argv: Vec<String> = entry.into_iter().chain(args).collect();
     if argv.first().is_some_and(|a| a == "/pause") {
         argv = vec!["sleep".into(), "infinity".into()];
     }
-    let _ = &lab;
     map_binary(image, argv, lab_binary)
 }
 
