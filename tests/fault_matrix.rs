@@ -20,7 +20,8 @@ fn inventory_with(lab: &Lab, file: &str, edit: impl FnOnce(String) -> String) ->
     path
 }
 
-fn lab_cli(lab: &Lab, args: &[&str]) {
+/// Runs a `postflight-lab` knob against the lab and returns what it printed.
+fn lab_cli(lab: &Lab, args: &[&str]) -> String {
     let binary = postflight_lab::lab_binary(None);
     let output = Command::new(&binary)
         .args(args)
@@ -32,6 +33,7 @@ fn lab_cli(lab: &Lab, args: &[&str]) {
         "postflight-lab {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
@@ -142,6 +144,31 @@ fn an_api_outage_during_the_wait_is_ridden_out() {
         "the run cannot finish while the API is away: {stdout}"
     );
     assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        !junit.contains("<failure") && !junit.contains("<error"),
+        "{junit}"
+    );
+    assert_nothing_left(&lab, node);
+}
+
+/// etcd compacted while the node is down: every watch postflight holds breaks, resumes
+/// from a revision that no longer exists, gets 410 Gone and must relist — and the verdict
+/// is still right.
+#[test]
+fn an_etcd_compaction_while_the_node_is_down_is_ridden_out() {
+    let lab = lab("pf-compact", 4);
+    let node = "k8s-worker-03";
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    let child = spawn_reboot(&lab, node, &junit);
+    wait_for_node_down(&lab, node);
+    let said = lab_cli(&lab, &["compact-etcd"]);
+    assert!(said.contains("compacted etcd at revision"), "{said}");
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     let junit = std::fs::read_to_string(&junit).unwrap();
     assert!(
         !junit.contains("<failure") && !junit.contains("<error"),
