@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 cargo build --workspace --bins --locked --quiet
+# The lab's control plane: Kubernetes' own, built from Go modules (minutes the first time
+# on a machine, then cached).
+bash ci/lab/k8s/build.sh >/dev/null
 lab=target/debug/postflight-lab
 postflight=target/debug/postflight
 name=demo

@@ -2,6 +2,7 @@
 # Installs what postflight and its lab need on a fresh Debian/Ubuntu machine, as root.
 # Idempotent: a machine that has everything already is left as it is.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
   echo "ci/setup.sh: run as root (the lab creates network namespaces and mounts)" >&2
@@ -12,6 +13,7 @@ fi
 # libssh2/OpenSSL build needs.
 packages=(openssh-server openssh-client bird2 iproute2 nftables curl util-linux procps systemd
           libssl-dev pkg-config ca-certificates)
+# (util-linux brings setpriv: lab containers run as their securityContext's user.)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -23,13 +25,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# kubectl is the independent client that proves the lab speaks Kubernetes; it comes with
-# the build image, and from the Kubernetes apt repository elsewhere.
-if ! command -v kubectl >/dev/null; then
-  apt-get install -y -qq kubectl >/dev/null 2>&1 || {
-    echo "ci/setup.sh: kubectl is required and could not be installed" >&2
-    exit 1
-  }
+# The lab's control plane is Kubernetes' own, built from Go modules (ci/lab/k8s): Go must
+# be new enough for the pinned Kubernetes version's go.mod. kubectl comes with it, at the
+# server's version.
+if ! command -v go >/dev/null; then
+  echo "ci/setup.sh: Go >= 1.26 is required to build the lab's control plane (https://go.dev/dl)" >&2
+  exit 1
+fi
+required_go=$(sed -n 's/^go \([0-9.]*\)$/\1/p' ci/lab/k8s/go.mod)
+have_go=$(go env GOVERSION | sed 's/^go//')
+if [ "$(printf '%s\n%s\n' "$required_go" "$have_go" | sort -V | head -n1)" != "$required_go" ]; then
+  echo "ci/setup.sh: Go $have_go is older than the $required_go the lab's Kubernetes needs" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -205,7 +205,9 @@ impl CalicoExpectations {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeSettings {
-    /// postflight creates this namespace for its probe pods and deletes it afterwards.
+    /// The namespace of the probe pods. The RBAC manifest (`ci/rbac.yaml`) provisions it,
+    /// labelled for Pod Security `restricted`; postflight creates it only when missing
+    /// and allowed to, and never deletes it.
     pub namespace: String,
     pub image: String,
     pub port: u16,

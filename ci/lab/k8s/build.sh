@@ -28,7 +28,7 @@ if [ -x "$binary" ] && [ "$(cat "$binary.stamp" 2>/dev/null)" = "$stamp" ]; then
 fi
 
 minor=${version#v1.}; minor=${minor%%.*}
-echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes several minutes, later ones seconds" >&2
+echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
 started=$(date +%s)
 cd "$here"
 # The version the components report (`kubectl version`, /version) is stamped at link time,

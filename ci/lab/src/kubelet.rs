@@ -675,7 +675,7 @@ impl Runtime {
                 .map(|s| s.ip)
                 .collect();
             let base = u32::from(node.pod_block);
-            let ip = (1..63)
+            let ip = (1..crate::topology::POD_BLOCK_SIZE - 1)
                 .map(|offset| Ipv4Addr::from(base + offset))
                 .find(|ip| !used.contains(ip))
                 .ok_or("the node's pod address block is full")?;

@@ -4,15 +4,18 @@
 //! Every address lies in 198.18.0.0/15 (RFC 2544, reserved for network testing). Each lab
 //! claims one *block* number so that several labs can run at once without sharing an
 //! address, a namespace or an interface name: nodes live in `198.18.<block>.0/24` and pod
-//! address blocks are `/26`s carved out of `198.19.<8*block>.0/21`, as Calico carves
-//! `/26` IPAM blocks out of its pool.
+//! address blocks are `/27`s carved out of `198.19.<8*block>.0/21`, as Calico carves
+//! IPAM blocks out of its pool (Calico's default block is a /26; a /27 holds the 30 pods
+//! a lab node ever runs and lets one lab have 64 nodes).
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// A /21 per lab holds 32 /26 blocks, so a lab has at most this many nodes.
-pub const MAX_NODES: usize = 32;
+/// A /21 per lab holds 64 /27 blocks, so a lab has at most this many nodes.
+pub const MAX_NODES: usize = 64;
+/// The size of a node's pod block: a /27.
+pub const POD_BLOCK_SIZE: u32 = 32;
 /// 198.19.0.0/16 split into /21s gives 32 labs.
 pub const MAX_LABS: u8 = 32;
 /// The BGP autonomous system of every node, Calico's default.
@@ -25,14 +28,14 @@ pub struct NodeSpec {
     pub name: String,
     pub index: usize,
     pub ip: Ipv4Addr,
-    /// First address of the node's /26 pod block.
+    /// First address of the node's /27 pod block.
     pub pod_block: Ipv4Addr,
     pub control_plane: bool,
 }
 
 impl NodeSpec {
     pub fn pod_cidr(&self) -> String {
-        format!("{}/26", self.pod_block)
+        format!("{}/27", self.pod_block)
     }
 }
 
@@ -58,7 +61,8 @@ impl Topology {
                 } else {
                     format!("k8s-worker-{index:02}")
                 };
-                let pod_base = u32::from(Ipv4Addr::new(198, 19, block * 8, 0)) + 64 * index as u32;
+                let pod_base =
+                    u32::from(Ipv4Addr::new(198, 19, block * 8, 0)) + POD_BLOCK_SIZE * index as u32;
                 NodeSpec {
                     name,
                     index,
@@ -139,12 +143,16 @@ mod tests {
                 let pod = u32::from(n.pod_block);
                 let range = u32::from(Ipv4Addr::new(198, 18, 0, 0))
                     ..=u32::from(Ipv4Addr::new(198, 19, 255, 255));
-                assert!(range.contains(&ip) && range.contains(&(pod + 63)));
+                assert!(range.contains(&ip) && range.contains(&(pod + POD_BLOCK_SIZE - 1)));
             }
         }
         let last_a = a.nodes.last().unwrap().pod_block;
-        assert!(u32::from(last_a) + 63 < u32::from(b.nodes[0].pod_block) || b.block != a.block + 1);
+        assert!(
+            u32::from(last_a) + POD_BLOCK_SIZE - 1 < u32::from(b.nodes[0].pod_block)
+                || b.block != a.block + 1
+        );
         assert_eq!(a.nodes[3].name, "k8s-worker-03");
-        assert_eq!(b.nodes[31].pod_block, Ipv4Addr::new(198, 19, 255, 192));
+        assert_eq!(b.nodes[63].pod_block, Ipv4Addr::new(198, 19, 255, 224));
+        assert_eq!(b.nodes[63].ip, Ipv4Addr::new(198, 18, MAX_LABS - 1, 73));
     }
 }
