@@ -351,3 +351,27 @@ fn compact_etcd_makes_a_resumed_watch_meet_410_gone() {
         "{watch}"
     );
 }
+
+/// Without Go the control plane cannot be built: `up` fails at once, saying why and
+/// what to run, and never falls back to anything simulated.
+#[test]
+fn up_without_go_fails_with_the_reason_and_the_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = Command::new(postflight_lab::lab_binary(None))
+        .args(["up", "--name", "proof-nogo", "--nodes", "1"])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("POSTFLIGHT_LAB_K8S_DIR", empty.path())
+        .env_remove("POSTFLIGHT_LAB_K8S_BIN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Go is not installed") && stderr.contains("bash ci/lab/k8s/build.sh"),
+        "{stderr}"
+    );
+    assert!(
+        postflight_lab::state_dir("proof-nogo").is_err(),
+        "a lab was registered"
+    );
+}
