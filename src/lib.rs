@@ -5,6 +5,8 @@
 //! Data flows one way: [`inventory`] → [`gate`] (which orders actions against the
 //! cluster through [`cluster`] and on the hosts through [`host`]) → verdicts with
 //! evidence from [`checks`] and root-cause hints from [`diagnose`] → [`report`].
+//! [`rbac`] holds every permission postflight uses: the manifest it prints and the
+//! access review a run makes before it acts.
 
 pub mod checks;
 pub mod cluster;
@@ -12,4 +14,5 @@ pub mod diagnose;
 pub mod gate;
 pub mod host;
 pub mod inventory;
+pub mod rbac;
 pub mod report;

@@ -28,6 +28,13 @@ struct Cli {
     /// The inventory that describes the cluster.
     #[arg(long, global = true, env = "POSTFLIGHT_INVENTORY")]
     inventory: Option<PathBuf>,
+    /// The kubeconfig to use, over the inventory's `cluster.kubeconfig`. Without either,
+    /// KUBECONFIG, ~/.kube/config, then the in-cluster service account, as kubectl does.
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use, over the inventory's `cluster.context`.
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +109,14 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Print the RBAC postflight needs for this inventory — the probe namespace, a
+    /// ClusterRole and Roles in the probe and lock namespaces, bound to a ServiceAccount —
+    /// ready for `kubectl apply -f -`. It grants nothing postflight does not use.
+    Rbac {
+        /// The ServiceAccount postflight runs as, NAMESPACE/NAME.
+        #[arg(long, default_value = "postflight/postflight")]
+        service_account: postflight::rbac::Subject,
+    },
     /// Check every node, without rebooting any, for the state that breaks calico-node at
     /// its next boot: the tmpfiles.d entry, what the next boot will create, the live
     /// directory.
@@ -148,10 +163,47 @@ fn load_inventory(path: Option<&Path>) -> Result<Inventory, u8> {
     })
 }
 
+/// The inventory for a command that talks to the cluster, with `--kubeconfig` and
+/// `--context` over the inventory's own.
+fn load_cluster_inventory(flags: &ClusterFlags) -> Result<Inventory, u8> {
+    let mut inventory = load_inventory(flags.inventory.as_deref())?;
+    if let Some(kubeconfig) = &flags.kubeconfig {
+        inventory.cluster.kubeconfig = Some(kubeconfig.clone());
+    }
+    if let Some(context) = &flags.context {
+        inventory.cluster.context = Some(context.clone());
+    }
+    Ok(inventory)
+}
+
+/// The global flags that say where the cluster is.
+struct ClusterFlags {
+    inventory: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+}
+
+/// A kubeconfig or context that cannot be found is a usage error, said once, before
+/// anything runs.
+async fn check_cluster_config(inventory: &Inventory) -> Result<(), u8> {
+    match gate::connect(inventory).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            eprintln!("postflight: {error}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let flags = ClusterFlags {
+        inventory: cli.inventory,
+        kubeconfig: cli.kubeconfig,
+        context: cli.context,
+    };
     match cli.command {
         Command::CheckInventory { file } => {
-            let path = file.or(cli.inventory);
+            let path = file.or(flags.inventory);
             Ok(match load_inventory(path.as_deref()) {
                 Ok(inventory) => {
                     println!(
@@ -173,11 +225,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             junit,
             json,
         } => {
-            let inventory = match load_inventory(cli.inventory.as_deref()) {
+            let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
+                return Ok(code);
+            }
             runtime.block_on(verify(
                 inventory,
                 VerifyRequest {
@@ -190,12 +245,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Outputs { junit, json },
             ))
         }
+        Command::Rbac { service_account } => {
+            let inventory = match load_inventory(flags.inventory.as_deref()) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            print!(
+                "{}",
+                postflight::rbac::manifest(&inventory, &service_account)
+            );
+            Ok(0)
+        }
         Command::Diagnose { node, junit, json } => {
-            let inventory = match load_inventory(cli.inventory.as_deref()) {
+            let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
+                return Ok(code);
+            }
             runtime.block_on(diagnose(inventory, node, Outputs { junit, json }))
         }
         Command::Rolling {
@@ -206,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             junit,
             json,
         } => {
-            let inventory = match load_inventory(cli.inventory.as_deref()) {
+            let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
@@ -217,14 +286,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 allow_protected,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
+                return Ok(code);
+            }
             runtime.block_on(rolling(inventory, request, Outputs { junit, json }))
         }
         Command::Drift { junit, json } => {
-            let inventory = match load_inventory(cli.inventory.as_deref()) {
+            let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
+                return Ok(code);
+            }
             runtime.block_on(drift(inventory, Outputs { junit, json }))
         }
     }

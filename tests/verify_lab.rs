@@ -774,3 +774,131 @@ fn a_rolling_update_stops_at_the_first_node_that_fails() {
     );
     assert!(stdout.contains("k8s-worker-02 stays cordoned"), "{stdout}");
 }
+
+/// A permission missing from postflight's RBAC ends the run before it acts: the access
+/// review names the verb, the resource and where, and nothing is locked or cordoned.
+#[test]
+fn a_missing_permission_fails_before_anything_is_touched_and_names_it() {
+    let lab = lab("pf-rbac-missing", 3);
+    let node = "k8s-worker-02";
+    let before = boot_id(&lab, node);
+    // Take `create pods/eviction` out of postflight's ClusterRole, as a hand-trimmed
+    // manifest would.
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ci/rbac.yaml")).unwrap();
+    let trimmed = manifest.replace(
+        "  - apiGroups: [\"\"]\n    resources: [\"pods/eviction\"]\n    verbs: [\"create\"]\n",
+        "",
+    );
+    assert_ne!(trimmed, manifest, "the eviction rule is in ci/rbac.yaml");
+    let applied = Command::new(lab.paths().kubectl())
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(trimmed.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(applied.success());
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify_with(
+        &lab.paths().inventory(),
+        node,
+        &["--reboot", "--drain"],
+        reports.path(),
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    let message = run.message("node_ready_after_reboot");
+    assert!(
+        message.contains("postflight may not create pods/eviction (cluster-wide)")
+            && message.contains("postflight rbac"),
+        "{}",
+        run.describe()
+    );
+    assert!(!cordoned(&lab, node), "the node was cordoned");
+    assert_eq!(lock_holder(&lab), "", "the lock was taken");
+    assert_eq!(boot_id(&lab, node), before, "the node was rebooted");
+    assert_no_probe_left(&lab);
+}
+
+/// kubectl's conventions: `--kubeconfig` and `--context` over the inventory's; a context
+/// that is not there is a usage error, said in one line.
+#[test]
+fn context_and_kubeconfig_flags_pick_the_cluster_as_kubectl_does() {
+    let lab = lab("pf-context", 2);
+    let node = "k8s-worker-01";
+    let postflight = std::fs::read_to_string(lab.paths().postflight_kubeconfig()).unwrap();
+    // A second context first, pointing nowhere: only --context selects the lab's.
+    let two_contexts = postflight
+        .replace(
+            "contexts:\n",
+            "contexts:\n- name: elsewhere\n  context:\n    cluster: elsewhere\n    user: postflight\n",
+        )
+        .replace(
+            "clusters:\n",
+            "clusters:\n- name: elsewhere\n  cluster:\n    server: https://127.0.0.1:1\n",
+        )
+        .replace(
+            &format!("current-context: postflight-lab-{}", lab.name()),
+            "current-context: elsewhere",
+        );
+    let reports = tempfile::tempdir().unwrap();
+    let kubeconfig = reports.path().join("two-contexts.kubeconfig");
+    std::fs::write(&kubeconfig, two_contexts).unwrap();
+    // An inventory without cluster settings: the flags alone say where the cluster is.
+    let inventory_text = std::fs::read_to_string(lab.paths().inventory()).unwrap();
+    let mut without_cluster = String::new();
+    let mut skipping = false;
+    for line in inventory_text.lines() {
+        if line.starts_with("cluster:") {
+            skipping = true;
+            continue;
+        }
+        if skipping && line.starts_with("  ") {
+            continue;
+        }
+        skipping = false;
+        without_cluster.push_str(line);
+        without_cluster.push('\n');
+    }
+    let inventory = lab.paths().state_dir.join("no-cluster.yaml");
+    std::fs::write(&inventory, without_cluster).unwrap();
+    let context = format!("postflight-lab-{}", lab.name());
+    let kubeconfig_arg = kubeconfig.to_string_lossy().to_string();
+    let picked = run_postflight(
+        &inventory,
+        &[
+            "--kubeconfig",
+            &kubeconfig_arg,
+            "--context",
+            &context,
+            "verify",
+            "--node",
+            node,
+        ],
+        reports.path(),
+        "picked",
+    );
+    assert_eq!(picked.code(), 0, "{}", picked.describe());
+    let wrong = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(&inventory)
+        .args([
+            "--kubeconfig",
+            &kubeconfig_arg,
+            "--context",
+            "no-such-context",
+        ])
+        .args(["verify", "--node", node])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-context"), "{stderr}");
+}

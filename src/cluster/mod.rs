@@ -116,6 +116,56 @@ impl Cluster {
         &self.client
     }
 
+    /// Asks the API server, for each access, whether this identity has it (a
+    /// SelfSubjectAccessReview each, all at once), and returns those it lacks.
+    ///
+    /// # Errors
+    /// A review could not be made (the API is unreachable, or refuses reviews).
+    pub async fn missing_access(
+        &self,
+        accesses: &[crate::rbac::Access],
+    ) -> Result<Vec<crate::rbac::Access>, ClusterError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let api = Api::<SelfSubjectAccessReview>::all(self.client.clone());
+        let reviews = accesses.iter().map(|access| {
+            let api = api.clone();
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(access.verb.clone()),
+                        group: Some(access.group.clone()),
+                        resource: Some(access.resource.clone()),
+                        subresource: access.subresource.clone(),
+                        namespace: access.namespace.clone(),
+                        name: access.name.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            async move {
+                let answer =
+                    api.create(&PostParams::default(), &review)
+                        .await
+                        .map_err(api_error(format!(
+                            "asking the API server whether postflight may {}",
+                            access.describe()
+                        )))?;
+                let allowed = answer.status.is_some_and(|s| s.allowed);
+                Ok::<_, ClusterError>((!allowed).then(|| access.clone()))
+            }
+        });
+        let answers = futures::future::join_all(reviews).await;
+        let mut missing = Vec::new();
+        for answer in answers {
+            missing.extend(answer?);
+        }
+        Ok(missing)
+    }
+
     /// Whether the API answers at all (a discovery call).
     pub async fn ping(&self) -> Result<String, ClusterError> {
         let version = self

@@ -119,6 +119,19 @@ pub struct VerifyRequest {
 }
 
 impl VerifyRequest {
+    /// What this run will do, which decides the permissions it needs.
+    pub fn needs(&self) -> Vec<crate::rbac::Need> {
+        use crate::rbac::Need;
+        let mut needs = vec![Need::Verify];
+        if self.reboot {
+            needs.push(Need::Reboot);
+        }
+        if self.drain {
+            needs.push(Need::Drain);
+        }
+        needs
+    }
+
     /// The checks this request reports, in report order.
     pub fn expected_checks(&self) -> Vec<CheckName> {
         let mut checks = CheckName::for_verify(self.reboot);
@@ -397,6 +410,16 @@ struct RunState {
     reboot_sent: bool,
 }
 
+/// The refusal of a run whose identity lacks permissions: each missing one, and where to
+/// get them.
+fn missing_permissions(missing: &[crate::rbac::Access]) -> String {
+    let list: Vec<String> = missing.iter().map(crate::rbac::Access::describe).collect();
+    format!(
+        "postflight may not {}: nothing was locked, cordoned or created; grant what `postflight rbac` prints (kubectl apply -f -)",
+        list.join(", ")
+    )
+}
+
 async fn verify_steps(
     inventory: &Inventory,
     request: &VerifyRequest,
@@ -413,6 +436,20 @@ async fn verify_steps(
         Err(error) => return recorder.error_remaining(&error.to_string()),
     };
     state.cluster = Some(cluster.clone());
+    // Before anything is locked, cordoned or created: a missing permission is one clear
+    // error now, not a 403 halfway through a reboot.
+    let accesses = crate::rbac::required(inventory, &request.needs());
+    match recorder
+        .timed(
+            "check postflight's permissions",
+            cluster.missing_access(&accesses),
+        )
+        .await
+    {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => return recorder.error_remaining(&missing_permissions(&missing)),
+        Err(error) => return recorder.error_remaining(&error.to_string()),
+    }
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let calico = &inventory.calico;
 
