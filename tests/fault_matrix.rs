@@ -75,6 +75,47 @@ fn a_node_that_never_comes_back_fails_at_the_ready_deadline_naming_its_last_cond
     assert_nothing_left(&lab, node);
 }
 
+/// A permission taken away mid-run: when the node watch is re-established (the API
+/// server restarts onto a compacted etcd) it gets 403, and the wait ends at once with an
+/// error naming it, instead of retrying until the node's deadline.
+#[test]
+fn a_403_on_a_watch_ends_the_wait_at_once() {
+    let lab = lab("pf-watch403", 3);
+    let node = "k8s-worker-02";
+    lab_cli(&lab, &["hold", "--node", node]);
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    let child = spawn_reboot(&lab, node, &junit);
+    wait_for_node_down(&lab, node);
+    kubectl(
+        &lab,
+        &[
+            "patch",
+            "clusterrole",
+            "postflight",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/rules/0/verbs", "value": ["get"]}]"#,
+        ],
+    );
+    lab_cli(&lab, &["compact-etcd"]);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        junit.contains("watching node k8s-worker-02: the API server answered 403"),
+        "{junit}"
+    );
+    assert!(
+        !junit.contains("within 2m"),
+        "it waited for the deadline: {junit}"
+    );
+    lab_cli(&lab, &["hold", "--node", node, "--release"]);
+    assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
+    assert_no_probe_left(&lab);
+}
+
 #[test]
 fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
     let lab = lab("pf-bgp", 4);

@@ -120,10 +120,16 @@ impl Cluster {
     ///
     /// # Caveats
     /// No deadline of its own: wrap it in [`tokio::time::timeout`].
-    pub async fn lease_changed_hands(&self, namespace: &str, name: &str, identity: &str) {
+    pub async fn lease_changed_hands(
+        &self,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+    ) -> Result<(), ClusterError> {
         let config =
             kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
-        self.watch_until(self.leases(namespace), config, |leases| {
+        let action = format!("watching the reboot lock {namespace}/{name}");
+        self.watch_until(&action, self.leases(namespace), config, |leases| {
             let still_held = leases
                 .first()
                 .and_then(|lease| holder_of(lease, Timestamp::now()))

@@ -34,6 +34,42 @@ pub enum ClusterError {
     },
     #[error("{action}: {reason}")]
     Exec { action: String, reason: String },
+    /// A wait the API server refused in a way no retry can fix.
+    #[error("{action}: the API server answered {code} ({reason}); waiting cannot change that")]
+    Refused {
+        action: String,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// The status of a watch error that waiting cannot fix — 401 (who are you?), 403 (not
+/// allowed) or 404 (no such resource) — with what the server said. Everything else (an
+/// outage, 410 Gone, a 5xx) is retried by the watcher with backoff.
+pub fn final_refusal(error: &watcher::Error) -> Option<(u16, String)> {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.as_ref(),
+        watcher::Error::WatchError(status) => status.as_ref(),
+        _ => return None,
+    };
+    matches!(status.code, 401 | 403 | 404).then(|| (status.code, status.message.clone()))
+}
+
+/// Turns a watch error into the error that ends a wait, or logs it as retried.
+pub fn end_wait_on_refusal(action: &str, error: &watcher::Error) -> Result<(), ClusterError> {
+    match final_refusal(error) {
+        Some((code, reason)) => Err(ClusterError::Refused {
+            action: action.into(),
+            code,
+            reason,
+        }),
+        None => {
+            tracing::warn!("{action}: watch interrupted, retrying: {error}");
+            Ok(())
+        }
+    }
 }
 
 fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
@@ -192,14 +228,19 @@ impl Cluster {
     }
 
     /// Watches objects selected by `config` until `decide` returns a value, evaluating it
-    /// on the current set of objects after every event. API errors are retried with
-    /// kube-runtime's default backoff; the caller bounds the wait with a timeout.
+    /// on the current set of objects after every event. Outages and 410 Gone are retried
+    /// with kube-runtime's default backoff; the caller bounds the wait with a timeout.
+    ///
+    /// # Errors
+    /// The API server refused the watch with 401, 403 or 404 (`action` says what was
+    /// being waited for).
     pub async fn watch_until<K, T>(
         &self,
+        action: &str,
         api: Api<K>,
         config: watcher::Config,
         mut decide: impl FnMut(&[K]) -> Option<T>,
-    ) -> T
+    ) -> Result<T, ClusterError>
     where
         K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -234,14 +275,14 @@ impl Cluster {
                     objects.remove(&key(&object));
                 }
                 Some(Err(error)) => {
-                    tracing::warn!("watch interrupted, retrying: {error}");
+                    end_wait_on_refusal(action, &error)?;
                     continue;
                 }
                 None => std::future::pending::<()>().await,
             }
             let current: Vec<K> = objects.values().cloned().collect();
             if let Some(result) = decide(&current) {
-                return result;
+                return Ok(result);
             }
         }
     }
@@ -251,10 +292,11 @@ impl Cluster {
         &self,
         name: &str,
         decide: impl FnMut(Option<&Node>) -> Option<T>,
-    ) -> T {
+    ) -> Result<T, ClusterError> {
         let mut decide = decide;
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         self.watch_until(
+            &format!("watching node {name}"),
             Api::<Node>::all(self.client.clone()),
             config,
             move |nodes| decide(nodes.first()),
@@ -273,7 +315,7 @@ impl Cluster {
         name: &str,
         condition: impl Condition<Node>,
         last_seen: &std::sync::Mutex<Option<Node>>,
-    ) -> Node {
+    ) -> Result<Node, ClusterError> {
         self.watch_node(name, |node| {
             *last_seen.lock().expect("last_seen lock") = node.cloned();
             node.filter(|node| condition.matches_object(Some(node)))
@@ -536,4 +578,45 @@ pub fn pod_ip(pod: &Pod) -> Option<String> {
         .pod_ip
         .clone()
         .filter(|ip| !ip.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rstest::rstest;
+
+    fn status(code: u16) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status::failure("said the server", "Reason").with_code(code))
+    }
+
+    #[rstest]
+    #[case::unauthorized_list(
+        watcher::Error::InitialListFailed(kube::Error::Api(status(401))),
+        Some(401)
+    )]
+    #[case::forbidden_watch(
+        watcher::Error::WatchStartFailed(kube::Error::Api(status(403))),
+        Some(403)
+    )]
+    #[case::not_found_during_watch(watcher::Error::WatchError(status(404)), Some(404))]
+    #[case::gone_is_a_relist(watcher::Error::WatchError(status(410)), None)]
+    #[case::server_error_is_retried(
+        watcher::Error::WatchFailed(kube::Error::Api(status(503))),
+        None
+    )]
+    #[case::no_resource_version(watcher::Error::NoResourceVersion, None)]
+    fn only_401_403_and_404_end_a_wait(#[case] error: watcher::Error, #[case] ends: Option<u16>) {
+        assert_eq!(final_refusal(&error).map(|(code, _)| code), ends);
+        let ended = end_wait_on_refusal("watching node n", &error);
+        assert_eq!(ended.is_err(), ends.is_some());
+        if let Err(refused) = ended {
+            let text = refused.to_string();
+            assert!(
+                text.starts_with("watching node n: the API server answered"),
+                "{text}"
+            );
+            assert!(text.contains("said the server"), "{text}");
+        }
+    }
 }

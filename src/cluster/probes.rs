@@ -215,7 +215,7 @@ impl Cluster {
         namespace: &str,
         run_id: &str,
         expected: usize,
-    ) -> ProbeFleet {
+    ) -> Result<ProbeFleet, ClusterError> {
         let config = watcher::Config::default().labels(&format!("{RUN_LABEL}={run_id}"));
         let api: Api<Pod> = self.pods(namespace);
         let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
@@ -229,7 +229,7 @@ impl Cluster {
                     pods.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
                 }
                 Some(Err(error)) => {
-                    tracing::warn!("watching probe pods, retrying: {error}");
+                    super::end_wait_on_refusal("watching the probe pods", &error)?;
                     continue;
                 }
                 None => std::future::pending::<()>().await,
@@ -238,7 +238,7 @@ impl Cluster {
                 .values()
                 .filter(|p| (pod_ready(p) && pod_ip(p).is_some()) || hopeless(p).is_some());
             if pods.len() >= expected && settled.count() == pods.len() {
-                return fleet_from(namespace, pods.values());
+                return Ok(fleet_from(namespace, pods.values()));
             }
         }
     }

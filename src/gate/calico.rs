@@ -61,7 +61,26 @@ pub async fn check_calico(
     )
     .await;
     let observation = match watched {
-        Ok(observation) => observation,
+        Ok(Ok(observation)) => observation,
+        Ok(Err(refused)) => {
+            let message = refused.to_string();
+            return CalicoResults {
+                ready: CheckResult::error(
+                    CheckName::CalicoNodeReady,
+                    node,
+                    message.clone(),
+                    started.elapsed(),
+                ),
+                crashloop: CheckResult::error(
+                    CheckName::CalicoNodeNotCrashlooping,
+                    node,
+                    message,
+                    started.elapsed(),
+                ),
+                pod_name: None,
+                fatal_log_line: None,
+            };
+        }
         Err(_) => {
             // Read it once more: the watch may have been down when the deadline hit.
             let pod = match cluster
@@ -122,7 +141,7 @@ async fn watch_calico(
     node: &str,
     baseline: Option<&CalicoBaseline>,
     latest: &Mutex<Option<Pod>>,
-) -> CalicoObservation {
+) -> Result<CalicoObservation, cluster::ClusterError> {
     let config = watcher::Config::default()
         .labels(&calico.selector)
         .fields(&format!("spec.nodeName={node}"));
@@ -136,7 +155,7 @@ async fn watch_calico(
         let pod = match stream.next().await {
             Some(Ok(pod)) => pod,
             Some(Err(error)) => {
-                tracing::warn!(node, "watching calico-node, retrying: {error}");
+                cluster::end_wait_on_refusal(&format!("watching calico-node on {node}"), &error)?;
                 continue;
             }
             None => std::future::pending().await,
@@ -144,10 +163,10 @@ async fn watch_calico(
         *latest.lock().expect("latest lock") = Some(pod.clone());
         let fresh = baseline.is_none_or(|b| b.is_superseded_by(&pod));
         if fresh && cluster::pod_ready(&pod) {
-            return CalicoObservation {
+            return Ok(CalicoObservation {
                 pod: Some(pod),
                 ..Default::default()
-            };
+            });
         }
         let Some(restarts) = died_since_start(&pod) else {
             continue;
@@ -164,11 +183,11 @@ async fn watch_calico(
                 .await
                 .unwrap_or_default();
             if let Some(line) = diagnose::fatal_calico_log_line(&log) {
-                return CalicoObservation {
+                return Ok(CalicoObservation {
                     pod: Some(pod),
                     fatal_log_line: Some(line),
                     timed_out: None,
-                };
+                });
             }
         }
     }

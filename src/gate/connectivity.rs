@@ -65,7 +65,7 @@ pub async fn start_probes(
         .collect();
     let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, created.len());
     let mut fleet = match tokio::time::timeout(inventory.timeouts.probe_ready, wait).await {
-        Ok(fleet) => fleet,
+        Ok(fleet) => fleet.map_err(|e| e.to_string())?,
         Err(_) => cluster
             .probe_fleet_now(&settings.namespace, &plan.run_id, &created)
             .await

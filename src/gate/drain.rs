@@ -108,13 +108,15 @@ async fn evict_one(
             Eviction::Accepted => {
                 // Evicted is not yet gone: wait for the pod object to disappear.
                 let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let action = format!("waiting for the evicted pod {key} to go");
                 cluster
-                    .watch_until(cluster.pods(&namespace), config, |pods| {
+                    .watch_until(&action, cluster.pods(&namespace), config, |pods| {
                         pods.iter()
                             .all(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
                             .then_some(())
                     })
-                    .await;
+                    .await
+                    .map_err(|e| e.to_string())?;
                 break;
             }
             Eviction::Blocked(message) => {

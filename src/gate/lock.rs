@@ -98,7 +98,9 @@ pub async fn acquire(
             .unwrap_or(settings.duration);
         let wake = (now + until_expiry).min(deadline);
         tokio::select! {
-            () = cluster.lease_changed_hands(namespace, name, &other.identity) => {}
+            changed = cluster.lease_changed_hands(namespace, name, &other.identity) => {
+                changed.map_err(|e| e.to_string())?;
+            }
             () = tokio::time::sleep_until(wake.into()) => {}
         }
     }

@@ -872,11 +872,12 @@ async fn reboot_and_wait(
         timeouts.node_not_ready,
         cluster.wait_for_node(node, went_down, &last_seen),
     );
-    if recorder
-        .timed("wait for the node to go down", down)
-        .await
-        .is_err()
-    {
+    let went = recorder.timed("wait for the node to go down", down).await;
+    if let Ok(Err(refused)) = &went {
+        recorder.error_remaining(&refused.to_string());
+        return None;
+    }
+    if went.is_err() {
         let message = format!(
             "the node stayed Ready on boot {boot_id} for {} after the reboot command: it did not reboot",
             humantime::format_duration(timeouts.node_not_ready)
@@ -896,7 +897,11 @@ async fn reboot_and_wait(
         .timed("wait for the node to be Ready on a new boot", up)
         .await
     {
-        Ok(after) => after,
+        Ok(Ok(after)) => after,
+        Ok(Err(refused)) => {
+            recorder.error_remaining(&refused.to_string());
+            return None;
+        }
         Err(_) => {
             let seen = last_seen.lock().expect("last_seen lock").clone();
             let last = seen.as_ref().map_or(
