@@ -319,7 +319,34 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
             node.node,
             if node.rebooted { " (rebooted)" } else { "" }
         ));
-        for result in &node.results {
+        // A run that could not start (the API unreachable, a permission missing) fails
+        // every check for one reason: say it once, not once per check.
+        let shared_error = match node.results.as_slice() {
+            [first, rest @ ..] => match &first.verdict {
+                Verdict::Error(message)
+                    if rest
+                        .iter()
+                        .all(|r| matches!(&r.verdict, Verdict::Error(m) if m == message)) =>
+                {
+                    Some(message)
+                }
+                _ => None,
+            },
+            [] => None,
+        };
+        if let Some(message) = shared_error.filter(|_| node.results.len() > 1) {
+            out.push_str(&format!(
+                "  {} none of the {} checks could run: {}\n",
+                paint("33", "!"),
+                node.results.len(),
+                message
+            ));
+        }
+        for result in node
+            .results
+            .iter()
+            .filter(|_| shared_error.is_none() || node.results.len() == 1)
+        {
             let (mark, message) = match &result.verdict {
                 Verdict::Passed => (paint("32", "✔"), String::new()),
                 Verdict::Failed(m) => (paint("31", "✘"), format!(" — {}", shorten(m))),
@@ -334,7 +361,11 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
                 result.duration.as_secs_f64()
             ));
         }
-        for result in node.results.iter().filter(|r| !r.passed()) {
+        for result in node
+            .results
+            .iter()
+            .filter(|r| !r.passed() && (shared_error.is_none() || node.results.len() == 1))
+        {
             let text = observations_text(result);
             if !text.is_empty() {
                 out.push_str(&format!("  {}:\n", result.name));
@@ -448,6 +479,38 @@ mod tests {
             interrupted: false,
             notes: vec![],
         }]
+    }
+
+    #[test]
+    fn a_run_that_could_not_start_says_why_once_not_per_check() {
+        let mut reports = sample();
+        let why = "cannot reach the API server https://10.0.0.1:6443/: connection refused";
+        reports[0].results = [
+            CheckName::NodeReadyAfterReboot,
+            CheckName::CalicoNodeReady,
+            CheckName::CrossNodePodConnectivity,
+        ]
+        .into_iter()
+        .map(|name| CheckResult::error(name, "k8s-worker-03", why, Duration::ZERO))
+        .collect();
+        let text = console(&reports, false);
+        assert_eq!(text.matches(why).count(), 1, "{text}");
+        assert!(text.contains("none of the 3 checks could run"), "{text}");
+        assert!(!text.contains("node_ready_after_reboot"), "{text}");
+        assert!(
+            text.contains("0 passed, 0 failed, 3 could not run"),
+            "{text}"
+        );
+        // Different reasons are still told check by check.
+        reports[0].results[1] = CheckResult::error(
+            CheckName::CalicoNodeReady,
+            "k8s-worker-03",
+            "other",
+            Duration::ZERO,
+        );
+        let text = console(&reports, false);
+        assert!(text.contains("calico_node_ready"), "{text}");
+        assert!(!text.contains("none of the"), "{text}");
     }
 
     #[test]

@@ -902,3 +902,51 @@ fn context_and_kubeconfig_flags_pick_the_cluster_as_kubectl_does() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no-such-context"), "{stderr}");
 }
+
+/// An API server that does not answer is one line naming the server and the cause, exit 3,
+/// with no line per check and no note about cleanup that had nothing to clean.
+#[test]
+fn an_unreachable_api_server_is_one_line_naming_it() {
+    let reports = tempfile::tempdir().unwrap();
+    let kubeconfig = reports.path().join("closed-port.kubeconfig");
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: closed\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: nobody\n  user:\n    token: not-a-secret\ncontexts:\n- name: closed\n  context:\n    cluster: closed\n    user: nobody\ncurrent-context: closed\n",
+    )
+    .unwrap();
+    let inventory = Path::new(env!("CARGO_MANIFEST_DIR")).join("inventory/example-staging.yaml");
+    let kubeconfig_arg = kubeconfig.to_string_lossy().to_string();
+    let run = run_postflight(
+        &inventory,
+        &[
+            "--kubeconfig",
+            &kubeconfig_arg,
+            "--context",
+            "closed",
+            "verify",
+            "--node",
+            "k8s-worker-03",
+        ],
+        reports.path(),
+        "unreachable",
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    let stdout = run.stdout();
+    let mentions: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("cannot reach the API server"))
+        .collect();
+    assert_eq!(mentions.len(), 1, "{stdout}");
+    assert!(
+        mentions[0].contains("https://127.0.0.1:1/: connection refused"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("note:"), "{stdout}");
+    assert!(
+        run.junit.contains("cannot reach the API server"),
+        "{}",
+        run.junit
+    );
+}

@@ -34,6 +34,9 @@ pub enum ClusterError {
     },
     #[error("{action}: {reason}")]
     Exec { action: String, reason: String },
+    /// The API server did not answer at all, or refused who we are.
+    #[error("cannot reach the API server {server}: {cause}")]
+    Unreachable { server: String, cause: String },
     /// A wait the API server refused in a way no retry can fix.
     #[error("{action}: the API server answered {code} ({reason}); waiting cannot change that")]
     Refused {
@@ -41,6 +44,46 @@ pub enum ClusterError {
         code: u16,
         reason: String,
     },
+}
+
+/// Why a request never got an answer, as an operator would say it: the innermost cause
+/// of the error chain (refused, timed out, DNS, TLS), or the server's refusal.
+pub fn unreachable_cause(error: &kube::Error) -> String {
+    if let kube::Error::Api(status) = error {
+        return match status.code {
+            401 => format!(
+                "401 Unauthorized: the credentials were refused ({})",
+                status.message
+            ),
+            code => format!("{code}: {}", status.message),
+        };
+    }
+    let mut chain: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::TimedOut => return "connection timed out".into(),
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    return format!("no route to the server ({io})")
+                }
+                _ => {}
+            }
+        }
+        chain.push(cause.to_string());
+        current = cause.source();
+    }
+    let text = chain.join(": ").to_lowercase();
+    if text.contains("dns error") || text.contains("failed to lookup address") {
+        "DNS lookup failed".into()
+    } else if text.contains("certificate") || text.contains("tls") {
+        format!("TLS: {}", chain.last().cloned().unwrap_or_default())
+    } else if text.contains("elapsed") || text.contains("timed out") || text.contains("timeout") {
+        "connection timed out".into()
+    } else {
+        chain.last().cloned().unwrap_or_else(|| error.to_string())
+    }
 }
 
 /// The status of a watch error that waiting cannot fix — 401 (who are you?), 403 (not
@@ -83,6 +126,8 @@ pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "pos
 
 #[derive(Clone)]
 pub struct Cluster {
+    /// The API server's URL, as the kubeconfig names it, for errors a user acts on.
+    server: String,
     client: Client,
     /// The same API without kube-rs's built-in retry of 429/503/504: for calls whose
     /// refusal is the answer (an eviction a disruption budget forbids), where the gate
@@ -137,12 +182,14 @@ impl Cluster {
                     reason: e.to_string(),
                 })?,
         };
+        let server = config.cluster_url.to_string();
         let mut without_retry = config.clone();
         without_retry.default_retry = false;
         let client = Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
         let client_without_retry =
             Client::try_from(without_retry).map_err(|e| ClusterError::Client(e.to_string()))?;
         Ok(Cluster {
+            server,
             client,
             client_without_retry,
         })
@@ -203,12 +250,20 @@ impl Cluster {
     }
 
     /// Whether the API answers at all (a discovery call).
+    /// Asks the API server for its version: whether it answers, and accepts who we are.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unreachable`], with the server's URL and the cause in a word or
+    /// two (refused, timed out, DNS, TLS, 401).
     pub async fn ping(&self) -> Result<String, ClusterError> {
-        let version = self
-            .client
-            .apiserver_version()
-            .await
-            .map_err(api_error("asking the API server for its version"))?;
+        let version =
+            self.client
+                .apiserver_version()
+                .await
+                .map_err(|error| ClusterError::Unreachable {
+                    server: self.server.clone(),
+                    cause: unreachable_cause(&error),
+                })?;
         Ok(version.git_version)
     }
 

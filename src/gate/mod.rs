@@ -314,7 +314,7 @@ pub async fn verify(
     if interrupted {
         recorder.error_remaining("the run was interrupted");
     }
-    if let Some(cluster) = &state.cluster {
+    if let Some(cluster) = state.cluster.as_ref().filter(|_| state.probes_may_exist) {
         let namespace = &inventory.probe.namespace;
         // The preflight's pods too: an interrupted preflight leaves them behind.
         let preflight_run = preflight::preflight_run_id(&run_id);
@@ -408,6 +408,9 @@ struct RunState {
     /// The reboot command was sent and not refused: from here on the node may be down,
     /// so a drained node stays cordoned unless every check passes.
     reboot_sent: bool,
+    /// The run got far enough to create probe pods: cleanup deletes them. A run that
+    /// never reached the API has nothing to clean and says nothing about it.
+    probes_may_exist: bool,
 }
 
 /// The refusal of a run whose identity lacks permissions: each missing one, and where to
@@ -436,6 +439,10 @@ async fn verify_steps(
         Err(error) => return recorder.error_remaining(&error.to_string()),
     };
     state.cluster = Some(cluster.clone());
+    // An API server that does not answer is one error, said once, before anything else.
+    if let Err(error) = recorder.timed("reach the API server", cluster.ping()).await {
+        return recorder.error_remaining(&error.to_string());
+    }
     // Before anything is locked, cordoned or created: a missing permission is one clear
     // error now, not a 403 halfway through a reboot.
     let accesses = crate::rbac::required(inventory, &request.needs());
@@ -450,6 +457,8 @@ async fn verify_steps(
         Ok(missing) => return recorder.error_remaining(&missing_permissions(&missing)),
         Err(error) => return recorder.error_remaining(&error.to_string()),
     }
+    // From here on the run may create probe pods, which cleanup then owes.
+    state.probes_may_exist = true;
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let calico = &inventory.calico;
 
