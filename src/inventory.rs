@@ -100,8 +100,9 @@ pub struct SshDefaults {
     #[serde(default = "default_ssh_port")]
     pub port: u16,
     pub identity_file: Option<PathBuf>,
-    /// Host keys are always verified against this file; there is no way to turn it off.
-    #[serde(default = "default_known_hosts")]
+    /// Host keys are always verified against this file; there is no way to turn it off,
+    /// and no silent fallback to `~/.ssh/known_hosts`: an inventory names it.
+    #[serde(default)]
     pub known_hosts: PathBuf,
     #[serde(rename = "become")]
     pub become_method: Option<Become>,
@@ -113,10 +114,29 @@ impl Default for SshDefaults {
             user: default_user(),
             port: default_ssh_port(),
             identity_file: None,
-            known_hosts: default_known_hosts(),
+            known_hosts: PathBuf::new(),
             become_method: None,
         }
     }
+}
+
+/// An IP address, or a hostname (RFC 1123 labels): what `ssh` and a pasted fix command
+/// take as one word.
+fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn default_user() -> String {
@@ -125,20 +145,15 @@ fn default_user() -> String {
 fn default_ssh_port() -> u16 {
     22
 }
-fn default_known_hosts() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".ssh/known_hosts")
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
     /// The node's name as Kubernetes knows it.
     pub name: Spanned<String>,
-    /// Address or DNS name for SSH.
-    pub host: String,
+    /// Address or DNS name for SSH: an IP address or a hostname, nothing a shell would
+    /// read as more than a word (it goes into the fix commands a report prints).
+    pub host: Spanned<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
     pub identity_file: Option<PathBuf>,
@@ -348,7 +363,7 @@ impl Inventory {
             }
         })?;
         inventory.file = file.into();
-        inventory.validate()?;
+        inventory.validate(text)?;
         let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let resolve = |p: &mut PathBuf| {
@@ -375,7 +390,35 @@ impl Inventory {
         Ok(inventory)
     }
 
-    fn validate(&self) -> Result<(), InventoryError> {
+    /// An error at the line of `key` (`section.field`) in the inventory's text, as
+    /// file:line:column; without the file position when the key is not written out.
+    fn located(&self, text: &str, key: &str, message: String) -> InventoryError {
+        let field = key.rsplit('.').next().unwrap_or(key);
+        let section = key.split_once('.').map(|(section, _)| section);
+        let mut in_section = section.is_none();
+        for (index, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(section) = section {
+                if !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty() {
+                    in_section = line.starts_with(&format!("{section}:"));
+                }
+            }
+            if in_section && trimmed.starts_with(&format!("{field}:")) {
+                return InventoryError::Invalid {
+                    file: self.file.clone(),
+                    line: index as u64 + 1,
+                    column: (line.len() - trimmed.len()) as u64 + 1,
+                    message,
+                };
+            }
+        }
+        InventoryError::Unlocated {
+            file: self.file.clone(),
+            message,
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), InventoryError> {
         let at = |span: &Spanned<String>, message: String| InventoryError::Invalid {
             file: self.file.clone(),
             line: span.referenced.line(),
@@ -405,6 +448,33 @@ impl Inventory {
                     format!("node {:?} is listed twice", node.name.value),
                 ));
             }
+            if !valid_host(&node.host.value) {
+                return Err(at(
+                    &node.host,
+                    format!(
+                        "host {:?} of node {} is neither an IP address nor a hostname",
+                        node.host.value, node.name.value
+                    ),
+                ));
+            }
+        }
+        let durations = [
+            ("timeouts.node_not_ready", self.timeouts.node_not_ready),
+            ("timeouts.node_ready", self.timeouts.node_ready),
+            ("timeouts.calico_ready", self.timeouts.calico_ready),
+            ("timeouts.connectivity", self.timeouts.connectivity),
+            ("timeouts.probe_ready", self.timeouts.probe_ready),
+            ("timeouts.ssh", self.timeouts.ssh),
+            ("timeouts.drain", self.timeouts.drain),
+            ("lock.duration", self.lock.duration),
+            ("lock.wait", self.lock.wait),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(self.located(
+                text,
+                key,
+                format!("{key} is 0s: a wait that cannot succeed; give it a duration > 0"),
+            ));
         }
         let mode = &self.calico.run_dir_mode;
         if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
@@ -424,6 +494,13 @@ impl Inventory {
                 message: "probe.client_command must contain {url}".into(),
             });
         }
+        if self.ssh.known_hosts.as_os_str().is_empty() {
+            return Err(self.located(
+                text,
+                "ssh",
+                "ssh.known_hosts is required: every node's host key is verified against it, and there is no fallback".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -439,7 +516,7 @@ impl Inventory {
     pub fn ssh_target(&self, node: &NodeEntry) -> SshTarget {
         SshTarget {
             node: node.name.value.clone(),
-            host: node.host.clone(),
+            host: node.host.value.clone(),
             port: node.port.unwrap_or(self.ssh.port),
             user: node.user.clone().unwrap_or_else(|| self.ssh.user.clone()),
             identity_file: node
@@ -485,6 +562,18 @@ mod tests {
     }
 
     #[rstest]
+    #[case("198.18.0.11", true)]
+    #[case("fd00::1", true)]
+    #[case("k8s-worker-03.staging.example.com", true)]
+    #[case("node_3", false)]
+    #[case("-oProxyCommand=x", false)]
+    #[case("h $(reboot)", false)]
+    #[case("", false)]
+    fn a_host_is_an_ip_or_a_hostname(#[case] host: &str, #[case] valid: bool) {
+        assert_eq!(valid_host(host), valid, "{host}");
+    }
+
+    #[rstest]
     #[case::unknown_field(
         "nodes:\n  - name: a\n    host: h\n    hots: x\n",
         4,
@@ -511,6 +600,30 @@ mod tests {
         "not a valid Kubernetes node name"
     )]
     #[case::syntax("nodes: [\n", 1, 0, "")]
+    #[case::shell_in_host(
+        "nodes:\n  - name: a\n    host: \"h; rm -rf /\"\n",
+        3,
+        11,
+        "neither an IP address nor a hostname"
+    )]
+    #[case::no_known_hosts(
+        "ssh:\n  user: admin\nnodes:\n  - name: a\n    host: h\n",
+        1,
+        1,
+        "ssh.known_hosts is required"
+    )]
+    #[case::zero_timeout(
+        "nodes:\n  - name: a\n    host: h\ntimeouts:\n  calico_ready: 0s\n",
+        5,
+        3,
+        "timeouts.calico_ready is 0s"
+    )]
+    #[case::zero_lock_wait(
+        "nodes:\n  - name: a\n    host: 198.18.0.11\nlock:\n  wait: 0s\n",
+        5,
+        3,
+        "lock.wait is 0s"
+    )]
     fn each_kind_of_bad_inventory_points_at_its_location(
         #[case] text: &str,
         #[case] line: u64,

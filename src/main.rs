@@ -205,6 +205,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::CheckInventory { file } => {
             let path = file.or(flags.inventory);
             Ok(match load_inventory(path.as_deref()) {
+                Ok(inventory) if !inventory.ssh.known_hosts.is_file() => {
+                    eprintln!(
+                        "postflight: {}: ssh.known_hosts {} does not exist: host keys could not be verified",
+                        inventory.file.display(),
+                        inventory.ssh.known_hosts.display()
+                    );
+                    EXIT_USAGE
+                }
                 Ok(inventory) => {
                     println!(
                         "{}: valid, {} nodes",

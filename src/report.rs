@@ -187,6 +187,10 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ReportError>
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(error)?;
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    // A temporary file is created 0600; a report is for the pipeline and its readers.
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(error)?;
     file.write_all(contents).map_err(error)?;
     file.as_file().sync_all().map_err(error)?;
     file.persist(path).map_err(|e| error(e.error))?;
@@ -479,6 +483,16 @@ mod tests {
             interrupted: false,
             notes: vec![],
         }]
+    }
+
+    #[test]
+    fn reports_are_readable_by_the_pipeline_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junit.xml");
+        write_junit(&path, &sample(), "postflight verify").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{mode:o}");
     }
 
     #[test]

@@ -85,6 +85,8 @@ const LOG_TAIL_LINES: i64 = 20;
 pub enum GateError {
     #[error("{node} is protected in {inventory} (the control plane, typically): name it with --allow-protected to reboot it")]
     Protected { node: String, inventory: PathBuf },
+    #[error("--nodes names {node} twice: a rolling update reboots each node once")]
+    DuplicateNode { node: String },
     #[error("{inventory}: node {node:?} is not in the inventory (it lists: {known})")]
     UnknownNode {
         node: String,

@@ -28,7 +28,10 @@ pub fn plan(inventory: &Inventory, request: &RollingRequest) -> Result<Vec<Strin
             .map(|n| n.name.value.clone())
             .collect());
     };
-    for node in named {
+    for (index, node) in named.iter().enumerate() {
+        if named[..index].contains(node) {
+            return Err(GateError::DuplicateNode { node: node.clone() });
+        }
         let Some(entry) = inventory.node(node) else {
             return Err(GateError::UnknownNode {
                 node: node.clone(),
@@ -85,4 +88,53 @@ pub async fn rolling(
             not_started,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory() -> Inventory {
+        Inventory::parse(
+            "ssh:\n  known_hosts: known_hosts\nnodes:\n  - name: a\n    host: 198.18.0.10\n    protected: true\n  - name: b\n    host: 198.18.0.11\n  - name: c\n    host: 198.18.0.12\n",
+            std::path::Path::new("inv.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn named(nodes: &[&str]) -> RollingRequest {
+        RollingRequest {
+            nodes: Some(nodes.iter().map(|n| n.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_unprotected_node_in_inventory_order_by_default() {
+        assert_eq!(
+            plan(&inventory(), &RollingRequest::default()).unwrap(),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn a_node_named_twice_is_refused_before_anything_reboots() {
+        let error = plan(&inventory(), &named(&["b", "c", "b"])).unwrap_err();
+        assert!(
+            matches!(error, GateError::DuplicateNode { ref node } if node == "b"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_protected_nodes_are_refused() {
+        assert!(matches!(
+            plan(&inventory(), &named(&["b", "x"])),
+            Err(GateError::UnknownNode { .. })
+        ));
+        assert!(matches!(
+            plan(&inventory(), &named(&["a"])),
+            Err(GateError::Protected { .. })
+        ));
+    }
 }
