@@ -57,6 +57,22 @@ pub enum HostError {
     },
 }
 
+impl HostError {
+    /// Whether the error happened before any command reached the node: the connection,
+    /// the host key or the login failed, so nothing ran there. A session that broke
+    /// after the command was sent leaves it unknown.
+    pub fn before_sending(&self) -> bool {
+        matches!(
+            self,
+            HostError::Connect { .. }
+                | HostError::UnknownHostKey { .. }
+                | HostError::HostKeyMismatch { .. }
+                | HostError::KnownHosts { .. }
+                | HostError::Authentication { .. }
+        )
+    }
+}
+
 /// A command line whose every word is quoted for a POSIX shell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellCommand {

@@ -116,6 +116,87 @@ fn a_403_on_a_watch_ends_the_wait_at_once() {
     assert_no_probe_left(&lab);
 }
 
+/// Why a reboot cannot be sent to a node.
+enum Unreachable {
+    /// The node's known_hosts entry carries another key.
+    HostKeyChanged,
+    /// The known_hosts file the inventory names is gone.
+    KnownHostsMissing,
+    /// Nothing listens on the node's SSH port.
+    SshdDown,
+}
+
+/// A reboot that cannot be sent never costs a drain: the transport proves it reaches the
+/// node first, so nothing is cordoned, nothing evicted, nothing rebooted, nothing locked.
+#[rstest::rstest]
+#[case::host_key_changed(Unreachable::HostKeyChanged, "pf-unsent-key", "HOST KEY MISMATCH")]
+#[case::known_hosts_missing(
+    Unreachable::KnownHostsMissing,
+    "pf-unsent-kh",
+    "cannot read known_hosts"
+)]
+#[case::sshd_down(Unreachable::SshdDown, "pf-unsent-sshd", "cannot connect")]
+fn a_reboot_that_cannot_be_sent_drains_nothing(
+    #[case] why: Unreachable,
+    #[case] name: &str,
+    #[case] said: &str,
+) {
+    let lab = lab(name, 3);
+    let node = "k8s-worker-02";
+    let before = boot_id(&lab, node);
+    let state = lab.paths().state_dir.clone();
+    let inventory = inventory_with(&lab, "unsent.yaml", |text| match why {
+        Unreachable::HostKeyChanged => {
+            let keygen = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(state.join("impostor"))
+                .output()
+                .unwrap();
+            assert!(keygen.status.success());
+            let impostor = std::fs::read_to_string(state.join("impostor.pub")).unwrap();
+            let key: Vec<&str> = impostor.split_whitespace().take(2).collect();
+            let ip = lab.topology().node(node).unwrap().ip.to_string();
+            let real = std::fs::read_to_string(lab.paths().known_hosts()).unwrap();
+            let tampered: String = real
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{ip} ")) {
+                        format!("{ip} {}", key.join(" "))
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(state.join("tampered_known_hosts"), tampered + "\n").unwrap();
+            text.replace(
+                "known_hosts: ssh/known_hosts",
+                "known_hosts: tampered_known_hosts",
+            )
+        }
+        Unreachable::KnownHostsMissing => text.replace(
+            "known_hosts: ssh/known_hosts",
+            "known_hosts: ssh/gone_known_hosts",
+        ),
+        Unreachable::SshdDown => text.replace("  port: 22\n", "  port: 2\n"),
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify_with(&inventory, node, &["--reboot", "--drain"], reports.path());
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    let drained = run.message("node_drained");
+    assert!(
+        drained.contains("not drained: the reboot could not be sent") && drained.contains(said),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !cordoned(&lab, node),
+        "{node} was cordoned for a reboot never sent"
+    );
+    assert_eq!(boot_id(&lab, node), before);
+    assert_nothing_left(&lab, node);
+}
+
 #[test]
 fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
     let lab = lab("pf-bgp", 4);

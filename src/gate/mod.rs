@@ -720,6 +720,26 @@ async fn preflight_then_reboot(
     }
     if drain_first {
         let started = Instant::now();
+        // Nothing is drained for a reboot that cannot be sent: the transport proves it
+        // reaches the node (connection, host key, login) with a no-op first.
+        if let Err(error) = recorder
+            .timed(
+                "prove the node can be reached to reboot it",
+                transport.run(&ShellCommand::new("true")),
+            )
+            .await
+        {
+            recorder.record(CheckResult::error(
+                CheckName::NodeDrained,
+                node,
+                format!("not drained: the reboot could not be sent: {error}"),
+                started.elapsed(),
+            ));
+            recorder.error_remaining(&format!(
+                "the node was not rebooted: it cannot be reached to reboot it: {error}"
+            ));
+            return None;
+        }
         // A node someone else cordoned stays cordoned whatever this run finds: the cordon
         // is theirs to lift, not ours.
         let cordoned_before = match cluster.node(node).await {
@@ -870,6 +890,11 @@ async fn reboot_and_wait(
             return None;
         }
         Err(error) => {
+            // Nothing reached the node (no connection, a refused host key, a failed
+            // login): it was not rebooted, and a drained node goes back into service.
+            if error.before_sending() {
+                *reboot_sent = false;
+            }
             recorder.error_remaining(&format!("could not issue the reboot: {error}"));
             return None;
         }
