@@ -426,10 +426,7 @@ impl Inventory {
             message,
         };
         if self.nodes.is_empty() {
-            return Err(InventoryError::Unlocated {
-                file: self.file.clone(),
-                message: "`nodes` lists no node".into(),
-            });
+            return Err(self.located(text, "nodes", "`nodes` lists no node".into()));
         }
         let mut seen = HashSet::new();
         for node in &self.nodes {
@@ -478,10 +475,11 @@ impl Inventory {
         }
         let mode = &self.calico.run_dir_mode;
         if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            return Err(InventoryError::Unlocated {
-                file: self.file.clone(),
-                message: format!("calico.run_dir_mode {mode:?} is not an octal mode like \"0755\""),
-            });
+            return Err(self.located(
+                text,
+                "calico.run_dir_mode",
+                format!("calico.run_dir_mode {mode:?} is not an octal mode like \"0755\""),
+            ));
         }
         if self
             .probe
@@ -489,10 +487,11 @@ impl Inventory {
             .iter()
             .all(|w| !w.contains("{url}"))
         {
-            return Err(InventoryError::Unlocated {
-                file: self.file.clone(),
-                message: "probe.client_command must contain {url}".into(),
-            });
+            return Err(self.located(
+                text,
+                "probe.client_command",
+                "probe.client_command must contain {url}".into(),
+            ));
         }
         if self.ssh.known_hosts.as_os_str().is_empty() {
             return Err(self.located(
@@ -606,6 +605,19 @@ mod tests {
         11,
         "neither an IP address nor a hostname"
     )]
+    #[case::empty_nodes("ssh:\n  known_hosts: k\nnodes: []\n", 3, 1, "lists no node")]
+    #[case::bad_mode(
+        "nodes:\n  - name: a\n    host: h\ncalico:\n  run_dir_mode: \"0855\"\n",
+        5,
+        3,
+        "not an octal mode"
+    )]
+    #[case::probe_without_url(
+        "nodes:\n  - name: a\n    host: h\nprobe:\n  client_command: [\"curl\"]\n",
+        5,
+        3,
+        "must contain {url}"
+    )]
     #[case::no_known_hosts(
         "ssh:\n  user: admin\nnodes:\n  - name: a\n    host: h\n",
         1,
@@ -652,9 +664,18 @@ mod tests {
     }
 
     #[test]
-    fn semantic_errors_without_a_position_still_name_the_file() {
+    fn semantic_errors_point_at_their_key_and_name_the_file() {
         let error = Inventory::parse("nodes: []\n", Path::new("inv.yaml")).unwrap_err();
-        assert_eq!(error.to_string(), "inv.yaml: `nodes` lists no node");
+        assert_eq!(error.to_string(), "inv.yaml:1:1: `nodes` lists no node");
+        // A default that is wrong has no line of its own: the file is still named.
+        let error = Inventory::parse("nodes:\n  - name: a\n    host: h\n", Path::new("inv.yaml"))
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("inv.yaml: ssh.known_hosts is required"),
+            "{error}"
+        );
         let error = Inventory::parse(
             "nodes:\n  - name: a\n    host: h\ncalico:\n  run_dir_mode: \"rwx\"\n",
             Path::new("inv.yaml"),
