@@ -349,7 +349,7 @@ fn conclude(
 
 async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyhow::Result<u8> {
     let console = &Console::new();
-    let run = cancellable(|cancel| async move {
+    let run = cancellable(leftovers(&inventory, None), |cancel| async move {
         gate::diagnose_node(&inventory, &node, console, &cancel).await
     });
     match run.await {
@@ -364,10 +364,10 @@ async fn rolling(
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
     let console = &Console::new();
-    let run =
-        cancellable(
-            |cancel| async move { gate::rolling(&inventory, &request, console, &cancel).await },
-        );
+    let run = cancellable(
+        leftovers(&inventory, request.drain.then_some("NODE")),
+        |cancel| async move { gate::rolling(&inventory, &request, console, &cancel).await },
+    );
     let (reports, summary) = match run.await {
         Ok(done) => done,
         Err(error) => return usage_error(error),
@@ -400,8 +400,10 @@ async fn rolling(
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
     let console = &Console::new();
-    let reports =
-        cancellable(|cancel| async move { gate::drift(&inventory, console, &cancel).await }).await;
+    let reports = cancellable(leftovers(&inventory, None), |cancel| async move {
+        gate::drift(&inventory, console, &cancel).await
+    })
+    .await;
     conclude(&reports, &outputs, "postflight drift", console)
 }
 
@@ -411,23 +413,25 @@ async fn verify(
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
     let console = &Console::new();
-    let run =
-        cancellable(
-            |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
-        );
+    let run = cancellable(
+        leftovers(&inventory, request.drain.then_some(request.node.as_str())),
+        |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
+    );
     match run.await {
         Ok(report) => conclude(&[report], &outputs, "postflight verify", console),
         Err(error) => usage_error(error),
     }
 }
 
-/// Runs `work` with Ctrl-C and SIGTERM wired to the cancellation token it gets.
-async fn cancellable<T, Work>(work: impl FnOnce(CancellationToken) -> Work) -> T
+/// Runs `work` with Ctrl-C and SIGTERM wired to the cancellation token it gets. A second
+/// signal during the cleanup that the first one started skips what is left: `leftovers`
+/// says what that may be and how to undo it by hand.
+async fn cancellable<T, Work>(leftovers: String, work: impl FnOnce(CancellationToken) -> Work) -> T
 where
     Work: std::future::Future<Output = T>,
 {
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), leftovers));
     let result = work(cancel).await;
     signals.abort();
     result
@@ -441,7 +445,7 @@ fn usage_error(error: gate::GateError) -> anyhow::Result<u8> {
 
 /// SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) both end the run cleanly: reports
 /// are written and probe pods deleted.
-async fn cancel_on_signal(cancel: CancellationToken) {
+async fn cancel_on_signal(cancel: CancellationToken, leftovers: String) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
@@ -455,6 +459,29 @@ async fn cancel_on_signal(cancel: CancellationToken) {
         _ = terminate.recv() => {}
     }
     cancel.cancel();
+    // The run now cleans up (probe pods, uncordon, the lock), each step with its own
+    // deadline. Asked again, stop at once: the operator has decided.
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("postflight: interrupted again: cleanup skipped. {leftovers}");
+    std::process::exit(130);
+}
+
+/// What a run cut short during its cleanup may leave, with the commands that undo it.
+fn leftovers(inventory: &Inventory, node: Option<&str>) -> String {
+    let probe = &inventory.probe.namespace;
+    let lock = &inventory.lock;
+    let cordon = node
+        .map(|n| format!(" a cordon from --drain (`kubectl uncordon {n}`);"))
+        .unwrap_or_default();
+    format!(
+        "Possibly left: probe pods (`kubectl -n {probe} delete pod -l app.kubernetes.io/managed-by=postflight`);{cordon} the reboot lock {}/{} (it expires {} after its last renewal)",
+        lock.namespace,
+        lock.name,
+        humantime::format_duration(lock.duration)
+    )
 }
 
 /// Progress for a person at a terminal: the step in progress on one line of stderr,

@@ -197,6 +197,50 @@ fn a_reboot_that_cannot_be_sent_drains_nothing(
     assert_nothing_left(&lab, node);
 }
 
+/// Ctrl-C starts a clean stop; while that cleanup waits on an API server that hangs, a
+/// second Ctrl-C ends the run at once with exit 130, saying what may be left and how to
+/// undo it.
+#[test]
+fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
+    let lab = lab("pf-ctrlc2", 3);
+    let node = "k8s-worker-01";
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    let child = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args(["verify", "--node", node, "--reboot", "--junit"])
+        .arg(&junit)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_node_down(&lab, node);
+    // Frozen, not down: every cleanup request hangs instead of failing fast.
+    lab_cli(&lab, &["pause-api", "--seconds", "40", "--freeze"]);
+    nix_kill(child.id(), "INT");
+    // The first stop is under way: it cannot reach the API server to clean up.
+    std::thread::sleep(Duration::from_secs(2));
+    nix_kill(child.id(), "INT");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted again: cleanup skipped")
+            && stderr.contains("kubectl -n postflight-probe delete pod")
+            && stderr.contains("the reboot lock kube-system/postflight-reboot-lock"),
+        "{stderr}"
+    );
+    // It did not wait for the API server to come back.
+    let api = Command::new(lab.paths().kubectl())
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
+        .output()
+        .unwrap();
+    assert!(!api.status.success(), "the API server was already back");
+}
+
 #[test]
 fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
     let lab = lab("pf-bgp", 4);

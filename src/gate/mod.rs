@@ -385,11 +385,16 @@ async fn uncordon_if_safe(
         ));
     }
     if !reboot_sent || (all_passed && !interrupted) {
-        let uncordon = recorder
-            .timed("uncordon", cluster.set_unschedulable(node, false))
-            .await;
-        if let Err(error) = uncordon {
-            recorder.note(format!("{node} could not be uncordoned: {error}"));
+        let uncordon =
+            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.set_unschedulable(node, false));
+        match recorder.timed("uncordon", uncordon).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                recorder.note(format!("{node} could not be uncordoned: {error}"));
+            }
+            Err(_) => recorder.note(format!(
+                "{node} was not uncordoned within {CLEANUP_TIMEOUT:?} (is the API server away?): `kubectl uncordon {node}`"
+            )),
         }
     } else {
         recorder.note(format!(

@@ -77,10 +77,16 @@ async fn pause(
         .get("seconds")
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    let freeze = query.get("freeze").is_some_and(|v| v == "true");
     let mut plane = control.plane.clone().lock_owned().await;
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let result = plane.outage(Duration::from_secs(seconds), stopped_tx).await;
+        let down = Duration::from_secs(seconds);
+        let result = if freeze {
+            plane.freeze(down, stopped_tx).await
+        } else {
+            plane.outage(down, stopped_tx).await
+        };
         if let Err(e) = result {
             tracing::error!("the API server did not come back: {e}");
         }
@@ -88,9 +94,10 @@ async fn pause(
     // The answer waits until the server is really down, so a caller's next request
     // meets the outage.
     let _ = stopped_rx.await;
+    let how = if freeze { "frozen" } else { "down" };
     (
         StatusCode::ACCEPTED,
-        format!("API server down for {seconds}s\n"),
+        format!("API server {how} for {seconds}s\n"),
     )
 }
 

@@ -504,6 +504,33 @@ impl ControlPlane {
         self.wait_ready(Duration::from_secs(120)).await
     }
 
+    /// An outage that hangs instead of refusing: the API server process is frozen
+    /// (SIGSTOP) for `down`, so connections open and requests never answer, as behind a
+    /// partitioned load balancer or in a stop-the-world pause. Then it thaws and serves
+    /// on, watches and all.
+    pub async fn freeze(
+        &mut self,
+        down: Duration,
+        stopped: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        let pid = self
+            .apiserver
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+        if let Some(pid) = pid {
+            let _ = kill(pid, Signal::SIGSTOP);
+        }
+        let _ = stopped.send(());
+        tokio::time::sleep(down).await;
+        if let Some(pid) = pid {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        self.wait_ready(Duration::from_secs(120)).await
+    }
+
     /// etcd maintenance as clients meet it: etcd is compacted at its current revision
     /// and the API server restarts onto the compacted store (a rolling restart, a 0 s
     /// outage). Every open watch breaks; resumed from its last resourceVersion it gets

@@ -659,12 +659,13 @@ pub fn compact_etcd(name: &str) -> Result<String> {
 }
 
 /// Stops the lab's API server process for `seconds`, then starts it again.
-pub fn pause_api(name: &str, seconds: u64) -> Result<String> {
+/// With `freeze`, the process is frozen instead: requests hang rather than being refused.
+pub fn pause_api(name: &str, seconds: u64, freeze: bool) -> Result<String> {
     let (_, topology) = entry_and_topology(name)?;
     control::request(
         &topology.control_socket(),
         "POST",
-        &format!("/apiserver/pause?seconds={seconds}"),
+        &format!("/apiserver/pause?seconds={seconds}&freeze={freeze}"),
     )
     .map_err(LabError::Control)
 }

@@ -95,6 +95,9 @@ enum Command {
         name: String,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Freeze the process (SIGSTOP) instead: connections hang, nothing is refused.
+        #[arg(long)]
+        freeze: bool,
     },
     /// Print the lab's state directory.
     Path {
@@ -287,8 +290,12 @@ fn run() -> anyhow::Result<ExitCode> {
             print!("{}", postflight_lab::compact_etcd(&name)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::PauseApi { name, seconds } => {
-            print!("{}", postflight_lab::pause_api(&name, seconds)?);
+        Command::PauseApi {
+            name,
+            seconds,
+            freeze,
+        } => {
+            print!("{}", postflight_lab::pause_api(&name, seconds, freeze)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Path { name } => {

@@ -375,3 +375,42 @@ fn up_without_go_fails_with_the_reason_and_the_command() {
         "a lab was registered"
     );
 }
+
+/// `pause-api` is a real outage (the process is gone: refused), `--freeze` a hang (the
+/// process is stopped: requests time out); both end with the API server serving again.
+#[test]
+fn pause_api_refuses_and_freeze_hangs_then_both_come_back() {
+    let lab = lab("proof-pause", 1);
+    let readyz = || {
+        kubectl_as(
+            &lab,
+            &lab.paths().kubeconfig(),
+            &["get", "--raw", "/readyz", "--request-timeout=2s"],
+            None,
+        )
+    };
+    for (freeze, symptom) in [(false, "was refused"), (true, "")] {
+        let said = postflight_lab::pause_api(lab.name(), 4, freeze).unwrap();
+        assert!(
+            said.contains(if freeze { "frozen" } else { "down" }),
+            "{said}"
+        );
+        let during = readyz();
+        let stderr = String::from_utf8_lossy(&during.stderr);
+        assert!(
+            !during.status.success(),
+            "the API answered during the outage"
+        );
+        if freeze {
+            assert!(
+                !stderr.contains("connection refused"),
+                "a freeze hangs: {stderr}"
+            );
+        } else {
+            assert!(stderr.contains(symptom), "{stderr}");
+        }
+        wait_for("the API server to serve again", || {
+            readyz().status.success()
+        });
+    }
+}
