@@ -131,14 +131,7 @@ async fn status(State(control): State<Control>) -> String {
     let mut text = String::new();
     for node in &runtime.topology.nodes {
         let object = nodes.get_opt(&node.name).await.ok().flatten();
-        let ready = object.as_ref().is_some_and(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
+        let ready = object.as_ref().is_some_and(crate::daemon::node_is_ready);
         let boot_id = object
             .as_ref()
             .and_then(|n| Some(n.status.as_ref()?.node_info.as_ref()?.boot_id.clone()))

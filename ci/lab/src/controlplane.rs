@@ -202,6 +202,23 @@ pub struct ControlPlane {
     kubelet_server: Option<Component>,
 }
 
+/// The flags the controller manager and the scheduler share: one kubeconfig for the API,
+/// delegated authentication and authorization of their own endpoint, which listens on
+/// loopback at a port of this lab's; a single instance, so no leader election.
+fn client_component_flags(kubeconfig: &Path, port: u16) -> Vec<String> {
+    let kubeconfig = kubeconfig.display();
+    vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        "--leader-elect=false".into(),
+        "--profiling=false".into(),
+        "--v=1".into(),
+    ]
+}
+
 /// Starts a component's process, its output appended to its log.
 fn spawn(binary: &Path, paths: &ControlPlanePaths, component: &mut Component) -> Result<()> {
     let log = io_context(
@@ -343,61 +360,42 @@ impl ControlPlane {
         };
         let controller_manager = Component {
             name: "kube-controller-manager",
-            argv: vec![
-                "kube-controller-manager".into(),
-                format!("--kubeconfig={}", p(paths.kubeconfig("controller-manager"))),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    p(paths.kubeconfig("controller-manager"))
+            argv: [
+                vec!["kube-controller-manager".to_string()],
+                client_component_flags(
+                    &paths.kubeconfig("controller-manager"),
+                    ports.controller_manager,
                 ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    p(paths.kubeconfig("controller-manager"))
-                ),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", ports.controller_manager),
-                format!(
-                    "--cert-dir={}",
-                    p(paths.dir.join("controller-manager-certs"))
-                ),
-                "--leader-elect=false".into(),
-                "--use-service-account-credentials=true".into(),
-                format!("--controllers={}", CONTROLLERS.join(",")),
-                format!(
-                    "--service-account-private-key-file={}",
-                    p(pki.service_account_key())
-                ),
-                format!("--root-ca-file={}", p(pki.ca_cert())),
-                format!("--node-monitor-period={}", seconds(Duration::from_secs(1))),
-                format!(
-                    "--node-monitor-grace-period={}",
-                    seconds(timings.node_grace)
-                ),
-                "--node-startup-grace-period=60s".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
+                vec![
+                    format!(
+                        "--cert-dir={}",
+                        p(paths.dir.join("controller-manager-certs"))
+                    ),
+                    "--use-service-account-credentials=true".into(),
+                    format!("--controllers={}", CONTROLLERS.join(",")),
+                    format!(
+                        "--service-account-private-key-file={}",
+                        p(pki.service_account_key())
+                    ),
+                    format!("--root-ca-file={}", p(pki.ca_cert())),
+                    format!("--node-monitor-period={}", seconds(Duration::from_secs(1))),
+                    format!(
+                        "--node-monitor-grace-period={}",
+                        seconds(timings.node_grace)
+                    ),
+                    "--node-startup-grace-period=60s".into(),
+                ],
+            ]
+            .concat(),
             child: None,
         };
         let scheduler = Component {
             name: "kube-scheduler",
-            argv: vec![
-                "kube-scheduler".into(),
-                format!("--kubeconfig={}", p(paths.kubeconfig("scheduler"))),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    p(paths.kubeconfig("scheduler"))
-                ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    p(paths.kubeconfig("scheduler"))
-                ),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", ports.scheduler),
-                "--leader-elect=false".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
+            argv: [
+                vec!["kube-scheduler".to_string()],
+                client_component_flags(&paths.kubeconfig("scheduler"), ports.scheduler),
+            ]
+            .concat(),
             child: None,
         };
         let mut plane = ControlPlane {

@@ -396,7 +396,8 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     Ok(())
 }
 
-fn node_is_ready(node: &Node) -> bool {
+/// Whether a Node's Ready condition is True.
+pub fn node_is_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

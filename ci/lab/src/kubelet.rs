@@ -68,30 +68,24 @@ impl Default for Timings {
 /// heartbeat): nodeStatusReportFrequency, 5 min in Kubernetes.
 const NODE_STATUS_REPORT: Duration = Duration::from_secs(60);
 
-/// Now, in whole seconds as metav1.Time carries it. Truncated, not rounded, as Go's
-/// RFC 3339 formatting does: a rounded time can lie half a second in the future.
-pub fn now_rfc3339() -> String {
-    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
+/// Now, truncated to `unit`, not rounded, as Go's RFC 3339 formatting does: a rounded
+/// time can lie in the future, and a heartbeat from the future once made the node
+/// controller see a live node as silent.
+fn now_truncated(unit: k8s_openapi::jiff::Unit) -> k8s_openapi::jiff::Timestamp {
+    use k8s_openapi::jiff::{RoundMode, TimestampRound};
     k8s_openapi::jiff::Timestamp::now()
-        .round(
-            TimestampRound::new()
-                .smallest(Unit::Second)
-                .mode(RoundMode::Trunc),
-        )
-        .expect("truncating to seconds cannot overflow")
-        .to_string()
+        .round(TimestampRound::new().smallest(unit).mode(RoundMode::Trunc))
+        .expect("truncating the current time cannot overflow")
+}
+
+/// Now in whole seconds, as metav1.Time carries it.
+pub fn now_rfc3339() -> String {
+    now_truncated(k8s_openapi::jiff::Unit::Second).to_string()
 }
 
 /// Now with microseconds, as metav1.MicroTime (a Lease's renewTime) carries it.
 fn now_micro() -> String {
-    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
-    k8s_openapi::jiff::Timestamp::now()
-        .round(
-            TimestampRound::new()
-                .smallest(Unit::Microsecond)
-                .mode(RoundMode::Trunc),
-        )
-        .expect("truncating to microseconds cannot overflow")
+    now_truncated(k8s_openapi::jiff::Unit::Microsecond)
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
