@@ -100,18 +100,48 @@ pub fn final_refusal(error: &watcher::Error) -> Option<(u16, String)> {
     matches!(status.code, 401 | 403 | 404).then(|| (status.code, status.message.clone()))
 }
 
-/// Turns a watch error into the error that ends a wait, or logs it as retried.
-pub fn end_wait_on_refusal(action: &str, error: &watcher::Error) -> Result<(), ClusterError> {
-    match final_refusal(error) {
-        Some((code, reason)) => Err(ClusterError::Refused {
-            action: action.into(),
-            code,
-            reason,
-        }),
-        None => {
-            tracing::warn!("{action}: watch interrupted, retrying: {error}");
-            Ok(())
+impl Cluster {
+    /// Turns a watch error into the error that ends a wait, or logs it as retried.
+    ///
+    /// A 401, 403 or 404 ends the wait, except from an API server that is still
+    /// starting: until its authorizer's caches are filled it refuses what it will allow
+    /// a moment later, so while `/readyz` is not ok the refusal is retried like an
+    /// outage. (Clients behind a load balancer never meet such a server; clients of a
+    /// single control-plane node, which restarts in place, do.)
+    ///
+    /// # Errors
+    /// [`ClusterError::Refused`], naming `action`, the code and what the server said.
+    pub async fn end_wait_on_refusal(
+        &self,
+        action: &str,
+        error: &watcher::Error,
+    ) -> Result<(), ClusterError> {
+        match final_refusal(error) {
+            Some((code, reason)) if self.serving().await => Err(ClusterError::Refused {
+                action: action.into(),
+                code,
+                reason,
+            }),
+            Some((code, _)) => {
+                tracing::warn!(
+                    "{action}: {code} from an API server that is still starting, retrying"
+                );
+                Ok(())
+            }
+            None => {
+                tracing::warn!("{action}: watch interrupted, retrying: {error}");
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the API server says it is ready (`/readyz`, readable by anyone
+    /// authenticated).
+    pub async fn serving(&self) -> bool {
+        let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+            return false;
+        };
+        matches!(self.client.request_text(request).await, Ok(text) if text.trim() == "ok")
     }
 }
 
@@ -330,7 +360,7 @@ impl Cluster {
                     objects.remove(&key(&object));
                 }
                 Some(Err(error)) => {
-                    end_wait_on_refusal(action, &error)?;
+                    self.end_wait_on_refusal(action, &error).await?;
                     continue;
                 }
                 None => std::future::pending::<()>().await,
@@ -662,11 +692,15 @@ mod tests {
     )]
     #[case::no_resource_version(watcher::Error::NoResourceVersion, None)]
     fn only_401_403_and_404_end_a_wait(#[case] error: watcher::Error, #[case] ends: Option<u16>) {
-        assert_eq!(final_refusal(&error).map(|(code, _)| code), ends);
-        let ended = end_wait_on_refusal("watching node n", &error);
-        assert_eq!(ended.is_err(), ends.is_some());
-        if let Err(refused) = ended {
-            let text = refused.to_string();
+        let refusal = final_refusal(&error);
+        assert_eq!(refusal.as_ref().map(|(code, _)| *code), ends);
+        if let Some((code, reason)) = refusal {
+            let text = ClusterError::Refused {
+                action: "watching node n".into(),
+                code,
+                reason,
+            }
+            .to_string();
             assert!(
                 text.starts_with("watching node n: the API server answered"),
                 "{text}"

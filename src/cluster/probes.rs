@@ -229,7 +229,8 @@ impl Cluster {
                     pods.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
                 }
                 Some(Err(error)) => {
-                    super::end_wait_on_refusal("watching the probe pods", &error)?;
+                    self.end_wait_on_refusal("watching the probe pods", &error)
+                        .await?;
                     continue;
                 }
                 None => std::future::pending::<()>().await,

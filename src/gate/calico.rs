@@ -155,7 +155,9 @@ async fn watch_calico(
         let pod = match stream.next().await {
             Some(Ok(pod)) => pod,
             Some(Err(error)) => {
-                cluster::end_wait_on_refusal(&format!("watching calico-node on {node}"), &error)?;
+                cluster
+                    .end_wait_on_refusal(&format!("watching calico-node on {node}"), &error)
+                    .await?;
                 continue;
             }
             None => std::future::pending().await,
