@@ -1,7 +1,9 @@
 //! postflight-lab: a Calico-style Kubernetes cluster on one Linux host, built from real
-//! parts (network namespaces, veths, OpenSSH, systemd-tmpfiles, BIRD, curl) under a
-//! simulated control plane that speaks the Kubernetes API. It exists so postflight can be
-//! proved end to end where no real cluster can run, and as the demo a new user runs first.
+//! parts: Kubernetes' own control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, built by `ci/lab/k8s`), and nodes of network namespaces, veths,
+//! OpenSSH, systemd-tmpfiles, BIRD and curl, whose kubelets are simulated as real API
+//! clients (the model kwok uses). It exists so postflight can be proved end to end where
+//! no cloud cluster can run, and as the demo a new user runs first.
 //!
 //! # Usage
 //! ```no_run
