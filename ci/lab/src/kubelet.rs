@@ -531,6 +531,12 @@ impl Runtime {
                 if deleting && worker.stop.borrow().is_none() {
                     worker.stop.send_replace(Some(grace));
                 }
+                // The status manager's reconcile: someone else changed what the API says
+                // (the node lifecycle controller marks a silent node's pods unready), so
+                // the kubelet's own view is written again.
+                if status_differs(&pod["status"], &worker.status.lock().unwrap()) {
+                    worker.changed.notify_one();
+                }
                 continue;
             }
             let worker = self.start_pod(node, pod, deleting.then_some(grace));
@@ -1252,6 +1258,40 @@ fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
     status.code().or_else(|| status.signal().map(|s| 128 + s))
 }
 
+/// Whether the API's pod status disagrees with the kubelet's on what matters to readers:
+/// the phase, each condition's status, and each container's readiness and restarts.
+fn status_differs(api: &Value, local: &Value) -> bool {
+    if local["containerStatuses"].is_null() {
+        // Nothing reported yet: the pod is still being set up.
+        return false;
+    }
+    let conditions = |status: &Value| -> Vec<(Value, Value)> {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["type"].clone(), c["status"].clone()))
+            .collect()
+    };
+    let containers = |status: &Value| -> Vec<(Value, Value, Value)> {
+        status["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["name"].clone(),
+                    c["ready"].clone(),
+                    c["restartCount"].clone(),
+                )
+            })
+            .collect()
+    };
+    api["phase"] != local["phase"]
+        || conditions(api) != conditions(local)
+        || containers(api) != containers(local)
+}
+
 /// Pushes a pod's status as the kubelet's status manager does: the latest status wins,
 /// and the patch names the pod's UID so that it never lands on a new pod of the same
 /// name.
@@ -1346,4 +1386,31 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, String> {
         .await
         .map_err(|e| format!("loading {}: {e}", path.display()))?;
     Client::try_from(config).map_err(|e| format!("a client from {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(ready: &str, container_ready: bool) -> Value {
+        json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "containerStatuses": [{"name": "c", "ready": container_ready, "restartCount": 0}],
+        })
+    }
+
+    #[test]
+    fn a_pod_another_controller_marked_unready_is_reported_again() {
+        let local = status("True", true);
+        // The node lifecycle controller's doing: Ready=False while the container is ready.
+        assert!(status_differs(&status("False", true), &local));
+        assert!(status_differs(&status("True", false), &local));
+        // Timestamps alone are no reason to write.
+        let mut same = local.clone();
+        same["conditions"][0]["lastTransitionTime"] = json!("2026-02-02T00:00:00Z");
+        assert!(!status_differs(&same, &local));
+        // Nothing reported yet: nothing to reconcile.
+        assert!(!status_differs(&status("False", false), &json!({})));
+    }
 }
