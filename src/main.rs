@@ -237,21 +237,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
+            let request = VerifyRequest {
+                node,
+                reboot,
+                force,
+                allow_protected,
+                drain,
+            };
+            // What is wrong with the request itself is said before where the cluster is.
+            if let Err(error) = gate::check_request(&inventory, &request) {
+                return usage_error(error);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
             }
-            runtime.block_on(verify(
-                inventory,
-                VerifyRequest {
-                    node,
-                    reboot,
-                    force,
-                    allow_protected,
-                    drain,
-                },
-                Outputs { junit, json },
-            ))
+            runtime.block_on(verify(inventory, request, Outputs { junit, json }))
         }
         Command::Rbac { service_account } => {
             let inventory = match load_inventory(flags.inventory.as_deref()) {
@@ -269,6 +270,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
+            if let Err(error) = gate::check_node(&inventory, &node) {
+                return usage_error(error);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
@@ -293,6 +297,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 force,
                 allow_protected,
             };
+            if let Err(error) = gate::plan_rolling(&inventory, &request) {
+                return usage_error(error);
+            }
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);

@@ -310,7 +310,7 @@ fn an_unknown_node_is_a_usage_error() {
     let inventory = dir.path().join("inventory.yaml");
     std::fs::write(
         &inventory,
-        "nodes:\n  - name: k8s-worker-01\n    host: 198.18.0.11\n",
+        "ssh:\n  known_hosts: known_hosts\nnodes:\n  - name: k8s-worker-01\n    host: 198.18.0.11\n",
     )
     .unwrap();
     let output = Command::new(POSTFLIGHT)

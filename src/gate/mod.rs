@@ -22,7 +22,7 @@ use crate::cluster::probes::{probe_pod_name, ProbeFleet, ProbeRequest, ReadyProb
 use crate::cluster::{self, Cluster};
 use crate::diagnose::{self, Findings, NodeShell};
 use crate::host::{HostError, RebootOutcome, ShellCommand, SshTransport, Transport};
-use crate::inventory::{CalicoExpectations, Inventory};
+use crate::inventory::{CalicoExpectations, Inventory, NodeEntry};
 use crate::report::{NodeReport, StepTiming};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -50,7 +50,7 @@ pub use connectivity::{check_connectivity, start_probes, ProbePlan};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
 pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
-pub use rolling::{rolling, RollingRequest};
+pub use rolling::{plan as plan_rolling, rolling, RollingRequest};
 
 /// How many curls run at once. Each is an exec stream through the API server; cilium-cli
 /// runs its connectivity scenarios with similar modest parallelism to stay polite to
@@ -278,6 +278,34 @@ pub fn ssh_transport(inventory: &Inventory, node: &str) -> Option<SshTransport> 
     ))
 }
 
+/// The node, as the inventory lists it.
+///
+/// # Errors
+/// The inventory does not list it.
+pub fn check_node<'a>(inventory: &'a Inventory, node: &str) -> Result<&'a NodeEntry, GateError> {
+    inventory.node(node).ok_or_else(|| GateError::UnknownNode {
+        node: node.to_string(),
+        inventory: inventory.file.clone(),
+        known: inventory.node_names().join(", "),
+    })
+}
+
+/// Whether a verify request can run at all, before anything talks to the cluster.
+///
+/// # Errors
+/// The node is not in the inventory, or is protected and a reboot was asked without
+/// `--allow-protected`.
+pub fn check_request(inventory: &Inventory, request: &VerifyRequest) -> Result<(), GateError> {
+    let entry = check_node(inventory, &request.node)?;
+    if request.reboot && entry.protected && !request.allow_protected {
+        return Err(GateError::Protected {
+            node: request.node.clone(),
+            inventory: inventory.file.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Verifies one node, rebooting it first when asked. Always returns a report — checks
 /// that could not run are errors in it — unless the request itself is wrong.
 ///
@@ -292,19 +320,7 @@ pub async fn verify(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
-    let Some(entry) = inventory.node(&request.node) else {
-        return Err(GateError::UnknownNode {
-            node: request.node.clone(),
-            inventory: inventory.file.clone(),
-            known: inventory.node_names().join(", "),
-        });
-    };
-    if request.reboot && entry.protected && !request.allow_protected {
-        return Err(GateError::Protected {
-            node: request.node.clone(),
-            inventory: inventory.file.clone(),
-        });
-    }
+    check_request(inventory, request)?;
     let started_at = Timestamp::now();
     let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
     let run_id = new_run_id();

@@ -31,13 +31,7 @@ pub async fn diagnose_node(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
-    if inventory.node(node).is_none() {
-        return Err(GateError::UnknownNode {
-            node: node.into(),
-            inventory: inventory.file.clone(),
-            known: inventory.node_names().join(", "),
-        });
-    }
+    check_node(inventory, node)?;
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DIAGNOSE_CHECKS);
     let interrupted = tokio::select! {
