@@ -4,7 +4,7 @@
 //! JUnit testcase names CI servers trend across runs.
 
 use crate::diagnose::Diagnosis;
-use crate::inventory::CalicoExpectations;
+use crate::expectations::{CalicoExpectations, TmpfilesDeclaration};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde::Serialize;
 use std::fmt;
@@ -83,6 +83,89 @@ pub enum Verdict {
     Passed,
     Failed(String),
     Error(String),
+    /// Nothing to judge here, and why: not a pass, not a fault.
+    Skipped(String),
+}
+
+/// What kind of trouble kept a check from running, for a CI server to sort errors by:
+/// the JUnit `type` of an `<error>`, and `error_kind` in the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The API server could not be reached at all.
+    Unreachable,
+    /// The credentials were refused (401), or postflight may not do what it needs (403,
+    /// a missing RBAC rule).
+    Forbidden,
+    /// Something the run needs does not exist (404): the node, calico-node's DaemonSet.
+    NotFound,
+    /// A deadline passed before the check could be decided.
+    Timeout,
+    /// The node could not be reached or used over SSH: connection, host key, login.
+    Ssh,
+    /// The run refused to act, or was refused: a degraded cluster, a reboot command that
+    /// exited non-zero, an eviction a PodDisruptionBudget blocked.
+    Refused,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// Anything else; the message says what.
+    Error,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Ssh => "ssh",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Error => "error",
+        }
+    }
+
+    /// The kind of an HTTP status the API server answered with.
+    pub fn of_status(code: u16) -> Self {
+        match code {
+            401 | 403 => ErrorKind::Forbidden,
+            404 => ErrorKind::NotFound,
+            408 | 504 => ErrorKind::Timeout,
+            409 | 422 | 429 => ErrorKind::Refused,
+            _ => ErrorKind::Error,
+        }
+    }
+}
+
+/// Why something could not be observed: what kind of trouble, and what was said. The
+/// typed errors of the cluster and host modules become this where a check records them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Unobserved {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Unobserved {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Unobserved {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<&crate::cluster::ClusterError> for Unobserved {
+    fn from(error: &crate::cluster::ClusterError) -> Self {
+        Unobserved::new(error.kind(), error.to_string())
+    }
+}
+
+impl From<&crate::host::HostError> for Unobserved {
+    fn from(error: &crate::host::HostError) -> Self {
+        Unobserved::new(error.kind(), error.to_string())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,6 +201,9 @@ pub struct CheckResult {
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
     pub diagnosis: Option<Diagnosis>,
+    /// Set with an error verdict: why the check could not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -140,24 +226,33 @@ impl CheckResult {
             details: Vec::new(),
             duration,
             diagnosis: None,
+            error_kind: None,
         }
+    }
+    /// An error verdict for a check that could not run because of `why`.
+    pub fn unobserved(name: CheckName, node: &str, why: &Unobserved, duration: Duration) -> Self {
+        Self::error(name, node, why.kind, why.message.clone(), duration)
     }
     pub fn error(
         name: CheckName,
         node: &str,
+        kind: ErrorKind,
         message: impl Into<String>,
         duration: Duration,
     ) -> Self {
-        Self::new(
+        let mut result = Self::new(
             name,
             node,
             Verdict::Error(message.into()),
             Vec::new(),
             duration,
-        )
+        );
+        result.error_kind = Some(kind);
+        result
     }
+    /// Nothing is wrong: it passed, or there was nothing to judge.
     pub fn passed(&self) -> bool {
-        self.verdict == Verdict::Passed
+        matches!(self.verdict, Verdict::Passed | Verdict::Skipped(_))
     }
 }
 
@@ -368,11 +463,16 @@ pub fn judge_crashloop(
     (Verdict::Passed, evidence)
 }
 
-/// `tmpfiles_config_present`: the file exists and has the expected line (whitespace
-/// between fields does not matter, as systemd-tmpfiles reads it).
-pub fn judge_tmpfiles(content: Option<&str>, expected: &CalicoExpectations) -> Judgement {
-    let file = &expected.tmpfiles_file;
-    let want = normalise(&expected.tmpfiles_line);
+/// `tmpfiles_config_present` where the inventory declares the entry: the file exists and
+/// has the declared line (whitespace between fields does not matter, as systemd-tmpfiles
+/// reads it).
+pub fn judge_tmpfiles(
+    content: Option<&str>,
+    declared: &TmpfilesDeclaration,
+    run_dir: &str,
+) -> Judgement {
+    let file = &declared.file;
+    let want = normalise(&declared.line);
     let Some(content) = content else {
         return (
             Verdict::Failed(format!("{file} does not exist")),
@@ -403,7 +503,7 @@ pub fn judge_tmpfiles(content: Option<&str>, expected: &CalicoExpectations) -> J
     }
     // Another entry for the same directory in the same file contradicts it:
     // systemd-tmpfiles applies the first one and only warns about the rest.
-    let run_dir = canonical_run_path(&expected.run_dir);
+    let run_dir = canonical_run_path(run_dir);
     let contradicting: Vec<String> = parse_tmpfiles(content)
         .into_iter()
         .filter(|entry| {
@@ -466,7 +566,7 @@ pub fn parse_tmpfiles(text: &str) -> Vec<TmpfilesEntry> {
 }
 
 /// /var/run is a symlink to /run on every systemd host; tmpfiles.d may name either.
-fn canonical_run_path(path: &str) -> String {
+pub fn canonical_run_path(path: &str) -> String {
     let path = path.trim_end_matches('/');
     match path.strip_prefix("/var/run") {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
@@ -483,70 +583,149 @@ fn numeric_owner(field: &str) -> Result<u32, String> {
     }
 }
 
-/// `run_dir_after_next_boot`: what systemd-tmpfiles will make of the run directory at the
-/// next boot, from its merged configuration (`--cat-config`): the first directory entry
-/// for the path wins, as systemd-tmpfiles applies it. This finds the incident's fault on
-/// nodes that have not rebooted yet.
-pub fn judge_next_boot(merged_config: &str, expected: &CalicoExpectations) -> Judgement {
-    let run_dir = canonical_run_path(&expected.run_dir);
-    let want = RunDirStat {
-        mode: expected.mode(),
-        uid: expected.run_dir_owner,
-        gid: expected.run_dir_group,
-    };
-    let what = format!("{} after the next boot (mode uid gid)", expected.run_dir);
-    let entry = parse_tmpfiles(merged_config).into_iter().find(|e| {
+/// The entry systemd-tmpfiles applies to the run directory, from its merged configuration
+/// (`--cat-config`): the first directory entry for the path wins.
+pub fn effective_tmpfiles_entry(merged_config: &str, run_dir: &str) -> Option<TmpfilesEntry> {
+    let run_dir = canonical_run_path(run_dir);
+    parse_tmpfiles(merged_config).into_iter().find(|e| {
         canonical_run_path(&e.path) == run_dir
             && matches!(e.kind.trim_end_matches('!'), "d" | "D" | "v" | "q" | "Q")
-    });
-    let Some(entry) = entry else {
-        let message = format!(
-            "no tmpfiles.d entry creates {}: after the next boot it will not exist",
-            expected.run_dir
-        );
-        return (
-            Verdict::Failed(message),
-            vec![Evidence::new(what, "not created", want.to_string())],
-        );
-    };
-    // tmpfiles.d(5): a directory's mode defaults to 0755, its owner to root.
-    let mode = if entry.mode == "-" {
-        "755".to_string()
-    } else {
-        entry
-            .mode
-            .trim_start_matches('~')
-            .trim_start_matches('0')
-            .to_string()
-    };
-    let owner = (numeric_owner(&entry.user), numeric_owner(&entry.group));
-    let from = entry
-        .source
-        .as_deref()
-        .map(|s| format!(" (from {s}: `{}`)", entry.line))
-        .unwrap_or_default();
-    let observed = match owner {
-        (Ok(uid), Ok(gid)) => RunDirStat {
-            mode: mode.clone(),
-            uid,
-            gid,
+    })
+}
+
+impl TmpfilesEntry {
+    /// The directory this entry makes, as `stat` would show it; Err: the line names a
+    /// user or group by name, which only the node could resolve.
+    pub fn stat(&self) -> Result<RunDirStat, String> {
+        // tmpfiles.d(5): a directory's mode defaults to 0755, its owner to root.
+        let mode = if self.mode == "-" {
+            "755".to_string()
+        } else {
+            let digits = self.mode.trim_start_matches('~').trim_start_matches('0');
+            if digits.is_empty() { "0" } else { digits }.to_string()
+        };
+        match (numeric_owner(&self.user), numeric_owner(&self.group)) {
+            (Ok(uid), Ok(gid)) => Ok(RunDirStat { mode, uid, gid }),
+            _ => Err(format!("{mode} {} {}", self.user, self.group)),
         }
-        .to_string(),
-        _ => format!("{mode} {} {}", entry.user, entry.group),
+    }
+
+    /// ` (from /etc/tmpfiles.d/calico.conf: `d /run/calico …`)`
+    fn provenance(&self) -> String {
+        self.source
+            .as_deref()
+            .map(|s| format!(" (from {s}: `{}`)", self.line))
+            .unwrap_or_else(|| format!(" (`{}`)", self.line))
+    }
+}
+
+/// How an entry's directory measures up: the stat it makes (in words) and why it falls
+/// short, if it does.
+fn judge_entry(
+    entry: &TmpfilesEntry,
+    expected: &CalicoExpectations,
+) -> (String, Result<(), String>) {
+    match entry.stat() {
+        Ok(stat) => (stat.to_string(), expected.judge_access(&stat)),
+        Err(named) => (
+            named.clone(),
+            Err(format!(
+                "it names its owner as `{}`/`{}`, which postflight does not resolve: declare the entry in the inventory (calico.tmpfiles_file, calico.tmpfiles_line)",
+                entry.user, entry.group
+            )),
+        ),
+    }
+}
+
+/// `tmpfiles_config_present` where the inventory declares nothing: the node's own entry
+/// for the run directory, if it has one, must make it usable by calico-node. With no
+/// entry there is nothing to judge (calico-node's hostPath volume creates the directory),
+/// and the check says so.
+pub fn judge_node_tmpfiles(merged_config: &str, expected: &CalicoExpectations) -> Judgement {
+    let what = format!("tmpfiles.d entry for {}", expected.run_dir);
+    let Some(entry) = effective_tmpfiles_entry(merged_config, &expected.run_dir) else {
+        return (
+            Verdict::Skipped(format!(
+                "no tmpfiles.d entry on the node names {}, and the inventory declares none (calico.tmpfiles_file): calico-node's hostPath volume creates the directory",
+                expected.run_dir
+            )),
+            vec![Evidence::new(what, "none", "an entry, where the site declares one")],
+        );
     };
+    let (made, judged) = judge_entry(&entry, expected);
     let evidence = vec![Evidence::new(
         what,
-        format!("{observed}{from}"),
-        want.to_string(),
+        format!("{made}{}", entry.provenance()),
+        expected.wanted(),
     )];
-    if observed == want.to_string() {
-        (Verdict::Passed, evidence)
-    } else {
-        let message = format!(
-            "at the next boot systemd-tmpfiles will make {} as {observed}{from}, not {want}: calico-node will fail on this node's next reboot",
-            expected.run_dir
-        );
-        (Verdict::Failed(message), evidence)
+    match judged {
+        Ok(()) => (Verdict::Passed, evidence),
+        Err(why) => (
+            Verdict::Failed(format!(
+                "the node's tmpfiles.d entry makes {} as {made}{}: {why}",
+                expected.run_dir,
+                entry.provenance()
+            )),
+            evidence,
+        ),
+    }
+}
+
+/// `run_dir_after_next_boot`: what systemd-tmpfiles will make of the run directory at the
+/// next boot, from its merged configuration (`--cat-config`). This finds the incident's
+/// fault on nodes that have not rebooted yet.
+pub fn judge_next_boot(merged_config: &str, expected: &CalicoExpectations) -> Judgement {
+    let what = format!("{} after the next boot (mode uid gid)", expected.run_dir);
+    let Some(entry) = effective_tmpfiles_entry(merged_config, &expected.run_dir) else {
+        if expected.tmpfiles.is_some() {
+            let message = format!(
+                "no tmpfiles.d entry creates {}: after the next boot it will not exist",
+                expected.run_dir
+            );
+            return (
+                Verdict::Failed(message),
+                vec![Evidence::new(what, "not created", expected.wanted())],
+            );
+        }
+        // Nothing creates it at boot: calico-node's hostPath volume (DirectoryOrCreate)
+        // makes it root-owned, mode 0755, when the pod starts.
+        let by_kubelet = RunDirStat {
+            mode: "755".into(),
+            uid: 0,
+            gid: 0,
+        };
+        let evidence = vec![Evidence::new(
+            what,
+            format!("{by_kubelet} (no tmpfiles.d entry: made by calico-node's hostPath volume)"),
+            expected.wanted(),
+        )];
+        return match expected.judge_access(&by_kubelet) {
+            Ok(()) => (Verdict::Passed, evidence),
+            Err(why) => (
+                Verdict::Failed(format!(
+                    "no tmpfiles.d entry creates {}, so after the next boot it is made as {by_kubelet}: {why}; calico-node will fail on this node's next reboot",
+                    expected.run_dir
+                )),
+                evidence,
+            ),
+        };
+    };
+    let (made, judged) = judge_entry(&entry, expected);
+    let evidence = vec![Evidence::new(
+        what,
+        format!("{made}{}", entry.provenance()),
+        expected.wanted(),
+    )];
+    match judged {
+        Ok(()) => (Verdict::Passed, evidence),
+        Err(why) => {
+            let message = format!(
+                "at the next boot systemd-tmpfiles will make {} as {made}{}: {why}; calico-node will fail on this node's next reboot",
+                expected.run_dir,
+                entry.provenance()
+            );
+            (Verdict::Failed(message), evidence)
+        }
     }
 }
 
@@ -672,28 +851,22 @@ impl fmt::Display for RunDirStat {
 }
 
 pub fn judge_run_dir(stat: Option<&RunDirStat>, expected: &CalicoExpectations) -> Judgement {
-    let want = RunDirStat {
-        mode: expected.mode(),
-        uid: expected.run_dir_owner,
-        gid: expected.run_dir_group,
-    };
     let what = format!("{} (mode uid gid)", expected.run_dir);
     match stat {
         None => (
             Verdict::Failed(format!("{} does not exist", expected.run_dir)),
-            vec![Evidence::new(what, "missing", want.to_string())],
+            vec![Evidence::new(what, "missing", expected.wanted())],
         ),
-        Some(stat) if *stat == want => (
-            Verdict::Passed,
-            vec![Evidence::new(what, stat.to_string(), want.to_string())],
-        ),
-        Some(stat) => (
-            Verdict::Failed(format!(
-                "{} is {stat}, expected {want}: calico-node (uid {}) cannot use it",
-                expected.run_dir, want.uid
-            )),
-            vec![Evidence::new(what, stat.to_string(), want.to_string())],
-        ),
+        Some(stat) => {
+            let evidence = vec![Evidence::new(what, stat.to_string(), expected.wanted())];
+            match expected.judge_access(stat) {
+                Ok(()) => (Verdict::Passed, evidence),
+                Err(why) => (
+                    Verdict::Failed(format!("{} is {stat}, {why}", expected.run_dir)),
+                    evidence,
+                ),
+            }
+        }
     }
 }
 
@@ -777,6 +950,61 @@ mod tests {
         CalicoExpectations::default()
     }
 
+    fn declared() -> TmpfilesDeclaration {
+        expectations()
+            .tmpfiles
+            .expect("the hardened site declares its entry")
+    }
+
+    /// calico-node as the stock manifest runs it (root), or as a hardened DaemonSet does
+    /// (uid 999), with no entry declared in the inventory.
+    fn undeclared(uid: u32) -> CalicoExpectations {
+        CalicoExpectations {
+            access: crate::expectations::RunDirAccess::UsableBy(crate::expectations::CalicoUser {
+                uid,
+                gid: Some(uid),
+                source: "runAsUser of DaemonSet kube-system/calico-node".into(),
+            }),
+            tmpfiles: None,
+            ..CalicoExpectations::default()
+        }
+    }
+
+    #[test]
+    fn without_a_declaration_the_nodes_own_entry_is_judged_or_the_check_skipped() {
+        let (verdict, _) = judge_node_tmpfiles(
+            "# /usr/lib/tmpfiles.d/x.conf\nd /run/x - - - -\n",
+            &undeclared(0),
+        );
+        assert!(
+            matches!(verdict, Verdict::Skipped(ref why) if why.contains("no tmpfiles.d entry")),
+            "{verdict:?}"
+        );
+        let clobbered = "# /etc/tmpfiles.d/calico.conf\nd /run/calico 0700 root root -\n";
+        let (verdict, evidence) = judge_node_tmpfiles(clobbered, &undeclared(999));
+        assert!(
+            matches!(verdict, Verdict::Failed(ref m) if m.contains("700 0 0") && m.contains("uid 999")),
+            "{verdict:?}"
+        );
+        assert!(evidence[0].observed.contains("/etc/tmpfiles.d/calico.conf"));
+        assert_eq!(
+            judge_node_tmpfiles(clobbered, &undeclared(0)).0,
+            Verdict::Passed
+        );
+        let named = "d /run/calico 0755 calico calico -\n";
+        assert!(
+            matches!(judge_node_tmpfiles(named, &undeclared(999)).0, Verdict::Failed(ref m) if m.contains("calico.tmpfiles_line"))
+        );
+    }
+
+    #[test]
+    fn with_no_entry_the_next_boot_is_what_the_hostpath_volume_makes() {
+        assert_eq!(judge_next_boot("", &undeclared(0)).0, Verdict::Passed);
+        assert!(
+            matches!(judge_next_boot("", &undeclared(999)).0, Verdict::Failed(ref m) if m.contains("755 0 0"))
+        );
+    }
+
     #[test]
     fn run_dir_verdicts_carry_observed_and_expected() {
         let (verdict, evidence) =
@@ -803,15 +1031,15 @@ mod tests {
     fn tmpfiles_line_matches_regardless_of_spacing_and_comments() {
         let good = "# Calico\nd   /run/calico  0755 999 999 -\n";
         assert_eq!(
-            judge_tmpfiles(Some(good), &expectations()).0,
+            judge_tmpfiles(Some(good), &declared(), "/var/run/calico").0,
             Verdict::Passed
         );
         let clobbered = "d /run/calico 0700 root root -\n";
-        let (verdict, evidence) = judge_tmpfiles(Some(clobbered), &expectations());
+        let (verdict, evidence) = judge_tmpfiles(Some(clobbered), &declared(), "/var/run/calico");
         assert!(matches!(verdict, Verdict::Failed(_)));
         assert_eq!(evidence[0].observed, "d /run/calico 0700 root root -");
         assert!(
-            matches!(judge_tmpfiles(None, &expectations()).0, Verdict::Failed(ref m) if m.contains("does not exist"))
+            matches!(judge_tmpfiles(None, &declared(), "/var/run/calico").0, Verdict::Failed(ref m) if m.contains("does not exist"))
         );
     }
 
@@ -852,7 +1080,7 @@ mod tests {
     #[test]
     fn a_contradicting_second_entry_fails_the_tmpfiles_check() {
         let both = "d /run/calico 0755 999 999 -\nd /var/run/calico 0700 root root -\n";
-        let (verdict, _) = judge_tmpfiles(Some(both), &expectations());
+        let (verdict, _) = judge_tmpfiles(Some(both), &declared(), "/var/run/calico");
         assert!(
             matches!(verdict, Verdict::Failed(ref m) if m.contains("contradicts")),
             "{verdict:?}"

@@ -3,7 +3,8 @@
 //! (log lines, `stat` of the run directory, the tmpfiles.d file); nothing here does I/O.
 
 use crate::checks::RunDirStat;
-use crate::inventory::{CalicoExpectations, SshTarget};
+use crate::expectations::CalicoExpectations;
+use crate::inventory::SshTarget;
 use serde::Serialize;
 
 /// How an engineer reaches a node from their own shell, for the remediation commands:
@@ -33,22 +34,19 @@ impl NodeShell {
         format!("{} {}", self.ssh, remote.replace("{sudo}", self.sudo))
     }
 
-    fn restore_tmpfiles(&self, expected: &CalicoExpectations) -> [String; 2] {
-        let file = &expected.tmpfiles_file;
+    /// Writes the tmpfiles.d line calico-node needs into `file`, then applies it.
+    fn restore_tmpfiles(&self, expected: &CalicoExpectations, file: &str) -> [String; 2] {
         [
             self.run(&format!(
                 "\"echo '{}' | {{sudo}}tee {file}\"",
-                expected.tmpfiles_line
+                expected.tmpfiles_line()
             )),
-            self.recreate_run_dir(expected),
+            self.recreate_run_dir(file),
         ]
     }
 
-    fn recreate_run_dir(&self, expected: &CalicoExpectations) -> String {
-        self.run(&format!(
-            "{{sudo}}systemd-tmpfiles --create {}",
-            expected.tmpfiles_file
-        ))
+    fn recreate_run_dir(&self, file: &str) -> String {
+        self.run(&format!("{{sudo}}systemd-tmpfiles --create {file}"))
     }
 }
 
@@ -109,29 +107,40 @@ impl Findings {
     }
 }
 
+/// The tmpfiles.d verdict the findings carry, and the file a fix writes: the declared
+/// file, or the one the node's own entry came from.
+fn tmpfiles_state(findings: &Findings, expected: &CalicoExpectations) -> (bool, String) {
+    use crate::checks::{effective_tmpfiles_entry, judge_node_tmpfiles, judge_tmpfiles, Verdict};
+    match (&findings.tmpfiles_content, &expected.tmpfiles) {
+        (Some(Some(content)), Some(declared)) => (
+            judge_tmpfiles(Some(content), declared, &expected.run_dir).0 != Verdict::Passed,
+            declared.file.clone(),
+        ),
+        (Some(None), Some(declared)) => (true, declared.file.clone()),
+        (Some(Some(merged)), None) => {
+            let source = effective_tmpfiles_entry(merged, &expected.run_dir).and_then(|e| e.source);
+            (
+                matches!(judge_node_tmpfiles(merged, expected).0, Verdict::Failed(_)),
+                expected.tmpfiles_file(source.as_deref()),
+            )
+        }
+        _ => (false, expected.tmpfiles_file(None)),
+    }
+}
+
 pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
-    let wanted_stat = RunDirStat {
-        mode: expected.mode(),
-        uid: expected.run_dir_owner,
-        gid: expected.run_dir_group,
-    };
-    let run_dir_wrong =
-        findings.run_dir_missing || findings.run_dir.as_ref().is_some_and(|s| *s != wanted_stat);
+    let run_dir_wrong = findings.run_dir_missing
+        || findings
+            .run_dir
+            .as_ref()
+            .is_some_and(|s| expected.judge_access(s).is_err());
     let permission_denied = findings
         .fatal_log_line
         .as_ref()
         .is_some_and(|l| l.contains("permission denied"));
-    let tmpfiles_clobbered = match &findings.tmpfiles_content {
-        Some(Some(content)) => {
-            crate::checks::judge_tmpfiles(Some(content), expected).0
-                != crate::checks::Verdict::Passed
-        }
-        Some(None) => true,
-        None => false,
-    };
+    let (tmpfiles_clobbered, file) = tmpfiles_state(findings, expected);
     let node = &findings.node;
     let shell = &findings.shell;
-    let file = &expected.tmpfiles_file;
     let delete_pod = match &findings.calico_pod {
         Some(pod) => format!("kubectl -n {} delete pod {pod}", findings.calico_namespace),
         None => format!(
@@ -147,11 +156,11 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
     if (permission_denied || run_dir_wrong) && tmpfiles_clobbered {
         return Some(Diagnosis {
             root_cause: format!(
-                "the tmpfiles.d entry for Calico was replaced (package update?): {file} no longer has `{}`, so at boot systemd-tmpfiles made {} as {observed} and calico-node (uid {}) cannot use it",
-                expected.tmpfiles_line, expected.run_dir, expected.run_dir_owner
+                "the tmpfiles.d entry for Calico was replaced (package update?): {file} no longer has `{}`, so at boot systemd-tmpfiles made {} as {observed} and calico-node ({}) cannot use it",
+                expected.tmpfiles_line(), expected.run_dir, expected.user()
             ),
             remediation: [
-                shell.restore_tmpfiles(expected).to_vec(),
+                shell.restore_tmpfiles(expected, &file).to_vec(),
                 vec![delete_pod],
             ]
             .concat(),
@@ -161,12 +170,20 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
         });
     }
     if permission_denied || run_dir_wrong {
+        let want = expected.wanted_stat();
         return Some(Diagnosis {
             root_cause: format!(
-                "{} is {observed} (expected {wanted_stat}) although {file} is right: something changed it after boot",
-                expected.run_dir
+                "{} is {observed} (expected {}) although its tmpfiles.d entry is right: something changed it after boot",
+                expected.run_dir,
+                expected.wanted()
             ),
-            remediation: vec![shell.recreate_run_dir(expected), delete_pod],
+            remediation: vec![
+                shell.run(&format!(
+                    "{{sudo}}install -d -m 0{} -o {} -g {} {}",
+                    want.mode, want.uid, want.gid, expected.run_dir
+                )),
+                delete_pod,
+            ],
             prevention: Some("find what changes the directory's mode or owner after boot (a hardening script, a security agent)".into()),
         });
     }
@@ -178,13 +195,13 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
 pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
     findings.tmpfiles_content.as_ref()?;
     let node = &findings.node;
-    let file = &expected.tmpfiles_file;
+    let (_, file) = tmpfiles_state(findings, expected);
     Some(Diagnosis {
         root_cause: format!(
             "{file} on {node} will not recreate {} as calico-node needs it (package update?): the node works now and breaks at its next reboot",
             expected.run_dir
         ),
-        remediation: findings.shell.restore_tmpfiles(expected).to_vec(),
+        remediation: findings.shell.restore_tmpfiles(expected, &file).to_vec(),
         prevention: Some(format!(
             "put {file} into node provisioning, so that an OS package cannot replace it unnoticed, and keep `postflight drift` in the rolling update before each reboot"
         )),
@@ -307,7 +324,7 @@ mod tests {
     #[test]
     fn remediation_reaches_the_node_as_the_inventory_does() {
         assert_eq!(
-            shell("root", 2222).recreate_run_dir(&CalicoExpectations::default()),
+            shell("root", 2222).recreate_run_dir("/etc/tmpfiles.d/calico.conf"),
             "ssh -p 2222 root@10.20.0.13 systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
             "root needs no sudo; a port other than 22 is named"
         );

@@ -58,6 +58,14 @@ pub enum HostError {
 }
 
 impl HostError {
+    /// Every host error is the SSH transport's: the node could not be reached or used.
+    pub fn kind(&self) -> crate::checks::ErrorKind {
+        match self {
+            HostError::Timeout { .. } => crate::checks::ErrorKind::Timeout,
+            _ => crate::checks::ErrorKind::Ssh,
+        }
+    }
+
     /// Whether the error happened before any command reached the node: the connection,
     /// the host key or the login failed, so nothing ran there. A session that broke
     /// after the command was sent leaves it unknown.

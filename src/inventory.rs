@@ -38,7 +38,7 @@ pub struct Inventory {
     pub ssh: SshDefaults,
     pub nodes: Vec<NodeEntry>,
     #[serde(default)]
-    pub calico: CalicoExpectations,
+    pub calico: CalicoSettings,
     #[serde(default)]
     pub probe: ProbeSettings,
     #[serde(default)]
@@ -176,43 +176,37 @@ pub struct SshTarget {
     pub become_method: Option<Become>,
 }
 
+/// What the inventory says about Calico. Everything is optional: what it leaves out is
+/// read from the cluster (the calico-node DaemonSet: its namespace, its selector and the
+/// user it runs as), and what it sets wins. `crate::expectations` resolves the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CalicoExpectations {
-    pub namespace: String,
-    pub selector: String,
+pub struct CalicoSettings {
+    pub namespace: Option<String>,
+    pub selector: Option<String>,
     pub run_dir: String,
-    /// Octal, as `stat -c %a` prints it.
-    pub run_dir_mode: String,
-    pub run_dir_owner: u32,
-    pub run_dir_group: u32,
-    pub tmpfiles_file: String,
-    pub tmpfiles_line: String,
+    /// Octal, as `stat -c %a` prints it. Set with the owner for an exact requirement.
+    pub run_dir_mode: Option<String>,
+    pub run_dir_owner: Option<u32>,
+    pub run_dir_group: Option<u32>,
+    /// A tmpfiles.d entry the site declares for the run directory; set both to require
+    /// it. Left out, the node's own tmpfiles.d configuration is judged where it has an
+    /// entry for the run directory, and the check is skipped where it has none.
+    pub tmpfiles_file: Option<String>,
+    pub tmpfiles_line: Option<String>,
 }
 
-impl Default for CalicoExpectations {
+impl Default for CalicoSettings {
     fn default() -> Self {
-        CalicoExpectations {
-            namespace: "kube-system".into(),
-            selector: "k8s-app=calico-node".into(),
+        CalicoSettings {
+            namespace: None,
+            selector: None,
             run_dir: "/var/run/calico".into(),
-            run_dir_mode: "755".into(),
-            run_dir_owner: 999,
-            run_dir_group: 999,
-            tmpfiles_file: "/etc/tmpfiles.d/calico.conf".into(),
-            tmpfiles_line: "d /run/calico 0755 999 999 -".into(),
-        }
-    }
-}
-
-impl CalicoExpectations {
-    /// The expected mode without leading zeros, as `stat -c %a` prints it.
-    pub fn mode(&self) -> String {
-        let trimmed = self.run_dir_mode.trim_start_matches('0');
-        if trimmed.is_empty() {
-            "0".into()
-        } else {
-            trimmed.into()
+            run_dir_mode: None,
+            run_dir_owner: None,
+            run_dir_group: None,
+            tmpfiles_file: None,
+            tmpfiles_line: None,
         }
     }
 }
@@ -473,12 +467,23 @@ impl Inventory {
                 format!("{key} is 0s: a wait that cannot succeed; give it a duration > 0"),
             ));
         }
-        let mode = &self.calico.run_dir_mode;
-        if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        if let Some(mode) = &self.calico.run_dir_mode {
+            if mode.is_empty()
+                || mode.len() > 4
+                || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            {
+                return Err(self.located(
+                    text,
+                    "calico.run_dir_mode",
+                    format!("calico.run_dir_mode {mode:?} is not an octal mode like \"0755\""),
+                ));
+            }
+        }
+        if self.calico.tmpfiles_file.is_some() != self.calico.tmpfiles_line.is_some() {
             return Err(self.located(
                 text,
-                "calico.run_dir_mode",
-                format!("calico.run_dir_mode {mode:?} is not an octal mode like \"0755\""),
+                "calico",
+                "calico.tmpfiles_file and calico.tmpfiles_line go together: set both to require the entry, or neither to judge the node's own".into(),
             ));
         }
         if self
@@ -544,7 +549,8 @@ mod tests {
         );
         assert_eq!(inventory.timeouts.node_ready, Duration::from_secs(90));
         assert_eq!(inventory.timeouts.node_not_ready, Duration::from_secs(120));
-        assert_eq!(inventory.calico.mode(), "755");
+        assert_eq!(inventory.calico.run_dir, "/var/run/calico");
+        assert_eq!(inventory.calico.run_dir_owner, None);
         let target = inventory.ssh_target(inventory.node("k8s-worker-03").unwrap());
         assert_eq!(
             (target.port, target.user.as_str(), target.become_method),

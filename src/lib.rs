@@ -11,6 +11,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod diagnose;
+pub mod expectations;
 pub mod gate;
 pub mod host;
 pub mod inventory;

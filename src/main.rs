@@ -547,6 +547,7 @@ impl Progress for Console {
             Verdict::Passed => "✔",
             Verdict::Failed(_) => "✘",
             Verdict::Error(_) => "!",
+            Verdict::Skipped(_) => "-",
         };
         eprintln!(
             "[{:>5.1}s] {mark} {}",

@@ -101,6 +101,16 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "--drain: evictions through the Eviction API, so PodDisruptionBudgets are respected.",
     },
     Permission {
+        group: "apps",
+        resource: "daemonsets",
+        subresource: None,
+        verbs: &["get", "list"],
+        scope: Scope::Cluster,
+        named: None,
+        need: Need::Verify,
+        why: "calico-node's DaemonSet: where it runs (kube-system or calico-system) and as which user.",
+    },
+    Permission {
         group: "",
         resource: "namespaces",
         subresource: None,

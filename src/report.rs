@@ -149,7 +149,13 @@ pub fn junit(reports: &[NodeReport], suite_prefix: &str) -> junit_report::Report
                     junit_report::TestCase::failure(name, time, "failure", message)
                 }
                 Verdict::Error(message) => {
-                    junit_report::TestCase::error(name, time, "error", message)
+                    // The kind goes in `type`, so a CI server can tell "forbidden" from
+                    // "unreachable" without parsing the message.
+                    let kind = result.error_kind.unwrap_or(crate::checks::ErrorKind::Error);
+                    junit_report::TestCase::error(name, time, kind.as_str(), message)
+                }
+                Verdict::Skipped(why) => {
+                    junit_report::TestCase::skipped_with_cause(name, "skipped", why)
                 }
             };
             case.set_classname(&node.node);
@@ -358,6 +364,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
                     paint("33", "!"),
                     format!(" — could not run: {}", shorten(m)),
                 ),
+                Verdict::Skipped(m) => (paint("2", "-"), format!(" — skipped: {}", shorten(m))),
             };
             out.push_str(&format!(
                 "  {mark} {:<30} {:>6.1}s{message}\n",
@@ -408,8 +415,27 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
     }
     let passed: usize = reports
         .iter()
-        .map(|r| r.results.iter().filter(|c| c.passed()).count())
+        .map(|r| {
+            r.results
+                .iter()
+                .filter(|c| c.verdict == Verdict::Passed)
+                .count()
+        })
         .sum();
+    let skipped: usize = reports
+        .iter()
+        .map(|r| {
+            r.results
+                .iter()
+                .filter(|c| matches!(c.verdict, Verdict::Skipped(_)))
+                .count()
+        })
+        .sum();
+    let skipped = if skipped > 0 {
+        format!(", {skipped} skipped")
+    } else {
+        String::new()
+    };
     let failed: usize = reports
         .iter()
         .map(|r| {
@@ -429,7 +455,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
         })
         .sum();
     out.push_str(&format!(
-        "{passed} passed, {failed} failed, {errors} could not run\n"
+        "{passed} passed, {failed} failed, {errors} could not run{skipped}\n"
     ));
     out
 }
@@ -471,6 +497,7 @@ mod tests {
                 CheckResult::error(
                     CheckName::CrossNodePodConnectivity,
                     "k8s-worker-03",
+                    crate::checks::ErrorKind::Timeout,
                     "probe pod never scheduled",
                     Duration::from_secs(2),
                 ),
@@ -505,7 +532,15 @@ mod tests {
             CheckName::CrossNodePodConnectivity,
         ]
         .into_iter()
-        .map(|name| CheckResult::error(name, "k8s-worker-03", why, Duration::ZERO))
+        .map(|name| {
+            CheckResult::error(
+                name,
+                "k8s-worker-03",
+                crate::checks::ErrorKind::Unreachable,
+                why,
+                Duration::ZERO,
+            )
+        })
         .collect();
         let text = console(&reports, false);
         assert_eq!(text.matches(why).count(), 1, "{text}");
@@ -519,6 +554,7 @@ mod tests {
         reports[0].results[1] = CheckResult::error(
             CheckName::CalicoNodeReady,
             "k8s-worker-03",
+            crate::checks::ErrorKind::Error,
             "other",
             Duration::ZERO,
         );
@@ -586,7 +622,15 @@ mod tests {
             out.contains("observed 700 0 0 | expected 755 999 999"),
             "{out}"
         );
-        assert!(cases[2].children().any(|n| n.has_tag_name("error")));
+        let error = cases[2]
+            .children()
+            .find(|n| n.has_tag_name("error"))
+            .expect("an <error>");
+        assert_eq!(
+            error.attribute("type"),
+            Some("timeout"),
+            "the kind, for CI to sort by"
+        );
         assert!(!dir.path().join("out").read_dir().unwrap().any(|e| e
             .unwrap()
             .file_name()

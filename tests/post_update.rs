@@ -16,6 +16,7 @@
 
 use postflight::checks::{judge_node_ready, CheckName, CheckResult, Verdict};
 use postflight::cluster::Cluster;
+use postflight::expectations::CalicoExpectations;
 use postflight::gate::{self, ProbePlan, RebootBaseline};
 use postflight::host::SshTransport;
 use postflight::inventory::Inventory;
@@ -118,8 +119,10 @@ fn reboot_phase(target: &'static Target) -> &'static RebootPhase {
                     .unwrap_or_else(|e| panic!("{e}"));
                 let ssh = gate::ssh_transport(&target.inventory, &target.node)
                     .expect("node in inventory");
+                let calico = expectations(target, &cluster).await;
                 let (results, steps, baseline) =
-                    gate::reboot_node(&target.inventory, &cluster, &ssh, &target.node).await;
+                    gate::reboot_node(&target.inventory, &calico, &cluster, &ssh, &target.node)
+                        .await;
                 RebootPhase {
                     results,
                     steps,
@@ -130,6 +133,14 @@ fn reboot_phase(target: &'static Target) -> &'static RebootPhase {
         .join()
         .expect("the reboot phase does not panic")
     })
+}
+
+/// What the checks hold calico-node to: the inventory's `calico:` values, the rest read
+/// from its DaemonSet, as a run resolves them.
+async fn expectations(target: &Target, cluster: &Cluster) -> CalicoExpectations {
+    gate::calico_expectations(cluster, &target.inventory.calico)
+        .await
+        .unwrap_or_else(|e| panic!("COULD NOT RUN: {e}"))
 }
 
 /// Records a result in the suite's JUnit and fails the test unless it passed.
@@ -160,6 +171,7 @@ fn conclude(target: &Target, result: CheckResult) {
         Verdict::Passed => {}
         Verdict::Failed(message) => panic!("FAILED: {message}\n{evidence}"),
         Verdict::Error(message) => panic!("COULD NOT RUN: {message}\n{evidence}"),
+        Verdict::Skipped(why) => eprintln!("{}: skipped: {why}", target.node),
     }
 }
 
@@ -237,7 +249,7 @@ async fn calico_results(target: &'static Target, cluster: &Cluster) -> gate::Cal
     let deadline = target.inventory.timeouts.calico_ready;
     gate::check_calico(
         cluster,
-        &target.inventory,
+        &expectations(target, cluster).await,
         &target.node,
         baseline,
         since,
@@ -276,10 +288,13 @@ async fn calico_node_not_crashlooping(target: &'static Target, #[future(awt)] cl
 
 async fn host_results(target: &'static Target, ssh: SshTransport) -> gate::HostResults {
     let inventory = &target.inventory;
+    let cluster = gate::connect(inventory)
+        .await
+        .unwrap_or_else(|e| panic!("COULD NOT RUN: connecting to the cluster: {e}"));
     gate::check_host(
         &ssh,
         &target.node,
-        &inventory.calico,
+        &expectations(target, &cluster).await,
         inventory.timeouts.ssh,
     )
     .await

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use postflight_lab::topology::CalicoProfile;
 use rstest::rstest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,6 +58,53 @@ fn a_healthy_reboot_passes_every_check() {
     assert_nothing_left(&lab, node);
 }
 
+/// Calico as people install it, each with the lab's default inventory (no `calico:`
+/// section): the manifest's root calico-node in kube-system and the operator's in
+/// calico-system pass, and the tmpfiles.d check is skipped with its reason, since nobody
+/// declares an entry. The hardened site is `a_healthy_reboot_passes_every_check`.
+#[rstest]
+#[case::stock("pf-stock", CalicoProfile::Stock, "kube-system")]
+#[case::operator("pf-operator", CalicoProfile::Operator, "calico-system")]
+fn every_calico_install_passes_with_a_default_inventory(
+    #[case] name: &str,
+    #[case] profile: CalicoProfile,
+    #[case] namespace: &str,
+) {
+    let lab = lab_with_calico(name, 3, profile);
+    let inventory = std::fs::read_to_string(lab.paths().inventory()).unwrap();
+    assert!(!inventory.contains("calico:"), "{inventory}");
+    let reports = tempfile::tempdir().unwrap();
+    let node = "k8s-worker-02";
+    let run = verify(&lab.paths().inventory(), node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let cases = run.junit_cases();
+    for (check, _, kind) in &cases {
+        let expected = if check == "tmpfiles_config_present" {
+            "skipped"
+        } else {
+            "passed"
+        };
+        assert_eq!(kind, expected, "{check}: {}", run.describe());
+    }
+    assert!(
+        run.message("tmpfiles_config_present")
+            .contains("no tmpfiles.d entry on the node"),
+        "{}",
+        run.describe()
+    );
+    let evidence = &run.result("run_dir_permissions")["evidence"][0];
+    assert_eq!(evidence["observed"], "755 0 0");
+    assert!(
+        evidence["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("DaemonSet {namespace}/calico-node")),
+        "{evidence}"
+    );
+    assert!(run.stdout().contains("1 skipped"), "{}", run.describe());
+    assert_nothing_left(&lab, node);
+}
+
 #[test]
 fn the_incident_fails_with_evidence_and_its_fix_passes() {
     let lab = lab("pf-incident", 5);
@@ -83,15 +131,25 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
     );
     assert_eq!(run.verdict("calico_node_not_crashlooping"), "failed");
     assert_eq!(run.verdict("tmpfiles_config_present"), "failed");
-    assert_eq!(
-        run.result("tmpfiles_config_present")["evidence"][0]["observed"],
-        "d /run/calico 0700 root root -"
+    // The lab's inventory declares nothing: the node's own entry is judged against the
+    // user calico-node's DaemonSet runs it as.
+    let tmpfiles = run.result("tmpfiles_config_present")["evidence"][0]["observed"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        tmpfiles.starts_with("700 0 0")
+            && tmpfiles.contains("/etc/tmpfiles.d/calico.conf: `d /run/calico 0700 root root -`"),
+        "{tmpfiles}"
     );
     assert_eq!(run.verdict("run_dir_permissions"), "failed");
     let evidence = &run.result("run_dir_permissions")["evidence"][0];
-    assert_eq!(
-        (evidence["observed"].as_str(), evidence["expected"].as_str()),
-        (Some("700 0 0"), Some("755 999 999"))
+    assert_eq!(evidence["observed"], "700 0 0");
+    assert!(
+        evidence["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("usable by uid 999 (runAsUser of DaemonSet kube-system/calico-node)"),
+        "{evidence}"
     );
     assert_eq!(
         run.verdict("same_node_pod_connectivity"),
@@ -288,6 +346,8 @@ fn a_host_key_that_does_not_match_is_refused_and_nothing_runs(
     let run = verify(&inventory, node, true, reports.path());
     assert_eq!(run.code(), 3, "could not run is exit 3: {}", run.describe());
     assert!(run.stdout().contains(said), "{}", run.describe());
+    let ssh = vec!["ssh".to_string()];
+    assert_eq!(run.error_kinds(), (ssh.clone(), ssh), "{}", run.junit);
     // The preflight (API side only) passes; everything that needs the node could not run.
     assert_eq!(run.verdict("cluster_healthy_before_reboot"), "passed");
     assert!(
@@ -476,8 +536,8 @@ fn drift_names_exactly_the_nodes_that_will_break_at_their_next_reboot() {
     let inventory_text = std::fs::read_to_string(lab.paths().inventory())
         .unwrap()
         .replace(
-            "calico:\n",
-            &format!("  - name: k8s-worker-99\n    host: {nobody}\ncalico:\n"),
+            "probe:\n",
+            &format!("  - name: k8s-worker-99\n    host: {nobody}\nprobe:\n"),
         );
     let inventory = lab.paths().state_dir.join("drift-inventory.yaml");
     std::fs::write(&inventory, inventory_text).unwrap();
@@ -847,6 +907,13 @@ fn a_missing_permission_fails_before_anything_is_touched_and_names_it() {
         "{}",
         run.describe()
     );
+    let forbidden = vec!["forbidden".to_string()];
+    assert_eq!(
+        run.error_kinds(),
+        (forbidden.clone(), forbidden),
+        "{}",
+        run.junit
+    );
     assert!(!cordoned(&lab, node), "the node was cordoned");
     assert_eq!(lock_holder(&lab), "", "the lock was taken");
     assert_eq!(boot_id(&lab, node), before, "the node was rebooted");
@@ -971,6 +1038,13 @@ fn an_unreachable_api_server_is_one_line_naming_it() {
         "{stdout}"
     );
     assert!(!stdout.contains("note:"), "{stdout}");
+    let unreachable = vec!["unreachable".to_string()];
+    assert_eq!(
+        run.error_kinds(),
+        (unreachable.clone(), unreachable),
+        "{}",
+        run.junit
+    );
     assert!(
         run.junit.contains("cannot reach the API server"),
         "{}",

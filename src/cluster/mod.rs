@@ -8,6 +8,7 @@ pub mod drain;
 pub mod lease;
 pub mod probes;
 
+use crate::checks::ErrorKind;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, AttachParams, ListParams, LogParams, PostParams};
@@ -44,6 +45,27 @@ pub enum ClusterError {
         code: u16,
         reason: String,
     },
+}
+
+impl ClusterError {
+    /// What kind of trouble this is, for the reports.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClusterError::Kubeconfig { .. }
+            | ClusterError::Client(_)
+            | ClusterError::Exec { .. } => ErrorKind::Error,
+            ClusterError::Api { source, .. } => match source {
+                kube::Error::Api(status) => ErrorKind::of_status(status.code),
+                kube::Error::HyperError(_) | kube::Error::Service(_) => ErrorKind::Unreachable,
+                _ => ErrorKind::Error,
+            },
+            ClusterError::Unreachable { cause, .. } if cause.starts_with("401") => {
+                ErrorKind::Forbidden
+            }
+            ClusterError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClusterError::Refused { code, .. } => ErrorKind::of_status(*code),
+        }
+    }
 }
 
 /// Why a request never got an answer, as an operator would say it: the innermost cause
@@ -309,6 +331,30 @@ impl Cluster {
             .list(&ListParams::default())
             .await
             .map_err(api_error("listing nodes"))?
+            .items)
+    }
+
+    /// The DaemonSets named `name`, in `namespace` or in every namespace: where and as
+    /// whom calico-node runs.
+    pub async fn daemonsets_named(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<k8s_openapi::api::apps::v1::DaemonSet>, ClusterError> {
+        let api = match namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        };
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        let place = namespace.map_or("every namespace".to_string(), |ns| {
+            format!("namespace {ns}")
+        });
+        Ok(api
+            .list(&params)
+            .await
+            .map_err(api_error(format!(
+                "listing DaemonSets named {name} in {place}"
+            )))?
             .items)
     }
 

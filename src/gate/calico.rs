@@ -3,6 +3,45 @@
 
 use super::*;
 
+#[derive(Debug, thiserror::Error)]
+pub enum CalicoLookupError {
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Expectation(#[from] ExpectationError),
+}
+
+impl CalicoLookupError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CalicoLookupError::Cluster(error) => error.kind(),
+            CalicoLookupError::Expectation(ExpectationError::NoDaemonSet { .. }) => {
+                ErrorKind::NotFound
+            }
+            CalicoLookupError::Expectation(_) => ErrorKind::Error,
+        }
+    }
+}
+
+/// What this run holds calico-node and its host state to: the inventory's `calico:`
+/// values, and where it is silent, calico-node's DaemonSet. An inventory that says
+/// everything needs no API call.
+///
+/// # Errors
+/// The DaemonSet could not be listed, or was not found once.
+pub async fn calico_expectations(
+    cluster: &Cluster,
+    settings: &CalicoSettings,
+) -> Result<CalicoExpectations, CalicoLookupError> {
+    if !needs_deployment(settings) {
+        return Ok(resolve(settings, &[])?);
+    }
+    let daemonsets = cluster
+        .daemonsets_named(CALICO_NODE_DAEMONSET, settings.namespace.as_deref())
+        .await?;
+    Ok(resolve(settings, &daemonsets)?)
+}
+
 /// The calico-node container that ran before the reboot: after it, only a different
 /// container (or pod) may count as Ready, never a stale status from the old boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,13 +85,12 @@ pub struct CalicoResults {
 /// On failure the current and previous log tails are attached as evidence.
 pub async fn check_calico(
     cluster: &Cluster,
-    inventory: &Inventory,
+    calico: &CalicoExpectations,
     node: &str,
     baseline: Option<&CalicoBaseline>,
     crashloop_since: Option<Timestamp>,
     deadline: Duration,
 ) -> CalicoResults {
-    let calico = &inventory.calico;
     let started = Instant::now();
     let latest: Mutex<Option<Pod>> = Mutex::new(None);
     let watched = tokio::time::timeout(
@@ -63,18 +101,18 @@ pub async fn check_calico(
     let observation = match watched {
         Ok(Ok(observation)) => observation,
         Ok(Err(refused)) => {
-            let message = refused.to_string();
+            let why = Unobserved::from(&refused);
             return CalicoResults {
-                ready: CheckResult::error(
+                ready: CheckResult::unobserved(
                     CheckName::CalicoNodeReady,
                     node,
-                    message.clone(),
+                    &why,
                     started.elapsed(),
                 ),
-                crashloop: CheckResult::error(
+                crashloop: CheckResult::unobserved(
                     CheckName::CalicoNodeNotCrashlooping,
                     node,
-                    message,
+                    &why,
                     started.elapsed(),
                 ),
                 pod_name: None,

@@ -42,7 +42,7 @@ pub async fn start_probes(
     cluster: &Cluster,
     inventory: &Inventory,
     plan: &ProbePlan,
-) -> Result<ProbeFleet, String> {
+) -> Result<ProbeFleet, Unobserved> {
     let settings = &inventory.probe;
     // Bounded by the probe deadline: creating may first wait out a namespace that an
     // earlier run left Terminating.
@@ -50,13 +50,16 @@ pub async fn start_probes(
     let refused = tokio::time::timeout(inventory.timeouts.probe_ready, create)
         .await
         .map_err(|_| {
-            format!(
-                "the probe namespace {} was not ready for new pods within {} (still Terminating?)",
-                settings.namespace,
-                humantime::format_duration(inventory.timeouts.probe_ready)
+            Unobserved::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the probe namespace {} was not ready for new pods within {} (still Terminating?)",
+                    settings.namespace,
+                    humantime::format_duration(inventory.timeouts.probe_ready)
+                ),
             )
         })?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Unobserved::from(&e))?;
     let created: Vec<ProbeRequest> = plan
         .requests
         .iter()
@@ -65,11 +68,11 @@ pub async fn start_probes(
         .collect();
     let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, created.len());
     let mut fleet = match tokio::time::timeout(inventory.timeouts.probe_ready, wait).await {
-        Ok(fleet) => fleet.map_err(|e| e.to_string())?,
+        Ok(fleet) => fleet.map_err(|e| Unobserved::from(&e))?,
         Err(_) => cluster
             .probe_fleet_now(&settings.namespace, &plan.run_id, &created)
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| Unobserved::from(&e))?,
     };
     fleet.broken.extend(refused);
     Ok(fleet)
@@ -90,7 +93,7 @@ pub async fn check_connectivity(
     cluster: &Cluster,
     inventory: &Inventory,
     plan: &ProbePlan,
-    fleet: Result<ProbeFleet, String>,
+    fleet: Result<ProbeFleet, Unobserved>,
     calico_ready: bool,
 ) -> (CheckResult, CheckResult) {
     let started = Instant::now();
@@ -103,12 +106,14 @@ pub async fn check_connectivity(
                 CheckResult::error(
                     CheckName::SameNodePodConnectivity,
                     node,
+                    error.kind,
                     message.clone(),
                     started.elapsed(),
                 ),
                 CheckResult::error(
                     CheckName::CrossNodePodConnectivity,
                     node,
+                    error.kind,
                     message,
                     started.elapsed(),
                 ),

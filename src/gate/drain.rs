@@ -28,21 +28,22 @@ pub(super) async fn drain(
     node: &str,
     deadline: Duration,
     uncordon_on_failure: bool,
-) -> Result<usize, String> {
+) -> Result<usize, DrainError> {
     cluster
         .set_unschedulable(node, true)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| DrainError {
+            cause: DrainCause::Api(error),
+            blocked: String::new(),
+            aftermath: "the node was not cordoned".into(),
+        })?;
     // The last refusal of each pod still blocked: what the failure message names.
     let refusals: Mutex<BTreeMap<String, String>> = Mutex::default();
     let outcome = tokio::time::timeout(deadline, evict_all(cluster, node, &refusals)).await;
-    let failure = match outcome {
+    let cause = match outcome {
         Ok(Ok(evicted)) => return Ok(evicted),
-        Ok(Err(error)) => error,
-        Err(_) => format!(
-            "the drain did not finish within {}",
-            humantime::format_duration(deadline)
-        ),
+        Ok(Err(error)) => DrainCause::Api(error),
+        Err(_) => DrainCause::Deadline(humantime::format_duration(deadline).to_string()),
     };
     let blocked: Vec<String> = refusals
         .lock()
@@ -50,23 +51,56 @@ pub(super) async fn drain(
         .iter()
         .map(|(pod, why)| format!("{pod}: {why}"))
         .collect();
-    let detail = if blocked.is_empty() {
+    let blocked = if blocked.is_empty() {
         String::new()
     } else {
         format!(" ({})", blocked.join("; "))
     };
-    if !uncordon_on_failure {
-        return Err(format!(
-            "{failure}{detail}; the node was not rebooted and stays cordoned, as it was before the run"
-        ));
-    }
-    match cluster.set_unschedulable(node, false).await {
-        Ok(()) => Err(format!(
-            "{failure}{detail}; the node was not rebooted and is uncordoned again"
-        )),
-        Err(error) => Err(format!(
-            "{failure}{detail}; the node was not rebooted, and uncordoning it failed: {error}"
-        )),
+    let aftermath = if !uncordon_on_failure {
+        "the node was not rebooted and stays cordoned, as it was before the run".to_string()
+    } else {
+        match cluster.set_unschedulable(node, false).await {
+            Ok(()) => "the node was not rebooted and is uncordoned again".to_string(),
+            Err(error) => {
+                format!("the node was not rebooted, and uncordoning it failed: {error}")
+            }
+        }
+    };
+    Err(DrainError {
+        cause,
+        blocked,
+        aftermath,
+    })
+}
+
+/// A drain that did not finish: why, which pods were still blocked and by what, and what
+/// became of the cordon.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}{blocked}; {aftermath}")]
+pub struct DrainError {
+    cause: DrainCause,
+    /// ` (ns/pod: what the API said; …)`, or empty.
+    blocked: String,
+    aftermath: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DrainCause {
+    #[error(transparent)]
+    Api(#[from] cluster::ClusterError),
+    #[error("the drain did not finish within {0}")]
+    Deadline(String),
+}
+
+impl DrainError {
+    /// A deadline that passed with pods still refused is a PodDisruptionBudget's refusal;
+    /// with none refused, the evictions were simply slow.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.cause {
+            DrainCause::Api(error) => error.kind(),
+            DrainCause::Deadline(_) if !self.blocked.is_empty() => ErrorKind::Refused,
+            DrainCause::Deadline(_) => ErrorKind::Timeout,
+        }
     }
 }
 
@@ -74,18 +108,17 @@ async fn evict_all(
     cluster: &Cluster,
     node: &str,
     refusals: &Mutex<BTreeMap<String, String>>,
-) -> Result<usize, String> {
-    let pods = cluster
-        .pods_to_evict(node)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<usize, cluster::ClusterError> {
+    let pods = cluster.pods_to_evict(node).await?;
     let count = pods.len();
-    let results: Vec<Result<(), String>> = futures::stream::iter(pods)
+    let results: Vec<Result<(), cluster::ClusterError>> = futures::stream::iter(pods)
         .map(|pod| evict_one(cluster, pod, refusals))
         .buffer_unordered(CONCURRENT_EVICTIONS)
         .collect()
         .await;
-    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, cluster::ClusterError>>()?;
     Ok(count)
 }
 
@@ -93,17 +126,13 @@ async fn evict_one(
     cluster: &Cluster,
     pod: Pod,
     refusals: &Mutex<BTreeMap<String, String>>,
-) -> Result<(), String> {
+) -> Result<(), cluster::ClusterError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let key = format!("{namespace}/{name}");
     loop {
-        match cluster
-            .evict(&namespace, &name)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match cluster.evict(&namespace, &name).await? {
             Eviction::Gone => break,
             Eviction::Accepted => {
                 // Evicted is not yet gone: wait for the pod object to disappear.
@@ -115,8 +144,7 @@ async fn evict_one(
                             .all(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
                             .then_some(())
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 break;
             }
             Eviction::Blocked(message) => {

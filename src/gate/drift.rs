@@ -1,7 +1,7 @@
 //! `drift`: every node, without rebooting any, checked for the state that breaks
 //! calico-node at its next boot.
 
-use super::host_state::{command_error, host_error};
+use super::host_state::{command_error, host_error, merged_tmpfiles_command};
 use super::*;
 
 /// How many nodes the drift check reads at once. Each is one SSH connection and three
@@ -27,8 +27,21 @@ pub async fn drift(
     cancel: &CancellationToken,
 ) -> Vec<NodeReport> {
     let nodes = inventory.node_names();
+    let calico = match drift_expectations(inventory).await {
+        Ok(calico) => calico,
+        Err(error) => {
+            return nodes
+                .iter()
+                .map(|node| {
+                    let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
+                    recorder.error_remaining(error.kind(), &error.to_string());
+                    recorder.into_report(false, Timestamp::now(), None)
+                })
+                .collect();
+        }
+    };
     let sweep = futures::stream::iter(nodes.iter())
-        .map(|node| drift_node(inventory, node, progress))
+        .map(|node| drift_node(inventory, &calico, node, progress))
         .buffer_unordered(DRIFT_CONCURRENCY)
         .collect::<Vec<NodeReport>>();
     let mut reports = tokio::select! {
@@ -36,7 +49,7 @@ pub async fn drift(
         () = cancel.cancelled() => {
             nodes.iter().map(|node| {
                 let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
-                recorder.error_remaining("the run was interrupted");
+                recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
                 let mut report = recorder.into_report(false, Timestamp::now(), None);
                 report.interrupted = true;
                 report
@@ -48,12 +61,29 @@ pub async fn drift(
     reports
 }
 
-async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) -> NodeReport {
+/// What drift holds every node to. The API is asked only when the inventory leaves out
+/// where or as whom calico-node runs: a fully declared inventory sweeps over SSH alone.
+async fn drift_expectations(
+    inventory: &Inventory,
+) -> Result<CalicoExpectations, CalicoLookupError> {
+    if !needs_deployment(&inventory.calico) {
+        return Ok(resolve(&inventory.calico, &[])?);
+    }
+    let cluster = connect(inventory).await?;
+    calico_expectations(&cluster, &inventory.calico).await
+}
+
+async fn drift_node(
+    inventory: &Inventory,
+    calico: &CalicoExpectations,
+    node: &str,
+    progress: &dyn Progress,
+) -> NodeReport {
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let deadline = inventory.timeouts.ssh * 2;
-    let checks = drift_checks(&transport, node, &inventory.calico);
+    let checks = drift_checks(&transport, node, calico);
     match tokio::time::timeout(
         deadline,
         recorder.timed("read the node's Calico state over SSH", checks),
@@ -61,7 +91,10 @@ async fn drift_node(inventory: &Inventory, node: &str, progress: &dyn Progress) 
     .await
     {
         Ok((results, _)) => results.into_iter().for_each(|r| recorder.record(r)),
-        Err(_) => recorder.error_remaining(&format!("{node} did not answer within {deadline:?}")),
+        Err(_) => recorder.error_remaining(
+            ErrorKind::Timeout,
+            &format!("{node} did not answer within {deadline:?}"),
+        ),
     }
     recorder.into_report(false, started_at, None)
 }
@@ -75,11 +108,17 @@ pub(super) async fn drift_checks(
     // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
     let host = check_host(transport, node, calico, Duration::ZERO).await;
     let started = Instant::now();
-    let cat_config = ShellCommand::new("env")
-        .arg("LC_ALL=C")
-        .arg("systemd-tmpfiles")
-        .arg("--cat-config");
-    let mut next_boot = match transport.run(&cat_config).await {
+    let cat_config = merged_tmpfiles_command();
+    // Without a declared entry, the host check already read the merged configuration.
+    let merged = match (&calico.tmpfiles, &host.tmpfiles_content) {
+        (None, Some(Some(merged))) => Ok(crate::host::CommandOutput {
+            stdout: merged.clone(),
+            stderr: String::new(),
+            exit_status: 0,
+        }),
+        _ => transport.run(&cat_config).await,
+    };
+    let mut next_boot = match merged {
         Ok(output) if output.success() => check_result(
             CheckName::RunDirAfterNextBoot,
             node,
@@ -99,7 +138,7 @@ pub(super) async fn drift_checks(
                     "`systemd-tmpfiles --cat-config` failed (exit {}: {}); judged from {} alone, other tmpfiles.d files may override it",
                     output.exit_status,
                     output.stderr.trim(),
-                    calico.tmpfiles_file
+                    calico.tmpfiles_file(None)
                 ));
                 result
             }

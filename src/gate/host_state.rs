@@ -43,44 +43,11 @@ pub async fn check_host(
     calico: &CalicoExpectations,
     ssh_patience: Duration,
 ) -> HostResults {
-    let started = Instant::now();
-    let cat = ShellCommand::new("env")
-        .arg("LC_ALL=C")
-        .arg("cat")
-        .arg("--")
-        .arg(&calico.tmpfiles_file);
-    let (tmpfiles, tmpfiles_content) = match run_when_reachable(transport, &cat, ssh_patience).await
-    {
-        Ok(output) if output.success() => {
-            let judgement = judge_tmpfiles(Some(&output.stdout), calico);
-            (
-                check_result(CheckName::TmpfilesConfigPresent, node, judgement, started),
-                Some(Some(output.stdout)),
-            )
+    let (tmpfiles, tmpfiles_content) = match &calico.tmpfiles {
+        Some(declared) => {
+            declared_tmpfiles(transport, node, declared, &calico.run_dir, ssh_patience).await
         }
-        Ok(output) if output.stderr.contains(NO_SUCH_FILE) => (
-            check_result(
-                CheckName::TmpfilesConfigPresent,
-                node,
-                judge_tmpfiles(None, calico),
-                started,
-            ),
-            Some(None),
-        ),
-        Ok(output) => (
-            command_error(
-                CheckName::TmpfilesConfigPresent,
-                node,
-                &cat,
-                &output,
-                started,
-            ),
-            None,
-        ),
-        Err(error) => (
-            host_error(CheckName::TmpfilesConfigPresent, node, &error, started),
-            None,
-        ),
+        None => node_tmpfiles(transport, node, calico, ssh_patience).await,
     };
     let started = Instant::now();
     let stat = ShellCommand::new("env")
@@ -111,6 +78,7 @@ pub async fn check_host(
                         CheckResult::error(
                             CheckName::RunDirPermissions,
                             node,
+                            ErrorKind::Error,
                             message,
                             started.elapsed(),
                         ),
@@ -149,6 +117,100 @@ pub async fn check_host(
     }
 }
 
+/// `tmpfiles_config_present` where the inventory declares the entry: its file must hold it.
+async fn declared_tmpfiles(
+    transport: &dyn Transport,
+    node: &str,
+    declared: &TmpfilesDeclaration,
+    run_dir: &str,
+    ssh_patience: Duration,
+) -> (CheckResult, Option<Option<String>>) {
+    let started = Instant::now();
+    let cat = ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("cat")
+        .arg("--")
+        .arg(&declared.file);
+    match run_when_reachable(transport, &cat, ssh_patience).await {
+        Ok(output) if output.success() => {
+            let judgement = judge_tmpfiles(Some(&output.stdout), declared, run_dir);
+            (
+                check_result(CheckName::TmpfilesConfigPresent, node, judgement, started),
+                Some(Some(output.stdout)),
+            )
+        }
+        Ok(output) if output.stderr.contains(NO_SUCH_FILE) => (
+            check_result(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                judge_tmpfiles(None, declared, run_dir),
+                started,
+            ),
+            Some(None),
+        ),
+        Ok(output) => (
+            command_error(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                &cat,
+                &output,
+                started,
+            ),
+            None,
+        ),
+        Err(error) => (
+            host_error(CheckName::TmpfilesConfigPresent, node, &error, started),
+            None,
+        ),
+    }
+}
+
+/// `tmpfiles_config_present` where nobody declared an entry: the node's merged tmpfiles.d
+/// configuration, judged where it has an entry for the run directory. The merged text is
+/// kept: drift's next-boot check and the diagnosis read it too.
+async fn node_tmpfiles(
+    transport: &dyn Transport,
+    node: &str,
+    calico: &CalicoExpectations,
+    ssh_patience: Duration,
+) -> (CheckResult, Option<Option<String>>) {
+    let started = Instant::now();
+    let command = merged_tmpfiles_command();
+    match run_when_reachable(transport, &command, ssh_patience).await {
+        Ok(output) if output.success() => (
+            check_result(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                judge_node_tmpfiles(&output.stdout, calico),
+                started,
+            ),
+            Some(Some(output.stdout)),
+        ),
+        Ok(output) => (
+            command_error(
+                CheckName::TmpfilesConfigPresent,
+                node,
+                &command,
+                &output,
+                started,
+            ),
+            None,
+        ),
+        Err(error) => (
+            host_error(CheckName::TmpfilesConfigPresent, node, &error, started),
+            None,
+        ),
+    }
+}
+
+/// systemd-tmpfiles' own view of every tmpfiles.d file, in the order it applies them.
+pub(super) fn merged_tmpfiles_command() -> ShellCommand {
+    ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("systemd-tmpfiles")
+        .arg("--cat-config")
+}
+
 pub(super) fn command_error(
     name: CheckName,
     node: &str,
@@ -162,7 +224,7 @@ pub(super) fn command_error(
         output.exit_status,
         output.stderr.trim()
     );
-    CheckResult::error(name, node, message, started.elapsed())
+    CheckResult::error(name, node, ErrorKind::Error, message, started.elapsed())
 }
 
 pub(super) fn host_error(
@@ -171,14 +233,14 @@ pub(super) fn host_error(
     error: &HostError,
     started: Instant,
 ) -> CheckResult {
-    CheckResult::error(name, node, error.to_string(), started.elapsed())
+    CheckResult::unobserved(name, node, &Unobserved::from(error), started.elapsed())
 }
 
 /// The node's routes and BIRD's view of its BGP sessions, read over SSH.
 pub struct NodeNetworkState {
-    pub routes: Result<String, String>,
+    pub routes: Result<String, Unobserved>,
     /// Ok(None): BIRD's control socket does not answer (BIRD is not running).
-    pub bgp: Result<Option<String>, String>,
+    pub bgp: Result<Option<String>, Unobserved>,
     pub socket: String,
 }
 
@@ -216,14 +278,16 @@ pub async fn node_network_state(
         .await
     {
         Ok(output) if output.success() => Ok(output.stdout),
-        Ok(output) => Err(format!(
-            "exit {}: {}",
-            output.exit_status,
-            output.stderr.trim()
+        Ok(output) => Err(Unobserved::new(
+            ErrorKind::Error,
+            format!("exit {}: {}", output.exit_status, output.stderr.trim()),
         )),
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(Unobserved::from(&error)),
     };
-    let mut bgp = Err("neither birdcl nor birdc is installed on the node".to_string());
+    let mut bgp = Err(Unobserved::new(
+        ErrorKind::Error,
+        "neither birdcl nor birdc is installed on the node",
+    ));
     for client in ["birdcl", "birdc"] {
         let command = ShellCommand::new(client)
             .arg("-s")
@@ -239,12 +303,15 @@ pub async fn node_network_state(
             {
                 Ok(None)
             }
-            Ok(output) => Err(format!(
-                "{client} exit {}: {}",
-                output.exit_status,
-                output.stderr.trim()
+            Ok(output) => Err(Unobserved::new(
+                ErrorKind::Error,
+                format!(
+                    "{client} exit {}: {}",
+                    output.exit_status,
+                    output.stderr.trim()
+                ),
             )),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(Unobserved::from(&error)),
         };
         break;
     }
@@ -268,10 +335,10 @@ pub fn check_bgp(state: &NodeNetworkState, node: &str, started: Instant) -> Chec
             result.details.extend(state.as_details());
             result
         }
-        Err(error) => CheckResult::error(
+        Err(error) => CheckResult::unobserved(
             CheckName::BgpSessionsEstablished,
             node,
-            error.clone(),
+            error,
             started.elapsed(),
         ),
     }

@@ -54,6 +54,30 @@ pub fn holder_identity(run_id: &str) -> String {
     )
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("the reboot lock {namespace}/{name} is held by {holder}{until}; waited {waited}")]
+    Held {
+        namespace: String,
+        name: String,
+        holder: String,
+        /// ` (until … unless renewed)`, when the holder's lease says.
+        until: String,
+        waited: String,
+    },
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+}
+
+impl LockError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LockError::Held { .. } => ErrorKind::Timeout,
+            LockError::Cluster(error) => error.kind(),
+        }
+    }
+}
+
 /// Takes the lock, waiting (on watch events and on the holder's expiry) up to the
 /// inventory's `lock.wait`.
 ///
@@ -64,15 +88,14 @@ pub async fn acquire(
     cluster: &Cluster,
     inventory: &Inventory,
     holder: &str,
-) -> Result<HeldLock, String> {
+) -> Result<HeldLock, LockError> {
     let settings = &inventory.lock;
     let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
     let deadline = Instant::now() + settings.wait;
     loop {
         let attempt = cluster
             .try_acquire_lease(namespace, name, holder, settings.duration)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let other = match attempt {
             LeaseAttempt::Acquired => break,
             LeaseAttempt::Raced => continue,
@@ -84,11 +107,13 @@ pub async fn acquire(
                 .expires
                 .map(|t| format!(" (until {t} unless renewed)"))
                 .unwrap_or_default();
-            return Err(format!(
-                "the reboot lock {namespace}/{name} is held by {}{until}; waited {}",
-                other.identity,
-                humantime::format_duration(settings.wait)
-            ));
+            return Err(LockError::Held {
+                namespace: namespace.into(),
+                name: name.into(),
+                holder: other.identity,
+                until,
+                waited: humantime::format_duration(settings.wait).to_string(),
+            });
         }
         let until_expiry = other
             .expires
@@ -99,7 +124,7 @@ pub async fn acquire(
         let wake = (now + until_expiry).min(deadline);
         tokio::select! {
             changed = cluster.lease_changed_hands(namespace, name, &other.identity) => {
-                changed.map_err(|e| e.to_string())?;
+                changed?;
             }
             () = tokio::time::sleep_until(wake.into()) => {}
         }

@@ -15,14 +15,19 @@
 
 use crate::checks::{
     judge_bgp, judge_boot_id, judge_calico_ready, judge_connectivity, judge_crashloop,
-    judge_next_boot, judge_node_ready, judge_run_dir, judge_tmpfiles, CalicoObservation, CheckName,
-    CheckResult, Evidence, Judgement, ProbeOutcome, RunDirStat, Verdict,
+    judge_next_boot, judge_node_ready, judge_node_tmpfiles, judge_run_dir, judge_tmpfiles,
+    CalicoObservation, CheckName, CheckResult, ErrorKind, Evidence, Judgement, ProbeOutcome,
+    RunDirStat, Unobserved, Verdict,
 };
 use crate::cluster::probes::{probe_pod_name, ProbeFleet, ProbeRequest, ReadyProbe};
 use crate::cluster::{self, Cluster};
 use crate::diagnose::{self, Findings, NodeShell};
+use crate::expectations::{
+    needs_deployment, resolve, CalicoExpectations, ExpectationError, TmpfilesDeclaration,
+    CALICO_NODE_DAEMONSET,
+};
 use crate::host::{HostError, RebootOutcome, ShellCommand, SshTransport, Transport};
-use crate::inventory::{CalicoExpectations, Inventory, NodeEntry};
+use crate::inventory::{CalicoSettings, Inventory, NodeEntry};
 use crate::report::{NodeReport, StepTiming};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -45,7 +50,9 @@ mod node_diagnosis;
 mod preflight;
 mod rolling;
 
-pub use calico::{check_calico, CalicoBaseline, CalicoResults};
+pub use calico::{
+    calico_expectations, check_calico, CalicoBaseline, CalicoLookupError, CalicoResults,
+};
 pub use connectivity::{check_connectivity, start_probes, ProbePlan};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
@@ -214,7 +221,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Every expected check not recorded yet becomes an error saying why it did not run.
-    fn error_remaining(&self, why: &str) {
+    fn error_remaining(&self, kind: ErrorKind, why: &str) {
         let missing: Vec<CheckName> = {
             let results = self.results.lock().expect("recorder lock");
             self.expected
@@ -227,6 +234,7 @@ impl<'a> Recorder<'a> {
             self.record(CheckResult::error(
                 name,
                 &self.node,
+                kind,
                 why.to_string(),
                 Duration::ZERO,
             ));
@@ -330,7 +338,7 @@ pub async fn verify(
         () = cancel.cancelled() => true,
     };
     if interrupted {
-        recorder.error_remaining("the run was interrupted");
+        recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
     }
     if let Some(cluster) = state.cluster.as_ref().filter(|_| state.probes_may_exist) {
         let namespace = &inventory.probe.namespace;
@@ -459,12 +467,12 @@ async fn verify_steps(
         .await
     {
         Ok(cluster) => cluster,
-        Err(error) => return recorder.error_remaining(&error.to_string()),
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     };
     state.cluster = Some(cluster.clone());
     // An API server that does not answer is one error, said once, before anything else.
     if let Err(error) = recorder.timed("reach the API server", cluster.ping()).await {
-        return recorder.error_remaining(&error.to_string());
+        return recorder.error_remaining(error.kind(), &error.to_string());
     }
     // Before anything is locked, cordoned or created: a missing permission is one clear
     // error now, not a 403 halfway through a reboot.
@@ -477,13 +485,25 @@ async fn verify_steps(
         .await
     {
         Ok(missing) if missing.is_empty() => {}
-        Ok(missing) => return recorder.error_remaining(&missing_permissions(&missing)),
-        Err(error) => return recorder.error_remaining(&error.to_string()),
+        Ok(missing) => {
+            return recorder.error_remaining(ErrorKind::Forbidden, &missing_permissions(&missing))
+        }
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     }
     // From here on the run may create probe pods, which cleanup then owes.
     state.probes_may_exist = true;
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
-    let calico = &inventory.calico;
+    let calico = match recorder
+        .timed(
+            "read how calico-node is installed",
+            calico_expectations(&cluster, &inventory.calico),
+        )
+        .await
+    {
+        Ok(calico) => calico,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    let calico = &calico;
 
     let baseline = if request.reboot {
         let holder = lock::holder_identity(run_id);
@@ -495,7 +515,7 @@ async fn verify_steps(
             .await
         {
             Ok(held) => state.lock = Some(held),
-            Err(why) => return recorder.error_remaining(&why),
+            Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
         }
         match preflight_then_reboot(
             inventory,
@@ -505,6 +525,7 @@ async fn verify_steps(
             recorder,
             run_id,
             RebootOptions {
+                calico,
                 force: request.force,
                 drain: request.drain,
                 cordoned: &mut state.cordoned,
@@ -525,7 +546,7 @@ async fn verify_steps(
                 judge_node_ready(&current),
                 started,
             )),
-            Err(error) => return recorder.error_remaining(&error.to_string()),
+            Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
         }
         None
     };
@@ -542,7 +563,7 @@ async fn verify_steps(
         "wait for calico-node Ready",
         check_calico(
             &cluster,
-            inventory,
+            calico,
             node,
             baseline.as_ref().map(|b| &b.calico),
             crashloop_since,
@@ -653,6 +674,7 @@ pub struct RebootBaseline {
 /// when the node did not come back.
 pub async fn reboot_node(
     inventory: &Inventory,
+    calico: &CalicoExpectations,
     cluster: &Cluster,
     transport: &dyn Transport,
     node: &str,
@@ -666,6 +688,7 @@ pub async fn reboot_node(
         &recorder,
         &new_run_id(),
         RebootOptions {
+            calico,
             force: false,
             drain: false,
             cordoned: &mut false,
@@ -694,6 +717,7 @@ async fn preflight_then_reboot(
     options: RebootOptions<'_>,
 ) -> Option<RebootBaseline> {
     let RebootOptions {
+        calico,
         force,
         drain: drain_first,
         cordoned,
@@ -703,7 +727,7 @@ async fn preflight_then_reboot(
     let problems = recorder
         .timed(
             "preflight: is the cluster whole?",
-            preflight::cluster_problems(cluster, inventory, node, run_id),
+            preflight::cluster_problems(cluster, inventory, calico, node, run_id),
         )
         .await;
     if problems.is_empty() {
@@ -727,12 +751,13 @@ async fn preflight_then_reboot(
         recorder.record(CheckResult::error(
             CheckName::ClusterHealthyBeforeReboot,
             node,
+            ErrorKind::Refused,
             message,
             started.elapsed(),
         ));
         if !force {
             let why = "the preflight refused the reboot (the cluster is already degraded; --force overrides)";
-            recorder.error_remaining(why);
+            recorder.error_remaining(ErrorKind::Refused, why);
             return None;
         }
         recorder.note(format!(
@@ -753,12 +778,14 @@ async fn preflight_then_reboot(
             recorder.record(CheckResult::error(
                 CheckName::NodeDrained,
                 node,
+                error.kind(),
                 format!("not drained: the reboot could not be sent: {error}"),
                 started.elapsed(),
             ));
-            recorder.error_remaining(&format!(
-                "the node was not rebooted: it cannot be reached to reboot it: {error}"
-            ));
+            recorder.error_remaining(
+                error.kind(),
+                &format!("the node was not rebooted: it cannot be reached to reboot it: {error}"),
+            );
             return None;
         }
         // A node someone else cordoned stays cordoned whatever this run finds: the cordon
@@ -769,10 +796,14 @@ async fn preflight_then_reboot(
                 recorder.record(CheckResult::error(
                     CheckName::NodeDrained,
                     node,
+                    error.kind(),
                     error.to_string(),
                     started.elapsed(),
                 ));
-                recorder.error_remaining("the node was not rebooted: it could not be drained");
+                recorder.error_remaining(
+                    error.kind(),
+                    "the node was not rebooted: it could not be drained",
+                );
                 return None;
             }
         };
@@ -810,19 +841,33 @@ async fn preflight_then_reboot(
                 recorder.record(CheckResult::error(
                     CheckName::NodeDrained,
                     node,
-                    why,
+                    why.kind(),
+                    why.to_string(),
                     started.elapsed(),
                 ));
-                recorder.error_remaining("the node was not rebooted: its drain did not finish");
+                recorder.error_remaining(
+                    why.kind(),
+                    "the node was not rebooted: its drain did not finish",
+                );
                 return None;
             }
         }
     }
-    reboot_and_wait(inventory, cluster, transport, node, recorder, reboot_sent).await
+    reboot_and_wait(
+        inventory,
+        calico,
+        cluster,
+        transport,
+        node,
+        recorder,
+        reboot_sent,
+    )
+    .await
 }
 
 /// How a reboot is prepared.
 struct RebootOptions<'a> {
+    calico: &'a CalicoExpectations,
     /// Reboot even into a degraded cluster.
     force: bool,
     /// Cordon and drain first.
@@ -840,6 +885,7 @@ struct RebootOptions<'a> {
 /// as errors).
 async fn reboot_and_wait(
     inventory: &Inventory,
+    calico: &CalicoExpectations,
     cluster: &Cluster,
     transport: &dyn Transport,
     node: &str,
@@ -847,14 +893,13 @@ async fn reboot_and_wait(
     reboot_sent: &mut bool,
 ) -> Option<RebootBaseline> {
     let timeouts = &inventory.timeouts;
-    let calico = &inventory.calico;
     let before = match recorder
         .timed("record the boot ID", cluster.node(node))
         .await
     {
         Ok(before) => before,
         Err(error) => {
-            recorder.error_remaining(&error.to_string());
+            recorder.error_remaining(error.kind(), &error.to_string());
             return None;
         }
     };
@@ -862,9 +907,10 @@ async fn reboot_and_wait(
         .map(String::from)
         .filter(|id| !id.is_empty())
     else {
-        recorder.error_remaining(&format!(
-            "node {node} reports no bootID: a reboot could not be proven"
-        ));
+        recorder.error_remaining(
+            ErrorKind::Error,
+            &format!("node {node} reports no bootID: a reboot could not be proven"),
+        );
         return None;
     };
     let calico_before = match cluster
@@ -873,7 +919,7 @@ async fn reboot_and_wait(
     {
         Ok(pods) => CalicoBaseline::of(pods.first()),
         Err(error) => {
-            recorder.error_remaining(&error.to_string());
+            recorder.error_remaining(error.kind(), &error.to_string());
             return None;
         }
     };
@@ -907,7 +953,7 @@ async fn reboot_and_wait(
                 )],
                 started.elapsed(),
             ));
-            recorder.error_remaining("the node was not rebooted");
+            recorder.error_remaining(ErrorKind::Refused, "the node was not rebooted");
             return None;
         }
         Err(error) => {
@@ -916,7 +962,10 @@ async fn reboot_and_wait(
             if error.before_sending() {
                 *reboot_sent = false;
             }
-            recorder.error_remaining(&format!("could not issue the reboot: {error}"));
+            recorder.error_remaining(
+                error.kind(),
+                &format!("could not issue the reboot: {error}"),
+            );
             return None;
         }
     }
@@ -931,7 +980,7 @@ async fn reboot_and_wait(
     );
     let went = recorder.timed("wait for the node to go down", down).await;
     if let Ok(Err(refused)) = &went {
-        recorder.error_remaining(&refused.to_string());
+        recorder.error_remaining(refused.kind(), &refused.to_string());
         return None;
     }
     if went.is_err() {
@@ -941,7 +990,7 @@ async fn reboot_and_wait(
         );
         let seen = last_seen.lock().expect("last_seen lock").clone();
         fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
-        recorder.error_remaining("the node did not reboot");
+        recorder.error_remaining(ErrorKind::Timeout, "the node did not reboot");
         return None;
     }
 
@@ -956,7 +1005,7 @@ async fn reboot_and_wait(
     {
         Ok(Ok(after)) => after,
         Ok(Err(refused)) => {
-            recorder.error_remaining(&refused.to_string());
+            recorder.error_remaining(refused.kind(), &refused.to_string());
             return None;
         }
         Err(_) => {
@@ -970,7 +1019,7 @@ async fn reboot_and_wait(
                 humantime::format_duration(timeouts.node_ready)
             );
             fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
-            recorder.error_remaining("the node did not come back");
+            recorder.error_remaining(ErrorKind::Timeout, "the node did not come back");
             return None;
         }
     };

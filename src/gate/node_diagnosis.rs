@@ -39,7 +39,7 @@ pub async fn diagnose_node(
         () = cancel.cancelled() => true,
     };
     if interrupted {
-        recorder.error_remaining("the run was interrupted");
+        recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
     }
     let mut report = recorder.into_report(false, started_at, None);
     report.interrupted = interrupted;
@@ -47,12 +47,27 @@ pub async fn diagnose_node(
 }
 
 async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'_>) {
-    let calico = &inventory.calico;
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let cluster = recorder
+        .timed("connect to the API server", connect(inventory))
+        .await;
+    // Without the API, a fully declared inventory still lets the node itself be read.
+    let calico = match &cluster {
+        Ok(cluster) => calico_expectations(cluster, &inventory.calico).await,
+        Err(_) if !needs_deployment(&inventory.calico) => {
+            resolve(&inventory.calico, &[]).map_err(CalicoLookupError::from)
+        }
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    let calico = match calico {
+        Ok(calico) => calico,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    let calico = &calico;
     let cluster_side = async {
-        let cluster = match connect(inventory).await {
+        let cluster = match &cluster {
             Ok(cluster) => cluster,
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(Unobserved::from(error)),
         };
         if let Ok(current) = cluster.node(node).await {
             recorder.note(format!(
@@ -61,7 +76,7 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
             ));
         }
         let since = crashloop_window_start(None);
-        Ok(check_calico(&cluster, inventory, node, None, since, DIAGNOSE_SNAPSHOT).await)
+        Ok(check_calico(cluster, calico, node, None, since, DIAGNOSE_SNAPSHOT).await)
     };
     let host_side = async {
         let files = drift_checks(&transport, node, calico).await;
@@ -87,12 +102,7 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
                 CheckName::CalicoNodeReady,
                 CheckName::CalicoNodeNotCrashlooping,
             ] {
-                results.push(CheckResult::error(
-                    name,
-                    node,
-                    error.clone(),
-                    Duration::ZERO,
-                ));
+                results.push(CheckResult::unobserved(name, node, &error, Duration::ZERO));
             }
         }
     }

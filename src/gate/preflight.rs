@@ -12,6 +12,7 @@ use crate::cluster::probes::probe_pod_name;
 pub(super) async fn cluster_problems(
     cluster: &Cluster,
     inventory: &Inventory,
+    calico: &CalicoExpectations,
     node: &str,
     run_id: &str,
 ) -> Vec<String> {
@@ -37,7 +38,6 @@ pub(super) async fn cluster_problems(
         }
         Err(error) => problems.push(error.to_string()),
     }
-    let calico = &inventory.calico;
     let params = kube::api::ListParams::default().labels(&calico.selector);
     match cluster.pods(&calico.namespace).list(&params).await {
         Ok(pods) => {

@@ -2,6 +2,7 @@
 //! their reports, and the assertions that nothing was left behind.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use postflight_lab::topology::CalicoProfile;
 use postflight_lab::{Lab, LabConfig};
 use serde_json::Value;
 use std::path::Path;
@@ -11,6 +12,12 @@ pub const POSTFLIGHT: &str = env!("CARGO_BIN_EXE_postflight");
 
 pub fn lab(name: &str, nodes: usize) -> Lab {
     Lab::up(LabConfig::new(name).nodes(nodes)).unwrap_or_else(|e| panic!("lab {name}: {e}"))
+}
+
+/// A lab whose Calico is installed as `profile` installs it.
+pub fn lab_with_calico(name: &str, nodes: usize, profile: CalicoProfile) -> Lab {
+    Lab::up(LabConfig::new(name).nodes(nodes).calico(profile))
+        .unwrap_or_else(|e| panic!("lab {name}: {e}"))
 }
 
 /// One run of `postflight verify`, with its reports.
@@ -47,15 +54,35 @@ impl Run {
     pub fn message(&self, check: &str) -> &str {
         self.result(check)["message"].as_str().unwrap_or_default()
     }
+    /// The `type` of every `<error>` in the JUnit file, and of every `error_kind` in the
+    /// JSON, deduplicated: what kind of trouble kept checks from running.
+    pub fn error_kinds(&self) -> (Vec<String>, Vec<String>) {
+        let document = roxmltree::Document::parse(&self.junit).expect("JUnit is well-formed XML");
+        let mut junit: Vec<String> = document
+            .descendants()
+            .filter(|n| n.has_tag_name("error"))
+            .filter_map(|n| n.attribute("type").map(String::from))
+            .collect();
+        junit.dedup();
+        let mut json: Vec<String> = self.json["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|node| node["results"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["error_kind"].as_str().map(String::from))
+            .collect();
+        json.dedup();
+        (junit, json)
+    }
     /// (testcase name, kind) for every testcase in the JUnit file: kind is "passed",
-    /// "failure" or "error".
+    /// "failure", "error" or "skipped".
     pub fn junit_cases(&self) -> Vec<(String, String, String)> {
         let document = roxmltree::Document::parse(&self.junit).expect("JUnit is well-formed XML");
         document
             .descendants()
             .filter(|n| n.has_tag_name("testcase"))
             .map(|case| {
-                let kind = ["failure", "error"]
+                let kind = ["failure", "error", "skipped"]
                     .into_iter()
                     .find(|k| case.children().any(|c| c.has_tag_name(*k)))
                     .unwrap_or("passed");

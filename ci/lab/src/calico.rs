@@ -1,7 +1,8 @@
 //! The calico-node stand-in, run as the container of the calico-node DaemonSet's pods.
 //!
-//! Like calico-node it needs `/var/run/calico` usable by its UID (999 here): BIRD keeps
-//! its control socket there. When it is not, it logs the line the incident's calico-node
+//! Like calico-node it needs `/var/run/calico` usable by the user its pod runs it as
+//! (uid 999 on the hardened site, root on a stock install): BIRD keeps its control
+//! socket there. When it is not, it logs the line the incident's calico-node
 //! logged and exits non-zero, so the kubelet crash-loops it. Otherwise it runs the real
 //! BIRD with an iBGP full mesh to every other node, exporting the node's pod block.
 //! `calico-node -bird-ready` is Calico's own readiness check: every BGP session must be
@@ -62,7 +63,7 @@ pub fn run() -> i32 {
         "INFO",
         &format!("startup/startup.go: Checking datastore connection; node name {node_name}"),
     );
-    if !crate::node::calico_uid_can_use(Path::new(RUN_DIR)) {
+    if !crate::node::can_create_files_in(Path::new(RUN_DIR)) {
         log("FATAL", PERMISSION_DENIED_LINE);
         return 1;
     }

@@ -6,7 +6,7 @@ use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
 use crate::pki;
 use crate::system::{self, io_context, Result, SystemError};
-use crate::topology::Topology;
+use crate::topology::{CalicoProfile, Topology, CALICO_UID};
 use crate::{LabPaths, ReadyReport};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -41,20 +41,30 @@ fn inventory(topology: &Topology) -> String {
             text.push_str("    protected: true\n");
         }
     }
+    // No `calico:` section: a default inventory, which reads where and as whom
+    // calico-node runs from its DaemonSet, whichever profile the lab runs.
     text.push_str(
-        "calico:\n  namespace: kube-system\n  selector: k8s-app=calico-node\n  run_dir: /var/run/calico\n  run_dir_mode: \"0755\"\n  run_dir_owner: 999\n  run_dir_group: 999\n\
-         \x20 tmpfiles_file: /etc/tmpfiles.d/calico.conf\n  tmpfiles_line: \"d /run/calico 0755 999 999 -\"\n\
-         probe:\n  namespace: postflight-probe\n  image: registry.k8s.io/e2e-test-images/agnhost:2.53\n  port: 8080\n\
+        "probe:\n  namespace: postflight-probe\n  image: registry.k8s.io/e2e-test-images/agnhost:2.53\n  port: 8080\n\
          reboot:\n  command: systemctl reboot\n\
          timeouts:\n  node_not_ready: 60s\n  node_ready: 120s\n  calico_ready: 90s\n  connectivity: 30s\n",
     );
     text
 }
 
-fn calico_daemonset() -> serde_json::Value {
+/// calico-node's DaemonSet as the profile installs it. The hardened site runs it as
+/// uid/gid 999 with the capabilities BIRD needs to program routes and listen on port 179;
+/// the stock manifest and the operator run it as the image's user, root.
+fn calico_daemonset(profile: CalicoProfile) -> serde_json::Value {
+    let security = match profile {
+        CalicoProfile::Hardened => json!({
+            "runAsUser": CALICO_UID, "runAsGroup": CALICO_UID,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"]},
+        }),
+        CalicoProfile::Stock | CalicoProfile::Operator => json!({"privileged": true}),
+    };
     json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": {"name": "calico-node", "namespace": "kube-system", "labels": {"k8s-app": "calico-node"}},
+        "metadata": {"name": "calico-node", "namespace": profile.namespace(), "labels": {"k8s-app": "calico-node"}},
         "spec": {
             "selector": {"matchLabels": {"k8s-app": "calico-node"}},
             "template": {
@@ -66,6 +76,7 @@ fn calico_daemonset() -> serde_json::Value {
                         "name": "calico-node", "image": CALICO_NODE_IMAGE,
                         "env": [{"name": "NODENAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                                 {"name": "CALICO_NETWORKING_BACKEND", "value": "bird"}],
+                        "securityContext": security,
                         "readinessProbe": {"exec": {"command": ["/bin/calico-node", "-bird-ready", "-threshold-time=5s"]}, "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 2},
                         "volumeMounts": [{"name": "var-run-calico", "mountPath": "/var/run/calico"}],
                     }],
@@ -292,7 +303,19 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         ),
     )?;
     write(&paths.inventory(), inventory(&topology))?;
-    kubectl(&["apply", "-f", "-"], Some(calico_daemonset().to_string())).await?;
+    if topology.calico == CalicoProfile::Operator {
+        // The operator's namespace runs privileged pods, and says so to Pod Security.
+        let namespace = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "calico-system", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}},
+        });
+        kubectl(&["apply", "-f", "-"], Some(namespace.to_string())).await?;
+    }
+    kubectl(
+        &["apply", "-f", "-"],
+        Some(calico_daemonset(topology.calico).to_string()),
+    )
+    .await?;
 
     // Each kubelet is a client of its own, as the node's identity.
     let mut clients = HashMap::new();
@@ -366,7 +389,7 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         )
         .await?;
     }
-    let ready_at = wait_until_ready(&admin, topology.nodes.len())
+    let ready_at = wait_until_ready(&admin, topology.calico.namespace(), topology.nodes.len())
         .await
         .map_err(|e| other("waiting for the lab to be ready", e))?;
     let api_port = plane.lock().await.ports.apiserver;
@@ -410,9 +433,10 @@ pub fn node_is_ready(node: &Node) -> bool {
 /// each, as `kubectl rollout status` reads it.
 async fn wait_until_ready(
     admin: &kube::Client,
+    calico_namespace: &str,
     node_count: usize,
 ) -> std::result::Result<Instant, String> {
-    let daemonsets: kube::Api<DaemonSet> = kube::Api::namespaced(admin.clone(), "kube-system");
+    let daemonsets: kube::Api<DaemonSet> = kube::Api::namespaced(admin.clone(), calico_namespace);
     let count = node_count as i32;
     let rolled_out = await_condition(daemonsets, "calico-node", move |ds: Option<&DaemonSet>| {
         ds.and_then(|ds| ds.status.as_ref())

@@ -793,6 +793,7 @@ impl Runtime {
                 return;
             }
         };
+        create_host_path_directories(&self.topology, node, pod);
         let now = now_rfc3339();
         let containers = pod["spec"]["containers"]
             .as_array()
@@ -1181,10 +1182,43 @@ impl Runtime {
     }
 }
 
+/// Makes a pod's `hostPath` volumes of type DirectoryOrCreate that do not exist yet, as
+/// the kubelet does before it starts the containers: mode 0755, owned by root. Only the
+/// node's own `/run` is the node's in the lab (every other path is the host's, which
+/// the lab never writes), and that is where calico-node's volume lives.
+fn create_host_path_directories(topology: &Topology, node: &NodeSpec, pod: &Value) {
+    use std::os::unix::fs::DirBuilderExt;
+    let run = node::NodePaths::new(topology, node).run;
+    for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let host_path = &volume["hostPath"];
+        if host_path["type"] != json!("DirectoryOrCreate") {
+            continue;
+        }
+        let path = host_path["path"].as_str().unwrap_or_default();
+        let below_run = path
+            .strip_prefix("/var/run/")
+            .or_else(|| path.strip_prefix("/run/"));
+        if let Some(rest) = below_run.filter(|r| !r.split('/').any(|part| part == "..")) {
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(run.join(rest));
+        }
+    }
+}
+
+/// Who a container runs as: user, group, and the capabilities its securityContext adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunAs {
+    user: u64,
+    group: u64,
+    capabilities: Vec<String>,
+}
+
 /// The user and group a container runs as, from its securityContext over the pod's, as
 /// the kubelet resolves them; `None` is the image's user (root, for every lab image).
 /// `runAsNonRoot` without a non-root user is refused, as the kubelet refuses it.
-fn run_as(pod: &Value, container: &Value) -> Result<Option<(u64, u64)>, String> {
+fn run_as(pod: &Value, container: &Value) -> Result<Option<RunAs>, String> {
     let field = |name: &str| {
         let own = &container["securityContext"][name];
         if own.is_null() {
@@ -1204,12 +1238,31 @@ fn run_as(pod: &Value, container: &Value) -> Result<Option<(u64, u64)>, String> 
             container["name"].as_str().unwrap_or_default()
         ));
     }
-    Ok(user.map(|user| (user, group)))
+    let capabilities = container["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect();
+    Ok(user.map(|user| RunAs {
+        user,
+        group,
+        capabilities,
+    }))
 }
 
-/// Prefixes `argv` so that it runs as the given user, with no supplementary groups.
-fn as_user(user: Option<(u64, u64)>, argv: Vec<String>) -> Vec<String> {
-    let Some((user, group)) = user else {
+/// Prefixes `argv` so that it runs as the given user, with no supplementary groups. The
+/// capabilities a securityContext adds survive the change of user and the exec as
+/// ambient capabilities, which is how a container runtime hands them to a non-root
+/// process.
+fn as_user(user: Option<RunAs>, argv: Vec<String>) -> Vec<String> {
+    let Some(RunAs {
+        user,
+        group,
+        capabilities,
+    }) = user
+    else {
         return argv;
     };
     let mut prefixed: Vec<String> = vec![
@@ -1217,8 +1270,17 @@ fn as_user(user: Option<(u64, u64)>, argv: Vec<String>) -> Vec<String> {
         format!("--reuid={user}"),
         format!("--regid={group}"),
         "--clear-groups".into(),
-        "--".into(),
     ];
+    if !capabilities.is_empty() {
+        let list = capabilities
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        prefixed.push(format!("--inh-caps={list}"));
+        prefixed.push(format!("--ambient-caps={list}"));
+    }
+    prefixed.push("--".into());
     prefixed.extend(argv);
     prefixed
 }

@@ -131,6 +131,7 @@ pub struct LabConfig {
     /// The `postflight-lab` binary; found next to the running executable when unset.
     pub binary: Option<PathBuf>,
     pub ready_timeout: Duration,
+    pub calico: topology::CalicoProfile,
 }
 
 impl LabConfig {
@@ -142,7 +143,12 @@ impl LabConfig {
             timings: Timings::default(),
             binary: None,
             ready_timeout: Duration::from_secs(180),
+            calico: topology::CalicoProfile::default(),
         }
+    }
+    pub fn calico(mut self, profile: topology::CalicoProfile) -> Self {
+        self.calico = profile;
+        self
     }
     pub fn nodes(mut self, nodes: usize) -> Self {
         self.nodes = nodes;
@@ -251,7 +257,8 @@ impl Lab {
         let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
         let mut entry = claim_block(name, &state_dir)?;
         let block = entry.block;
-        let topology = Topology::new(name, block, &state_dir, config.nodes);
+        let mut topology = Topology::new(name, block, &state_dir, config.nodes);
+        topology.calico = config.calico;
         let paths = LabPaths::new(&state_dir);
         let binary = lab_binary(config.binary.as_deref());
         let log =
@@ -270,6 +277,11 @@ impl Lab {
                 &block.to_string(),
                 "--nodes",
                 &config.nodes.to_string(),
+                "--calico",
+                serde_json::to_value(config.calico)
+                    .expect("a profile serialises")
+                    .as_str()
+                    .expect("a profile is a string"),
             ])
             .arg("--state-dir")
             .arg(&state_dir)

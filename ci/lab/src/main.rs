@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use postflight_lab::{topology::Topology, Lab, LabConfig, Timings};
+use postflight_lab::topology::{CalicoProfile, Topology};
+use postflight_lab::{Lab, LabConfig, Timings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +32,10 @@ enum Command {
         /// Seconds a rebooting node stays dark.
         #[arg(long)]
         boot_delay: Option<f64>,
+        /// How Calico is installed: the incident's hardened site (calico-node as uid 999,
+        /// its own tmpfiles.d entry), Calico's stock manifest, or the operator's install.
+        #[arg(long, value_enum, default_value_t)]
+        calico: CalicoProfile,
     },
     /// Stop the lab and remove everything it made (idempotent; works after a crash).
     Down {
@@ -112,6 +117,8 @@ enum Command {
         block: u8,
         #[arg(long)]
         nodes: usize,
+        #[arg(long, value_enum)]
+        calico: CalicoProfile,
         #[arg(long)]
         state_dir: PathBuf,
         #[arg(long)]
@@ -187,8 +194,9 @@ fn run() -> anyhow::Result<ExitCode> {
             nodes,
             state_dir,
             boot_delay,
+            calico,
         } => {
-            let mut config = LabConfig::new(&name).nodes(nodes);
+            let mut config = LabConfig::new(&name).nodes(nodes).calico(calico);
             config.state_dir = state_dir;
             if let Some(seconds) = boot_delay {
                 config.timings.boot_delay = std::time::Duration::from_secs_f64(seconds);
@@ -306,6 +314,7 @@ fn run() -> anyhow::Result<ExitCode> {
             name,
             block,
             nodes,
+            calico,
             state_dir,
             timings,
             k8s_binary,
@@ -317,7 +326,8 @@ fn run() -> anyhow::Result<ExitCode> {
                 .with_ansi(false)
                 .init();
             let timings: Timings = serde_json::from_str(&timings).context("parsing --timings")?;
-            let topology = Topology::new(&name, block, &state_dir, nodes);
+            let mut topology = Topology::new(&name, block, &state_dir, nodes);
+            topology.calico = calico;
             let lab_binary = std::env::current_exe().context("locating this binary")?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(postflight_lab::daemon::run(

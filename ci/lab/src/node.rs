@@ -10,7 +10,7 @@
 //! the lab's reboot instead of the host's systemd.
 
 use crate::system::{self, io_context, shell_quote, Result};
-use crate::topology::{NodeSpec, Topology, CALICO_UID};
+use crate::topology::{CalicoProfile, NodeSpec, Topology};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -113,7 +113,11 @@ pub fn provision(
             format!("creating {}", dir.display())
         })?;
     }
-    write(&paths.calico_tmpfiles, HEALTHY_CALICO_TMPFILES)?;
+    // Only the hardened site declares its own entry; a stock or operator install has
+    // none, and calico-node's hostPath volume creates the directory.
+    if topology.calico == CalicoProfile::Hardened {
+        write(&paths.calico_tmpfiles, HEALTHY_CALICO_TMPFILES)?;
+    }
     // sshd needs its privilege-separation directory in the node's /run at every boot.
     write(
         &paths.tmpfiles_dir.join("sshd.conf"),
@@ -306,20 +310,17 @@ pub fn clobber_tmpfiles(topology: &Topology, node: &NodeSpec) -> Result<()> {
     )
 }
 
-/// Whether UID 999 — calico-node's — can create files in the directory `dir` right now.
-pub fn calico_uid_can_use(dir: &Path) -> bool {
-    use std::os::unix::process::CommandExt;
-    let probe = dir.join(".calico-node-write-test");
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "touch {p} && rm -f {p}",
-            p = shell_quote(&probe.to_string_lossy())
-        ))
-        .uid(CALICO_UID)
-        .gid(CALICO_UID)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+/// Whether this process — calico-node, as whichever user its pod runs it — can create
+/// files in the directory `dir` right now.
+pub fn can_create_files_in(dir: &Path) -> bool {
+    let probe = dir.join(format!(".calico-node-write-test-{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .is_ok();
+    if created {
+        let _ = std::fs::remove_file(&probe);
+    }
+    created
 }

@@ -23,6 +23,30 @@ pub const CALICO_AS: u32 = 64512;
 /// UID and GID calico-node runs as in the incident's cluster.
 pub const CALICO_UID: u32 = 999;
 
+/// How Calico is installed on the lab, as sites install it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CalicoProfile {
+    /// Calico's manifest: calico-node as root in kube-system, no tmpfiles.d entry (its
+    /// hostPath volume creates /var/run/calico).
+    Stock,
+    /// The tigera operator's install: calico-node as root in calico-system.
+    Operator,
+    /// The incident's site: calico-node as uid/gid 999 in kube-system, with the
+    /// capabilities BIRD needs, and the site's own /etc/tmpfiles.d/calico.conf.
+    #[default]
+    Hardened,
+}
+
+impl CalicoProfile {
+    pub fn namespace(self) -> &'static str {
+        match self {
+            CalicoProfile::Stock | CalicoProfile::Hardened => "kube-system",
+            CalicoProfile::Operator => "calico-system",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeSpec {
     pub name: String,
@@ -47,6 +71,8 @@ pub struct Topology {
     pub block: u8,
     pub state_dir: PathBuf,
     pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub calico: CalicoProfile,
 }
 
 impl Topology {
@@ -77,6 +103,7 @@ impl Topology {
             block,
             state_dir: state_dir.into(),
             nodes,
+            calico: CalicoProfile::default(),
         }
     }
 
