@@ -219,6 +219,12 @@ pub struct ProbeSettings {
     /// and allowed to, and never deletes it.
     pub namespace: String,
     pub image: String,
+    /// Secrets in the probe namespace to pull `image` with, from a private registry.
+    pub image_pull_secrets: Vec<String>,
+    /// The probe pods' tolerations, as in a pod spec. Unset, they tolerate every taint:
+    /// a probe must start on a tainted control-plane node, and on a node that still
+    /// carries a taint from its reboot.
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
     pub port: u16,
     /// The probe server's arguments; `{port}` is replaced by `port`.
     pub server_args: Vec<String>,
@@ -232,6 +238,8 @@ impl Default for ProbeSettings {
         ProbeSettings {
             namespace: "postflight-probe".into(),
             image: "registry.k8s.io/e2e-test-images/agnhost:2.53".into(),
+            image_pull_secrets: Vec::new(),
+            tolerations: None,
             port: 8080,
             server_args: vec!["netexec".into(), "--http-port={port}".into()],
             client_command: [

@@ -73,14 +73,24 @@ pub fn probe_pod_name(run_id: &str, node: &str, index: usize) -> String {
     format!("pf-{run_id}-{}-{index}", node.trim_end_matches('-'))
 }
 
-/// The pod spec of a probe: the inventory's image running its HTTP server, pinned to the
-/// node, tolerating every taint (a rebooted node may still carry some) and ready only
-/// when its HTTP port answers.
+/// The pod spec of a probe: the inventory's image (and pull secrets) running its HTTP
+/// server, pinned to the node, tolerating every taint unless the inventory lists its own
+/// tolerations (a rebooted node may still carry some), and ready only when its HTTP port
+/// answers.
 pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest) -> Pod {
     let args: Vec<String> = settings
         .server_args
         .iter()
         .map(|a| a.replace("{port}", &settings.port.to_string()))
+        .collect();
+    let tolerations = match &settings.tolerations {
+        Some(tolerations) => serde_json::to_value(tolerations).expect("tolerations serialise"),
+        None => serde_json::json!([{"operator": "Exists"}]),
+    };
+    let pull_secrets: Vec<serde_json::Value> = settings
+        .image_pull_secrets
+        .iter()
+        .map(|name| serde_json::json!({ "name": name }))
         .collect();
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -96,7 +106,8 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
         },
         "spec": {
             "nodeName": request.node,
-            "tolerations": [{"operator": "Exists"}],
+            "tolerations": tolerations,
+            "imagePullSecrets": pull_secrets,
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": false,
             // Pod Security `restricted`, which postflight's namespace enforces and many
@@ -349,6 +360,32 @@ mod tests {
             Some(&["netexec".to_string(), "--http-port=8080".to_string()][..])
         );
         assert_eq!(pod.metadata.name.as_deref(), Some("pf-r1-k8s-worker-03-0"));
+        let tolerations = spec.tolerations.unwrap();
+        assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+        assert!(spec.image_pull_secrets.unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn the_inventory_sets_pull_secrets_and_tolerations() {
+        let inventory = crate::inventory::Inventory::parse(
+            "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\nprobe:\n  image: registry.example.internal/agnhost:2.53\n  image_pull_secrets: [mirror-pull]\n  tolerations:\n    - key: node-role.kubernetes.io/control-plane\n      operator: Exists\n      effect: NoSchedule\n",
+            std::path::Path::new("/inventory.yaml"),
+        )
+        .expect("a valid inventory");
+        let request = ProbeRequest {
+            name: probe_pod_name("r1", "a", 0),
+            node: "a".into(),
+        };
+        let spec = probe_pod(&inventory.probe, "r1", &request).spec.unwrap();
+        let secrets = spec.image_pull_secrets.unwrap();
+        assert_eq!(secrets[0].name, "mirror-pull");
+        let tolerations = spec.tolerations.unwrap();
+        assert_eq!(tolerations.len(), 1);
+        assert_eq!(
+            tolerations[0].key.as_deref(),
+            Some("node-role.kubernetes.io/control-plane")
+        );
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoSchedule"));
     }
 
     #[test]
