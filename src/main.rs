@@ -102,6 +102,10 @@ enum Command {
         /// Allow protected nodes named in --nodes.
         #[arg(long)]
         allow_protected: bool,
+        /// After a node passes, wait this long (e.g. 5m) before rebooting the next, so its
+        /// workloads settle and a slow failure shows before a second node goes down.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        soak: std::time::Duration,
         /// Write JUnit XML here: a testsuite per node, then a summary.
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -284,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             drain,
             force,
             allow_protected,
+            soak,
             junit,
             json,
         } => {
@@ -296,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 drain,
                 force,
                 allow_protected,
+                soak,
             };
             if let Err(error) = gate::plan_rolling(&inventory, &request) {
                 return usage_error(error);
@@ -397,6 +403,11 @@ async fn rolling(
         console,
     )?;
     println!("{}", summary.describe());
+    let code = if summary.interrupted_between_nodes {
+        130
+    } else {
+        code
+    };
     for (kind, path) in [("JUnit", &outputs.junit), ("JSON", &outputs.json)] {
         if let Some(path) = path {
             println!("{kind}: {}", path.display());

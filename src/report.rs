@@ -222,6 +222,8 @@ pub struct RollingSummary {
     pub order: Vec<String>,
     pub stopped_at: Option<String>,
     pub not_started: Vec<String>,
+    /// Ctrl-C or SIGTERM between two nodes (in a soak): no node was left half-done.
+    pub interrupted_between_nodes: bool,
 }
 
 impl RollingSummary {
@@ -236,6 +238,10 @@ impl RollingSummary {
                 } else {
                     self.not_started.join(", ")
                 }
+            ),
+            None if self.interrupted_between_nodes => format!(
+                "rolling update {order}: INTERRUPTED between nodes; not started: {}",
+                self.not_started.join(", ")
             ),
             None => format!("rolling update {order}: every node passed"),
         }

@@ -771,6 +771,118 @@ fn a_stale_lock_from_a_killed_run_expires_and_the_next_run_proceeds() {
     assert_eq!(lock_holder(&lab), "", "released when the run ended");
 }
 
+/// Someone deletes the probe namespace between two nodes of a rolling update (a cleanup
+/// job, a GitOps prune), and their provisioning puts it back with postflight's Role a
+/// little later. The next node's run waits out the Terminating namespace and the
+/// re-provisioning instead of failing, and the rollout of 3 nodes passes.
+#[test]
+fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() {
+    let lab = lab("pf-roll-ns", 4);
+    let nodes = ["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"];
+    let reports = tempfile::tempdir().unwrap();
+    let json = reports.path().join("rolling.json");
+    let rollout = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(lab.paths().inventory())
+        .args([
+            "rolling",
+            "--nodes",
+            &nodes.join(","),
+            "--soak",
+            "2s",
+            "--json",
+        ])
+        .arg(&json)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/rbac.yaml");
+    let hold = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"hold\",\"namespace\":\"postflight-probe\",\"finalizers\":[\"postflight.test/hold\"]}}";
+    let hold_file = lab.paths().state_dir.join("hold.json");
+    std::fs::write(&hold_file, hold).unwrap();
+    // Each node's run takes the lock under its own identity and releases it when done.
+    let mut holders = std::collections::BTreeSet::new();
+    for gap in 1..nodes.len() {
+        // Between nodes: the run that held the lock has released it, everything it made
+        // is gone, and the next waits out the soak.
+        let started = std::time::Instant::now();
+        loop {
+            let holder = lock_holder(&lab);
+            if holder.is_empty() && holders.len() == gap {
+                break;
+            }
+            if !holder.is_empty() {
+                holders.insert(holder);
+            }
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "node {gap} did not finish"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A finalizer keeps the namespace Terminating past the soak, so the next run
+        // finds it Terminating, then gone, then provisioned again.
+        kubectl(&lab, &["create", "-f", hold_file.to_str().unwrap()]);
+        kubectl(
+            &lab,
+            &["delete", "namespace", "postflight-probe", "--wait=false"],
+        );
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        kubectl(
+            &lab,
+            &[
+                "patch",
+                "configmap",
+                "hold",
+                "-n",
+                "postflight-probe",
+                "--type=merge",
+                "-p",
+                "{\"metadata\":{\"finalizers\":null}}",
+            ],
+        );
+        kubectl(
+            &lab,
+            &[
+                "wait",
+                "--for=delete",
+                "namespace/postflight-probe",
+                "--timeout=60s",
+            ],
+        );
+        kubectl(&lab, &["apply", "-f", rbac.to_str().unwrap()]);
+    }
+    let output = rollout.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("every node passed"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for (index, node) in nodes.iter().enumerate().skip(1) {
+        let preflight = json["nodes"][index]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|step| step["step"] == "preflight: is the cluster whole?")
+            .and_then(|step| step["duration"].as_f64())
+            .expect("the preflight is timed");
+        assert!(
+            preflight >= 1.0,
+            "{node}'s preflight took {preflight} s: it did not wait for the namespace"
+        );
+    }
+    for node in nodes {
+        assert_nothing_left(&lab, node);
+    }
+}
+
 #[test]
 fn a_rolling_update_stops_at_the_first_node_that_fails() {
     let lab = lab("pf-rolling", 5);

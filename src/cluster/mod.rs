@@ -68,6 +68,10 @@ impl ClusterError {
     }
 }
 
+/// How long to wait before asking again whether a re-provisioned permission is back: the
+/// RBAC manifest creates a namespace's Role a moment after the namespace itself.
+const PERMISSION_RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Why a request never got an answer, as an operator would say it: the innermost cause
 /// of the error chain (refused, timed out, DNS, TLS), or the server's refusal.
 pub fn unreachable_cause(error: &kube::Error) -> String {
@@ -503,13 +507,15 @@ impl Cluster {
     /// Makes sure the probe namespace can take new pods. A namespace still Terminating
     /// (someone deleted it; a real API server refuses new pods in it) is waited out. A
     /// missing one is created, labelled as postflight's and for Pod Security
-    /// `restricted` (which the probe pods meet), when this identity may; least-privilege
-    /// setups provision it with the RBAC instead (`ci/rbac.yaml`), and postflight never
-    /// deletes a namespace.
+    /// `restricted` (which the probe pods meet), when this identity may. A
+    /// least-privilege identity may not: its namespace and its Role in it come from the
+    /// RBAC manifest (`postflight rbac`), so it waits for them to be provisioned again
+    /// (GitOps, a pipeline step) and for its permission to create pods there to be back.
+    /// postflight never deletes a namespace. The caller owns the deadline.
     ///
     /// # Errors
-    /// The namespace cannot be read or created (a 403 says which permission is missing),
-    /// or the wait for a Terminating one failed. The caller owns the deadline.
+    /// The namespace cannot be read, or created for a reason other than a refusal, or a
+    /// wait failed.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ClusterError> {
         let api = Api::<Namespace>::all(self.client.clone());
         if let Some(existing) = api
@@ -546,10 +552,44 @@ impl Cluster {
         match api.create(&PostParams::default(), &namespace).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                self.await_provisioned_namespace(name).await
+            }
             Err(e) => Err(api_error(format!(
-                "creating the missing probe namespace {name} (provision it with the RBAC manifest, ci/rbac.yaml)"
+                "creating the missing probe namespace {name} (provision it with the RBAC manifest: postflight rbac | kubectl apply -f -)"
             ))(e)),
         }
+    }
+
+    /// Waits for a namespace postflight may not create to be provisioned again, and for
+    /// the Role in it that lets postflight create probe pods. RBAC offers nothing to
+    /// watch for a permission, so that part asks the API server again after a pause.
+    async fn await_provisioned_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        let api = Api::<Namespace>::all(self.client.clone());
+        kube::runtime::wait::await_condition(api, name, |namespace: Option<&Namespace>| {
+            namespace.is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
+        })
+        .await
+        .map_err(|e| ClusterError::Exec {
+            action: format!("waiting for the probe namespace {name} to be provisioned again"),
+            reason: e.to_string(),
+        })?;
+        let create_pods = crate::rbac::Access {
+            verb: "create".into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: None,
+            namespace: Some(name.into()),
+            name: None,
+        };
+        while !self
+            .missing_access(std::slice::from_ref(&create_pods))
+            .await?
+            .is_empty()
+        {
+            tokio::time::sleep(PERMISSION_RECHECK_PAUSE).await;
+        }
+        Ok(())
     }
 
     pub async fn create_pod(&self, pod: &Pod) -> Result<Pod, ClusterError> {

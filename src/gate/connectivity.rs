@@ -53,7 +53,7 @@ pub async fn start_probes(
             Unobserved::new(
                 ErrorKind::Timeout,
                 format!(
-                    "the probe namespace {} was not ready for new pods within {} (still Terminating?)",
+                    "the probe namespace {} was not ready for new pods within {}: still Terminating, or deleted and not provisioned again (postflight rbac | kubectl apply -f -)",
                     settings.namespace,
                     humantime::format_duration(inventory.timeouts.probe_ready)
                 ),

@@ -12,6 +12,9 @@ pub struct RollingRequest {
     pub drain: bool,
     pub force: bool,
     pub allow_protected: bool,
+    /// How long to wait after a node passes before the next one is rebooted, so that
+    /// what it runs settles and a slow failure shows before a second node goes down.
+    pub soak: Duration,
 }
 
 /// The order a rolling update will take.
@@ -63,7 +66,18 @@ pub async fn rolling(
     let order = plan(inventory, request)?;
     let mut reports: Vec<NodeReport> = Vec::new();
     let mut stopped_at = None;
-    for node in &order {
+    let mut interrupted_between_nodes = false;
+    for (position, node) in order.iter().enumerate() {
+        if position > 0 && !request.soak.is_zero() {
+            let soaked = tokio::select! {
+                () = tokio::time::sleep(request.soak) => true,
+                () = cancel.cancelled() => false,
+            };
+            if !soaked {
+                interrupted_between_nodes = true;
+                break;
+            }
+        }
         let verify_request = VerifyRequest {
             node: node.clone(),
             reboot: true,
@@ -86,6 +100,7 @@ pub async fn rolling(
             order,
             stopped_at,
             not_started,
+            interrupted_between_nodes,
         },
     ))
 }
