@@ -624,6 +624,8 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice-controller",
     "root-ca-certificate-publisher-controller",
     "ttl-after-finished-controller",
+    "job-controller",
+    "cronjob-controller",
 ];
 
 fn log_tail(path: &Path) -> String {

@@ -348,6 +348,7 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         topology.clone(),
         args.lab_binary.clone(),
         args.timings,
+        plane.server.clone(),
         plane_paths.pods_dir(),
         clients,
     );

@@ -15,6 +15,9 @@ pub enum Image {
     Pause,
     /// busybox-like images: the host's own shell tools.
     Shell,
+    /// postflight itself, for running it in the cluster (the nightly CronJob): the
+    /// `postflight` binary built next to this one.
+    Postflight,
 }
 
 pub fn identify(image: &str) -> Result<Image, String> {
@@ -28,7 +31,8 @@ pub fn identify(image: &str) -> Result<Image, String> {
         "agnhost" => Ok(Image::Agnhost),
         "pause" => Ok(Image::Pause),
         "busybox" | "debian" | "alpine" => Ok(Image::Shell),
-        _ => Err(format!("failed to pull image \"{image}\": the lab has no such image (it runs calico/node, agnhost, pause, busybox)")),
+        "postflight" => Ok(Image::Postflight),
+        _ => Err(format!("failed to pull image \"{image}\": the lab has no such image (it runs calico/node, agnhost, pause, busybox, postflight)")),
     }
 }
 
@@ -47,6 +51,7 @@ pub fn entrypoint(
         Image::Agnhost => (vec!["/agnhost".into()], vec![]),
         Image::Pause => (vec!["/pause".into()], vec![]),
         Image::Shell => (vec![], vec!["sh".into()]),
+        Image::Postflight => (vec!["postflight".into()], vec![]),
     };
     let entry = if command.is_empty() {
         entry
@@ -80,9 +85,19 @@ pub fn map_binary(image: &Image, mut argv: Vec<String>, lab_binary: &Path) -> Ve
             argv[0] = "agnhost".into();
             argv.insert(0, lab);
         }
+        (Image::Postflight, "postflight") => {
+            argv[0] = postflight_binary(lab_binary).to_string_lossy().into_owned();
+        }
         _ => {}
     }
     argv
+}
+
+/// The `postflight` binary: `POSTFLIGHT_BIN`, or the one built next to this lab binary.
+pub fn postflight_binary(lab_binary: &Path) -> std::path::PathBuf {
+    std::env::var_os("POSTFLIGHT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| lab_binary.with_file_name("postflight"))
 }
 
 #[cfg(test)]

@@ -138,6 +138,8 @@ pub struct Runtime {
     pub topology: Topology,
     pub lab_binary: PathBuf,
     pub timings: Timings,
+    /// The API server's URL: what a pod reaches as the `kubernetes` Service.
+    api_server: String,
     /// Where container records for the kubelet API server go.
     pods_dir: PathBuf,
     /// Each node's API client, authenticated as that node.
@@ -167,6 +169,7 @@ impl Runtime {
         topology: Topology,
         lab_binary: PathBuf,
         timings: Timings,
+        api_server: String,
         pods_dir: PathBuf,
         clients: HashMap<String, Client>,
     ) -> Arc<Self> {
@@ -179,6 +182,7 @@ impl Runtime {
             topology,
             lab_binary,
             timings,
+            api_server,
             pods_dir,
             clients,
             sandboxes: Mutex::new(HashMap::new()),
@@ -582,6 +586,7 @@ impl Runtime {
 
     fn remove_sandbox(&self, uid: &str) {
         let sandbox = self.sandboxes.lock().unwrap().remove(uid);
+        crate::volumes::remove(&self.topology, uid);
         if let Some(sandbox) = sandbox.filter(|s| !s.host_network) {
             std::thread::spawn(move || system::delete_netns(&sandbox.netns));
         }
@@ -612,10 +617,12 @@ impl Runtime {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         // `kubectl exec` runs as the container's user, in its namespaces.
         let user = run_as(pod, container).ok().flatten();
-        let mut prefix: Vec<String> = node::enter_command(
+        let mounts = crate::volumes::container_mounts(&self.topology, pod, container);
+        let mut prefix: Vec<String> = node::enter_container_command(
             &self.topology,
             node,
             &sandbox.netns,
+            &mounts,
             &as_user(user, Vec::new()),
         )
         .get_args()
@@ -794,6 +801,19 @@ impl Runtime {
             }
         };
         create_host_path_directories(&self.topology, node, pod);
+        // Volumes are retried until they can be set up, as the kubelet's volume manager
+        // does: a ConfigMap such as kube-root-ca.crt may not be published yet at boot.
+        let client = self.client(&node.name);
+        let mut stop = worker.stop.subscribe();
+        let mut pause = Duration::from_millis(250);
+        while let Err(message) = crate::volumes::prepare(&self.topology, &client, pod).await {
+            self.record_event(&node.name, pod, "Warning", "FailedMount", &message);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(4));
+        }
         let now = now_rfc3339();
         let containers = pod["spec"]["containers"]
             .as_array()
@@ -895,6 +915,17 @@ impl Runtime {
                 self.topology.topology_file().to_string_lossy().into(),
             ),
         ];
+        // Every pod learns where the API server is from the `kubernetes` Service. The lab
+        // has no service proxy, so it hands out the Service's endpoint itself.
+        if let Some((host, port)) = self
+            .api_server
+            .strip_prefix("https://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .and_then(|rest| rest.rsplit_once(':'))
+        {
+            env.push(("KUBERNETES_SERVICE_HOST".into(), host.to_string()));
+            env.push(("KUBERNETES_SERVICE_PORT".into(), port.to_string()));
+        }
         for variable in container["env"].as_array().into_iter().flatten() {
             let name = variable["name"].as_str().unwrap_or_default().to_string();
             let value = if let Some(v) = variable["value"].as_str() {
@@ -994,8 +1025,15 @@ impl Runtime {
                     return;
                 }
             };
-            let mut command: tokio::process::Command =
-                node::enter_command(&self.topology, &node, &sandbox.netns, &argv).into();
+            let mounts = crate::volumes::container_mounts(&self.topology, &pod, &container);
+            let mut command: tokio::process::Command = node::enter_container_command(
+                &self.topology,
+                &node,
+                &sandbox.netns,
+                &mounts,
+                &argv,
+            )
+            .into();
             command
                 .env_clear()
                 .envs(env.iter().cloned())

@@ -25,6 +25,7 @@ pub mod node;
 pub mod pki;
 pub mod system;
 pub mod topology;
+pub mod volumes;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -62,12 +62,39 @@ pub fn enter_command(
     netns: &str,
     argv: &[String],
 ) -> Command {
+    enter_container_command(topology, node, netns, &[], argv)
+}
+
+/// As `enter_command`, with a container's volumes bind-mounted at their mount paths, in
+/// a mount namespace of its own.
+pub fn enter_container_command(
+    topology: &Topology,
+    node: &NodeSpec,
+    netns: &str,
+    mounts: &[crate::volumes::Mount],
+    argv: &[String],
+) -> Command {
     let paths = NodePaths::new(topology, node);
     let q = |p: &Path| shell_quote(&p.to_string_lossy());
+    let volumes: String = mounts
+        .iter()
+        .map(|mount| {
+            let target = shell_quote(&mount.target);
+            let read_only = if mount.read_only {
+                format!(" && mount -o remount,bind,ro {target}")
+            } else {
+                String::new()
+            };
+            format!(
+                "mkdir -p {target} && mount --bind {source} {target}{read_only} && ",
+                source = q(&mount.source)
+            )
+        })
+        .collect();
     let script = format!(
         "mount --bind {run} /run && mount --bind {tmpfiles} /etc/tmpfiles.d && \
          mount --bind {boot_id} /proc/sys/kernel/random/boot_id && \
-         mount --bind {bin} /usr/local/bin && hostname {name} && exec \"$@\"",
+         mount --bind {bin} /usr/local/bin && {volumes}hostname {name} && exec \"$@\"",
         run = q(&paths.run),
         tmpfiles = q(&paths.tmpfiles_dir),
         boot_id = q(&paths.boot_id),
@@ -232,6 +259,19 @@ pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
             "ip link set lo up; ip addr replace {ip}/24 dev eth0; ip link set eth0 up; \
              sysctl -qw net.ipv4.ip_forward=1",
             ip = node.ip
+        ),
+    )?;
+    // Calico's natOutgoing (on by default in its IP pool, programmed by Felix on a real
+    // node): pod traffic to anything outside the pool, such as the API server, leaves
+    // with the node's address, so the far end needs no route back to pod blocks.
+    system::netns_sh(
+        &netns,
+        &format!(
+            "nft delete table ip calico-nat 2>/dev/null || true; \
+             nft add table ip calico-nat && \
+             nft add chain ip calico-nat postrouting '{{ type nat hook postrouting priority 100; }}' && \
+             nft add rule ip calico-nat postrouting ip saddr {pool} ip daddr != {pool} masquerade",
+            pool = topology.pod_pool()
         ),
     )?;
     system::unmount_below(&paths.run);

@@ -107,6 +107,10 @@ impl Topology {
         }
     }
 
+    /// The lab's IP pool: every node's pod block lies in it.
+    pub fn pod_pool(&self) -> String {
+        format!("198.19.{}.0/21", self.block * 8)
+    }
     /// The host's address on the lab bridge: the API server listens here for the nodes.
     pub fn host_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, self.block, 1)
