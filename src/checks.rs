@@ -250,6 +250,27 @@ impl CheckResult {
         result.error_kind = Some(kind);
         result
     }
+    /// The result with every piece of text from the cluster or a node cut to
+    /// `hostile::MAX_EVIDENCE_BYTES`, with a marker: a log of any size cannot blow up a
+    /// report.
+    pub fn bounded(mut self) -> Self {
+        use crate::hostile::{truncate, MAX_EVIDENCE_BYTES};
+        let bound = |text: &mut String| {
+            if text.len() > MAX_EVIDENCE_BYTES {
+                *text = truncate(text, MAX_EVIDENCE_BYTES).into_owned();
+            }
+        };
+        match &mut self.verdict {
+            Verdict::Failed(m) | Verdict::Error(m) | Verdict::Skipped(m) => bound(m),
+            Verdict::Passed => {}
+        }
+        for evidence in &mut self.evidence {
+            bound(&mut evidence.observed);
+        }
+        self.details.iter_mut().for_each(bound);
+        self
+    }
+
     /// Nothing is wrong: it passed, or there was nothing to judge.
     pub fn passed(&self) -> bool {
         matches!(self.verdict, Verdict::Passed | Verdict::Skipped(_))

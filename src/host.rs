@@ -270,9 +270,9 @@ impl SshTransport {
         }
     }
 
-    /// Blocking: exec one command and collect its output. `Err(Ok(..))` means the
-    /// channel broke after the command was sent (what a reboot looks like).
-    fn exec_blocking(&self, line: &str) -> Result<Result<CommandOutput, String>, HostError> {
+    /// Blocking: exec one command and collect its output, or learn that the channel broke
+    /// after the command was sent (what a reboot looks like).
+    fn exec_blocking(&self, line: &str) -> Result<Execution, HostError> {
         let session = self.connect()?;
         let mut channel = session
             .channel_session()
@@ -280,11 +280,14 @@ impl SshTransport {
         channel
             .exec(line)
             .map_err(|e| self.session_error(line, e))?;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
+        // As bytes: a node's files and tools may print anything, and invalid UTF-8 must
+        // not turn a finished command into a broken connection.
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
         let read = channel
-            .read_to_string(&mut stdout)
-            .and_then(|_| channel.stderr().read_to_string(&mut stderr));
+            .read_to_end(&mut stdout)
+            .and_then(|_| channel.stderr().read_to_end(&mut stderr));
+        let (stdout, stderr) = (crate::hostile::lossy(stdout), crate::hostile::lossy(stderr));
         if let Err(e) = read {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 return Err(HostError::Timeout {
@@ -293,20 +296,27 @@ impl SshTransport {
                     timeout: self.timeout,
                 });
             }
-            return Ok(Err(e.to_string()));
+            return Ok(Execution::Dropped(e.to_string()));
         }
         if let Err(e) = channel.wait_close() {
-            return Ok(Err(e.to_string()));
+            return Ok(Execution::Dropped(e.to_string()));
         }
         match channel.exit_status() {
-            Ok(exit_status) => Ok(Ok(CommandOutput {
+            Ok(exit_status) => Ok(Execution::Finished(CommandOutput {
                 stdout,
                 stderr,
                 exit_status,
             })),
-            Err(e) => Ok(Err(e.to_string())),
+            Err(e) => Ok(Execution::Dropped(e.to_string())),
         }
     }
+}
+
+/// How a command that reached the node ended.
+enum Execution {
+    Finished(CommandOutput),
+    /// The connection broke after the command was sent: what libssh2 said.
+    Dropped(String),
 }
 
 impl SshTransport {
@@ -315,7 +325,7 @@ impl SshTransport {
     async fn exec_off_thread(
         &self,
         command: &ShellCommand,
-    ) -> (String, Result<Result<CommandOutput, String>, HostError>) {
+    ) -> (String, Result<Execution, HostError>) {
         let line = command.render(self.target.become_method);
         let transport = self.clone();
         let sent = line.clone();
@@ -333,9 +343,12 @@ impl Transport for SshTransport {
     ) -> BoxFuture<'a, Result<CommandOutput, HostError>> {
         Box::pin(async move {
             let (line, result) = self.exec_off_thread(command).await;
-            result?.map_err(|reason| {
-                self.session_error(&line, format!("connection dropped: {reason}"))
-            })
+            match result? {
+                Execution::Finished(output) => Ok(output),
+                Execution::Dropped(reason) => {
+                    Err(self.session_error(&line, format!("connection dropped: {reason}")))
+                }
+            }
         })
     }
 
@@ -345,11 +358,11 @@ impl Transport for SshTransport {
     ) -> BoxFuture<'a, Result<RebootOutcome, HostError>> {
         Box::pin(async move {
             match self.exec_off_thread(command).await.1 {
-                Ok(Ok(output)) if output.success() => Ok(RebootOutcome::Issued),
-                Ok(Ok(output)) => Ok(RebootOutcome::Refused(output)),
+                Ok(Execution::Finished(output)) if output.success() => Ok(RebootOutcome::Issued),
+                Ok(Execution::Finished(output)) => Ok(RebootOutcome::Refused(output)),
                 // Connected, authenticated, command sent, then the line went dead: the
                 // machine is going down, which is what we asked for.
-                Ok(Err(_dropped)) => Ok(RebootOutcome::Issued),
+                Ok(Execution::Dropped(_)) => Ok(RebootOutcome::Issued),
                 Err(HostError::Timeout { .. }) => Ok(RebootOutcome::Issued),
                 Err(other) => Err(other),
             }

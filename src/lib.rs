@@ -14,6 +14,7 @@ pub mod diagnose;
 pub mod expectations;
 pub mod gate;
 pub mod host;
+pub mod hostile;
 pub mod inventory;
 pub mod rbac;
 pub mod report;

@@ -5,6 +5,7 @@
 
 use crate::checks::{CheckResult, Verdict};
 use crate::diagnose::Diagnosis;
+use crate::hostile;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -139,27 +140,41 @@ fn observations_text(result: &CheckResult) -> String {
 pub fn junit(reports: &[NodeReport], suite_prefix: &str) -> junit_report::Report {
     let mut report = junit_report::Report::new();
     for node in reports {
-        let mut suite = junit_report::TestSuite::new(&format!("{suite_prefix} {}", node.node));
+        // Everything below may carry text from the cluster or a node: attributes go
+        // through for_xml, CDATA through for_cdata, so no log line can break or forge
+        // the document.
+        let node_name = hostile::for_xml(&node.node);
+        let mut suite = junit_report::TestSuite::new(&format!("{suite_prefix} {node_name}"));
         for result in &node.results {
             let time = junit_duration(result.duration);
             let name = result.name.as_str();
             let mut case = match &result.verdict {
                 Verdict::Passed => junit_report::TestCase::success(name, time),
-                Verdict::Failed(message) => {
-                    junit_report::TestCase::failure(name, time, "failure", message)
-                }
+                Verdict::Failed(message) => junit_report::TestCase::failure(
+                    name,
+                    time,
+                    "failure",
+                    &hostile::for_xml(message),
+                ),
                 Verdict::Error(message) => {
                     // The kind goes in `type`, so a CI server can tell "forbidden" from
                     // "unreachable" without parsing the message.
                     let kind = result.error_kind.unwrap_or(crate::checks::ErrorKind::Error);
-                    junit_report::TestCase::error(name, time, kind.as_str(), message)
+                    junit_report::TestCase::error(
+                        name,
+                        time,
+                        kind.as_str(),
+                        &hostile::for_xml(message),
+                    )
                 }
-                Verdict::Skipped(why) => {
-                    junit_report::TestCase::skipped_with_cause(name, "skipped", why)
-                }
+                Verdict::Skipped(why) => junit_report::TestCase::skipped_with_cause(
+                    name,
+                    "skipped",
+                    &hostile::for_xml(why),
+                ),
             };
-            case.set_classname(&node.node);
-            case.set_system_out(&evidence_text(result));
+            case.set_classname(&node_name);
+            case.set_system_out(&hostile::for_cdata(&evidence_text(result)));
             suite.add_testcase(case);
         }
         let steps: Vec<String> = node
@@ -175,7 +190,7 @@ pub fn junit(reports: &[NodeReport], suite_prefix: &str) -> junit_report::Report
             out.push_str(note);
             out.push('\n');
         }
-        suite.set_system_out(&out);
+        suite.set_system_out(&hostile::for_cdata(&out));
         report.add_testsuite(suite);
     }
     report
@@ -355,7 +370,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
                 "  {} none of the {} checks could run: {}\n",
                 paint("33", "!"),
                 node.results.len(),
-                message
+                hostile::for_terminal(message)
             ));
         }
         for result in node
@@ -363,14 +378,12 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
             .iter()
             .filter(|_| shared_error.is_none() || node.results.len() == 1)
         {
+            let safe = |m: &str| hostile::for_terminal(&shorten(m)).into_owned();
             let (mark, message) = match &result.verdict {
                 Verdict::Passed => (paint("32", "✔"), String::new()),
-                Verdict::Failed(m) => (paint("31", "✘"), format!(" — {}", shorten(m))),
-                Verdict::Error(m) => (
-                    paint("33", "!"),
-                    format!(" — could not run: {}", shorten(m)),
-                ),
-                Verdict::Skipped(m) => (paint("2", "-"), format!(" — skipped: {}", shorten(m))),
+                Verdict::Failed(m) => (paint("31", "✘"), format!(" — {}", safe(m))),
+                Verdict::Error(m) => (paint("33", "!"), format!(" — could not run: {}", safe(m))),
+                Verdict::Skipped(m) => (paint("2", "-"), format!(" — skipped: {}", safe(m))),
             };
             out.push_str(&format!(
                 "  {mark} {:<30} {:>6.1}s{message}\n",
@@ -386,7 +399,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
             let text = observations_text(result);
             if !text.is_empty() {
                 out.push_str(&format!("  {}:\n", result.name));
-                for line in text.lines() {
+                for line in hostile::for_terminal(&text).lines() {
                     out.push_str(&format!("    {line}\n"));
                 }
             }
@@ -399,7 +412,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
             }
         }
         for diagnosis in diagnoses {
-            for line in diagnosis_text(diagnosis).lines() {
+            for line in hostile::for_terminal(&diagnosis_text(diagnosis)).lines() {
                 out.push_str(&format!("  {line}\n"));
             }
         }
@@ -416,7 +429,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
             ));
         }
         for note in &node.notes {
-            out.push_str(&format!("  note: {note}\n"));
+            out.push_str(&format!("  note: {}\n", hostile::for_terminal(note)));
         }
     }
     let passed: usize = reports
@@ -516,6 +529,84 @@ mod tests {
             interrupted: false,
             notes: vec![],
         }]
+    }
+
+    /// What a hostile pod or node can put into a report: a log line that ends CDATA and
+    /// forges a testcase, XML-illegal control characters, terminal escape sequences that
+    /// set the title and clear the screen, and a log far larger than any report needs.
+    fn hostile_reports() -> Vec<NodeReport> {
+        let mut reports = sample();
+        let result = &mut reports[0].results[1];
+        result.details.push(
+            "[FATAL] x ]]></system-out></testcase><testcase name=\"forged_check\" classname=\"k8s-worker-03\"/><testcase name=\"y\"><system-out><![CDATA[".into(),
+        );
+        result
+            .details
+            .push("bell \u{7} nul-ish \u{1} \u{1b}]0;pwned\u{7}\u{1b}[2J".into());
+        result
+            .details
+            .push("A".repeat(crate::hostile::MAX_EVIDENCE_BYTES * 4));
+        result.verdict = Verdict::Failed("calico-node says \u{1b}[31mOK\u{1b}[0m \u{2}".into());
+        reports[0].results[1] = reports[0].results[1].clone().bounded();
+        reports[0]
+            .notes
+            .push("note from the cluster ]]> \u{1b}[H".into());
+        reports
+    }
+
+    #[test]
+    fn hostile_text_neither_breaks_nor_forges_the_junit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junit.xml");
+        write_junit(&path, &hostile_reports(), "postflight verify").unwrap();
+        let xml = std::fs::read_to_string(&path).unwrap();
+        let document = roxmltree::Document::parse(&xml).expect("the JUnit stays well-formed");
+        let names: Vec<&str> = document
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .filter_map(|n| n.attribute("name"))
+            .collect();
+        assert!(!names.contains(&"forged_check"), "{names:?}");
+        assert_eq!(names.len(), 3, "{names:?}");
+        let out: String = document
+            .descendants()
+            .filter(|n| n.has_tag_name("system-out"))
+            .flat_map(|n| n.children().filter_map(|c| c.text()))
+            .collect();
+        assert!(
+            out.contains("]]></system-out></testcase><testcase name=\"forged_check\""),
+            "the line is kept, as text"
+        );
+        assert!(
+            out.contains("more bytes not shown"),
+            "the huge log is cut with a marker"
+        );
+        assert!(
+            xml.len() < 3 * crate::hostile::MAX_EVIDENCE_BYTES,
+            "{} bytes",
+            xml.len()
+        );
+    }
+
+    #[test]
+    fn hostile_text_never_reaches_the_terminal_as_control_characters() {
+        let text = console(&hostile_reports(), false);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(!text.contains('\u{7}'), "{text}");
+        assert!(text.contains("\\x1b]0;pwned"), "{text}");
+        // Our own colours still work when asked for.
+        assert!(console(&hostile_reports(), true).contains("\u{1b}[31m✘"));
+    }
+
+    #[test]
+    fn hostile_text_keeps_the_json_well_formed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        write_json(&path, &hostile_reports()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let details = json["nodes"][0]["results"][1]["details"].to_string();
+        assert!(details.contains("forged_check"), "kept as data");
     }
 
     #[test]

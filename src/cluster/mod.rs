@@ -68,6 +68,10 @@ impl ClusterError {
     }
 }
 
+/// The most of a log tail read from the API server; a container can log lines of any
+/// length.
+const MAX_LOG_READ_BYTES: u64 = 1024 * 1024;
+
 /// How long to wait before asking again whether a re-provisioned permission is back: the
 /// RBAC manifest creates a namespace's Role a moment after the namespace itself.
 const PERMISSION_RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -496,12 +500,29 @@ impl Cluster {
             ..Default::default()
         };
         let which = if previous { "previous" } else { "current" };
-        self.pods(namespace)
-            .logs(pod, &params)
+        let action = format!("reading the {which} log of {namespace}/{pod}");
+        // As bytes: a container may log anything, and invalid UTF-8 must not cost the
+        // FATAL line next to it. Bounded, keeping the newest end, where it is.
+        let stream = self
+            .pods(namespace)
+            .log_stream(pod, &params)
             .await
-            .map_err(api_error(format!(
-                "reading the {which} log of {namespace}/{pod}"
-            )))
+            .map_err(api_error(action.clone()))?;
+        let mut bytes = Vec::new();
+        futures::AsyncReadExt::read_to_end(
+            &mut futures::AsyncReadExt::take(stream, MAX_LOG_READ_BYTES),
+            &mut bytes,
+        )
+        .await
+        .map_err(|e| ClusterError::Exec {
+            action,
+            reason: e.to_string(),
+        })?;
+        Ok(crate::hostile::tail(
+            &crate::hostile::lossy(bytes),
+            crate::hostile::MAX_EVIDENCE_BYTES,
+        )
+        .into_owned())
     }
 
     /// Makes sure the probe namespace can take new pods. A namespace still Terminating
@@ -631,15 +652,17 @@ impl Cluster {
             action: action.clone(),
             reason: "no status channel".into(),
         })?;
-        let (mut stdout, mut stderr) = (String::new(), String::new());
+        // As bytes, kept lossily: what a probe image prints is not ours to trust.
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let (out, err) = tokio::join!(
-            stdout_reader.read_to_string(&mut stdout),
-            stderr_reader.read_to_string(&mut stderr)
+            stdout_reader.read_to_end(&mut stdout),
+            stderr_reader.read_to_end(&mut stderr)
         );
         out.and(err).map_err(|e| ClusterError::Exec {
             action: action.clone(),
             reason: e.to_string(),
         })?;
+        let (stdout, stderr) = (crate::hostile::lossy(stdout), crate::hostile::lossy(stderr));
         let status = status.await;
         process.join().await.map_err(|e| ClusterError::Exec {
             action: action.clone(),

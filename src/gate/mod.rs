@@ -177,6 +177,7 @@ impl<'a> Recorder<'a> {
     }
 
     fn record(&self, result: CheckResult) {
+        let result = result.bounded();
         self.progress.check_finished(&result);
         *self.last_verdict.lock().expect("recorder lock") = Some(Instant::now());
         self.results.lock().expect("recorder lock").push(result);

@@ -1,0 +1,176 @@
+//! Text from the cluster and its nodes is hostile: logs, files, command output, object
+//! names and status messages are written by whoever controls a pod or a node. This
+//! module owns how such text is made safe for where it goes — kept lossily when it is
+//! not UTF-8, bounded with a visible marker, and escaped for XML and for a terminal — so
+//! that it can neither break a report nor forge one, nor drive the reader's terminal.
+
+use std::borrow::Cow;
+
+/// The most of one piece of evidence a report carries (a log tail, a file, a command's
+/// output). Beyond it the text is cut, with a marker saying how much was left out.
+pub const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
+
+/// Bytes as text: invalid UTF-8 becomes U+FFFD, never an error that loses the rest.
+pub fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(invalid) => String::from_utf8_lossy(invalid.as_bytes()).into_owned(),
+    }
+}
+
+/// At most `limit` bytes of `text`, cut at a character boundary, with a marker naming
+/// how many bytes were left out.
+pub fn truncate(text: &str, limit: usize) -> Cow<'_, str> {
+    if text.len() <= limit {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = limit;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… [{} more bytes not shown]",
+        &text[..cut],
+        text.len() - cut
+    ))
+}
+
+/// The last `limit` bytes of `text` (a log's newest end), cut at a character boundary,
+/// with a marker naming how many earlier bytes were left out.
+pub fn tail(text: &str, limit: usize) -> Cow<'_, str> {
+    if text.len() <= limit {
+        return Cow::Borrowed(text);
+    }
+    let mut start = text.len() - limit;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    Cow::Owned(format!(
+        "[{start} earlier bytes not shown] …{}",
+        &text[start..]
+    ))
+}
+
+/// Characters a terminal acts on instead of showing: C0 and C1 controls (escape
+/// sequences start with one), DEL, and the bidirectional overrides that make text read
+/// differently from what it is. Newline and tab stay: they are layout.
+fn acts_on_terminal(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text as a terminal may show it: every control character is written out as `\x1b` or
+/// `\u{202e}`, so an escape sequence in a log shows as text and does nothing.
+pub fn for_terminal(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                c if acts_on_terminal(c) && (c as u32) < 0x100 => format!("\\x{:02x}", c as u32),
+                c if acts_on_terminal(c) => format!("\\u{{{:x}}}", c as u32),
+                c => c.to_string(),
+            })
+            .collect(),
+    )
+}
+
+/// Characters XML 1.0 cannot carry at all, escaped or not: the C0 controls other than
+/// tab, newline and carriage return, and U+FFFE/U+FFFF.
+fn illegal_in_xml(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}')
+}
+
+/// Text an XML writer can escape into a well-formed document: characters XML cannot
+/// carry are written out as `\x01`. (The writer still escapes `<`, `&` and quotes.)
+pub fn for_xml(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(illegal_in_xml) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if illegal_in_xml(c) {
+                    format!("\\x{:02x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Text for the inside of a CDATA section: as `for_xml`, and a `]]>` in it, which would
+/// end the section early and let the rest be read as markup, is split across two
+/// sections, so a parser reads back exactly the original characters.
+pub fn for_cdata(text: &str) -> Cow<'_, str> {
+    let legal = for_xml(text);
+    if !legal.contains("]]>") {
+        return legal;
+    }
+    Cow::Owned(legal.replace("]]>", "]]]]><![CDATA[>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn invalid_utf8_is_kept_lossily_not_dropped() {
+        let log = b"before\n\xff\xfe FATAL permission denied on /var/run/calico\n".to_vec();
+        let text = lossy(log);
+        assert!(text.contains("FATAL permission denied"), "{text}");
+        assert!(text.contains('\u{fffd}'));
+    }
+
+    #[rstest]
+    #[case::short("abc", 10, "abc")]
+    #[case::cut("abcdef", 3, "abc… [3 more bytes not shown]")]
+    #[case::multibyte("ééé", 3, "é… [4 more bytes not shown]")]
+    fn truncation_keeps_a_char_boundary_and_says_how_much_is_missing(
+        #[case] text: &str,
+        #[case] limit: usize,
+        #[case] expected: &str,
+    ) {
+        assert_eq!(truncate(text, limit), expected);
+    }
+
+    #[test]
+    fn a_log_tail_keeps_its_newest_end() {
+        assert_eq!(tail("0123456789", 4), "[6 earlier bytes not shown] …6789");
+        assert_eq!(tail("short", 10), "short");
+    }
+
+    #[rstest]
+    #[case::title("\u{1b}]0;owned\u{7}", "\\x1b]0;owned\\x07")]
+    #[case::clear("\u{1b}[2J\u{1b}[H", "\\x1b[2J\\x1b[H")]
+    #[case::c1("\u{9b}31m", "\\x9b31m")]
+    #[case::bidi("ok \u{202e}gnp.exe", "ok \\u{202e}gnp.exe")]
+    #[case::layout("a\tb\nc", "a\tb\nc")]
+    fn the_terminal_sees_control_characters_as_text(#[case] text: &str, #[case] shown: &str) {
+        assert_eq!(for_terminal(text), shown);
+    }
+
+    #[test]
+    fn xml_text_stays_well_formed_and_reads_back_as_written() {
+        let hostile = "line ]]> <testcase name=\"forged\"/> \u{1}\u{8} end";
+        let document = format!("<a><![CDATA[{}]]></a>", for_cdata(hostile));
+        let parsed = roxmltree::Document::parse(&document).expect("well-formed");
+        let text: String = parsed
+            .root_element()
+            .children()
+            .filter_map(|n| n.text())
+            .collect();
+        assert_eq!(text, "line ]]> <testcase name=\"forged\"/> \\x01\\x08 end");
+        assert_eq!(
+            parsed
+                .descendants()
+                .filter(|n| n.has_tag_name("testcase"))
+                .count(),
+            0,
+            "nothing was forged"
+        );
+    }
+}
