@@ -208,35 +208,94 @@ pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Opt
     })
 }
 
-/// BGP sessions that are not Established: the node's pod routes are not exchanged, so
-/// cross-node pod traffic fails while same-node traffic works.
+/// A BGP peer of the node under test: who it is and how an engineer reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub node: String,
+    pub address: std::net::IpAddr,
+    pub shell: NodeShell,
+}
+
+/// The peer address in the name Calico gives a BIRD session: `Mesh_10_20_0_12` for the
+/// node-to-node mesh, `Node_…` and `Global_…` for explicit peers.
+pub fn session_peer_address(session: &str) -> Option<std::net::IpAddr> {
+    let rest = ["Mesh_", "Node_", "Global_"]
+        .iter()
+        .find_map(|prefix| session.strip_prefix(prefix))?;
+    rest.replace('_', ".").parse().ok()
+}
+
+/// BGP sessions that are not Established: pod routes are not exchanged, so cross-node pod
+/// traffic fails while same-node traffic works. When every session of the node is down,
+/// the fault is the node's own; when only some are, it is on the far side of those —
+/// typically a peer whose firewall drops TCP 179 — and the fix goes to that peer.
 pub fn diagnose_bgp(
     node: &str,
     shell: &NodeShell,
     show_protocols: &str,
+    peers: &[BgpPeer],
     expected: &CalicoExpectations,
 ) -> Option<Diagnosis> {
     let sessions = crate::checks::parse_bgp_sessions(show_protocols);
-    let down: Vec<String> = sessions
-        .iter()
-        .filter(|s| !s.established())
-        .map(|s| format!("{} ({})", s.name, format!("{} {}", s.state, s.info).trim()))
-        .collect();
+    let down: Vec<&crate::checks::BgpSession> =
+        sessions.iter().filter(|s| !s.established()).collect();
     if down.is_empty() {
         return None;
     }
+    let described: Vec<String> = down
+        .iter()
+        .map(|s| format!("{} ({})", s.name, format!("{} {}", s.state, s.info).trim()))
+        .collect();
     let socket = format!("{}/bird.ctl", expected.run_dir.trim_end_matches('/'));
+    let firewall = "'{sudo}iptables -S; {sudo}nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?";
+    let logs = |on: &str| {
+        format!(
+            "kubectl -n {} logs -l {} --field-selector spec.nodeName={on} --tail 50",
+            expected.namespace, expected.selector
+        )
+    };
+    let culprits: Vec<&BgpPeer> = down
+        .iter()
+        .filter_map(|s| session_peer_address(&s.name))
+        .filter_map(|address| peers.iter().find(|p| p.address == address))
+        .collect();
+    let some_established = down.len() < sessions.len();
+    if some_established && !culprits.is_empty() {
+        let names: Vec<&str> = culprits.iter().map(|p| p.node.as_str()).collect();
+        let mut remediation = Vec::new();
+        for peer in &culprits {
+            remediation.push(peer.shell.run(firewall));
+            remediation.push(peer.shell.run(&format!(
+                "{{sudo}}birdcl -s {socket} show protocols   # does {} see its session to {node} down too?",
+                peer.node
+            )));
+            remediation.push(logs(&peer.node));
+        }
+        return Some(Diagnosis {
+            root_cause: format!(
+                "BGP between {node} and {} is down ({}) while {node}'s other {} sessions are Established: the fault is on {}'s side, not {node}'s, so pod routes to and from it are not exchanged",
+                names.join(", "),
+                described.join(", "),
+                sessions.len() - down.len(),
+                names.join(", ")
+            ),
+            remediation,
+            prevention: Some(
+                "allow TCP 179 between all nodes in the host firewall baseline, and alert on calico-node's BGP peer state".into(),
+            ),
+        });
+    }
     Some(Diagnosis {
         root_cause: format!(
             "BGP is not established on {node}: {} of {} sessions are down ({}), so its pod routes are not exchanged with its peers",
             down.len(),
             sessions.len(),
-            down.join(", ")
+            described.join(", ")
         ),
         remediation: vec![
             shell.run(&format!("{{sudo}}birdcl -s {socket} show protocols all   # why each session is down")),
-            shell.run("'{sudo}iptables -S; {sudo}nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?"),
-            format!("kubectl -n {} logs -l {} --field-selector spec.nodeName={node} --tail 50", expected.namespace, expected.selector),
+            shell.run(firewall),
+            logs(node),
         ],
         prevention: Some(
             "allow TCP 179 between all nodes in the host firewall baseline, and alert on calico-node's BGP peer state".into(),
@@ -328,6 +387,105 @@ mod tests {
             "ssh -p 2222 root@10.20.0.13 systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
             "root needs no sudo; a port other than 22 is named"
         );
+    }
+
+    const SHOW_PROTOCOLS: &str = "BIRD 2.0.12 ready.\nName       Proto      Table      State  Since         Info\n\
+        device1    Device     ---        up     17:43:07.686\n\
+        Mesh_10_20_0_11 BGP   ---        up     17:43:08.495  Established\n\
+        Mesh_10_20_0_12 BGP   ---        start  17:43:08.604  Active        Socket: Connection timed out\n\
+        Mesh_10_20_0_14 BGP   ---        up     17:43:08.495  Established\n";
+
+    fn peers() -> Vec<BgpPeer> {
+        [
+            ("k8s-worker-01", "10.20.0.11"),
+            ("k8s-worker-02", "10.20.0.12"),
+            ("k8s-worker-04", "10.20.0.14"),
+        ]
+        .into_iter()
+        .map(|(node, address)| BgpPeer {
+            node: node.into(),
+            address: address.parse().unwrap(),
+            shell: NodeShell::of(&SshTarget {
+                node: node.into(),
+                host: address.into(),
+                port: 22,
+                user: "ops".into(),
+                identity_file: None,
+                known_hosts: "known_hosts".into(),
+                become_method: None,
+            }),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_peer_that_drops_bgp_is_named_and_its_firewall_fixed_not_ours() {
+        let diagnosis = diagnose_bgp(
+            "k8s-worker-03",
+            &shell("ops", 22),
+            SHOW_PROTOCOLS,
+            &peers(),
+            &CalicoExpectations::default(),
+        )
+        .expect("a diagnosis");
+        assert!(
+            diagnosis
+                .root_cause
+                .contains("BGP between k8s-worker-03 and k8s-worker-02 is down")
+                && diagnosis.root_cause.contains("on k8s-worker-02's side"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert!(
+            diagnosis.remediation[0].starts_with("ssh ops@10.20.0.12 "),
+            "{:?}",
+            diagnosis.remediation
+        );
+        assert!(
+            diagnosis
+                .remediation
+                .iter()
+                .all(|c| !c.contains("10.20.0.13")),
+            "nothing points at the node under test: {:?}",
+            diagnosis.remediation
+        );
+    }
+
+    #[test]
+    fn a_node_with_every_session_down_is_its_own_culprit() {
+        let all_down = SHOW_PROTOCOLS.replace(
+            "up     17:43:08.495  Established",
+            "start  17:43:08.604  Active",
+        );
+        let diagnosis = diagnose_bgp(
+            "k8s-worker-03",
+            &shell("ops", 22),
+            &all_down,
+            &peers(),
+            &CalicoExpectations::default(),
+        )
+        .expect("a diagnosis");
+        assert!(
+            diagnosis
+                .root_cause
+                .contains("BGP is not established on k8s-worker-03: 3 of 3"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert!(diagnosis.remediation[0].starts_with("ssh ops@10.20.0.13 "));
+    }
+
+    #[test]
+    fn calico_session_names_carry_the_peer_address() {
+        assert_eq!(
+            session_peer_address("Mesh_10_20_0_12"),
+            Some("10.20.0.12".parse().unwrap())
+        );
+        assert_eq!(
+            session_peer_address("Node_192_168_1_1"),
+            Some("192.168.1.1".parse().unwrap())
+        );
+        assert_eq!(session_peer_address("device1"), None);
     }
 
     #[test]

@@ -293,6 +293,56 @@ fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
     assert_nothing_left(&lab, node);
 }
 
+/// BGP blocked on a peer, not on the node under test: the node's other sessions are
+/// Established, so the diagnosis names the peer and sends the fix to the peer's firewall,
+/// not to the node that was checked.
+#[test]
+fn bgp_blocked_on_a_peer_is_blamed_on_that_peer() {
+    let lab = lab("pf-bgp-peer", 4);
+    let (culprit, node) = ("k8s-worker-02", "k8s-worker-03");
+    lab_cli(&lab, &["block-bgp", "--node", culprit]);
+    wait_until(
+        "calico-node on the blocked peer to turn unready",
+        Duration::from_secs(60),
+        || {
+            kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
+                .lines()
+                .any(|l| l.contains(culprit) && l.contains("0/1"))
+        },
+    );
+    let inventory = inventory_with(&lab, "short-calico.yaml", |text| {
+        text.replace("calico_ready: 90s", "calico_ready: 10s")
+            .replace("connectivity: 30s", "connectivity: 5s")
+    });
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, false, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    assert_eq!(run.verdict("cross_node_pod_connectivity"), "failed");
+    let diagnosis = &run.result("cross_node_pod_connectivity")["diagnosis"];
+    let root_cause = diagnosis["root_cause"].as_str().unwrap_or_default();
+    assert!(
+        root_cause.contains(&format!("BGP between {node} and {culprit} is down"))
+            && root_cause.contains(&format!("on {culprit}'s side")),
+        "{}",
+        run.describe()
+    );
+    let culprit_ip = lab.topology().node(culprit).unwrap().ip.to_string();
+    let node_ip = lab.topology().node(node).unwrap().ip.to_string();
+    let fixes: Vec<&str> = diagnosis["remediation"]
+        .as_array()
+        .expect("fix commands")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(fixes[0].contains(&format!("@{culprit_ip} ")), "{fixes:?}");
+    assert!(
+        fixes.iter().all(|c| !c.contains(&format!("@{node_ip} "))),
+        "no fix points at the node under test: {fixes:?}"
+    );
+    lab_cli(&lab, &["block-bgp", "--node", culprit, "--unblock"]);
+    assert_nothing_left(&lab, node);
+}
+
 #[test]
 fn an_api_outage_during_the_wait_is_ridden_out() {
     let lab = lab("pf-apipause", 4);

@@ -343,3 +343,39 @@ pub fn check_bgp(state: &NodeNetworkState, node: &str, started: Instant) -> Chec
         ),
     }
 }
+
+/// The node's BGP peers as the cluster knows them (each other node of the inventory, at
+/// its InternalIP), with how to reach each, so that a BGP diagnosis can name the peer at
+/// fault and give that peer's fix. Empty when the nodes cannot be read: the diagnosis
+/// then speaks of the node alone.
+pub(super) async fn bgp_peers(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    node: &str,
+) -> Vec<diagnose::BgpPeer> {
+    let Ok(nodes) = cluster.nodes().await else {
+        return Vec::new();
+    };
+    nodes
+        .iter()
+        .filter_map(|peer| {
+            let name = peer.metadata.name.as_deref()?;
+            let entry = inventory.node(name).filter(|_| name != node)?;
+            let address = peer
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some(diagnose::BgpPeer {
+                node: name.to_string(),
+                address,
+                shell: NodeShell::of(&inventory.ssh_target(entry)),
+            })
+        })
+        .collect()
+}

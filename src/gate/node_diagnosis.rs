@@ -106,10 +106,14 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
             }
         }
     }
+    let peers = match &cluster {
+        Ok(cluster) => super::host_state::bgp_peers(cluster, inventory, node).await,
+        Err(_) => Vec::new(),
+    };
     let diagnosis = diagnose::diagnose(&findings, calico).or_else(|| {
-        network
-            .bgp_output()
-            .and_then(|output| diagnose::diagnose_bgp(node, &findings.shell, output, calico))
+        network.bgp_output().and_then(|output| {
+            diagnose::diagnose_bgp(node, &findings.shell, output, &peers, calico)
+        })
     });
     for result in &mut results {
         if matches!(result.verdict, Verdict::Failed(_)) && diagnosis.is_some() {

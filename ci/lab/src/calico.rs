@@ -49,7 +49,10 @@ pub fn bird_config(topology: &Topology, node_name: &str) -> Option<String> {
     for peer in topology.nodes.iter().filter(|n| n.name != node.name) {
         config.push_str(&format!(
             "protocol bgp Mesh_{} from mesh {{ neighbor {} as {}; }}\n",
-            peer.index, peer.ip, CALICO_AS
+            // Calico names a node-to-node mesh session after the peer's address.
+            peer.ip.to_string().replace('.', "_"),
+            peer.ip,
+            CALICO_AS
         ));
     }
     Some(config)
