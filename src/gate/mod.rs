@@ -34,6 +34,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::wait::Condition;
 use kube::runtime::{watcher, WatchStreamExt};
+use phase::{Owed, Phase};
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -47,6 +48,7 @@ mod drift;
 mod host_state;
 pub mod lock;
 mod node_diagnosis;
+mod phase;
 mod preflight;
 mod rolling;
 
@@ -174,6 +176,15 @@ impl<'a> Recorder<'a> {
             last_verdict: Mutex::default(),
             progress,
         }
+    }
+
+    /// Every check recorded so far passed, or had nothing to judge.
+    fn all_passed(&self) -> bool {
+        self.results
+            .lock()
+            .expect("recorder lock")
+            .iter()
+            .all(CheckResult::passed)
     }
 
     fn record(&self, result: CheckResult) {
@@ -341,91 +352,86 @@ pub async fn verify(
     if interrupted {
         recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
     }
-    if let Some(cluster) = state.cluster.as_ref().filter(|_| state.probes_may_exist) {
-        let namespace = &inventory.probe.namespace;
-        // The preflight's pods too: an interrupted preflight leaves them behind.
-        let preflight_run = preflight::preflight_run_id(&run_id);
-        let runs = [run_id.as_str(), preflight_run.as_str()];
-        let cleanup =
-            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &runs));
-        match recorder.timed("delete probe pods", cleanup).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => recorder.note(format!("probe pods of run {run_id} were not deleted: {error}")),
-            Err(_) => recorder.note(format!(
-                "probe pods of run {run_id} were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}={run_id}`",
-                cluster::probes::RUN_LABEL
-            )),
-        }
-    }
-    if state.cordoned {
-        uncordon_if_safe(
-            &recorder,
-            state.cluster.as_ref(),
-            &request.node,
-            interrupted,
-            state.reboot_sent,
-        )
-        .await;
-    }
-    if let Some(held) = state.lock.take() {
-        if let Some(lost) = held.lost() {
-            recorder.note(format!("the reboot lock was lost during the run: {lost}"));
-        }
-        let release = tokio::time::timeout(CLEANUP_TIMEOUT, held.release());
-        match recorder.timed("release the reboot lock", release).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => recorder.note(format!(
-                "the reboot lock was not released (it expires by itself): {error}"
-            )),
-            Err(_) => recorder
-                .note("the reboot lock was not released in time (it expires by itself)".into()),
-        }
-    }
+    let outcome = phase::Outcome {
+        all_passed: recorder.all_passed(),
+        interrupted,
+        lock_lost: state.lock.as_ref().and_then(lock::HeldLock::lost),
+    };
+    let plan = phase::cleanup_plan(state.ledger.phase, &state.ledger.owed, &outcome);
+    clean_up(plan, &recorder, &mut state, inventory).await;
     let mut report = recorder.into_report(request.reboot, started_at, state.ready_at);
     report.interrupted = interrupted;
     Ok(report)
 }
 
-/// A drained node goes back into service when every check passed, or when it was never
-/// rebooted (the reboot was refused or never sent: it is as it was). A node that
-/// rebooted and failed, or whose run was interrupted after the reboot, stays cordoned,
-/// and the report says so.
-async fn uncordon_if_safe(
+/// Performs a cleanup plan, each step within its own deadline, saying in the report what
+/// could not be done and how to do it by hand.
+async fn clean_up(
+    plan: Vec<phase::Cleanup>,
     recorder: &Recorder<'_>,
-    cluster: Option<&Cluster>,
-    node: &str,
-    interrupted: bool,
-    reboot_sent: bool,
+    state: &mut RunState,
+    inventory: &Inventory,
 ) {
-    let all_passed = recorder
-        .results
-        .lock()
-        .expect("recorder lock")
-        .iter()
-        .all(CheckResult::passed);
-    let Some(cluster) = cluster else { return };
-    if !reboot_sent {
-        recorder.note(format!(
-            "{node} was not rebooted, so it is uncordoned again as it was"
-        ));
-    }
-    if !reboot_sent || (all_passed && !interrupted) {
-        let uncordon =
-            tokio::time::timeout(CLEANUP_TIMEOUT, cluster.set_unschedulable(node, false));
-        match recorder.timed("uncordon", uncordon).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                recorder.note(format!("{node} could not be uncordoned: {error}"));
+    use phase::Cleanup;
+    for step in plan {
+        match step {
+            Cleanup::DeleteProbePods { run_ids } => {
+                let Some(cluster) = &state.cluster else {
+                    continue;
+                };
+                let namespace = &inventory.probe.namespace;
+                let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
+                let cleanup =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &runs));
+                match recorder.timed("delete probe pods", cleanup).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => recorder.note(format!(
+                        "probe pods of run {} were not deleted: {error}",
+                        run_ids.join(", ")
+                    )),
+                    Err(_) => recorder.note(format!(
+                        "probe pods were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}` and the run ids {}",
+                        cluster::probes::RUN_LABEL,
+                        run_ids.join(", ")
+                    )),
+                }
             }
-            Err(_) => recorder.note(format!(
-                "{node} was not uncordoned within {CLEANUP_TIMEOUT:?} (is the API server away?): `kubectl uncordon {node}`"
-            )),
+            Cleanup::Uncordon { node, note } => {
+                let Some(cluster) = &state.cluster else {
+                    continue;
+                };
+                if let Some(note) = note {
+                    recorder.note(note);
+                }
+                let uncordon =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.set_unschedulable(&node, false));
+                match recorder.timed("uncordon", uncordon).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        recorder.note(format!("{node} could not be uncordoned: {error}"));
+                    }
+                    Err(_) => recorder.note(format!(
+                        "{node} was not uncordoned within {CLEANUP_TIMEOUT:?} (is the API server away?): `kubectl uncordon {node}`"
+                    )),
+                }
+            }
+            Cleanup::LeaveCordoned { note, .. } | Cleanup::Note(note) => recorder.note(note),
+            Cleanup::ReleaseLease => {
+                let Some(held) = state.lock.take() else {
+                    continue;
+                };
+                let release = tokio::time::timeout(CLEANUP_TIMEOUT, held.release());
+                match recorder.timed("release the reboot lock", release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => recorder.note(format!(
+                        "the reboot lock was not released (it expires by itself): {error}"
+                    )),
+                    Err(_) => recorder.note(
+                        "the reboot lock was not released in time (it expires by itself)".into(),
+                    ),
+                }
+            }
         }
-    } else {
-        recorder.note(format!(
-            "{node} stays cordoned: {}; uncordon it with `kubectl uncordon {node}` once it is fixed",
-            if interrupted { "the run was interrupted" } else { "a check did not pass" }
-        ));
     }
 }
 
@@ -435,14 +441,14 @@ struct RunState {
     cluster: Option<Cluster>,
     lock: Option<lock::HeldLock>,
     ready_at: Option<Instant>,
-    /// The drain cordoned the node.
-    cordoned: bool,
-    /// The reboot command was sent and not refused: from here on the node may be down,
-    /// so a drained node stays cordoned unless every check passes.
-    reboot_sent: bool,
-    /// The run got far enough to create probe pods: cleanup deletes them. A run that
-    /// never reached the API has nothing to clean and says nothing about it.
-    probes_may_exist: bool,
+    ledger: Ledger,
+}
+
+/// How far a run got and what it made on the way: all its cleanup is decided from this.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    phase: Phase,
+    owed: Vec<Owed>,
 }
 
 /// The refusal of a run whose identity lacks permissions: each missing one, and where to
@@ -491,8 +497,11 @@ async fn verify_steps(
         }
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     }
-    // From here on the run may create probe pods, which cleanup then owes.
-    state.probes_may_exist = true;
+    // From here on the run may create probe pods, which cleanup then owes; the
+    // preflight's carry a run id of their own.
+    state.ledger.owed.push(Owed::ProbePods {
+        run_id: run_id.to_string(),
+    });
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let calico = match recorder
         .timed(
@@ -515,7 +524,11 @@ async fn verify_steps(
             )
             .await
         {
-            Ok(held) => state.lock = Some(held),
+            Ok(held) => {
+                state.lock = Some(held);
+                state.ledger.owed.push(Owed::Lease);
+                state.ledger.phase = Phase::Locked;
+            }
             Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
         }
         match preflight_then_reboot(
@@ -529,8 +542,7 @@ async fn verify_steps(
                 calico,
                 force: request.force,
                 drain: request.drain,
-                cordoned: &mut state.cordoned,
-                reboot_sent: &mut state.reboot_sent,
+                ledger: &mut state.ledger,
             },
         )
         .await
@@ -621,9 +633,10 @@ async fn verify_steps(
             )
             .await;
         if diagnosis.is_none() {
-            diagnosis = state
-                .bgp_output()
-                .and_then(|output| diagnose::diagnose_bgp(node, &findings.shell, output, calico));
+            if let Some(output) = state.bgp_output() {
+                let peers = host_state::bgp_peers(&cluster, inventory, node).await;
+                diagnosis = diagnose::diagnose_bgp(node, &findings.shell, output, &peers, calico);
+            }
         }
         if let Some(cross) = results
             .iter_mut()
@@ -647,6 +660,7 @@ async fn verify_steps(
     for result in results {
         recorder.record(result);
     }
+    state.ledger.phase = Phase::Checked;
 }
 
 /// Since when a calico-node container that exited with an error counts as crash-looping:
@@ -692,8 +706,7 @@ pub async fn reboot_node(
             calico,
             force: false,
             drain: false,
-            cordoned: &mut false,
-            reboot_sent: &mut false,
+            ledger: &mut Ledger::default(),
         },
     )
     .await;
@@ -721,10 +734,12 @@ async fn preflight_then_reboot(
         calico,
         force,
         drain: drain_first,
-        cordoned,
-        reboot_sent,
+        ledger,
     } = options;
     let started = Instant::now();
+    ledger.owed.push(Owed::ProbePods {
+        run_id: preflight::preflight_run_id(run_id),
+    });
     let problems = recorder
         .timed(
             "preflight: is the cluster whole?",
@@ -765,6 +780,7 @@ async fn preflight_then_reboot(
             "--force: rebooted {node} although the preflight found the cluster degraded"
         ));
     }
+    ledger.phase = Phase::Preflighted;
     if drain_first {
         let started = Instant::now();
         // Nothing is drained for a reboot that cannot be sent: the transport proves it
@@ -813,16 +829,20 @@ async fn preflight_then_reboot(
                 "{node} was already cordoned before this run; it is left cordoned"
             ));
         }
-        // Set before the drain starts: a run interrupted mid-drain must still uncordon.
-        *cordoned = !cordoned_before;
+        // Owed before the drain starts: a run interrupted mid-drain must still uncordon.
+        if !cordoned_before {
+            ledger.owed.push(Owed::Cordon { node: node.into() });
+        }
+        ledger.phase = Phase::Cordoned;
         let drained = recorder
             .timed(
                 "cordon and drain",
-                drain::drain(cluster, node, inventory.timeouts.drain, *cordoned),
+                drain::drain(cluster, node, inventory.timeouts.drain, !cordoned_before),
             )
             .await;
         match drained {
             Ok(evicted) => {
+                ledger.phase = Phase::Drained;
                 let evidence = Evidence::new(
                     "pods evicted",
                     evicted.to_string(),
@@ -838,7 +858,9 @@ async fn preflight_then_reboot(
             }
             Err(why) => {
                 // The drain undid its own cordon, or says why it could not.
-                *cordoned = false;
+                ledger
+                    .owed
+                    .retain(|owed| !matches!(owed, Owed::Cordon { .. }));
                 recorder.record(CheckResult::error(
                     CheckName::NodeDrained,
                     node,
@@ -855,13 +877,7 @@ async fn preflight_then_reboot(
         }
     }
     reboot_and_wait(
-        inventory,
-        calico,
-        cluster,
-        transport,
-        node,
-        recorder,
-        reboot_sent,
+        inventory, calico, cluster, transport, node, recorder, ledger,
     )
     .await
 }
@@ -873,11 +889,8 @@ struct RebootOptions<'a> {
     force: bool,
     /// Cordon and drain first.
     drain: bool,
-    /// Set once the node is cordoned by the drain: the run uncordons it at the end, and
-    /// only if every check passed or the node was never rebooted.
-    cordoned: &'a mut bool,
-    /// Set when the reboot command is sent, cleared when the node refuses it.
-    reboot_sent: &'a mut bool,
+    /// How far the run got and what it made, for its cleanup.
+    ledger: &'a mut Ledger,
 }
 
 /// Records the boot, reboots the node over SSH, waits for it to go down and to come
@@ -891,7 +904,7 @@ async fn reboot_and_wait(
     transport: &dyn Transport,
     node: &str,
     recorder: &Recorder<'_>,
-    reboot_sent: &mut bool,
+    ledger: &mut Ledger,
 ) -> Option<RebootBaseline> {
     let timeouts = &inventory.timeouts;
     let before = match recorder
@@ -929,14 +942,15 @@ async fn reboot_and_wait(
     let command = ShellCommand::operator_text(&inventory.reboot.command);
     // Set before sending: an SSH error mid-command leaves it unknown whether the node is
     // going down, and unknown must count as rebooted.
-    *reboot_sent = true;
+    let before_reboot = ledger.phase;
+    ledger.phase = Phase::RebootSent;
     match recorder
         .timed("issue the reboot", transport.reboot(&command))
         .await
     {
         Ok(RebootOutcome::Issued) => {}
         Ok(RebootOutcome::Refused(output)) => {
-            *reboot_sent = false;
+            ledger.phase = before_reboot;
             let message = format!(
                 "the reboot command `{}` was refused (exit {}): {}",
                 inventory.reboot.command,
@@ -961,7 +975,7 @@ async fn reboot_and_wait(
             // Nothing reached the node (no connection, a refused host key, a failed
             // login): it was not rebooted, and a drained node goes back into service.
             if error.before_sending() {
-                *reboot_sent = false;
+                ledger.phase = before_reboot;
             }
             recorder.error_remaining(
                 error.kind(),
@@ -994,6 +1008,7 @@ async fn reboot_and_wait(
         recorder.error_remaining(ErrorKind::Timeout, "the node did not reboot");
         return None;
     }
+    ledger.phase = Phase::Down;
 
     let back = cluster::is_node_ready().and(cluster::has_boot_id_other_than(&boot_id));
     let up = tokio::time::timeout(
@@ -1004,7 +1019,10 @@ async fn reboot_and_wait(
         .timed("wait for the node to be Ready on a new boot", up)
         .await
     {
-        Ok(Ok(after)) => after,
+        Ok(Ok(after)) => {
+            ledger.phase = Phase::Back;
+            after
+        }
         Ok(Err(refused)) => {
             recorder.error_remaining(refused.kind(), &refused.to_string());
             return None;
