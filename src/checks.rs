@@ -108,6 +108,9 @@ pub enum ErrorKind {
     Refused,
     /// Ctrl-C or SIGTERM.
     Interrupted,
+    /// The reboot lock lapsed while the run held it (an API outage longer than the
+    /// lease, or another run took it over): the run stopped there.
+    LockLost,
     /// Anything else; the message says what.
     Error,
 }
@@ -122,6 +125,7 @@ impl ErrorKind {
             ErrorKind::Ssh => "ssh",
             ErrorKind::Refused => "refused",
             ErrorKind::Interrupted => "interrupted",
+            ErrorKind::LockLost => "lock_lost",
             ErrorKind::Error => "error",
         }
     }

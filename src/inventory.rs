@@ -69,9 +69,10 @@ impl Default for LockSettings {
         LockSettings {
             namespace: "kube-system".into(),
             name: "postflight-reboot-lock".into(),
-            // Long enough to ride out a slow API call or two between renewals (every third
-            // of it), short enough that a killed run blocks the next one for only a minute.
-            duration: Duration::from_secs(60),
+            // As long as a reboot may take to come back (timeouts.node_ready): a run killed
+            // while its node is down keeps the next one out until the node is due back,
+            // and renewals ride out an API outage of up to this long.
+            duration: Duration::from_secs(300),
             wait: Duration::from_secs(300),
         }
     }
@@ -475,6 +476,17 @@ impl Inventory {
                 format!("{key} is 0s: a wait that cannot succeed; give it a duration > 0"),
             ));
         }
+        if self.lock.duration < self.timeouts.node_ready {
+            return Err(self.located(
+                text,
+                "lock.duration",
+                format!(
+                    "lock.duration ({}) is shorter than timeouts.node_ready ({}): a run killed while its node reboots would free the lock before the node is due back, and a second run could take a second node down; make it at least as long",
+                    humantime::format_duration(self.lock.duration),
+                    humantime::format_duration(self.timeouts.node_ready)
+                ),
+            ));
+        }
         if let Some(mode) = &self.calico.run_dir_mode {
             if mode.is_empty()
                 || mode.len() > 4
@@ -649,6 +661,12 @@ mod tests {
         5,
         3,
         "lock.wait is 0s"
+    )]
+    #[case::lease_shorter_than_a_reboot(
+        "nodes:\n  - name: a\n    host: 198.18.0.11\nlock:\n  duration: 60s\n",
+        5,
+        3,
+        "lock.duration (1m) is shorter than timeouts.node_ready (5m)"
     )]
     fn each_kind_of_bad_inventory_points_at_its_location(
         #[case] text: &str,

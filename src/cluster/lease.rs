@@ -7,15 +7,16 @@
 use super::{api_error, Cluster, ClusterError};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
 
-/// Who holds a lease that is not ours, and until when it is theirs without a renewal.
+/// Who holds a lease that is not ours, and how long it stays theirs without a renewal,
+/// by this machine's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseHolder {
     pub identity: String,
-    pub expires: Option<Timestamp>,
+    pub free_in: Duration,
 }
 
 /// What one attempt to take the lease found.
@@ -27,21 +28,75 @@ pub enum LeaseAttempt {
     Raced,
 }
 
-/// Who holds the lease at `now`; None when it is free or expired.
-pub fn holder_of(lease: &Lease, now: Timestamp) -> Option<LeaseHolder> {
-    let spec = lease.spec.as_ref()?;
-    let identity = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    let expires = renewed.and_then(|t| t.checked_add(duration).ok());
-    // An expired lease has no holder: its holder stopped renewing it (killed, crashed).
-    match expires {
-        Some(expires) if expires <= now => None,
-        _ => Some(LeaseHolder { identity, expires }),
+/// What one renewal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// Someone wrote the lease between our read and our write.
+    Raced,
+    /// The lease is gone or names another holder: how.
+    Lost(String),
+}
+
+/// The part of a lease that changes when its holder renews, hands over or releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub holder: String,
+    renew_time: Option<Timestamp>,
+    acquire_time: Option<Timestamp>,
+    transitions: Option<i32>,
+    pub duration: Duration,
+}
+
+impl LeaseRecord {
+    pub fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.clone().unwrap_or_default();
+        LeaseRecord {
+            holder: spec.holder_identity.unwrap_or_default(),
+            renew_time: spec.renew_time.map(|t| t.0),
+            acquire_time: spec.acquire_time.map(|t| t.0),
+            transitions: spec.lease_transitions,
+            duration: Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+            ),
+        }
+    }
+}
+
+/// What this run has seen of the lease, and when it last saw it change, by its own
+/// monotonic clock. As client-go's leader election decides it: a held lease is free only
+/// once its record has stood unchanged for its whole duration since we first saw it so.
+/// The holder's `renewTime` is never compared with this machine's wall clock, so clock
+/// skew between two runners cannot free a lease early.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseObservation {
+    record: Option<LeaseRecord>,
+    changed_at: Option<std::time::Instant>,
+}
+
+impl LeaseObservation {
+    /// Takes in the lease as read at `now`.
+    pub fn observe(&mut self, lease: &Lease, now: std::time::Instant) {
+        let record = LeaseRecord::of(lease);
+        if self.record.as_ref() != Some(&record) {
+            self.record = Some(record);
+            self.changed_at = Some(now);
+        }
+    }
+
+    pub fn record(&self) -> Option<&LeaseRecord> {
+        self.record.as_ref()
+    }
+
+    /// Who holds the lease at `now`: None when it is released, or when its record has
+    /// not changed for its whole duration (its holder stopped renewing: killed, cut off).
+    pub fn holder(&self, now: std::time::Instant) -> Option<LeaseHolder> {
+        let record = self.record.as_ref().filter(|r| !r.holder.is_empty())?;
+        let held_until = self.changed_at? + record.duration;
+        (held_until > now).then(|| LeaseHolder {
+            identity: record.holder.clone(),
+            free_in: held_until - now,
+        })
     }
 }
 
@@ -77,6 +132,7 @@ impl Cluster {
         name: &str,
         holder: &str,
         duration: Duration,
+        observation: &mut LeaseObservation,
     ) -> Result<LeaseAttempt, ClusterError> {
         let api = self.leases(namespace);
         let now = Timestamp::now();
@@ -97,7 +153,11 @@ impl Cluster {
                 )),
             };
         };
-        if let Some(other) = holder_of(&lease, now).filter(|h| h.identity != holder) {
+        observation.observe(&lease, std::time::Instant::now());
+        if let Some(other) = observation
+            .holder(std::time::Instant::now())
+            .filter(|h| h.identity != holder)
+        {
             return Ok(LeaseAttempt::HeldBy(other));
         }
         let transitions = lease
@@ -114,27 +174,25 @@ impl Cluster {
         }
     }
 
-    /// Returns once the lease is no longer held by `identity` (released, deleted or taken
-    /// over), as the watch sees it. An expiry without a write produces no event: the
-    /// caller also wakes at the holder's expiry time.
+    /// Returns once the lease's record differs from `seen` (renewed, handed over,
+    /// released, deleted), as the watch sees it: waiting for the lock is a watch, not a
+    /// poll. An expiry without a write produces no event: the caller also wakes when the
+    /// record would have stood unchanged for its duration.
     ///
     /// # Caveats
     /// No deadline of its own: wrap it in [`tokio::time::timeout`].
-    pub async fn lease_changed_hands(
+    pub async fn lease_record_changed(
         &self,
         namespace: &str,
         name: &str,
-        identity: &str,
+        seen: Option<&LeaseRecord>,
     ) -> Result<(), ClusterError> {
         let config =
             kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
         let action = format!("watching the reboot lock {namespace}/{name}");
         self.watch_until(&action, self.leases(namespace), config, |leases| {
-            let still_held = leases
-                .first()
-                .and_then(|lease| holder_of(lease, Timestamp::now()))
-                .is_some_and(|holder| holder.identity == identity);
-            (!still_held).then_some(())
+            let now = leases.first().map(LeaseRecord::of);
+            (now.as_ref() != seen).then_some(())
         })
         .await
     }
@@ -142,32 +200,38 @@ impl Cluster {
     /// Renews our hold on the lease.
     ///
     /// # Errors
-    /// The lease is gone or held by someone else (our hold lapsed), or the API refuses.
+    /// The API refuses or does not answer: the hold may still be good, try again.
     pub async fn renew_lease(
         &self,
         namespace: &str,
         name: &str,
         holder: &str,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Renewal, ClusterError> {
         let api = self.leases(namespace);
         let action = format!("renewing lease {namespace}/{name}");
-        let mut lease = api.get(name).await.map_err(api_error(action.clone()))?;
+        let Some(mut lease) = api.get_opt(name).await.map_err(api_error(action.clone()))? else {
+            return Ok(Renewal::Lost(format!(
+                "the lease {namespace}/{name} was deleted"
+            )));
+        };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if spec.holder_identity.as_deref() != Some(holder) {
             let now_held_by = spec
                 .holder_identity
                 .clone()
+                .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "nobody".into());
-            return Err(ClusterError::Exec {
-                action,
-                reason: format!("the lease is now held by {now_held_by}"),
-            });
+            return Ok(Renewal::Lost(format!(
+                "the lease {namespace}/{name} is now held by {now_held_by}"
+            )));
         }
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        api.replace(name, &PostParams::default(), &lease)
-            .await
-            .map_err(api_error(action))?;
-        Ok(())
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(Renewal::Renewed),
+            // Written by someone else between our read and our write: read again.
+            Err(error) if conflict(&error) => Ok(Renewal::Raced),
+            Err(error) => Err(api_error(action)(error)),
+        }
     }
 
     /// Gives the lease up, if it is still ours; another run can take it at once.
@@ -202,15 +266,13 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
-    fn lease(holder: Option<&str>, renewed_seconds_ago: i64, duration: i32) -> Lease {
-        let renewed = Timestamp::now()
-            .checked_sub(SignedDuration::from_secs(renewed_seconds_ago))
-            .unwrap();
+    fn lease(holder: Option<&str>, renewed: &str, duration: i32) -> Lease {
         Lease {
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(String::from),
-                renew_time: Some(MicroTime(renewed)),
+                renew_time: Some(MicroTime(renewed.parse().unwrap())),
                 lease_duration_seconds: Some(duration),
                 ..Default::default()
             }),
@@ -219,18 +281,45 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_held_until_it_expires_and_free_after() {
-        let now = Timestamp::now();
-        let held = holder_of(&lease(Some("run-a"), 5, 60), now).expect("held");
-        assert_eq!(held.identity, "run-a");
-        assert!(
-            holder_of(&lease(Some("run-a"), 61, 60), now).is_none(),
-            "expired: the holder stopped renewing"
+    fn a_held_lease_frees_only_after_standing_unchanged_for_its_duration_by_our_clock() {
+        let start = Instant::now();
+        let mut seen = LeaseObservation::default();
+        // Its renewTime is a year in the past by our wall clock: skew, not expiry.
+        seen.observe(&lease(Some("run-a"), "2025-11-26T00:00:00Z", 60), start);
+        let held = seen.holder(start).expect("held when first seen");
+        assert_eq!(
+            (held.identity.as_str(), held.free_in),
+            ("run-a", Duration::from_secs(60))
         );
-        assert!(holder_of(&lease(None, 5, 60), now).is_none(), "released");
+        assert!(seen.holder(start + Duration::from_secs(59)).is_some());
         assert!(
-            holder_of(&lease(Some(""), 5, 60), now).is_none(),
-            "released"
+            seen.holder(start + Duration::from_secs(60)).is_none(),
+            "unchanged for 60 s"
         );
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_count_and_a_release_frees_it_at_once() {
+        let start = Instant::now();
+        let mut seen = LeaseObservation::default();
+        seen.observe(&lease(Some("run-a"), "2026-11-26T00:00:00Z", 60), start);
+        let later = start + Duration::from_secs(50);
+        seen.observe(&lease(Some("run-a"), "2026-11-26T00:00:50Z", 60), later);
+        assert!(
+            seen.holder(start + Duration::from_secs(100)).is_some(),
+            "renewed at 50 s"
+        );
+        seen.observe(
+            &lease(Some("run-a"), "2026-11-26T00:00:50Z", 60),
+            later + Duration::from_secs(30),
+        );
+        assert!(
+            seen.holder(later + Duration::from_secs(61)).is_none(),
+            "the same record again is no renewal"
+        );
+        seen.observe(&lease(None, "2026-11-26T00:00:50Z", 60), later);
+        assert!(seen.holder(later).is_none(), "released");
+        seen.observe(&lease(Some(""), "2026-11-26T00:00:50Z", 60), later);
+        assert!(seen.holder(later).is_none(), "released");
     }
 }

@@ -4,7 +4,7 @@
 //! path, Ctrl-C included; a run killed outright loses it when the lease expires.
 
 use super::*;
-use crate::cluster::lease::LeaseAttempt;
+use crate::cluster::lease::{LeaseAttempt, LeaseObservation, Renewal};
 use std::sync::Arc;
 
 /// A lock this run holds. Release it with [`HeldLock::release`]; dropping it only stops
@@ -78,8 +78,10 @@ impl LockError {
     }
 }
 
-/// Takes the lock, waiting (on watch events and on the holder's expiry) up to the
-/// inventory's `lock.wait`.
+/// Takes the lock, waiting (on watch events, and until the holder's record has stood
+/// unchanged for its duration by this machine's clock) up to the inventory's
+/// `lock.wait`. `lost` is cancelled if the hold ever lapses while the run holds it: the
+/// run must stop going on at once.
 ///
 /// # Errors
 /// Another run still holds it when the wait ends (the message names the holder), or the
@@ -88,13 +90,15 @@ pub async fn acquire(
     cluster: &Cluster,
     inventory: &Inventory,
     holder: &str,
+    lost_signal: CancellationToken,
 ) -> Result<HeldLock, LockError> {
     let settings = &inventory.lock;
     let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
     let deadline = Instant::now() + settings.wait;
+    let mut observation = LeaseObservation::default();
     loop {
         let attempt = cluster
-            .try_acquire_lease(namespace, name, holder, settings.duration)
+            .try_acquire_lease(namespace, name, holder, settings.duration, &mut observation)
             .await?;
         let other = match attempt {
             LeaseAttempt::Acquired => break,
@@ -103,27 +107,20 @@ pub async fn acquire(
         };
         let now = Instant::now();
         if now >= deadline {
-            let until = other
-                .expires
-                .map(|t| format!(" (until {t} unless renewed)"))
-                .unwrap_or_default();
             return Err(LockError::Held {
                 namespace: namespace.into(),
                 name: name.into(),
                 holder: other.identity,
-                until,
+                until: format!(
+                    " (free in {} unless renewed)",
+                    humantime::format_duration(Duration::from_secs(other.free_in.as_secs()))
+                ),
                 waited: humantime::format_duration(settings.wait).to_string(),
             });
         }
-        let until_expiry = other
-            .expires
-            .and_then(|t| {
-                Duration::try_from(t.duration_since(k8s_openapi::jiff::Timestamp::now())).ok()
-            })
-            .unwrap_or(settings.duration);
-        let wake = (now + until_expiry).min(deadline);
+        let wake = (now + other.free_in).min(deadline);
         tokio::select! {
-            changed = cluster.lease_changed_hands(namespace, name, &other.identity) => {
+            changed = cluster.lease_record_changed(namespace, name, observation.record()) => {
                 changed?;
             }
             () = tokio::time::sleep_until(wake.into()) => {}
@@ -135,8 +132,9 @@ pub async fn acquire(
         namespace.into(),
         name.into(),
         holder.into(),
-        settings.duration / 3,
+        settings.duration,
         lost.clone(),
+        lost_signal,
     ));
     Ok(HeldLock {
         cluster: cluster.clone(),
@@ -152,25 +150,35 @@ pub async fn acquire(
 /// control-plane restart), and the lease is still ours until it expires.
 const RENEW_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// Renews the lease every third of its duration. A failed renewal (the API away) is
+/// retried every second for as long as the lease is still ours — until its whole
+/// duration has passed since the last good renewal, after which another run, counting
+/// by its own clock, may take it. Then, or at once when the lease names someone else,
+/// the hold is lost: `lost` says how, and `lost_signal` stops the run.
 async fn renew_until_stopped(
     cluster: Cluster,
     namespace: String,
     name: String,
     holder: String,
-    every: Duration,
+    duration: Duration,
     lost: Arc<Mutex<Option<String>>>,
+    lost_signal: CancellationToken,
 ) {
-    // Renewals happen every third of the lease's duration, so the last good one leaves
-    // two more periods before the lease is anybody's.
-    let duration = every * 3;
+    let every = duration / 3;
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(every).await;
         loop {
             match cluster.renew_lease(&namespace, &name, &holder).await {
-                Ok(()) => {
+                Ok(Renewal::Renewed) => {
                     renewed = Instant::now();
                     break;
+                }
+                Ok(Renewal::Raced) => continue,
+                Ok(Renewal::Lost(how)) => {
+                    *lost.lock().expect("lock state") = Some(how);
+                    lost_signal.cancel();
+                    return;
                 }
                 Err(error) if renewed.elapsed() + RENEW_RETRY_PAUSE < duration => {
                     tracing::warn!("renewing the reboot lock, retrying: {error}");
@@ -181,6 +189,7 @@ async fn renew_until_stopped(
                         "not renewed for {}: {error}",
                         humantime::format_duration(duration)
                     ));
+                    lost_signal.cancel();
                     return;
                 }
             }

@@ -345,9 +345,20 @@ pub async fn verify(
     let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
     let run_id = new_run_id();
     let mut state = RunState::default();
+    let lock_lost = state.lock_lost.clone();
     let interrupted = tokio::select! {
         () = verify_steps(inventory, request, &recorder, &run_id, &mut state) => false,
         () = cancel.cancelled() => true,
+        // A lapsed lock stops the run where it is: another run may now reboot a node,
+        // and this one must not go on to anything else.
+        () = lock_lost.cancelled() => {
+            let how = state.lock.as_ref().and_then(lock::HeldLock::lost).unwrap_or_default();
+            recorder.error_remaining(
+                ErrorKind::LockLost,
+                &format!("the reboot lock was lost ({how}): the run stopped there"),
+            );
+            false
+        }
     };
     if interrupted {
         recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
@@ -442,6 +453,8 @@ struct RunState {
     lock: Option<lock::HeldLock>,
     ready_at: Option<Instant>,
     ledger: Ledger,
+    /// Cancelled by the lock's renewer if the hold lapses.
+    lock_lost: CancellationToken,
 }
 
 /// How far a run got and what it made on the way: all its cleanup is decided from this.
@@ -520,7 +533,7 @@ async fn verify_steps(
         match recorder
             .timed(
                 "take the reboot lock",
-                lock::acquire(&cluster, inventory, &holder),
+                lock::acquire(&cluster, inventory, &holder, state.lock_lost.clone()),
             )
             .await
         {
