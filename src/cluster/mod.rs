@@ -4,6 +4,7 @@
 //! on every event — and the watch rides out API outages with kube-runtime's backoff.
 //! Nothing here adds a deadline: the caller owns it (see `gate`).
 
+pub mod conditions;
 pub mod drain;
 pub mod lease;
 pub mod probes;
@@ -426,6 +427,31 @@ impl Cluster {
         }
     }
 
+    /// Waits until the object `name` meets `condition` (it is `None` when the object does
+    /// not exist), on a watch of that one object, and returns it as it was then.
+    /// Outages are ridden out; 401, 403 and 404 end the wait.
+    ///
+    /// # Caveats
+    /// No deadline of its own: wrap it in [`tokio::time::timeout`].
+    pub async fn await_object<K>(
+        &self,
+        action: &str,
+        api: Api<K>,
+        name: &str,
+        condition: impl Condition<K>,
+    ) -> Result<Option<K>, ClusterError>
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        self.watch_until(action, api, config, |objects| {
+            let object = objects.first();
+            condition.matches_object(object).then(|| object.cloned())
+        })
+        .await
+    }
+
     /// Watches one node until `decide` says so.
     pub async fn watch_node<T>(
         &self,
@@ -548,16 +574,13 @@ impl Cluster {
                 return Ok(());
             }
             let uid = existing.metadata.uid.clone().unwrap_or_default();
-            kube::runtime::wait::await_condition(
+            self.await_object(
+                &format!("waiting for the Terminating namespace {name} to go"),
                 api.clone(),
                 name,
-                kube::runtime::conditions::is_deleted(&uid),
+                conditions::is_gone(&uid),
             )
-            .await
-            .map_err(|e| ClusterError::Exec {
-                action: format!("waiting for the Terminating namespace {name} to go"),
-                reason: e.to_string(),
-            })?;
+            .await?;
         }
         let mut namespace = Namespace::default();
         namespace.metadata.name = Some(name.into());
@@ -587,14 +610,13 @@ impl Cluster {
     /// watch for a permission, so that part asks the API server again after a pause.
     async fn await_provisioned_namespace(&self, name: &str) -> Result<(), ClusterError> {
         let api = Api::<Namespace>::all(self.client.clone());
-        kube::runtime::wait::await_condition(api, name, |namespace: Option<&Namespace>| {
-            namespace.is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
-        })
-        .await
-        .map_err(|e| ClusterError::Exec {
-            action: format!("waiting for the probe namespace {name} to be provisioned again"),
-            reason: e.to_string(),
-        })?;
+        self.await_object(
+            &format!("waiting for the probe namespace {name} to be provisioned again"),
+            api,
+            name,
+            conditions::is_namespace_active(),
+        )
+        .await?;
         let create_pods = crate::rbac::Access {
             verb: "create".into(),
             group: String::new(),
@@ -699,18 +721,7 @@ impl Cluster {
     }
 }
 
-/// The node reports Ready=True.
-pub fn is_node_ready() -> impl Condition<Node> {
-    |node: Option<&Node>| node.is_some_and(node_ready)
-}
-
-/// The node runs a boot other than `boot_id`: it has rebooted since that was read.
-pub fn has_boot_id_other_than(boot_id: &str) -> impl Condition<Node> + '_ {
-    move |node: Option<&Node>| {
-        node.and_then(self::boot_id)
-            .is_some_and(|id| !id.is_empty() && id != boot_id)
-    }
-}
+pub use conditions::{has_boot_id_other_than, is_node_ready};
 
 /// Node facts the checks read.
 pub fn node_ready(node: &Node) -> bool {

@@ -135,15 +135,15 @@ async fn evict_one(
         match cluster.evict(&namespace, &name).await? {
             Eviction::Gone => break,
             Eviction::Accepted => {
-                // Evicted is not yet gone: wait for the pod object to disappear.
-                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                // Evicted is not yet gone: wait for this pod (by UID) to disappear.
                 let action = format!("waiting for the evicted pod {key} to go");
                 cluster
-                    .watch_until(&action, cluster.pods(&namespace), config, |pods| {
-                        pods.iter()
-                            .all(|p| p.metadata.uid.as_deref() != Some(uid.as_str()))
-                            .then_some(())
-                    })
+                    .await_object(
+                        &action,
+                        cluster.pods(&namespace),
+                        &name,
+                        cluster::conditions::is_gone(&uid),
+                    )
                     .await?;
                 break;
             }
