@@ -1,0 +1,432 @@
+//! Rebooting a node and proving it came back: the preflight, the optional drain, the
+//! reboot command, and the waits for the node to go down and to be Ready on a new boot.
+
+use super::verify::Ledger;
+use super::*;
+
+/// Since when a calico-node container that exited with an error counts as crash-looping:
+/// since the node's new boot turned Ready, or, without a reboot, the recent past.
+pub fn crashloop_window_start(baseline: Option<&RebootBaseline>) -> Option<Timestamp> {
+    match baseline {
+        Some(baseline) => baseline.ready_since,
+        None => Timestamp::now().checked_sub(CRASHLOOP_LOOKBACK).ok(),
+    }
+}
+
+/// What a node looked like before its reboot, to tell the new boot from the old.
+#[derive(Debug, Clone)]
+pub struct RebootBaseline {
+    pub boot_id: String,
+    pub calico: CalicoBaseline,
+    /// When the node's Ready condition turned True on the new boot.
+    pub ready_since: Option<Timestamp>,
+}
+
+/// Checks the cluster is whole, reboots a node and waits for it to come back, as
+/// `verify --reboot` does (without --force), for a front
+/// end that runs the checks one by one (the cluster suite). Returns
+/// `node_ready_after_reboot` and `boot_id_changed` (or errors for the checks that could
+/// not run), the timed steps, and the baseline the later checks compare against — None
+/// when the node did not come back.
+pub async fn reboot_node(
+    inventory: &Inventory,
+    calico: &CalicoExpectations,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
+    let recorder = Recorder::new(node, &Quiet, &CheckName::for_verify(true));
+    let baseline = preflight_then_reboot(
+        inventory,
+        cluster,
+        transport,
+        node,
+        &recorder,
+        &new_run_id(),
+        RebootOptions {
+            calico,
+            force: false,
+            drain: false,
+            ledger: &mut Ledger::default(),
+        },
+    )
+    .await;
+    let (results, steps) = recorder.into_parts();
+    (results, steps, baseline)
+}
+
+/// Refuses to reboot into a degraded cluster (unless forced, which is noted), then
+/// reboots and waits; records `cluster_healthy_before_reboot` on the way. None: the node
+/// was not rebooted or did not come back, and the remaining checks are recorded as errors.
+pub(super) async fn preflight_then_reboot(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    options: RebootOptions<'_>,
+) -> Option<RebootBaseline> {
+    let RebootOptions {
+        calico,
+        force,
+        drain: drain_first,
+        ledger,
+    } = options;
+    let started = Instant::now();
+    ledger.owed.push(Owed::ProbePods {
+        run_id: preflight::preflight_run_id(run_id),
+    });
+    let problems = recorder
+        .timed(
+            "preflight: is the cluster whole?",
+            preflight::cluster_problems(cluster, inventory, calico, node, run_id),
+        )
+        .await;
+    if problems.is_empty() {
+        let evidence = Evidence::new(
+            "cluster before the reboot",
+            "whole",
+            "API answers, every node and calico-node Ready, pod mesh complete",
+        );
+        recorder.record(CheckResult::new(
+            CheckName::ClusterHealthyBeforeReboot,
+            node,
+            Verdict::Passed,
+            vec![evidence],
+            started.elapsed(),
+        ));
+    } else {
+        let message = format!(
+            "the cluster is degraded before the reboot: {}",
+            problems.join("; ")
+        );
+        recorder.record(CheckResult::error(
+            CheckName::ClusterHealthyBeforeReboot,
+            node,
+            ErrorKind::Refused,
+            message,
+            started.elapsed(),
+        ));
+        if !force {
+            let why = "the preflight refused the reboot (the cluster is already degraded; --force overrides)";
+            recorder.error_remaining(ErrorKind::Refused, why);
+            return None;
+        }
+        recorder.note(format!(
+            "--force: rebooted {node} although the preflight found the cluster degraded"
+        ));
+    }
+    ledger.phase = Phase::Preflighted;
+    if drain_first {
+        let started = Instant::now();
+        // Nothing is drained for a reboot that cannot be sent: the transport proves it
+        // reaches the node (connection, host key, login) with a no-op first.
+        if let Err(error) = recorder
+            .timed(
+                "prove the node can be reached to reboot it",
+                transport.run(&ShellCommand::new("true")),
+            )
+            .await
+        {
+            recorder.record(CheckResult::error(
+                CheckName::NodeDrained,
+                node,
+                error.kind(),
+                format!("not drained: the reboot could not be sent: {error}"),
+                started.elapsed(),
+            ));
+            recorder.error_remaining(
+                error.kind(),
+                &format!("the node was not rebooted: it cannot be reached to reboot it: {error}"),
+            );
+            return None;
+        }
+        // A node someone else cordoned stays cordoned whatever this run finds: the cordon
+        // is theirs to lift, not ours.
+        let cordoned_before = match cluster.node(node).await {
+            Ok(current) => cluster::node_unschedulable(&current),
+            Err(error) => {
+                recorder.record(CheckResult::error(
+                    CheckName::NodeDrained,
+                    node,
+                    error.kind(),
+                    error.to_string(),
+                    started.elapsed(),
+                ));
+                recorder.error_remaining(
+                    error.kind(),
+                    "the node was not rebooted: it could not be drained",
+                );
+                return None;
+            }
+        };
+        if cordoned_before {
+            recorder.note(format!(
+                "{node} was already cordoned before this run; it is left cordoned"
+            ));
+        }
+        // Owed before the drain starts: a run interrupted mid-drain must still uncordon.
+        if !cordoned_before {
+            ledger.owed.push(Owed::Cordon { node: node.into() });
+        }
+        ledger.phase = Phase::Cordoned;
+        let drained = recorder
+            .timed(
+                "cordon and drain",
+                drain::drain(cluster, node, inventory.timeouts.drain, !cordoned_before),
+            )
+            .await;
+        match drained {
+            Ok(evicted) => {
+                ledger.phase = Phase::Drained;
+                let evidence = Evidence::new(
+                    "pods evicted",
+                    evicted.to_string(),
+                    "every pod a drain moves",
+                );
+                recorder.record(CheckResult::new(
+                    CheckName::NodeDrained,
+                    node,
+                    Verdict::Passed,
+                    vec![evidence],
+                    started.elapsed(),
+                ));
+            }
+            Err(why) => {
+                // The drain undid its own cordon, or says why it could not.
+                ledger
+                    .owed
+                    .retain(|owed| !matches!(owed, Owed::Cordon { .. }));
+                recorder.record(CheckResult::error(
+                    CheckName::NodeDrained,
+                    node,
+                    why.kind(),
+                    why.to_string(),
+                    started.elapsed(),
+                ));
+                recorder.error_remaining(
+                    why.kind(),
+                    "the node was not rebooted: its drain did not finish",
+                );
+                return None;
+            }
+        }
+    }
+    reboot_and_wait(
+        inventory, calico, cluster, transport, node, recorder, ledger,
+    )
+    .await
+}
+
+/// How a reboot is prepared.
+pub(super) struct RebootOptions<'a> {
+    pub(super) calico: &'a CalicoExpectations,
+    /// Reboot even into a degraded cluster.
+    pub(super) force: bool,
+    /// Cordon and drain first.
+    pub(super) drain: bool,
+    /// How far the run got and what it made, for its cleanup.
+    pub(super) ledger: &'a mut Ledger,
+}
+
+/// Records the boot, reboots the node over SSH, waits for it to go down and to come
+/// back Ready on a new boot, and records `node_ready_after_reboot` and `boot_id_changed`.
+/// Returns None when the node did not come back (the remaining checks are then recorded
+/// as errors).
+async fn reboot_and_wait(
+    inventory: &Inventory,
+    calico: &CalicoExpectations,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+    ledger: &mut Ledger,
+) -> Option<RebootBaseline> {
+    let timeouts = &inventory.timeouts;
+    let before = match recorder
+        .timed("record the boot ID", cluster.node(node))
+        .await
+    {
+        Ok(before) => before,
+        Err(error) => {
+            recorder.error_remaining(error.kind(), &error.to_string());
+            return None;
+        }
+    };
+    let Some(boot_id) = cluster::boot_id(&before)
+        .map(String::from)
+        .filter(|id| !id.is_empty())
+    else {
+        recorder.error_remaining(
+            ErrorKind::Error,
+            &format!("node {node} reports no bootID: a reboot could not be proven"),
+        );
+        return None;
+    };
+    let calico_before = match cluster
+        .pods_on_node(&calico.namespace, &calico.selector, node)
+        .await
+    {
+        Ok(pods) => CalicoBaseline::of(pods.first()),
+        Err(error) => {
+            recorder.error_remaining(error.kind(), &error.to_string());
+            return None;
+        }
+    };
+
+    let started = Instant::now();
+    let command = ShellCommand::operator_text(&inventory.reboot.command);
+    // Set before sending: an SSH error mid-command leaves it unknown whether the node is
+    // going down, and unknown must count as rebooted.
+    let before_reboot = ledger.phase;
+    ledger.phase = Phase::RebootSent;
+    match recorder
+        .timed("issue the reboot", transport.reboot(&command))
+        .await
+    {
+        Ok(RebootOutcome::Issued) => {}
+        Ok(RebootOutcome::Refused(output)) => {
+            ledger.phase = before_reboot;
+            let message = format!(
+                "the reboot command `{}` was refused (exit {}): {}",
+                inventory.reboot.command,
+                output.exit_status,
+                output.stderr.trim()
+            );
+            recorder.record(CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                Verdict::Failed(message.clone()),
+                vec![Evidence::new(
+                    "reboot command",
+                    format!("exit {}", output.exit_status),
+                    "the node goes down",
+                )],
+                started.elapsed(),
+            ));
+            recorder.error_remaining(ErrorKind::Refused, "the node was not rebooted");
+            return None;
+        }
+        Err(error) => {
+            // Nothing reached the node (no connection, a refused host key, a failed
+            // login): it was not rebooted, and a drained node goes back into service.
+            if error.before_sending() {
+                ledger.phase = before_reboot;
+            }
+            recorder.error_remaining(
+                error.kind(),
+                &format!("could not issue the reboot: {error}"),
+            );
+            return None;
+        }
+    }
+
+    let last_seen = Mutex::new(None);
+    let went_down = cluster::is_node_ready()
+        .not()
+        .or(cluster::has_boot_id_other_than(&boot_id));
+    let down = tokio::time::timeout(
+        timeouts.node_not_ready,
+        cluster.wait_for_node(node, went_down, &last_seen),
+    );
+    let went = recorder.timed("wait for the node to go down", down).await;
+    if let Ok(Err(refused)) = &went {
+        recorder.error_remaining(refused.kind(), &refused.to_string());
+        return None;
+    }
+    if went.is_err() {
+        let message = format!(
+            "the node stayed Ready on boot {boot_id} for {} after the reboot command: it did not reboot",
+            humantime::format_duration(timeouts.node_not_ready)
+        );
+        let seen = last_seen.lock().expect("last_seen lock").clone();
+        fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+        recorder.error_remaining(ErrorKind::Timeout, "the node did not reboot");
+        return None;
+    }
+    ledger.phase = Phase::Down;
+
+    let back = cluster::is_node_ready().and(cluster::has_boot_id_other_than(&boot_id));
+    let up = tokio::time::timeout(
+        timeouts.node_ready,
+        cluster.wait_for_node(node, back, &last_seen),
+    );
+    let after = match recorder
+        .timed("wait for the node to be Ready on a new boot", up)
+        .await
+    {
+        Ok(Ok(after)) => {
+            ledger.phase = Phase::Back;
+            after
+        }
+        Ok(Err(refused)) => {
+            recorder.error_remaining(refused.kind(), &refused.to_string());
+            return None;
+        }
+        Err(_) => {
+            let seen = last_seen.lock().expect("last_seen lock").clone();
+            let last = seen.as_ref().map_or(
+                "the node object is gone".into(),
+                cluster::describe_ready_condition,
+            );
+            let message = format!(
+                "the node was not Ready on a new boot within {}; last seen: {last}",
+                humantime::format_duration(timeouts.node_ready)
+            );
+            fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+            recorder.error_remaining(ErrorKind::Timeout, "the node did not come back");
+            return None;
+        }
+    };
+    recorder.record(check_result(
+        CheckName::NodeReadyAfterReboot,
+        node,
+        judge_node_ready(&after),
+        started,
+    ));
+    let new_boot = cluster::boot_id(&after).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::BootIdChanged,
+        node,
+        judge_boot_id(&boot_id, new_boot),
+        started,
+    ));
+    let ready_since = cluster::node_condition(&after, "Ready")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    Some(RebootBaseline {
+        boot_id,
+        calico: calico_before,
+        ready_since,
+    })
+}
+
+fn fail_node_ready(
+    recorder: &Recorder<'_>,
+    node: &str,
+    message: String,
+    seen: Option<&Node>,
+    boot_id: &str,
+    started: Instant,
+) {
+    let condition = seen.map_or("node not found".into(), cluster::describe_ready_condition);
+    recorder.record(CheckResult::new(
+        CheckName::NodeReadyAfterReboot,
+        node,
+        Verdict::Failed(message),
+        vec![Evidence::new(
+            "Ready condition",
+            condition,
+            "Ready=True on a new boot",
+        )],
+        started.elapsed(),
+    ));
+    let seen_boot = seen.and_then(cluster::boot_id).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::BootIdChanged,
+        node,
+        judge_boot_id(boot_id, seen_boot),
+        started,
+    ));
+}

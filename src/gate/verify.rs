@@ -1,0 +1,355 @@
+//! `verify`: one node's run, from connecting to the last verdict, and the cleanup its
+//! ledger owes on every exit.
+
+use super::reboot::{preflight_then_reboot, RebootOptions};
+use super::*;
+
+/// Verifies one node, rebooting it first when asked. Always returns a report — checks
+/// that could not run are errors in it — unless the request itself is wrong.
+///
+/// `cancel` stops the run between or inside steps (Ctrl-C): the report then marks the
+/// checks that did not run, is flagged interrupted, and the probe pods are still deleted.
+///
+/// # Errors
+/// The node is not in the inventory.
+pub async fn verify(
+    inventory: &Inventory,
+    request: &VerifyRequest,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<NodeReport, GateError> {
+    check_request(inventory, request)?;
+    let started_at = Timestamp::now();
+    let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
+    let run_id = new_run_id();
+    let mut state = RunState::default();
+    let lock_lost = state.lock_lost.clone();
+    let interrupted = tokio::select! {
+        () = verify_steps(inventory, request, &recorder, &run_id, &mut state) => false,
+        () = cancel.cancelled() => true,
+        // A lapsed lock stops the run where it is: another run may now reboot a node,
+        // and this one must not go on to anything else.
+        () = lock_lost.cancelled() => {
+            let how = state.lock.as_ref().and_then(lock::HeldLock::lost).unwrap_or_default();
+            recorder.error_remaining(
+                ErrorKind::LockLost,
+                &format!("the reboot lock was lost ({how}): the run stopped there"),
+            );
+            false
+        }
+    };
+    if interrupted {
+        recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
+    }
+    let outcome = phase::Outcome {
+        all_passed: recorder.all_passed(),
+        interrupted,
+        lock_lost: state.lock.as_ref().and_then(lock::HeldLock::lost),
+    };
+    let plan = phase::cleanup_plan(state.ledger.phase, &state.ledger.owed, &outcome);
+    clean_up(plan, &recorder, &mut state, inventory).await;
+    let mut report = recorder.into_report(request.reboot, started_at, state.ready_at);
+    report.interrupted = interrupted;
+    Ok(report)
+}
+
+/// Performs a cleanup plan, each step within its own deadline, saying in the report what
+/// could not be done and how to do it by hand.
+async fn clean_up(
+    plan: Vec<phase::Cleanup>,
+    recorder: &Recorder<'_>,
+    state: &mut RunState,
+    inventory: &Inventory,
+) {
+    use phase::Cleanup;
+    for step in plan {
+        match step {
+            Cleanup::DeleteProbePods { run_ids } => {
+                let Some(cluster) = &state.cluster else {
+                    continue;
+                };
+                let namespace = &inventory.probe.namespace;
+                let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
+                let cleanup =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &runs));
+                match recorder.timed("delete probe pods", cleanup).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => recorder.note(format!(
+                        "probe pods of run {} were not deleted: {error}",
+                        run_ids.join(", ")
+                    )),
+                    Err(_) => recorder.note(format!(
+                        "probe pods were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}` and the run ids {}",
+                        cluster::probes::RUN_LABEL,
+                        run_ids.join(", ")
+                    )),
+                }
+            }
+            Cleanup::Uncordon { node, note } => {
+                let Some(cluster) = &state.cluster else {
+                    continue;
+                };
+                if let Some(note) = note {
+                    recorder.note(note);
+                }
+                let uncordon =
+                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.set_unschedulable(&node, false));
+                match recorder.timed("uncordon", uncordon).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        recorder.note(format!("{node} could not be uncordoned: {error}"));
+                    }
+                    Err(_) => recorder.note(format!(
+                        "{node} was not uncordoned within {CLEANUP_TIMEOUT:?} (is the API server away?): `kubectl uncordon {node}`"
+                    )),
+                }
+            }
+            Cleanup::LeaveCordoned { note, .. } | Cleanup::Note(note) => recorder.note(note),
+            Cleanup::ReleaseLease => {
+                let Some(held) = state.lock.take() else {
+                    continue;
+                };
+                let release = tokio::time::timeout(CLEANUP_TIMEOUT, held.release());
+                match recorder.timed("release the reboot lock", release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => recorder.note(format!(
+                        "the reboot lock was not released (it expires by itself): {error}"
+                    )),
+                    Err(_) => recorder.note(
+                        "the reboot lock was not released in time (it expires by itself)".into(),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// What the steps of a run leave for its cleanup, whether they finish or are cut short.
+#[derive(Default)]
+struct RunState {
+    cluster: Option<Cluster>,
+    lock: Option<lock::HeldLock>,
+    ready_at: Option<Instant>,
+    ledger: Ledger,
+    /// Cancelled by the lock's renewer if the hold lapses.
+    lock_lost: CancellationToken,
+}
+
+/// How far a run got and what it made on the way: all its cleanup is decided from this.
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    pub(super) phase: Phase,
+    pub(super) owed: Vec<Owed>,
+}
+
+/// The refusal of a run whose identity lacks permissions: each missing one, and where to
+/// get them.
+fn missing_permissions(missing: &[crate::rbac::Access]) -> String {
+    let list: Vec<String> = missing.iter().map(crate::rbac::Access::describe).collect();
+    format!(
+        "postflight may not {}: nothing was locked, cordoned or created; grant what `postflight rbac` prints (kubectl apply -f -)",
+        list.join(", ")
+    )
+}
+
+async fn verify_steps(
+    inventory: &Inventory,
+    request: &VerifyRequest,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    state: &mut RunState,
+) {
+    let node = request.node.as_str();
+    let cluster = match recorder
+        .timed("connect to the API server", connect(inventory))
+        .await
+    {
+        Ok(cluster) => cluster,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    state.cluster = Some(cluster.clone());
+    // An API server that does not answer is one error, said once, before anything else.
+    if let Err(error) = recorder.timed("reach the API server", cluster.ping()).await {
+        return recorder.error_remaining(error.kind(), &error.to_string());
+    }
+    // Before anything is locked, cordoned or created: a missing permission is one clear
+    // error now, not a 403 halfway through a reboot.
+    let accesses = crate::rbac::required(inventory, &request.needs());
+    match recorder
+        .timed(
+            "check postflight's permissions",
+            cluster.missing_access(&accesses),
+        )
+        .await
+    {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => {
+            return recorder.error_remaining(ErrorKind::Forbidden, &missing_permissions(&missing))
+        }
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    }
+    // From here on the run may create probe pods, which cleanup then owes; the
+    // preflight's carry a run id of their own.
+    state.ledger.owed.push(Owed::ProbePods {
+        run_id: run_id.to_string(),
+    });
+    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let calico = match recorder
+        .timed(
+            "read how calico-node is installed",
+            calico_expectations(&cluster, &inventory.calico),
+        )
+        .await
+    {
+        Ok(calico) => calico,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    let calico = &calico;
+
+    let baseline = if request.reboot {
+        let holder = lock::holder_identity(run_id);
+        match recorder
+            .timed(
+                "take the reboot lock",
+                lock::acquire(&cluster, inventory, &holder, state.lock_lost.clone()),
+            )
+            .await
+        {
+            Ok(held) => {
+                state.lock = Some(held);
+                state.ledger.owed.push(Owed::Lease);
+                state.ledger.phase = Phase::Locked;
+            }
+            Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+        }
+        match preflight_then_reboot(
+            inventory,
+            &cluster,
+            &transport,
+            node,
+            recorder,
+            run_id,
+            RebootOptions {
+                calico,
+                force: request.force,
+                drain: request.drain,
+                ledger: &mut state.ledger,
+            },
+        )
+        .await
+        {
+            Some(baseline) => Some(baseline),
+            None => return,
+        }
+    } else {
+        let started = Instant::now();
+        match recorder.timed("read the node", cluster.node(node)).await {
+            Ok(current) => recorder.record(check_result(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                judge_node_ready(&current),
+                started,
+            )),
+            Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+        }
+        None
+    };
+    state.ready_at = Some(Instant::now());
+    let crashloop_since = crashloop_window_start(baseline.as_ref());
+
+    let others: Vec<String> = inventory
+        .node_names()
+        .into_iter()
+        .filter(|n| n != node)
+        .collect();
+    let probes = ProbePlan::new(run_id, node, &others);
+    let calico_step = recorder.timed(
+        "wait for calico-node Ready",
+        check_calico(
+            &cluster,
+            calico,
+            node,
+            baseline.as_ref().map(|b| &b.calico),
+            crashloop_since,
+            inventory.timeouts.calico_ready,
+        ),
+    );
+    let host_step = recorder.timed(
+        "read the node's Calico state over SSH",
+        check_host(&transport, node, calico, inventory.timeouts.ssh),
+    );
+    let probe_step = recorder.timed(
+        "start probe pods",
+        start_probes(&cluster, inventory, &probes),
+    );
+    let (calico_results, host, fleet) = tokio::join!(calico_step, host_step, probe_step);
+    let calico_ready = calico_results.ready.passed();
+    let findings = Findings {
+        node: node.into(),
+        shell: NodeShell::of(transport.target()),
+        calico_pod: calico_results.pod_name.clone(),
+        calico_namespace: calico.namespace.clone(),
+        fatal_log_line: calico_results.fatal_log_line.clone(),
+        run_dir: host.run_dir_stat.clone(),
+        run_dir_missing: host.run_dir_missing,
+        tmpfiles_content: host.tmpfiles_content.clone(),
+    };
+    let (same, cross) = recorder
+        .timed(
+            "probe pod connectivity",
+            check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
+        )
+        .await;
+    let mut results = vec![
+        calico_results.ready,
+        calico_results.crashloop,
+        host.tmpfiles,
+        host.run_dir,
+        same,
+        cross,
+    ];
+    let mut diagnosis = diagnose::diagnose(&findings, calico);
+    let network_broken = results.iter().any(|r| {
+        matches!(
+            r.name,
+            CheckName::CalicoNodeReady | CheckName::CrossNodePodConnectivity
+        ) && matches!(r.verdict, Verdict::Failed(_))
+    });
+    if network_broken {
+        // What the node's routing looks like, for the reader and for the BGP signature.
+        let state = recorder
+            .timed(
+                "collect the node's routes and BGP state",
+                node_network_state(&transport, calico),
+            )
+            .await;
+        if diagnosis.is_none() {
+            if let Some(output) = state.bgp_output() {
+                let peers = host_state::bgp_peers(&cluster, inventory, node).await;
+                diagnosis = diagnose::diagnose_bgp(node, &findings.shell, output, &peers, calico);
+            }
+        }
+        if let Some(cross) = results
+            .iter_mut()
+            .find(|r| r.name == CheckName::CrossNodePodConnectivity)
+        {
+            cross.details.extend(state.as_details());
+        }
+    }
+    for result in &mut results {
+        let diagnosed = matches!(
+            result.name,
+            CheckName::CalicoNodeReady
+                | CheckName::RunDirPermissions
+                | CheckName::TmpfilesConfigPresent
+                | CheckName::CrossNodePodConnectivity
+        );
+        if diagnosed && matches!(result.verdict, Verdict::Failed(_)) {
+            result.diagnosis = diagnosis.clone();
+        }
+    }
+    for result in results {
+        recorder.record(result);
+    }
+    state.ledger.phase = Phase::Checked;
+}
