@@ -5,7 +5,6 @@
 use crate::checks::RunDirStat;
 use crate::expectations::CalicoExpectations;
 use crate::inventory::SshTarget;
-use serde::Serialize;
 
 /// How an engineer reaches a node from their own shell, for the remediation commands:
 /// the inventory's SSH destination (user, host and port, which need not resolve from the
@@ -58,12 +57,7 @@ const FATAL_CALICO_LOG_MARKERS: &[&str] = &[
     "Failed to initialize BIRD",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Diagnosis {
-    pub root_cause: String,
-    pub remediation: Vec<String>,
-    pub prevention: Option<String>,
-}
+pub use crate::checks::Diagnosis;
 
 /// The first known fatal line in a calico-node log.
 pub fn fatal_calico_log_line(log: &str) -> Option<String> {

@@ -4,10 +4,10 @@
 //! a non-root user. The checks judge against the result and never ask where a value came
 //! from; the evidence says it.
 
-use crate::checks::RunDirStat;
 use crate::inventory::CalicoSettings;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::PodSpec;
+use std::fmt;
 
 /// The name both installs give calico-node's DaemonSet.
 pub const CALICO_NODE_DAEMONSET: &str = "calico-node";
@@ -207,7 +207,7 @@ impl CalicoExpectations {
                 let want = self.wanted_stat();
                 format!(
                     "d {} 0{} {} {} -",
-                    crate::checks::canonical_run_path(&self.run_dir),
+                    canonical_run_path(&self.run_dir),
                     want.mode,
                     want.uid,
                     want.gid
@@ -370,6 +370,45 @@ fn find_deployment(
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
+    }
+}
+
+/// /var/run is a symlink to /run on every systemd host; tmpfiles.d may name either.
+pub fn canonical_run_path(path: &str) -> String {
+    let path = path.trim_end_matches('/');
+    match path.strip_prefix("/var/run") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/run{rest}"),
+        _ => path.to_string(),
+    }
+}
+
+/// The run directory as `stat -c '%a %u %g'` printed it; None when it does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDirStat {
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunDirStat {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let (mode, uid, gid) = (
+            words.next()?,
+            words.next()?.parse().ok()?,
+            words.next()?.parse().ok()?,
+        );
+        Some(RunDirStat {
+            mode: mode.into(),
+            uid,
+            gid,
+        })
+    }
+}
+
+impl fmt::Display for RunDirStat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.mode, self.uid, self.gid)
     }
 }
 
