@@ -406,3 +406,128 @@ mod tests {
         assert_eq!(through_sh(inner), hostile);
     }
 }
+
+/// A scripted transport for unit tests of the gate's host-side paths: each command line
+/// (as it would be sent, without `become`) is answered from a script in order, and every
+/// line run is recorded. A line with no answer left is a test bug and panics.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    type Answer = Result<CommandOutput, HostError>;
+
+    #[derive(Default)]
+    pub struct FakeTransport {
+        /// Answers in order for lines starting with the key.
+        answers: Mutex<Vec<(String, VecDeque<Answer>)>>,
+        /// Every answer for a line that starts with the key, when no exact line matches.
+        fallback: Mutex<Vec<(String, Answer)>>,
+        pub ran: Mutex<Vec<String>>,
+    }
+
+    pub fn output(stdout: &str, stderr: &str, exit_status: i32) -> CommandOutput {
+        CommandOutput {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            exit_status,
+        }
+    }
+
+    pub fn connect_refused(node: &str) -> HostError {
+        HostError::Connect {
+            node: node.into(),
+            address: "198.18.0.13:22".into(),
+            reason: "Connection refused".into(),
+        }
+    }
+
+    impl FakeTransport {
+        /// Answers the next run of a line starting with `prefix` with `answer`.
+        pub fn on(self, prefix: &str, answer: Answer) -> Self {
+            {
+                let mut answers = self.answers.lock().unwrap();
+                match answers.iter_mut().find(|(p, _)| p == prefix) {
+                    Some((_, queue)) => queue.push_back(answer),
+                    None => answers.push((prefix.into(), VecDeque::from([answer]))),
+                }
+            }
+            self
+        }
+
+        /// Answers every line starting with `prefix` that has no scripted answer.
+        pub fn always(self, prefix: &str, answer: Answer) -> Self {
+            self.fallback.lock().unwrap().push((prefix.into(), answer));
+            self
+        }
+
+        fn answer(&self, command: &ShellCommand) -> Answer {
+            let line = command.render(None);
+            self.ran.lock().unwrap().push(line.clone());
+            if let Some(answer) = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .find_map(|(_, queue)| queue.pop_front())
+            {
+                return answer;
+            }
+            self.fallback
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, answer)| clone_answer(answer))
+                .unwrap_or_else(|| panic!("the fake transport has no answer for {line:?}"))
+        }
+    }
+
+    fn clone_answer(answer: &Answer) -> Answer {
+        match answer {
+            Ok(output) => Ok(output.clone()),
+            Err(HostError::Connect {
+                node,
+                address,
+                reason,
+            }) => Err(HostError::Connect {
+                node: node.clone(),
+                address: address.clone(),
+                reason: reason.clone(),
+            }),
+            Err(HostError::HostKeyMismatch {
+                node,
+                address,
+                known_hosts,
+            }) => Err(HostError::HostKeyMismatch {
+                node: node.clone(),
+                address: address.clone(),
+                known_hosts: known_hosts.clone(),
+            }),
+            Err(other) => panic!("the fake transport cannot repeat {other}"),
+        }
+    }
+
+    impl Transport for FakeTransport {
+        fn run<'a>(
+            &'a self,
+            command: &'a ShellCommand,
+        ) -> BoxFuture<'a, Result<CommandOutput, HostError>> {
+            Box::pin(async move { self.answer(command) })
+        }
+
+        fn reboot<'a>(
+            &'a self,
+            command: &'a ShellCommand,
+        ) -> BoxFuture<'a, Result<RebootOutcome, HostError>> {
+            Box::pin(async move {
+                match self.answer(command)? {
+                    output if output.success() => Ok(RebootOutcome::Issued),
+                    output => Ok(RebootOutcome::Refused(output)),
+                }
+            })
+        }
+    }
+}

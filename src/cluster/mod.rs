@@ -7,6 +7,8 @@
 pub mod conditions;
 pub mod drain;
 pub mod lease;
+#[cfg(test)]
+pub(crate) mod mock;
 pub mod probes;
 
 use crate::checks::ErrorKind;
@@ -254,6 +256,16 @@ impl Cluster {
             client,
             client_without_retry,
         })
+    }
+
+    /// A cluster reached through a client built elsewhere: a program embedding postflight
+    /// with its own client, or a test with a mocked API server.
+    pub fn from_client(client: Client, server: &str) -> Self {
+        Cluster {
+            server: server.into(),
+            client_without_retry: client.clone(),
+            client,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -788,6 +800,86 @@ pub fn pod_ip(pod: &Pod) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use mock::{mocked, status_json};
+
+    #[tokio::test]
+    async fn a_forbidden_watch_ends_the_wait_at_once_naming_the_refusal() {
+        let cluster = mocked(|_, path| {
+            match path {
+            "/readyz" => (200, "ok".into()),
+            _ => (
+                403,
+                status_json(403, "Forbidden", "nodes is forbidden: User \"system:serviceaccount:postflight:postflight\" cannot watch resource \"nodes\""),
+            ),
+        }
+        });
+        let last_seen = std::sync::Mutex::new(None);
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            cluster.wait_for_node("k8s-worker-03", is_node_ready(), &last_seen),
+        )
+        .await
+        .expect("the refusal ends the wait, not the deadline");
+        let error = waited.expect_err("a refusal");
+        assert!(
+            matches!(error, ClusterError::Refused { code: 403, .. }),
+            "{error}"
+        );
+        assert_eq!(error.kind(), ErrorKind::Forbidden);
+        let text = error.to_string();
+        assert!(
+            text.contains("watching node k8s-worker-03") && text.contains("cannot watch resource"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_from_a_server_still_starting_is_retried_not_final() {
+        // /readyz is not ok yet: the 403 comes from an API server whose authorizer has not
+        // synced, so the wait goes on (and here, with nothing else, reaches its deadline).
+        let cluster = mocked(|_, path| match path {
+            "/readyz" => (500, "[-]poststarthook/rbac/bootstrap-roles failed".into()),
+            _ => (403, status_json(403, "Forbidden", "not yet")),
+        });
+        let last_seen = std::sync::Mutex::new(None);
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            cluster.wait_for_node("k8s-worker-03", is_node_ready(), &last_seen),
+        )
+        .await;
+        assert!(waited.is_err(), "still waiting: {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_permission_is_found_by_asking_the_api_server() {
+        let cluster = mocked(|method, path| match (method, path) {
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => (
+                201,
+                serde_json::json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                    "spec": {"resourceAttributes": {}},
+                    "status": {"allowed": false},
+                })
+                .to_string(),
+            ),
+            _ => (404, status_json(404, "NotFound", "no")),
+        });
+        let access = crate::rbac::Access {
+            verb: "create".into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: Some("eviction".into()),
+            namespace: None,
+            name: None,
+        };
+        let missing = cluster
+            .missing_access(std::slice::from_ref(&access))
+            .await
+            .unwrap();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].describe(), access.describe());
+    }
 
     use rstest::rstest;
 

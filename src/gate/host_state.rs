@@ -379,3 +379,96 @@ pub(super) async fn bgp_peers(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::{connect_refused, output, FakeTransport};
+
+    const CAT: &str = "env LC_ALL=C cat";
+    const STAT: &str = "env LC_ALL=C stat";
+    const NODE: &str = "k8s-worker-03";
+
+    fn declared() -> CalicoExpectations {
+        CalicoExpectations::hardened_site()
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_sshd_is_still_starting_is_given_its_patience() {
+        let transport = FakeTransport::default()
+            .on(CAT, Err(connect_refused(NODE)))
+            .on(CAT, Err(connect_refused(NODE)))
+            .on(CAT, Ok(output("d /run/calico 0755 999 999 -\n", "", 0)))
+            .always(STAT, Ok(output("755 999 999\n", "", 0)));
+        let host = check_host(&transport, NODE, &declared(), Duration::from_secs(10)).await;
+        assert!(host.tmpfiles.passed(), "{:?}", host.tmpfiles);
+        assert!(host.run_dir.passed(), "{:?}", host.run_dir);
+        assert_eq!(
+            transport.ran.lock().unwrap().len(),
+            4,
+            "two refusals, then cat and stat"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_key_mismatch_is_final_at_once_and_an_ssh_error() {
+        let mismatch = || HostError::HostKeyMismatch {
+            node: NODE.into(),
+            address: "198.18.0.13:22".into(),
+            known_hosts: "ssh/known_hosts".into(),
+        };
+        let transport = FakeTransport::default()
+            .always(CAT, Err(mismatch()))
+            .always(STAT, Err(mismatch()));
+        let host = check_host(&transport, NODE, &declared(), Duration::from_secs(30)).await;
+        for result in [&host.tmpfiles, &host.run_dir] {
+            assert!(
+                matches!(&result.verdict, Verdict::Error(m) if m.contains("HOST KEY MISMATCH")),
+                "{result:?}"
+            );
+            assert_eq!(result.error_kind, Some(ErrorKind::Ssh));
+        }
+        assert_eq!(transport.ran.lock().unwrap().len(), 2, "never retried");
+    }
+
+    #[tokio::test]
+    async fn a_declared_entry_that_is_missing_fails_and_feeds_the_diagnosis() {
+        let transport = FakeTransport::default()
+            .always(
+                CAT,
+                Ok(output(
+                    "",
+                    "cat: /etc/tmpfiles.d/calico.conf: No such file or directory\n",
+                    1,
+                )),
+            )
+            .always(STAT, Ok(output("700 0 0\n", "", 0)));
+        let host = check_host(&transport, NODE, &declared(), Duration::ZERO).await;
+        assert!(
+            matches!(&host.tmpfiles.verdict, Verdict::Failed(m) if m.contains("does not exist")),
+            "{:?}",
+            host.tmpfiles
+        );
+        assert!(matches!(host.run_dir.verdict, Verdict::Failed(_)));
+        assert_eq!(host.tmpfiles_content, Some(None));
+        assert_eq!(host.run_dir_stat, RunDirStat::parse("700 0 0"));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_fails_on_the_node_is_an_error_naming_it() {
+        let transport = FakeTransport::default()
+            .always(CAT, Ok(output("", "cat: Permission denied\n", 1)))
+            .always(STAT, Ok(output("garbage", "", 0)));
+        let host = check_host(&transport, NODE, &declared(), Duration::ZERO).await;
+        assert!(
+            matches!(&host.tmpfiles.verdict, Verdict::Error(m) if m.contains("exited 1") && m.contains("Permission denied")),
+            "{:?}",
+            host.tmpfiles
+        );
+        assert!(
+            matches!(&host.run_dir.verdict, Verdict::Error(m) if m.contains("not `mode uid gid`")),
+            "{:?}",
+            host.run_dir
+        );
+    }
+}

@@ -430,3 +430,124 @@ fn fail_node_ready(
         started,
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::mock::{mocked, status_json};
+    use crate::gate::phase::{cleanup_plan, Cleanup, Outcome};
+    use crate::host::fake::{connect_refused, output, FakeTransport};
+
+    const NODE: &str = "k8s-worker-03";
+
+    /// The API of a cluster whose node is Ready on boot b1, with no calico-node pod yet.
+    fn api(method: &str, path: &str) -> (u16, String) {
+        match (method, path) {
+            ("GET", "/api/v1/nodes/k8s-worker-03") => (
+                200,
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": NODE, "uid": "n-1"},
+                    "status": {
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "nodeInfo": {"bootID": "b1", "machineID": "m", "systemUUID": "s",
+                            "kernelVersion": "6.1", "osImage": "Debian", "containerRuntimeVersion": "containerd://1.7",
+                            "kubeletVersion": "v1.37.2", "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                    },
+                })
+                .to_string(),
+            ),
+            ("GET", "/api/v1/namespaces/kube-system/pods") => (
+                200,
+                r#"{"apiVersion":"v1","kind":"PodList","metadata":{},"items":[]}"#.into(),
+            ),
+            _ => (404, status_json(404, "NotFound", "the mock has no such thing")),
+        }
+    }
+
+    fn inventory() -> Inventory {
+        Inventory::parse(
+            "ssh:\n  known_hosts: k\nnodes:\n  - name: k8s-worker-03\n    host: 198.18.0.13\n",
+            std::path::Path::new("/inventory.yaml"),
+        )
+        .expect("an inventory")
+    }
+
+    /// A drained node whose reboot could not be sent: the run says why, the phase stays
+    /// before the reboot, and the cleanup plan puts the node back into service.
+    async fn reboot_that_is_not_sent(transport: FakeTransport) -> (Ledger, Vec<Cleanup>, String) {
+        let cluster = mocked(api);
+        let recorder = Recorder::new(NODE, &Quiet, &CheckName::for_verify(true));
+        let mut ledger = Ledger {
+            phase: Phase::Drained,
+            owed: vec![Owed::Cordon { node: NODE.into() }],
+        };
+        let baseline = reboot_and_wait(
+            &inventory(),
+            &CalicoExpectations::hardened_site(),
+            &cluster,
+            &transport,
+            NODE,
+            &recorder,
+            &mut ledger,
+        )
+        .await;
+        assert!(baseline.is_none());
+        let outcome = Outcome {
+            all_passed: recorder.all_passed(),
+            interrupted: false,
+            lock_lost: None,
+        };
+        let plan = cleanup_plan(ledger.phase, &ledger.owed, &outcome);
+        let (results, _) = recorder.into_parts();
+        let said = format!("{results:?}");
+        (ledger, plan, said)
+    }
+
+    #[tokio::test]
+    async fn a_reboot_the_node_refuses_leaves_the_node_back_in_service() {
+        let transport = FakeTransport::default().always(
+            "systemctl reboot",
+            Ok(output("", "Failed to reboot: Access denied\n", 1)),
+        );
+        let (ledger, plan, said) = reboot_that_is_not_sent(transport).await;
+        assert_eq!(ledger.phase, Phase::Drained, "not rebooted");
+        assert!(said.contains("was refused (exit 1)"), "{said}");
+        assert!(
+            plan.iter()
+                .any(|c| matches!(c, Cleanup::Uncordon { node, .. } if node == NODE)),
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reboot_that_never_reached_the_node_leaves_it_back_in_service() {
+        let transport =
+            FakeTransport::default().always("systemctl reboot", Err(connect_refused(NODE)));
+        let (ledger, plan, said) = reboot_that_is_not_sent(transport).await;
+        assert_eq!(ledger.phase, Phase::Drained);
+        assert!(said.contains("could not issue the reboot"), "{said}");
+        assert!(plan
+            .iter()
+            .any(|c| matches!(c, Cleanup::Uncordon { node, .. } if node == NODE)));
+    }
+
+    #[tokio::test]
+    async fn a_reboot_whose_connection_broke_after_sending_counts_as_sent() {
+        let transport = FakeTransport::default().on(
+            "systemctl reboot",
+            Err(HostError::Session {
+                node: NODE.into(),
+                command: "systemctl reboot".into(),
+                reason: "connection reset".into(),
+            }),
+        );
+        let (ledger, plan, _) = reboot_that_is_not_sent(transport).await;
+        assert_eq!(ledger.phase, Phase::RebootSent, "it may be going down");
+        assert!(
+            plan.iter()
+                .any(|c| matches!(c, Cleanup::LeaveCordoned { node, .. } if node == NODE)),
+            "unknown counts as rebooted: {plan:?}"
+        );
+    }
+}
