@@ -368,6 +368,111 @@ fn an_api_outage_during_the_wait_is_ridden_out() {
     assert_nothing_left(&lab, node);
 }
 
+/// An API outage longer than the reboot lock's lease while the rebooted node is still
+/// being verified: the run's renewals fail for the lease's whole duration, so another
+/// run could take the lock. The run stops there, with a lock_lost error, and leaves its
+/// drained node cordoned; a second run started during the outage reboots nothing.
+#[test]
+fn an_outage_longer_than_the_lease_stops_the_run_and_a_second_run_reboots_nothing() {
+    let lab = lab("pf-lease-lost", 4);
+    let (node, other) = ("k8s-worker-03", "k8s-worker-02");
+    let inventory = inventory_with(&lab, "short-lease.yaml", |text| {
+        text.replace("node_ready: 120s", "node_ready: 15s")
+            .replace("calico_ready: 90s", "calico_ready: 120s")
+            + "lock:\n  duration: 15s\n"
+    });
+    let (before, other_before) = (boot_id(&lab, node), boot_id(&lab, other));
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("first.xml");
+    // The node is held down through its reboot, so that BGP can be blocked on it before
+    // it boots: calico-node then never turns Ready and the run waits on it.
+    lab_cli(&lab, &["hold", "--node", node]);
+    let first = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(&inventory)
+        .args(["verify", "--node", node, "--reboot", "--drain", "--junit"])
+        .arg(&junit)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_node_down(&lab, node);
+    lab_cli(&lab, &["block-bgp", "--node", node]);
+    lab_cli(&lab, &["hold", "--node", node, "--release"]);
+    wait_until("the node to boot again", Duration::from_secs(60), || {
+        boot_id(&lab, node) != before
+    });
+    let outage = {
+        let name = lab.name().to_string();
+        std::thread::spawn(move || {
+            let status = Command::new(postflight_lab::lab_binary(None))
+                .args(["pause-api", "--seconds", "30", "--name", &name])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let second = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(&inventory)
+        .args(["verify", "--node", other, "--reboot"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let second_out = String::from_utf8_lossy(&second.stdout).to_string();
+    assert_eq!(second.status.code(), Some(3), "{second_out}");
+    assert!(
+        second_out.contains("cannot reach the API server"),
+        "{second_out}"
+    );
+
+    let first = first.wait_with_output().unwrap();
+    outage.join().unwrap();
+    wait_until("the API server to be back", Duration::from_secs(60), || {
+        Command::new(lab.paths().kubectl())
+            .arg("--kubeconfig")
+            .arg(lab.paths().kubeconfig())
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let stdout = String::from_utf8_lossy(&first.stdout).to_string();
+    eprintln!("the first run said:\n{stdout}");
+    assert_eq!(first.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("the reboot lock was lost"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{node} stays cordoned")),
+        "{stdout}"
+    );
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    let document = roxmltree::Document::parse(&junit).expect("the JUnit parses");
+    assert!(
+        document
+            .descendants()
+            .any(|n| n.has_tag_name("error") && n.attribute("type") == Some("lock_lost")),
+        "{junit}"
+    );
+    assert_eq!(
+        boot_id(&lab, other),
+        other_before,
+        "the second run rebooted nothing"
+    );
+    assert!(
+        cordoned(&lab, node),
+        "the first run's node stays out of service"
+    );
+    assert_eq!(
+        lock_holder(&lab),
+        "",
+        "the lost lease is given back once nobody holds it: {stdout}"
+    );
+    assert_no_probe_left(&lab);
+    lab_cli(&lab, &["block-bgp", "--node", node, "--unblock"]);
+    kubectl(&lab, &["uncordon", node]);
+}
+
 /// etcd compacted while the node is down: every watch postflight holds breaks, resumes
 /// from a revision that no longer exists, gets 410 Gone and must relist — and the verdict
 /// is still right.

@@ -37,9 +37,11 @@ impl HeldLock {
     /// The API refused the release; the lease then expires by its duration.
     pub async fn release(self) -> Result<(), cluster::ClusterError> {
         self.renewer.abort();
-        self.cluster
-            .release_lease(&self.namespace, &self.name, &self.holder)
-            .await
+        super::verify::while_unreachable(&self.cluster, || {
+            self.cluster
+                .release_lease(&self.namespace, &self.name, &self.holder)
+        })
+        .await
     }
 }
 

@@ -70,8 +70,10 @@ async fn clean_up(
                 };
                 let namespace = &inventory.probe.namespace;
                 let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
-                let cleanup =
-                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.delete_probes(namespace, &runs));
+                let cleanup = tokio::time::timeout(
+                    CLEANUP_TIMEOUT,
+                    while_unreachable(cluster, || cluster.delete_probes(namespace, &runs)),
+                );
                 match recorder.timed("delete probe pods", cleanup).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => recorder.note(format!(
@@ -92,8 +94,10 @@ async fn clean_up(
                 if let Some(note) = note {
                     recorder.note(note);
                 }
-                let uncordon =
-                    tokio::time::timeout(CLEANUP_TIMEOUT, cluster.set_unschedulable(&node, false));
+                let uncordon = tokio::time::timeout(
+                    CLEANUP_TIMEOUT,
+                    while_unreachable(cluster, || cluster.set_unschedulable(&node, false)),
+                );
                 match recorder.timed("uncordon", uncordon).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
@@ -121,6 +125,38 @@ async fn clean_up(
                 }
             }
         }
+    }
+}
+
+/// How long a cleanup step waits before trying again an API server it could not reach.
+const CLEANUP_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs a cleanup step, trying again while the API server cannot be reached or is not
+/// ready yet (it is restarting, or an outage is ending; a server that has just started
+/// refuses with 403 until its authorizer has synced): what a run made is worth undoing
+/// once the server is back. Any other error, and a refusal from a ready server, is
+/// final. The caller bounds it with the step's deadline.
+pub(super) async fn while_unreachable<T, Step, Attempt>(
+    cluster: &Cluster,
+    mut step: Step,
+) -> Result<T, cluster::ClusterError>
+where
+    Step: FnMut() -> Attempt,
+    Attempt: std::future::Future<Output = Result<T, cluster::ClusterError>>,
+{
+    loop {
+        let error = match step().await {
+            Err(error) if error.kind() == ErrorKind::Unreachable => error,
+            Err(error)
+                if matches!(error.kind(), ErrorKind::Forbidden | ErrorKind::NotFound)
+                    && !cluster.serving().await =>
+            {
+                error
+            }
+            done => return done,
+        };
+        tracing::warn!("cleanup: the API server is not back yet, retrying: {error}");
+        tokio::time::sleep(CLEANUP_RETRY_PAUSE).await;
     }
 }
 
