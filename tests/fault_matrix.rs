@@ -473,6 +473,38 @@ fn an_outage_longer_than_the_lease_stops_the_run_and_a_second_run_reboots_nothin
     kubectl(&lab, &["uncordon", node]);
 }
 
+/// A node that dies instead of shutting down (`systemctl reboot --force --force`, a
+/// power cut): it never reports NotReady, so the reboot is proven by its new boot ID
+/// alone, and the verdict is as for a clean reboot.
+#[test]
+fn an_unclean_reboot_is_proven_by_the_new_boot() {
+    let lab = lab("pf-unclean", 4);
+    let node = "k8s-worker-03";
+    let inventory = inventory_with(&lab, "unclean.yaml", |text| {
+        text.replace(
+            "command: systemctl reboot\n",
+            "command: systemctl reboot --force --force\n",
+        )
+    });
+    let before = boot_id(&lab, node);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_ne!(boot_id(&lab, node), before, "the node really rebooted");
+    assert_eq!(
+        run.result("boot_id_changed")["evidence"][0]["observed"],
+        boot_id(&lab, node).as_str()
+    );
+    assert!(
+        run.junit_cases()
+            .iter()
+            .all(|(_, _, kind)| kind == "passed"),
+        "{}",
+        run.junit
+    );
+    assert_nothing_left(&lab, node);
+}
+
 /// etcd compacted while the node is down: every watch postflight holds breaks, resumes
 /// from a revision that no longer exists, gets 410 Gone and must relist — and the verdict
 /// is still right.

@@ -50,7 +50,14 @@ pub fn serve(
     Ok(())
 }
 
-async fn reboot(State(control): State<Control>, Path(node): Path<String>) -> (StatusCode, String) {
+/// `?unclean=1`: the machine dies without shutting down (a power cut, `systemctl reboot
+/// --force --force`, a kernel panic): no graceful node shutdown is reported.
+async fn reboot(
+    State(control): State<Control>,
+    Path(node): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> (StatusCode, String) {
+    let graceful = query.get("unclean").is_none_or(|v| v != "1");
     if control.runtime.topology.node(&node).is_none() {
         return (
             StatusCode::NOT_FOUND,
@@ -58,9 +65,16 @@ async fn reboot(State(control): State<Control>, Path(node): Path<String>) -> (St
         );
     }
     // Answer first: the caller is often a shell on the node, which the reboot kills.
-    let answer = format!("rebooting {node}\n");
+    let answer = format!(
+        "rebooting {node}{}\n",
+        if graceful {
+            ""
+        } else {
+            " without shutting down"
+        }
+    );
     tokio::spawn(async move {
-        if let Err(e) = control.runtime.reboot(&node).await {
+        if let Err(e) = control.runtime.reboot(&node, graceful).await {
             tracing::error!(node, "reboot failed: {e}");
         }
     });

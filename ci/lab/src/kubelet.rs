@@ -326,8 +326,11 @@ impl Runtime {
     }
 
     /// A reboot as `systemctl reboot` does it, plus the time the machine stays dark. While
-    /// the node's hold-down flag exists it stays off (a node that never comes back).
-    pub async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), String> {
+    /// the node's hold-down flag exists it stays off (a node that never comes back). An
+    /// unclean one (`graceful` false) is a machine that dies: nothing is reported, the
+    /// node stays Ready in the API until the node-lifecycle controller or its next boot
+    /// says otherwise, and its containers die without SIGTERM.
+    pub async fn reboot(self: &Arc<Self>, name: &str, graceful: bool) -> Result<(), String> {
         let node = self.node(name)?;
         let slot = &self.nodes[name];
         let _power = slot.power.lock().await;
@@ -336,7 +339,9 @@ impl Runtime {
         if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
             kubelet.abort();
         }
-        self.graceful_shutdown(&node).await;
+        if graceful {
+            self.graceful_shutdown(&node).await;
+        }
         self.power_off_locked(&node).await;
         tokio::time::sleep(self.timings.boot_delay).await;
         let hold = node::NodePaths::new(&self.topology, &node).hold_flag;

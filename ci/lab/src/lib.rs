@@ -367,7 +367,7 @@ impl Lab {
 
     /// Reboots a node as `systemctl reboot` on it would; returns once the reboot started.
     pub fn reboot(&self, node: &str) -> Result<()> {
-        reboot(&self.name, node)
+        reboot(&self.name, node, true)
     }
 
     /// Runs a command on a node (its namespaces and mount view), like `docker exec` on a
@@ -549,15 +549,18 @@ pub fn os_update(name: &str, node: &str, clobber_tmpfiles: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn reboot(name: &str, node: &str) -> Result<()> {
+/// Reboots a node as `systemctl reboot` does, or, not `graceful`, as a machine that dies
+/// without shutting down.
+pub fn reboot(name: &str, node: &str, graceful: bool) -> Result<()> {
     let (_, topology) = entry_and_topology(name)?;
     topology
         .node(node)
         .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    let unclean = if graceful { "" } else { "?unclean=1" };
     control::request(
         &topology.control_socket(),
         "POST",
-        &format!("/nodes/{node}/reboot"),
+        &format!("/nodes/{node}/reboot{unclean}"),
     )
     .map(|_| ())
     .map_err(LabError::Control)

@@ -63,6 +63,9 @@ enum Command {
         name: String,
         #[arg(long)]
         node: String,
+        /// Die without shutting down (a power cut): no graceful node shutdown.
+        #[arg(long)]
+        unclean: bool,
     },
     /// Run a command on a node (its network, mounts and hostname); exit code passes through.
     NodeExec {
@@ -133,6 +136,8 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long)]
         node: String,
+        #[arg(long)]
+        unclean: bool,
     },
     /// The calico-node container (`calico-node`, `calico-node -bird-ready`).
     #[command(hide = true, name = "calico-node", allow_hyphen_values = true)]
@@ -258,9 +263,20 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reboot { name, node } => {
-            postflight_lab::reboot(&name, &node)?;
-            println!("{node}: rebooting");
+        Command::Reboot {
+            name,
+            node,
+            unclean,
+        } => {
+            postflight_lab::reboot(&name, &node, !unclean)?;
+            println!(
+                "{node}: rebooting{}",
+                if unclean {
+                    " without shutting down"
+                } else {
+                    ""
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::NodeExec {
@@ -340,11 +356,16 @@ fn run() -> anyhow::Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::RequestReboot { state_dir, node } => {
+        Command::RequestReboot {
+            state_dir,
+            node,
+            unclean,
+        } => {
+            let unclean = if unclean { "?unclean=1" } else { "" };
             postflight_lab::control::request(
                 &state_dir.join("control.sock"),
                 "POST",
-                &format!("/nodes/{node}/reboot"),
+                &format!("/nodes/{node}/reboot{unclean}"),
             )
             .map_err(anyhow::Error::msg)?;
             // Like systemctl reboot: the caller's session ends with the machine.

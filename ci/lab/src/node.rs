@@ -175,16 +175,23 @@ pub fn provision(
         auth = authorized_keys.display(),
     );
     write(&paths.sshd_config, &sshd_config)?;
-    let reboot = format!(
-        "exec {bin} request-reboot --state-dir {state} --node {node}\n",
+    let request = format!(
+        "{bin} request-reboot --state-dir {state} --node {node}",
         bin = shell_quote(&lab_binary.to_string_lossy()),
         state = shell_quote(&topology.state_dir.to_string_lossy()),
         node = shell_quote(&node.name),
     );
+    let reboot = format!("exec {request}\n");
+    // `systemctl reboot --force --force` (or -ff) reboots at once, without shutting
+    // down: the lab's unclean reboot.
     let systemctl = format!(
         "#!/bin/sh\n# The lab's systemctl: only the verbs that restart the machine.\n\
-         for word in \"$@\"; do case \"$word\" in\n  reboot|kexec|soft-reboot) {reboot}  ;;\n\
-         esac; done\necho \"systemctl on a lab node only knows reboot\" >&2\nexit 1\n"
+         force=0; verb=\nfor word in \"$@\"; do case \"$word\" in\n\
+         \x20 --force|-f) force=$((force+1)) ;;\n  -ff) force=2 ;;\n\
+         \x20 reboot|kexec|soft-reboot) verb=reboot ;;\nesac; done\n\
+         if [ \"$verb\" = reboot ] && [ $force -ge 2 ]; then exec {request} --unclean; fi\n\
+         if [ \"$verb\" = reboot ]; then {reboot}fi\n\
+         echo \"systemctl on a lab node only knows reboot\" >&2\nexit 1\n"
     );
     write_executable(&paths.bin.join("systemctl"), &systemctl)?;
     write_executable(&paths.bin.join("reboot"), &format!("#!/bin/sh\n{reboot}"))?;

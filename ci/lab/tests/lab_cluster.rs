@@ -277,6 +277,46 @@ fn reboot_over_ssh_drops_the_session_changes_boot_id_and_recovers() {
     );
 }
 
+/// The unclean reboot knob does what it says: `systemctl reboot --force --force` on a
+/// node makes it die without shutting down — no "node is shutting down" report, the
+/// node never seen NotReady by its own kubelet's word — and it still comes back on a new
+/// boot, while a plain `systemctl reboot` reports the shutdown first.
+#[rstest]
+#[case::clean("systemctl reboot", true)]
+#[case::unclean("systemctl reboot --force --force", false)]
+fn an_unclean_reboot_reports_no_shutdown(#[case] command: &str, #[case] reports_shutdown: bool) {
+    let lab = lab(
+        if reports_shutdown {
+            "proof-clean"
+        } else {
+            "proof-unclean"
+        },
+        3,
+    );
+    let node = "k8s-worker-02";
+    let boot_id = |n: &Value| {
+        n["status"]["nodeInfo"]["bootID"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = boot_id(&kubectl_json(&lab, &["get", "node", node]));
+    let session = ssh(&lab, node, command);
+    assert_eq!(
+        session.status.code(),
+        Some(255),
+        "the SSH session drops with the machine"
+    );
+    let mut shutdown_reported = false;
+    wait_for("the node to be Ready on a new boot", || {
+        let seen = kubectl_json(&lab, &["get", "node", node]);
+        let messages = seen["status"]["conditions"].to_string();
+        shutdown_reported |= messages.contains("node is shutting down");
+        ready(&seen) && boot_id(&seen) != before
+    });
+    assert_eq!(shutdown_reported, reports_shutdown);
+}
+
 #[test]
 fn the_incident_reproduces_and_the_fix_repairs_it() {
     let lab = lab("proof-incident", 5);
