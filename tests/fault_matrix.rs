@@ -99,7 +99,7 @@ fn a_403_on_a_watch_ends_the_wait_at_once() {
         ],
     );
     lab_cli(&lab, &["compact-etcd"]);
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert_eq!(output.status.code(), Some(3), "{stdout}");
     let junit = std::fs::read_to_string(&junit).unwrap();
@@ -206,15 +206,15 @@ fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
     let node = "k8s-worker-01";
     let reports = tempfile::tempdir().unwrap();
     let junit = reports.path().join("junit.xml");
-    let child = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args(["verify", "--node", node, "--reboot", "--junit"])
-        .arg(&junit)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(lab.paths().inventory())
+            .args(["verify", "--node", node, "--reboot", "--junit"])
+            .arg(&junit)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     wait_for_node_down(&lab, node);
     // Frozen, not down: every cleanup request hangs instead of failing fast.
     lab_cli(&lab, &["pause-api", "--seconds", "40", "--freeze"]);
@@ -222,7 +222,7 @@ fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
     // The first stop is under way: it cannot reach the API server to clean up.
     std::thread::sleep(Duration::from_secs(2));
     nix_kill(child.id(), "INT");
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(
@@ -353,7 +353,7 @@ fn an_api_outage_during_the_wait_is_ridden_out() {
     wait_for_node_down(&lab, node);
     let paused = Instant::now();
     lab_cli(&lab, &["pause-api", "--seconds", "20"]);
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
         paused.elapsed() >= Duration::from_secs(20),
@@ -387,16 +387,16 @@ fn an_outage_longer_than_the_lease_stops_the_run_and_a_second_run_reboots_nothin
     // The node is held down through its reboot, so that BGP can be blocked on it before
     // it boots: calico-node then never turns Ready and the run waits on it.
     lab_cli(&lab, &["hold", "--node", node]);
-    let first = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(&inventory)
-        .args(["verify", "--node", node, "--reboot", "--drain", "--junit"])
-        .arg(&junit)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(&inventory)
+            .args(["verify", "--node", node, "--reboot", "--drain", "--junit"])
+            .arg(&junit)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     wait_for_node_down(&lab, node);
     lab_cli(&lab, &["block-bgp", "--node", node]);
     lab_cli(&lab, &["hold", "--node", node, "--release"]);
@@ -428,7 +428,7 @@ fn an_outage_longer_than_the_lease_stops_the_run_and_a_second_run_reboots_nothin
         "{second_out}"
     );
 
-    let first = first.wait_with_output().unwrap();
+    let first = first.wait_with_output();
     outage.join().unwrap();
     wait_until("the API server to be back", Duration::from_secs(60), || {
         Command::new(lab.paths().kubectl())
@@ -505,6 +505,86 @@ fn an_unclean_reboot_is_proven_by_the_new_boot() {
     assert_nothing_left(&lab, node);
 }
 
+/// Reboots `node` with `verify --reboot`, holding it down through the reboot so that
+/// `fault` can break it before it boots; returns what the run printed and its JUnit,
+/// after asserting the JUnit parses.
+fn reboot_into_a_fault(
+    lab: &Lab,
+    node: &str,
+    fault: impl FnOnce(),
+) -> (std::process::Output, String) {
+    let reports = tempfile::tempdir().unwrap();
+    let junit = reports.path().join("junit.xml");
+    lab_cli(lab, &["hold", "--node", node]);
+    let child = spawn_reboot(lab, node, &junit);
+    wait_for_node_down(lab, node);
+    fault();
+    let output = child.wait_with_output();
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    roxmltree::Document::parse(&junit).expect("the JUnit parses");
+    (output, junit)
+}
+
+/// The verdict of a run that should pass: exit 0 and no <failure> or <error>.
+fn assert_passed(output: &std::process::Output, junit: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        !junit.contains("<failure") && !junit.contains("<error"),
+        "{junit}"
+    );
+}
+
+/// The rebooted node's NIC stays down for a minute as it comes back (a link that takes
+/// its time after a driver update): its kubelet cannot report, so the node is not Ready
+/// on its new boot until the NIC is up. The gate waits it out within its deadline and
+/// the verdict is as for a clean reboot.
+#[test]
+fn a_nic_down_for_a_minute_as_the_node_comes_back_is_ridden_out() {
+    let lab = lab("pf-nic-down", 4);
+    let node = "k8s-worker-03";
+    let (output, junit) = reboot_into_a_fault(&lab, node, || {
+        lab_cli(&lab, &["nic", "--node", node]);
+        lab_cli(&lab, &["hold", "--node", node, "--release"]);
+        std::thread::sleep(Duration::from_secs(60));
+        lab_cli(&lab, &["nic", "--node", node, "--up"]);
+    });
+    assert_passed(&output, &junit);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let waited: f64 = stdout
+        .split(" · ")
+        .find_map(|step| {
+            step.trim()
+                .strip_prefix("wait for the node to be Ready on a new boot ")
+        })
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("the wait is timed: {stdout}"));
+    assert!(
+        waited >= 50.0,
+        "the node was Ready after {waited} s with its NIC down: {stdout}"
+    );
+    assert_nothing_left(&lab, node);
+}
+
+/// 30 % of the rebooted node's pod traffic lost at random as it comes back (a failing
+/// NIC, a congested uplink). Pod-to-pod TCP gets through it with retransmissions and the
+/// probes' retries, so the gate does not flap: the verdict is a pass.
+#[test]
+fn thirty_percent_pod_packet_loss_is_ridden_out_without_flapping() {
+    let lab = lab("pf-loss", 4);
+    let node = "k8s-worker-03";
+    let (output, junit) = reboot_into_a_fault(&lab, node, || {
+        lab_cli(
+            &lab,
+            &["lose-pod-traffic", "--node", node, "--percent", "30"],
+        );
+        lab_cli(&lab, &["hold", "--node", node, "--release"]);
+    });
+    lab_cli(&lab, &["lose-pod-traffic", "--node", node, "--stop"]);
+    assert_passed(&output, &junit);
+    assert_nothing_left(&lab, node);
+}
+
 /// etcd compacted while the node is down: every watch postflight holds breaks, resumes
 /// from a revision that no longer exists, gets 410 Gone and must relist — and the verdict
 /// is still right.
@@ -518,7 +598,7 @@ fn an_etcd_compaction_while_the_node_is_down_is_ridden_out() {
     wait_for_node_down(&lab, node);
     let said = lab_cli(&lab, &["compact-etcd"]);
     assert!(said.contains("compacted etcd at revision"), "{said}");
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");

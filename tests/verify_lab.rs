@@ -458,7 +458,7 @@ fn an_interrupted_run_exits_130_and_still_writes_its_report() {
     // Interrupt while it waits for the node, as Ctrl-C in a terminal would.
     wait_for_node_down(&lab, node);
     nix_kill(child.id(), "INT");
-    let output = child.wait_with_output().unwrap();
+    let output = child.wait_with_output();
     assert_eq!(
         output.status.code(),
         Some(130),
@@ -654,13 +654,13 @@ fn a_protected_node_is_not_rebooted_unless_named() {
 fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
     let lab = lab("pf-lock", 4);
     let reports = tempfile::tempdir().unwrap();
-    let first = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args(["verify", "--node", "k8s-worker-01", "--reboot"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(lab.paths().inventory())
+            .args(["verify", "--node", "k8s-worker-01", "--reboot"])
+            .stdout(std::process::Stdio::piped()),
+    );
     let started = std::time::Instant::now();
     let holder = loop {
         let holder = Command::new(lab.paths().kubectl())
@@ -704,7 +704,7 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
         before,
         "the second run rebooted nothing"
     );
-    let first = first.wait_with_output().unwrap();
+    let first = first.wait_with_output();
     assert_eq!(
         first.status.code(),
         Some(0),
@@ -781,23 +781,23 @@ fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() 
     let nodes = ["k8s-worker-01", "k8s-worker-02", "k8s-worker-03"];
     let reports = tempfile::tempdir().unwrap();
     let json = reports.path().join("rolling.json");
-    let rollout = Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args([
-            "rolling",
-            "--nodes",
-            &nodes.join(","),
-            "--soak",
-            "2s",
-            "--json",
-        ])
-        .arg(&json)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let rollout = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(lab.paths().inventory())
+            .args([
+                "rolling",
+                "--nodes",
+                &nodes.join(","),
+                "--soak",
+                "2s",
+                "--json",
+            ])
+            .arg(&json)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/rbac.yaml");
     let hold = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"hold\",\"namespace\":\"postflight-probe\",\"finalizers\":[\"postflight.test/hold\"]}}";
     let hold_file = lab.paths().state_dir.join("hold.json");
@@ -854,7 +854,7 @@ fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() 
         );
         kubectl(&lab, &["apply", "-f", rbac.to_str().unwrap()]);
     }
-    let output = rollout.wait_with_output().unwrap();
+    let output = rollout.wait_with_output();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert_eq!(
         output.status.code(),

@@ -279,15 +279,46 @@ pub fn assert_nothing_left(lab: &Lab, node: &str) {
 
 /// Starts `postflight verify --reboot` on a node in the background, writing JUnit to
 /// `junit`; for tests that act on the cluster while it waits.
-pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> std::process::Child {
-    Command::new(POSTFLIGHT)
-        .arg("--inventory")
-        .arg(lab.paths().inventory())
-        .args(["verify", "--node", node, "--reboot", "--junit"])
-        .arg(junit)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("postflight starts")
+pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> Background {
+    Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(lab.paths().inventory())
+            .args(["verify", "--node", node, "--reboot", "--junit"])
+            .arg(junit)
+            .stdout(std::process::Stdio::piped()),
+    )
+}
+
+/// A process a test started in the background. If the test ends first (a failed
+/// assertion), the process is killed: no run outlives its test and its lab.
+pub struct Background(Option<std::process::Child>);
+
+impl Background {
+    pub fn spawn(command: &mut Command) -> Self {
+        Background(Some(command.spawn().expect("the process starts")))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("the process ends")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Returns once the node is no longer Ready (within a minute).

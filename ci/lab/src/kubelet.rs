@@ -299,13 +299,7 @@ impl Runtime {
         let report = async {
             let nodes: Api<Node> = Api::all(client.clone());
             let status = json!({"status": {"conditions": node_conditions("False", "KubeletNotReady", "node is shutting down", &now)}});
-            let _ = nodes
-                .patch_status(
-                    &node.name,
-                    &PatchParams::default(),
-                    &Patch::Strategic(status),
-                )
-                .await;
+            post_node_status(&nodes, &node.name, status).await;
             for worker in workers {
                 let status = {
                     let mut status = worker.status.lock().unwrap();
@@ -441,7 +435,15 @@ impl Runtime {
         }
     }
 
+    /// Returns once the node's NIC is up: the kubelet's API traffic crosses it.
+    async fn link(&self, node: &NodeSpec) {
+        while !node::nic_up(&self.topology, node) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn kubelet(self: Arc<Self>, node: NodeSpec, boot_id: String) {
+        self.link(&node).await;
         // Registration is retried as the kubelet retries it: the API server may be
         // away (an outage) when the node boots.
         while let Err(e) = self.register(&node, &boot_id).await {
@@ -490,17 +492,28 @@ impl Runtime {
         let mut lease = tokio::time::interval(self.timings.heartbeat);
         let mut report = tokio::time::interval(NODE_STATUS_REPORT);
         report.tick().await;
+        // Nothing reaches the API server while the node's NIC is down: the
+        // node-lifecycle controller then sees its heartbeats stop and marks it Unknown.
+        // Once the NIC is back, the kubelet finds its status in the API differs from its
+        // own and reports it at once, as a kubelet does.
+        let mut was_cut_off = false;
         loop {
-            tokio::select! {
+            let report_now = tokio::select! {
                 _ = lease.tick() => {
+                    if !node::nic_up(&self.topology, &node) {
+                        was_cut_off = true;
+                        continue;
+                    }
                     if let Err(e) = self.renew_lease(&node).await {
                         tracing::debug!(node = node.name, "renewing the node lease: {e}");
                     }
+                    std::mem::take(&mut was_cut_off)
                 }
-                _ = report.tick() => {
-                    let status = json!({"status": self.node_status(&node, &boot_id)});
-                    let _ = nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(status)).await;
-                }
+                _ = report.tick() => node::nic_up(&self.topology, &node),
+            };
+            if report_now {
+                let status = json!({"status": self.node_status(&node, &boot_id)});
+                post_node_status(&nodes, &node.name, status).await;
             }
         }
     }
@@ -576,7 +589,8 @@ impl Runtime {
         let client = self.client(&node.name);
         let writer = {
             let worker = Arc::downgrade(&worker);
-            tokio::spawn(async move { status_writer(client, worker).await })
+            let nic_down = node::NodePaths::new(&self.topology, node).nic_down_flag;
+            tokio::spawn(async move { status_writer(client, worker, nic_down).await })
         };
         *worker.writer.lock().unwrap() = Some(writer);
         let task = {
@@ -1400,12 +1414,16 @@ fn status_differs(api: &Value, local: &Value) -> bool {
 /// Pushes a pod's status as the kubelet's status manager does: the latest status wins,
 /// and the patch names the pod's UID so that it never lands on a new pod of the same
 /// name.
-async fn status_writer(client: Client, worker: std::sync::Weak<PodWorker>) {
+async fn status_writer(client: Client, worker: std::sync::Weak<PodWorker>, nic_down: PathBuf) {
     loop {
         let Some(current) = worker.upgrade() else {
             return;
         };
         current.changed.notified().await;
+        // The latest status goes out once the node's NIC is back.
+        while nic_down.exists() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         loop {
             let status = current.status.lock().unwrap().clone();
             match push_status(&client, &current, status).await {
@@ -1427,6 +1445,13 @@ async fn push_status(
     pods.patch_status(&worker.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
+}
+
+/// Reports node status as the kubelet does; a failure is left to the next report.
+async fn post_node_status(nodes: &Api<Node>, name: &str, status: Value) {
+    let _ = nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
+        .await;
 }
 
 struct AbortOnDrop(JoinHandle<()>);

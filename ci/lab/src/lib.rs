@@ -613,10 +613,22 @@ pub fn hold(name: &str, node: &str, held: bool) -> Result<()> {
     })
 }
 
+/// Takes a node's NIC down, or brings it back: the node drops off the network (pods,
+/// BGP, SSH and its kubelet's heartbeats), and a node that boots meanwhile boots with its
+/// NIC down.
+pub fn nic(name: &str, node: &str, up: bool) -> Result<()> {
+    let (_, topology) = entry_and_topology(name)?;
+    let spec = topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    node::set_nic(&topology, spec, up).map_err(LabError::System)
+}
+
 /// The nftables tables the lab's firewall knobs live in, inside a node's namespace: one
 /// per knob, so that lifting one fault leaves the other in place.
 const BGP_FIREWALL_TABLE: &str = "postflight_lab_bgp";
 const POD_FIREWALL_TABLE: &str = "postflight_lab_pods";
+const LOSS_TABLE: &str = "postflight_lab_loss";
 
 /// Drops BGP (TCP 179, both directions) on a node, as a host firewall would, or allows
 /// it again. The rule lives in the node's own network namespace and dies with it.
@@ -647,26 +659,38 @@ pub fn block_pod_traffic(name: &str, node: &str, blocked: bool) -> Result<()> {
     firewall(name, node, t, blocked.then_some(script))
 }
 
+/// Drops `percent` % of the pod traffic that crosses the node's uplink, at random and in
+/// both directions (a failing NIC, a congested link), or stops (`None`). Each direction
+/// has a rule counting all its packets and one counting what it dropped, so that the
+/// loss can be read back (`nft list table inet postflight_lab_loss` on the node).
+pub fn lose_pod_traffic(name: &str, node: &str, percent: Option<u8>) -> Result<()> {
+    let t = LOSS_TABLE;
+    let script = percent.map(|p| {
+        format!(
+            "nft add table inet {t} && \
+             nft add chain inet {t} forward '{{ type filter hook forward priority -1; }}' && \
+             nft add rule inet {t} forward iifname eth0 oifname 'cali*' counter && \
+             nft add rule inet {t} forward iifname eth0 oifname 'cali*' numgen random mod 100 '<' {p} counter drop && \
+             nft add rule inet {t} forward iifname 'cali*' oifname eth0 counter && \
+             nft add rule inet {t} forward iifname 'cali*' oifname eth0 numgen random mod 100 '<' {p} counter drop"
+        )
+    });
+    firewall(name, node, t, script)
+}
+
 /// Runs `script` (which fills `table`) in the node's network namespace, or deletes the
-/// table when there is no script.
+/// table when there is no script. Only the network namespace: a firewall needs nothing
+/// of the node's mount view, and a node powering off is taking that apart.
 fn firewall(name: &str, node: &str, table: &str, script: Option<String>) -> Result<()> {
+    let (_, topology) = entry_and_topology(name)?;
+    let spec = topology
+        .node(node)
+        .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
     let script =
         script.unwrap_or_else(|| format!("nft delete table inet {table} 2>/dev/null || true"));
-    let argv = ["sh".to_string(), "-c".to_string(), script];
-    let output = node_command(name, node, &argv)?.output().map_err(|e| {
-        LabError::System(system::SystemError::Spawn {
-            command: "nft".into(),
-            source: e,
-        })
-    })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(LabError::Control(format!(
-            "nft on {node}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    system::netns_sh(&topology.node_netns(spec), &script)
+        .map(|_| ())
+        .map_err(|e| LabError::Control(format!("nft on {node}: {e}")))
 }
 
 /// Compacts the lab's etcd at its current revision: watches on older revisions end

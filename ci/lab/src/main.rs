@@ -86,6 +86,28 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Take a node's NIC down (off the network: pods, BGP, SSH, its kubelet's
+    /// heartbeats); `--up` brings it back.
+    Nic {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        up: bool,
+    },
+    /// Drop a share of the pod traffic in and out of a node at random (a failing NIC, a
+    /// congested link); `--stop` ends it.
+    LosePodTraffic {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+        #[arg(long)]
+        stop: bool,
+    },
     /// Drop BGP (TCP 179) in and out of a node, as a host firewall would; `--unblock`
     /// removes the rule.
     BlockBgp(FirewallFault),
@@ -288,6 +310,25 @@ fn run() -> anyhow::Result<ExitCode> {
                 .status()
                 .context("running the command on the node")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Command::LosePodTraffic {
+            name,
+            node,
+            percent,
+            stop,
+        } => {
+            postflight_lab::lose_pod_traffic(&name, &node, (!stop).then_some(percent))?;
+            if stop {
+                println!("{node}: pod traffic flows again");
+            } else {
+                println!("{node}: {percent} % of pod traffic through the node is dropped");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nic { name, node, up } => {
+            postflight_lab::nic(&name, &node, up)?;
+            println!("{node}: NIC {}", if up { "up" } else { "down" });
+            Ok(ExitCode::SUCCESS)
         }
         Command::Hold {
             name,

@@ -32,6 +32,9 @@ pub struct NodePaths {
     pub sshd_log: PathBuf,
     /// Present while the lab holds the node down (it will not finish booting).
     pub hold_flag: PathBuf,
+    /// Present while the node's NIC is down: nothing of the node reaches the network,
+    /// its kubelet's API traffic included.
+    pub nic_down_flag: PathBuf,
 }
 
 impl NodePaths {
@@ -48,6 +51,7 @@ impl NodePaths {
             sshd_config: dir.join("ssh/sshd_config"),
             sshd_log: dir.join("sshd.log"),
             hold_flag: dir.join("hold-down"),
+            nic_down_flag: dir.join("nic-down"),
             root,
             dir,
         }
@@ -263,9 +267,10 @@ pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
     system::netns_sh(
         &netns,
         &format!(
-            "ip link set lo up; ip addr replace {ip}/24 dev eth0; ip link set eth0 up; \
+            "ip link set lo up; ip addr replace {ip}/24 dev eth0; ip link set eth0 {link}; \
              sysctl -qw net.ipv4.ip_forward=1",
-            ip = node.ip
+            ip = node.ip,
+            link = if nic_up(topology, node) { "up" } else { "down" },
         ),
     )?;
     // Calico's natOutgoing (on by default in its IP pool, programmed by Felix on a real
@@ -355,6 +360,28 @@ pub fn clobber_tmpfiles(topology: &Topology, node: &NodeSpec) -> Result<()> {
         &NodePaths::new(topology, node).calico_tmpfiles,
         PACKAGE_DEFAULT_CALICO_TMPFILES,
     )
+}
+
+/// Whether the node's NIC is up (the lab's `nic` knob takes it down).
+pub fn nic_up(topology: &Topology, node: &NodeSpec) -> bool {
+    !NodePaths::new(topology, node).nic_down_flag.exists()
+}
+
+/// Takes the node's NIC down or brings it back: its link, and with it everything the
+/// node sends, the kubelet's heartbeats included (the lab's kubelets run on the host, so
+/// they honour the flag this leaves).
+pub fn set_nic(topology: &Topology, node: &NodeSpec, up: bool) -> Result<()> {
+    let paths = NodePaths::new(topology, node);
+    if up {
+        let _ = std::fs::remove_file(&paths.nic_down_flag);
+    } else {
+        write(&paths.nic_down_flag, "")?;
+    }
+    system::netns_sh(
+        &topology.node_netns(node),
+        &format!("ip link set eth0 {}", if up { "up" } else { "down" }),
+    )?;
+    Ok(())
 }
 
 /// Whether this process — calico-node, as whichever user its pod runs it — can create

@@ -142,6 +142,22 @@ fn curl_status(lab: &Lab, from: &str, ip: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// `postflight-lab SUBCOMMAND --name LAB --node NODE ARGS`: a knob of the lab, as a user
+/// turns it; what it printed.
+fn knob(lab: &Lab, subcommand: &str, node: &str, args: &[&str]) -> String {
+    let out = Command::new(postflight_lab::lab_binary(None))
+        .args([subcommand, "--name", lab.name(), "--node", node])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "postflight-lab {subcommand}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn calico_pod_on(lab: &Lab, node: &str) -> Value {
     let pods = kubectl_json(
         lab,
@@ -315,6 +331,96 @@ fn an_unclean_reboot_reports_no_shutdown(#[case] command: &str, #[case] reports_
         ready(&seen) && boot_id(&seen) != before
     });
     assert_eq!(shutdown_reported, reports_shutdown);
+}
+
+/// The NIC knob does what it says: with the node's NIC down, its kubelet's heartbeats
+/// stop (the node goes Unknown), SSH cannot reach it and pods elsewhere cannot reach its
+/// pods; with the NIC back, all three return.
+#[test]
+fn a_nic_down_cuts_the_node_off_and_up_brings_it_back() {
+    let lab = lab("proof-nic", 3);
+    let node = "k8s-worker-02";
+    let server_ip = create_web_pod(&lab, "server", node);
+    create_web_pod(&lab, "client", "k8s-worker-01");
+    assert_eq!(curl_status(&lab, "client", &server_ip), 200);
+    let nic = |up: bool| {
+        knob(&lab, "nic", node, if up { &["--up"] } else { &[] });
+    };
+    nic(false);
+    let ready_status = || {
+        kubectl_json(&lab, &["get", "node", node])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    wait_for("the node to go Unknown", || ready_status() == "Unknown");
+    assert_ne!(
+        ssh(&lab, node, "true").status.code(),
+        Some(0),
+        "SSH reaches a node with its NIC down"
+    );
+    assert_eq!(
+        curl_status(&lab, "client", &server_ip),
+        0,
+        "a pod on it still answered"
+    );
+    nic(true);
+    wait_for("the node to be Ready again", || ready_status() == "True");
+    assert_eq!(ssh(&lab, node, "true").status.code(), Some(0));
+    wait_for("cross-node curl to work again", || {
+        curl_status(&lab, "client", &server_ip) == 200
+    });
+}
+
+/// The packet-loss knob does what it says: with 30 % set on a node, the share of pod
+/// packets crossing its uplink that its rules drop is about 30 % (read back from the
+/// rules' own counters after real traffic), and cross-node traffic still gets through.
+#[test]
+fn lossy_pod_traffic_drops_about_the_share_it_says() {
+    let lab = lab("proof-loss", 3);
+    let node = "k8s-worker-02";
+    let server_ip = create_web_pod(&lab, "server", node);
+    create_web_pod(&lab, "client", "k8s-worker-01");
+    knob(&lab, "lose-pod-traffic", node, &["--percent", "30"]);
+    let script = format!(
+        "ok=0; for i in $(seq 40); do curl -s -o /dev/null --max-time 3 http://{server_ip}:8080/hostname && ok=$((ok+1)); done; echo $ok"
+    );
+    let answered: u32 = String::from_utf8_lossy(
+        &kubectl(&lab, &["exec", "client", "--", "sh", "-c", &script]).stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0);
+    let rules = knob(
+        &lab,
+        "node-exec",
+        node,
+        &["--", "nft", "list", "table", "inet", "postflight_lab_loss"],
+    );
+    let counted: Vec<f64> = rules
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(counted.len(), 4, "{rules}");
+    let (all, dropped) = (counted[0] + counted[2], counted[1] + counted[3]);
+    let share = dropped / all;
+    assert!(all >= 200.0, "too little traffic to judge: {rules}");
+    assert!(
+        (0.15..=0.45).contains(&share),
+        "{share:.2} of {all} packets dropped: {rules}"
+    );
+    assert!(
+        answered >= 10,
+        "TCP still gets requests through: {answered}/40"
+    );
+    knob(&lab, "lose-pod-traffic", node, &["--stop"]);
+    wait_for("cross-node curl to work again", || {
+        curl_status(&lab, "client", &server_ip) == 200
+    });
 }
 
 #[test]
