@@ -714,6 +714,53 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
     assert_eq!(lock_holder(&lab), "", "released when the first run ended");
 }
 
+/// GETs of Lease objects the API server has served, from its own metrics.
+fn lease_gets(lab: &postflight_lab::Lab) -> f64 {
+    kubectl(lab, &["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("resource=\"leases\"")
+                && l.contains("verb=\"GET\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waiting for a lock someone else holds is a watch, not a poll: over a 5 s wait the
+/// API server serves a handful of Lease GETs, where a poll loop made thousands.
+#[test]
+fn waiting_for_the_lock_watches_instead_of_polling() {
+    let lab = lab("pf-lock-watch", 3);
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "postflight-reboot-lock", "namespace": "kube-system"},
+        "spec": {"holderIdentity": "another pipeline", "leaseDurationSeconds": 3600,
+                 "renewTime": "2026-01-01T00:00:00.000000Z"},
+    });
+    let manifest = lab.paths().state_dir.join("held-lease.json");
+    std::fs::write(&manifest, lease.to_string()).unwrap();
+    kubectl(&lab, &["create", "-f", manifest.to_str().unwrap()]);
+    let inventory = lab.paths().state_dir.join("waiting-inventory.yaml");
+    let text = std::fs::read_to_string(lab.paths().inventory()).unwrap();
+    std::fs::write(&inventory, format!("{text}lock:\n  wait: 5s\n")).unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let before = lease_gets(&lab);
+    let run = verify(&inventory, "k8s-worker-01", true, reports.path());
+    let gets = lease_gets(&lab) - before;
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(
+        run.stdout().contains("is held by another pipeline"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        gets < 30.0,
+        "{gets} Lease GETs in a 5 s wait: a poll, not a watch"
+    );
+    eprintln!("Lease GETs during a 5 s wait for the lock: {gets}");
+}
+
 /// A run killed without releasing the lock (SIGKILL, a lost runner) leaves a lease that
 /// nobody renews: the next run waits for it to expire by its duration, then proceeds.
 #[test]
