@@ -101,6 +101,24 @@ pub fn for_xml(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// Text for an HTML page, in element content or a quoted attribute: markup characters
+/// become entities and control characters are written out, so a log line can neither
+/// add an element nor run a script.
+pub fn for_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in for_terminal(text).chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Text for the inside of a CDATA section: as `for_xml`, and a `]]>` in it, which would
 /// end the section early and let the rest be read as markup, is split across two
 /// sections, so a parser reads back exactly the original characters.
@@ -151,6 +169,20 @@ mod tests {
     #[case::layout("a\tb\nc", "a\tb\nc")]
     fn the_terminal_sees_control_characters_as_text(#[case] text: &str, #[case] shown: &str) {
         assert_eq!(for_terminal(text), shown);
+    }
+
+    #[test]
+    fn html_text_can_add_no_element_nor_attribute() {
+        let hostile = "<script>alert(1)</script>\" onmouseover='x' & \u{1b}[2J";
+        let page = format!("<p title=\"{0}\">{0}</p>", for_html(hostile));
+        let parsed = roxmltree::Document::parse(&page).expect("well-formed");
+        let p = parsed.root_element();
+        assert_eq!(p.children().filter(|n| n.is_element()).count(), 0, "{page}");
+        assert_eq!(p.attributes().count(), 1, "{page}");
+        assert_eq!(
+            p.text(),
+            Some("<script>alert(1)</script>\" onmouseover='x' & \\x1b[2J")
+        );
     }
 
     #[test]
