@@ -136,6 +136,9 @@ pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_na
             String::from_utf8_lossy(&output.stdout)
         )
     });
+    // Every run's reports are well-formed, whatever the verdict.
+    roxmltree::Document::parse(&junit)
+        .unwrap_or_else(|e| panic!("the JUnit does not parse ({e}):\n{junit}"));
     let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
         .expect("JSON parses");
     Run {
