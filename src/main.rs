@@ -1,16 +1,17 @@
 //! The `postflight` command line: parses arguments, wires signals to cancellation, and
 //! hands everything else to the library.
 
+mod console;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postflight::checks::{CheckResult, Verdict};
-use postflight::gate::{self, Progress, RollingRequest, VerifyRequest};
+use console::Console;
+use postflight::gate::{self, RollingRequest, VerifyRequest};
 use postflight::inventory::Inventory;
 use postflight::report;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for usage and inventory errors (DESIGN.md).
@@ -35,6 +36,16 @@ struct Cli {
     /// The kubeconfig context to use, over the inventory's `cluster.context`.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// No progress on stderr; the report on stdout is unchanged.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also postflight's own log on stderr: retried waits, refused requests.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// Colour in the report: auto (a terminal, unless NO_COLOR), always (CI logs that
+    /// render ANSI), never.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    color: console::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -141,11 +152,16 @@ fn main() -> ExitCode {
     // once. POSTFLIGHT_LOG=kube_client=debug brings them back.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTFLIGHT_LOG")
-                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+            tracing_subscriber::EnvFilter::try_from_env("POSTFLIGHT_LOG").unwrap_or_else(
+                |_| match (cli.quiet, cli.verbose) {
+                    (true, _) => "error,kube_client::client::builder=off".into(),
+                    (_, true) => "warn,postflight=debug,kube_client::client::builder=off".into(),
+                    _ => "warn,kube_client::client::builder=off".into(),
+                },
+            ),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color_asked())
+        .with_ansi(std::io::stderr().is_terminal() && !console::no_color_asked())
         .init();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -205,6 +221,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         kubeconfig: cli.kubeconfig,
         context: cli.context,
     };
+    let display = console::Settings {
+        quiet: cli.quiet,
+        color: cli.color,
+    };
     match cli.command {
         Command::CheckInventory { file } => {
             let path = file.or(flags.inventory);
@@ -256,7 +276,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
             }
-            runtime.block_on(verify(inventory, request, Outputs { junit, json }))
+            runtime.block_on(verify(
+                inventory,
+                request,
+                Outputs {
+                    junit,
+                    json,
+                    display,
+                },
+            ))
         }
         Command::Rbac { service_account } => {
             let inventory = match load_inventory(flags.inventory.as_deref()) {
@@ -281,7 +309,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
             }
-            runtime.block_on(diagnose(inventory, node, Outputs { junit, json }))
+            runtime.block_on(diagnose(
+                inventory,
+                node,
+                Outputs {
+                    junit,
+                    json,
+                    display,
+                },
+            ))
         }
         Command::Rolling {
             nodes,
@@ -310,7 +346,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
             }
-            runtime.block_on(rolling(inventory, request, Outputs { junit, json }))
+            runtime.block_on(rolling(
+                inventory,
+                request,
+                Outputs {
+                    junit,
+                    json,
+                    display,
+                },
+            ))
         }
         Command::Drift { junit, json } => {
             let inventory = match load_cluster_inventory(&flags) {
@@ -321,7 +365,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
                 return Ok(code);
             }
-            runtime.block_on(drift(inventory, Outputs { junit, json }))
+            runtime.block_on(drift(
+                inventory,
+                Outputs {
+                    junit,
+                    json,
+                    display,
+                },
+            ))
         }
     }
 }
@@ -330,6 +381,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 struct Outputs {
     junit: Option<PathBuf>,
     json: Option<PathBuf>,
+    /// How the console shows the run.
+    display: console::Settings,
 }
 
 /// Writes the reports, prints the summary, and returns the exit code.
@@ -361,7 +414,7 @@ fn conclude(
 }
 
 async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyhow::Result<u8> {
-    let console = &Console::new();
+    let console = &Console::new(outputs.display);
     let run = cancellable(leftovers(&inventory, None), |cancel| async move {
         gate::diagnose_node(&inventory, &node, console, &cancel).await
     });
@@ -376,7 +429,7 @@ async fn rolling(
     request: RollingRequest,
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
-    let console = &Console::new();
+    let console = &Console::new(outputs.display);
     let run = cancellable(
         leftovers(&inventory, request.drain.then_some("NODE")),
         |cancel| async move { gate::rolling(&inventory, &request, console, &cancel).await },
@@ -398,6 +451,7 @@ async fn rolling(
         &Outputs {
             junit: None,
             json: None,
+            display: outputs.display,
         },
         "postflight rolling",
         console,
@@ -417,7 +471,7 @@ async fn rolling(
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
-    let console = &Console::new();
+    let console = &Console::new(outputs.display);
     let reports = cancellable(leftovers(&inventory, None), |cancel| async move {
         gate::drift(&inventory, console, &cancel).await
     })
@@ -430,7 +484,7 @@ async fn verify(
     request: VerifyRequest,
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
-    let console = &Console::new();
+    let console = &Console::new(outputs.display);
     let run = cancellable(
         leftovers(&inventory, request.drain.then_some(request.node.as_str())),
         |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
@@ -500,70 +554,4 @@ fn leftovers(inventory: &Inventory, node: Option<&str>) -> String {
         lock.name,
         humantime::format_duration(lock.duration)
     )
-}
-
-/// Progress for a person at a terminal: the step in progress on one line of stderr,
-/// then each check as it finishes. Off the terminal it shows nothing until the summary.
-/// NO_COLOR (https://no-color.org): set and not empty.
-fn no_color_asked() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
-}
-
-struct Console {
-    interactive: bool,
-    color: bool,
-    started: std::time::Instant,
-    line_open: Mutex<bool>,
-}
-
-impl Console {
-    fn new() -> Self {
-        Console {
-            interactive: std::io::stderr().is_terminal(),
-            color: std::io::stdout().is_terminal() && !no_color_asked(),
-            started: std::time::Instant::now(),
-            line_open: Mutex::new(false),
-        }
-    }
-
-    fn clear_line(&self) {
-        let mut open = self.line_open.lock().expect("console lock");
-        if *open {
-            eprint!("\r\x1b[2K");
-            *open = false;
-        }
-    }
-}
-
-impl Progress for Console {
-    fn step_started(&self, node: &str, step: &str) {
-        if !self.interactive {
-            return;
-        }
-        self.clear_line();
-        eprint!(
-            "[{:>5.1}s] {node}: {step} …",
-            self.started.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
-        *self.line_open.lock().expect("console lock") = true;
-    }
-
-    fn check_finished(&self, result: &CheckResult) {
-        if !self.interactive {
-            return;
-        }
-        self.clear_line();
-        let mark = match result.verdict {
-            Verdict::Passed => "✔",
-            Verdict::Failed(_) => "✘",
-            Verdict::Error(_) => "!",
-            Verdict::Skipped(_) => "-",
-        };
-        eprintln!(
-            "[{:>5.1}s] {mark} {}",
-            self.started.elapsed().as_secs_f64(),
-            result.name
-        );
-    }
 }

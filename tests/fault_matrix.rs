@@ -563,6 +563,22 @@ fn a_nic_down_for_a_minute_as_the_node_comes_back_is_ridden_out() {
         waited >= 50.0,
         "the node was Ready after {waited} s with its NIC down: {stdout}"
     );
+    // A CI log is never silent through a long wait: a heartbeat names what is awaited.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let heartbeats = stderr
+        .lines()
+        .filter(|l| {
+            l.contains("still waiting: k8s-worker-03: wait for the node to be Ready on a new boot")
+        })
+        .count();
+    assert!(
+        heartbeats >= 4,
+        "{heartbeats} heartbeats in a minute's wait:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("k8s-worker-03: issue the reboot: "),
+        "each step as it finishes:\n{stderr}"
+    );
     assert_nothing_left(&lab, node);
 }
 

@@ -114,6 +114,7 @@ pub enum GateError {
 /// prints; a front end decides what to show.
 pub trait Progress: Send + Sync {
     fn step_started(&self, _node: &str, _step: &str) {}
+    fn step_finished(&self, _node: &str, _step: &str, _took: Duration) {}
     fn check_finished(&self, _result: &CheckResult) {}
 }
 

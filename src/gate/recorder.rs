@@ -65,9 +65,11 @@ impl<'a> Recorder<'a> {
         self.progress.step_started(&self.node, step);
         let started = Instant::now();
         let value = work.await;
+        let took = started.elapsed();
+        self.progress.step_finished(&self.node, step, took);
         self.steps.lock().expect("recorder lock").push(StepTiming {
             step: step.into(),
-            duration: started.elapsed(),
+            duration: took,
         });
         value
     }

@@ -289,7 +289,8 @@ pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> Background {
             .arg(lab.paths().inventory())
             .args(["verify", "--node", node, "--reboot", "--junit"])
             .arg(junit)
-            .stdout(std::process::Stdio::piped()),
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
     )
 }
 
