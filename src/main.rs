@@ -430,9 +430,27 @@ async fn rolling(
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
+    let outputs_so_far = &outputs;
     let run = cancellable(
         leftovers(&inventory, request.drain.then_some("NODE")),
-        |cancel| async move { gate::rolling(&inventory, &request, console, &cancel).await },
+        |cancel| async move {
+            // JUnit and JSON are rewritten after every node, so a rollout killed halfway
+            // still leaves the verdicts of the nodes it did.
+            let write_so_far = |reports: &[report::NodeReport],
+                                summary: &report::RollingSummary| {
+                if let Some(path) = &outputs_so_far.junit {
+                    if let Err(error) = report::write_junit_rolling(path, reports, summary) {
+                        eprintln!("postflight: writing the JUnit report: {error}");
+                    }
+                }
+                if let Some(path) = &outputs_so_far.json {
+                    if let Err(error) = report::write_json_rolling(path, reports, summary) {
+                        eprintln!("postflight: writing the JSON report: {error}");
+                    }
+                }
+            };
+            gate::rolling(&inventory, &request, console, &cancel, &write_so_far).await
+        },
     );
     let (reports, summary) = match run.await {
         Ok(done) => done,

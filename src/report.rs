@@ -318,18 +318,27 @@ pub fn write_json_rolling(
     reports: &[NodeReport],
     summary: &RollingSummary,
 ) -> Result<(), ReportError> {
-    let json = serde_json::to_vec_pretty(
-        &serde_json::json!({ "nodes": reports, "rolling": summary, "exit_code": exit_code(reports) }),
-    )
-    .expect("reports serialise");
+    let mut document = json_document(reports);
+    document["rolling"] = serde_json::to_value(summary).expect("a summary serialises");
+    let json = serde_json::to_vec_pretty(&document).expect("reports serialise");
     write_atomically(path, &json)
 }
 
+/// The version of the JSON report's shape (`schema/report-v1.schema.json`).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// The JSON report: versioned, so that a pipeline reading it can tell what it reads.
+pub fn json_document(reports: &[NodeReport]) -> serde_json::Value {
+    serde_json::json!({
+        "schema_version": JSON_SCHEMA_VERSION,
+        "postflight_version": env!("CARGO_PKG_VERSION"),
+        "nodes": reports,
+        "exit_code": exit_code(reports),
+    })
+}
+
 pub fn write_json(path: &Path, reports: &[NodeReport]) -> Result<(), ReportError> {
-    let json = serde_json::to_vec_pretty(
-        &serde_json::json!({ "nodes": reports, "exit_code": exit_code(reports) }),
-    )
-    .expect("reports serialise");
+    let json = serde_json::to_vec_pretty(&json_document(reports)).expect("reports serialise");
     write_atomically(path, &json)
 }
 
@@ -607,6 +616,40 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let details = json["nodes"][0]["results"][1]["details"].to_string();
         assert!(details.contains("forged_check"), "kept as data");
+    }
+
+    fn schema() -> jsonschema::Validator {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schema/report-v1.schema.json"))
+                .expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    }
+
+    fn assert_valid(document: &serde_json::Value) {
+        let errors: Vec<String> = schema()
+            .iter_errors(document)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{document:#}");
+    }
+
+    #[test]
+    fn the_json_report_follows_its_published_schema() {
+        assert_valid(&json_document(&sample()));
+        assert_valid(&json_document(&hostile_reports()));
+        let mut rolling = json_document(&sample());
+        rolling["rolling"] = serde_json::to_value(RollingSummary {
+            order: vec!["k8s-worker-03".into(), "k8s-worker-04".into()],
+            stopped_at: Some("k8s-worker-03".into()),
+            not_started: vec!["k8s-worker-04".into()],
+            interrupted_between_nodes: false,
+        })
+        .unwrap();
+        assert_valid(&rolling);
+        // And the schema is not a rubber stamp.
+        let mut wrong = json_document(&sample());
+        wrong["nodes"][0]["results"][0]["verdict"] = serde_json::json!("green");
+        assert!(!schema().is_valid(&wrong));
     }
 
     #[test]

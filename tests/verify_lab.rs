@@ -869,6 +869,21 @@ fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() 
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // The reports are already on disk with the nodes done so far: a rollout killed
+        // now would still leave them.
+        if gap == 1 {
+            let so_far: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            assert_eq!(
+                so_far["nodes"].as_array().map(Vec::len),
+                Some(1),
+                "{so_far}"
+            );
+            assert_eq!(
+                so_far["rolling"]["not_started"],
+                serde_json::json!(["k8s-worker-02", "k8s-worker-03"])
+            );
+        }
         // A finalizer keeps the namespace Terminating past the soak, so the next run
         // finds it Terminating, then gone, then provisioned again.
         kubectl(&lab, &["create", "-f", hold_file.to_str().unwrap()]);

@@ -62,6 +62,7 @@ pub async fn rolling(
     request: &RollingRequest,
     progress: &dyn Progress,
     cancel: &CancellationToken,
+    after_each_node: &(dyn Fn(&[NodeReport], &RollingSummary) + Sync),
 ) -> Result<(Vec<NodeReport>, RollingSummary), GateError> {
     let order = plan(inventory, request)?;
     let mut reports: Vec<NodeReport> = Vec::new();
@@ -90,6 +91,18 @@ pub async fn rolling(
         reports.push(report);
         if !clean {
             stopped_at = Some(node.clone());
+        }
+        // The reports so far, for a pipeline to keep even if the rollout is killed later.
+        after_each_node(
+            &reports,
+            &RollingSummary {
+                order: order.clone(),
+                stopped_at: stopped_at.clone(),
+                not_started: order.iter().skip(reports.len()).cloned().collect(),
+                interrupted_between_nodes: false,
+            },
+        );
+        if !clean {
             break;
         }
     }

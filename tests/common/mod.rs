@@ -139,13 +139,29 @@ pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_na
     // Every run's reports are well-formed, whatever the verdict.
     roxmltree::Document::parse(&junit)
         .unwrap_or_else(|e| panic!("the JUnit does not parse ({e}):\n{junit}"));
-    let json = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
         .expect("JSON parses");
+    assert_follows_schema(&json);
     Run {
         output,
         junit,
         json,
     }
+}
+
+/// The JSON report of a real run follows the schema postflight publishes.
+pub fn assert_follows_schema(json: &Value) {
+    let schema: Value = serde_json::from_str(include_str!("../../schema/report-v1.schema.json"))
+        .expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(json)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the JSON report breaks its schema: {errors:#?}"
+    );
 }
 
 pub fn kubectl(lab: &Lab, args: &[&str]) -> String {
