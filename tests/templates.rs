@@ -85,3 +85,108 @@ fn every_flag_in_a_template_is_one_postflight_accepts() {
         }
     }
 }
+
+fn template(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("ci/pipelines")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn yaml(name: &str) -> serde_json::Value {
+    serde_saphyr::from_str(&template(name)).unwrap()
+}
+
+/// GitLab refuses a job whose stage is not in `stages:`.
+#[test]
+fn every_gitlab_job_runs_in_a_declared_stage() {
+    let pipeline = yaml("gitlab-ci.yml");
+    let stages: Vec<&str> = pipeline["stages"]
+        .as_array()
+        .expect("a stages: list")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    let jobs: Vec<(&String, &serde_json::Value)> = pipeline
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, job)| job.get("script").is_some())
+        .collect();
+    assert!(!jobs.is_empty());
+    for (name, job) in jobs {
+        let stage = job["stage"].as_str().unwrap_or("test");
+        assert!(
+            stages.contains(&stage),
+            "{name}: stage {stage} is not in {stages:?}"
+        );
+    }
+}
+
+/// A workflow asks for no more than it needs, and no input is pasted into a script
+/// (template injection): inputs reach `run:` as environment variables.
+#[test]
+fn the_github_workflow_has_least_permissions_and_no_template_injection() {
+    let workflow = yaml("github-actions.yml");
+    assert_eq!(
+        workflow["permissions"],
+        serde_json::json!({"contents": "read"})
+    );
+    for (name, job) in workflow["jobs"].as_object().unwrap() {
+        assert!(job["timeout-minutes"].is_number(), "{name} has no timeout");
+        for step in job["steps"].as_array().unwrap() {
+            if let Some(run) = step["run"].as_str() {
+                assert!(
+                    !run.contains("${{"),
+                    "{name}: an expression inside run: {run}"
+                );
+            }
+        }
+    }
+}
+
+/// Jenkins: parameters reach the shell as variables in single-quoted `sh`, the loop
+/// variable does not shadow the `node` step, and the pipeline has a deadline.
+#[test]
+fn the_jenkinsfile_quotes_its_parameters_and_has_a_deadline() {
+    let jenkinsfile = template("Jenkinsfile");
+    let code: String = jenkinsfile
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !code.lines().any(|l| l.trim_start().starts_with("sh \"")),
+        "a double-quoted sh interpolates: {code}"
+    );
+    assert!(
+        !code.contains("for (node "),
+        "the loop shadows the node step"
+    );
+    assert!(code.contains("timeout("), "no timeout");
+}
+
+/// ansible-lint's name[casing], and a drift finding must not stop the play before the
+/// task that fixes it.
+#[test]
+fn the_ansible_playbook_names_its_tasks_and_fixes_drift_it_finds() {
+    let playbook = yaml("ansible-rolling-update.yml");
+    let mut names = Vec::new();
+    for play in playbook.as_array().unwrap() {
+        names.push(play["name"].as_str().unwrap_or_default().to_string());
+        for task in play["tasks"].as_array().into_iter().flatten() {
+            names.push(task["name"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for name in &names {
+        assert!(
+            name.chars().next().is_some_and(char::is_uppercase),
+            "name[casing]: {name:?}"
+        );
+    }
+    let drift = &playbook[0]["tasks"][0];
+    assert_eq!(drift["failed_when"], "drift.rc not in [0, 1]");
+    assert_eq!(drift["register"], "drift");
+}
