@@ -57,8 +57,6 @@ pub struct Ports {
     pub apiserver: u16,
     pub etcd_client: u16,
     pub etcd_peer: u16,
-    pub controller_manager: u16,
-    pub scheduler: u16,
 }
 
 fn free_port(address: std::net::Ipv4Addr) -> Result<u16> {
@@ -75,8 +73,6 @@ impl Ports {
             apiserver: free_port(topology.host_ip())?,
             etcd_client: free_port(loopback)?,
             etcd_peer: free_port(loopback)?,
-            controller_manager: free_port(loopback)?,
-            scheduler: free_port(loopback)?,
         })
     }
 }
@@ -203,16 +199,14 @@ pub struct ControlPlane {
 }
 
 /// The flags the controller manager and the scheduler share: one kubeconfig for the API,
-/// delegated authentication and authorization of their own endpoint, which listens on
-/// loopback at a port of this lab's; a single instance, so no leader election.
-fn client_component_flags(kubeconfig: &Path, port: u16) -> Vec<String> {
+/// and no endpoint of their own (`--secure-port=0`): nothing in the lab reads their
+/// health or metrics, and a port picked free and bound later could be taken meanwhile by
+/// a lab starting beside this one; a single instance, so no leader election.
+fn client_component_flags(kubeconfig: &Path) -> Vec<String> {
     let kubeconfig = kubeconfig.display();
     vec![
         format!("--kubeconfig={kubeconfig}"),
-        format!("--authentication-kubeconfig={kubeconfig}"),
-        format!("--authorization-kubeconfig={kubeconfig}"),
-        "--bind-address=127.0.0.1".into(),
-        format!("--secure-port={port}"),
+        "--secure-port=0".into(),
         "--leader-elect=false".into(),
         "--profiling=false".into(),
         "--v=1".into(),
@@ -362,10 +356,7 @@ impl ControlPlane {
             name: "kube-controller-manager",
             argv: [
                 vec!["kube-controller-manager".to_string()],
-                client_component_flags(
-                    &paths.kubeconfig("controller-manager"),
-                    ports.controller_manager,
-                ),
+                client_component_flags(&paths.kubeconfig("controller-manager")),
                 vec![
                     format!(
                         "--cert-dir={}",
@@ -393,7 +384,7 @@ impl ControlPlane {
             name: "kube-scheduler",
             argv: [
                 vec!["kube-scheduler".to_string()],
-                client_component_flags(&paths.kubeconfig("scheduler"), ports.scheduler),
+                client_component_flags(&paths.kubeconfig("scheduler")),
             ]
             .concat(),
             child: None,
