@@ -412,16 +412,21 @@ mod tests {
         .collect()
     }
 
-    #[test]
-    fn a_peer_that_drops_bgp_is_named_and_its_firewall_fixed_not_ours() {
-        let diagnosis = diagnose_bgp(
+    /// The BGP diagnosis of k8s-worker-03, reached as ops@10.20.0.13, with its peers.
+    fn bgp_diagnosis(show_protocols: &str) -> Diagnosis {
+        diagnose_bgp(
             "k8s-worker-03",
             &shell("ops", 22),
-            SHOW_PROTOCOLS,
+            show_protocols,
             &peers(),
             &CalicoExpectations::default(),
         )
-        .expect("a diagnosis");
+        .expect("a diagnosis")
+    }
+
+    #[test]
+    fn a_peer_that_drops_bgp_is_named_and_its_firewall_fixed_not_ours() {
+        let diagnosis = bgp_diagnosis(SHOW_PROTOCOLS);
         assert!(
             diagnosis
                 .root_cause
@@ -451,14 +456,7 @@ mod tests {
             "up     17:43:08.495  Established",
             "start  17:43:08.604  Active",
         );
-        let diagnosis = diagnose_bgp(
-            "k8s-worker-03",
-            &shell("ops", 22),
-            &all_down,
-            &peers(),
-            &CalicoExpectations::default(),
-        )
-        .expect("a diagnosis");
+        let diagnosis = bgp_diagnosis(&all_down);
         assert!(
             diagnosis
                 .root_cause

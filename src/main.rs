@@ -205,6 +205,15 @@ struct ClusterFlags {
 
 /// A kubeconfig or context that cannot be found is a usage error, said once, before
 /// anything runs.
+/// The async runtime for a run against the cluster, once the cluster's configuration is
+/// known to load; `Err(code)`: it does not, and that was said.
+fn cluster_runtime(inventory: &Inventory) -> anyhow::Result<Result<tokio::runtime::Runtime, u8>> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    Ok(runtime
+        .block_on(check_cluster_config(inventory))
+        .map(|()| runtime))
+}
+
 async fn check_cluster_config(inventory: &Inventory) -> Result<(), u8> {
     match gate::connect(inventory).await {
         Ok(_) => Ok(()),
@@ -272,18 +281,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(error) = gate::check_request(&inventory, &request) {
                 return usage_error(error);
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
-                return Ok(code);
-            }
+            let runtime = match cluster_runtime(&inventory)? {
+                Ok(runtime) => runtime,
+                Err(code) => return Ok(code),
+            };
             runtime.block_on(verify(
                 inventory,
                 request,
-                Outputs {
-                    junit,
-                    json,
-                    display,
-                },
+                Outputs::new(junit, json, display),
             ))
         }
         Command::Rbac { service_account } => {
@@ -305,18 +310,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(error) = gate::check_node(&inventory, &node) {
                 return usage_error(error);
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
-                return Ok(code);
-            }
+            let runtime = match cluster_runtime(&inventory)? {
+                Ok(runtime) => runtime,
+                Err(code) => return Ok(code),
+            };
             runtime.block_on(diagnose(
                 inventory,
                 node,
-                Outputs {
-                    junit,
-                    json,
-                    display,
-                },
+                Outputs::new(junit, json, display),
             ))
         }
         Command::Rolling {
@@ -342,18 +343,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Err(error) = gate::plan_rolling(&inventory, &request) {
                 return usage_error(error);
             }
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
-                return Ok(code);
-            }
+            let runtime = match cluster_runtime(&inventory)? {
+                Ok(runtime) => runtime,
+                Err(code) => return Ok(code),
+            };
             runtime.block_on(rolling(
                 inventory,
                 request,
-                Outputs {
-                    junit,
-                    json,
-                    display,
-                },
+                Outputs::new(junit, json, display),
             ))
         }
         Command::Drift { junit, json } => {
@@ -361,18 +358,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
             };
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if let Err(code) = runtime.block_on(check_cluster_config(&inventory)) {
-                return Ok(code);
-            }
-            runtime.block_on(drift(
-                inventory,
-                Outputs {
-                    junit,
-                    json,
-                    display,
-                },
-            ))
+            let runtime = match cluster_runtime(&inventory)? {
+                Ok(runtime) => runtime,
+                Err(code) => return Ok(code),
+            };
+            runtime.block_on(drift(inventory, Outputs::new(junit, json, display)))
         }
     }
 }
@@ -383,6 +373,16 @@ struct Outputs {
     json: Option<PathBuf>,
     /// How the console shows the run.
     display: console::Settings,
+}
+
+impl Outputs {
+    fn new(junit: Option<PathBuf>, json: Option<PathBuf>, display: console::Settings) -> Self {
+        Outputs {
+            junit,
+            json,
+            display,
+        }
+    }
 }
 
 /// Writes the reports, prints the summary, and returns the exit code.

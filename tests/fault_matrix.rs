@@ -241,25 +241,31 @@ fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
     assert!(!api.status.success(), "the API server was already back");
 }
 
-#[test]
-fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
-    let lab = lab("pf-bgp", 4);
-    let node = "k8s-worker-03";
-    lab_cli(&lab, &["block-bgp", "--node", node]);
-    // BIRD notices when its hold timer (9 s in the lab) runs out.
+/// Blocks BGP on `node` and returns once its calico-node has turned unready (BIRD notices
+/// when its hold timer, 9 s in the lab, runs out), with an inventory whose calico and
+/// connectivity deadlines are short: waiting cannot mend BGP.
+fn block_bgp(lab: &Lab, node: &str) -> PathBuf {
+    lab_cli(lab, &["block-bgp", "--node", node]);
     wait_until(
-        "calico-node on the node to turn unready",
+        &format!("calico-node on {node} to turn unready"),
         Duration::from_secs(60),
         || {
-            kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
+            kubectl(lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
                 .lines()
                 .any(|l| l.contains(node) && l.contains("0/1"))
         },
     );
-    let inventory = inventory_with(&lab, "short-calico.yaml", |text| {
+    inventory_with(lab, "short-calico.yaml", |text| {
         text.replace("calico_ready: 90s", "calico_ready: 10s")
             .replace("connectivity: 30s", "connectivity: 5s")
-    });
+    })
+}
+
+#[test]
+fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
+    let lab = lab("pf-bgp", 4);
+    let node = "k8s-worker-03";
+    let inventory = block_bgp(&lab, node);
     let reports = tempfile::tempdir().unwrap();
     let run = verify(&inventory, node, false, reports.path());
     assert_eq!(run.code(), 1, "{}", run.describe());
@@ -300,20 +306,7 @@ fn blocked_bgp_fails_calico_and_the_diagnosis_says_bgp() {
 fn bgp_blocked_on_a_peer_is_blamed_on_that_peer() {
     let lab = lab("pf-bgp-peer", 4);
     let (culprit, node) = ("k8s-worker-02", "k8s-worker-03");
-    lab_cli(&lab, &["block-bgp", "--node", culprit]);
-    wait_until(
-        "calico-node on the blocked peer to turn unready",
-        Duration::from_secs(60),
-        || {
-            kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
-                .lines()
-                .any(|l| l.contains(culprit) && l.contains("0/1"))
-        },
-    );
-    let inventory = inventory_with(&lab, "short-calico.yaml", |text| {
-        text.replace("calico_ready: 90s", "calico_ready: 10s")
-            .replace("connectivity: 30s", "connectivity: 5s")
-    });
+    let inventory = block_bgp(&lab, culprit);
     let reports = tempfile::tempdir().unwrap();
     let run = verify(&inventory, node, false, reports.path());
     assert_eq!(run.code(), 1, "{}", run.describe());

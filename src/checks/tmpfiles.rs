@@ -153,7 +153,7 @@ impl TmpfilesEntry {
 
 /// How an entry's directory measures up: the stat it makes (in words) and why it falls
 /// short, if it does.
-fn judge_entry(
+fn measure_entry(
     entry: &TmpfilesEntry,
     expected: &CalicoExpectations,
 ) -> (String, Result<(), String>) {
@@ -166,6 +166,23 @@ fn judge_entry(
                 entry.user, entry.group
             )),
         ),
+    }
+}
+
+/// The verdict on an entry: evidence of what it makes and where it comes from, and on a
+/// shortfall the message `failure(made, why)` words.
+fn judge_entry(
+    entry: &TmpfilesEntry,
+    expected: &CalicoExpectations,
+    what: String,
+    failure: impl FnOnce(&str, &str) -> String,
+) -> Judgement {
+    let (made, judged) = measure_entry(entry, expected);
+    let made = format!("{made}{}", entry.provenance());
+    let evidence = vec![Evidence::new(what, made.clone(), expected.wanted())];
+    match judged {
+        Ok(()) => (Verdict::Passed, evidence),
+        Err(why) => (Verdict::Failed(failure(&made, &why)), evidence),
     }
 }
 
@@ -184,23 +201,12 @@ pub fn judge_node_tmpfiles(merged_config: &str, expected: &CalicoExpectations) -
             vec![Evidence::new(what, "none", "an entry, where the site declares one")],
         );
     };
-    let (made, judged) = judge_entry(&entry, expected);
-    let evidence = vec![Evidence::new(
-        what,
-        format!("{made}{}", entry.provenance()),
-        expected.wanted(),
-    )];
-    match judged {
-        Ok(()) => (Verdict::Passed, evidence),
-        Err(why) => (
-            Verdict::Failed(format!(
-                "the node's tmpfiles.d entry makes {} as {made}{}: {why}",
-                expected.run_dir,
-                entry.provenance()
-            )),
-            evidence,
-        ),
-    }
+    judge_entry(&entry, expected, what, |made, why| {
+        format!(
+            "the node's tmpfiles.d entry makes {} as {made}: {why}",
+            expected.run_dir
+        )
+    })
 }
 
 /// `run_dir_after_next_boot`: what systemd-tmpfiles will make of the run directory at the
@@ -242,23 +248,12 @@ pub fn judge_next_boot(merged_config: &str, expected: &CalicoExpectations) -> Ju
             ),
         };
     };
-    let (made, judged) = judge_entry(&entry, expected);
-    let evidence = vec![Evidence::new(
-        what,
-        format!("{made}{}", entry.provenance()),
-        expected.wanted(),
-    )];
-    match judged {
-        Ok(()) => (Verdict::Passed, evidence),
-        Err(why) => {
-            let message = format!(
-                "at the next boot systemd-tmpfiles will make {} as {made}{}: {why}; calico-node will fail on this node's next reboot",
-                expected.run_dir,
-                entry.provenance()
-            );
-            (Verdict::Failed(message), evidence)
-        }
-    }
+    judge_entry(&entry, expected, what, |made, why| {
+        format!(
+            "at the next boot systemd-tmpfiles will make {} as {made}: {why}; calico-node will fail on this node's next reboot",
+            expected.run_dir
+        )
+    })
 }
 
 fn normalise(line: &str) -> String {

@@ -202,26 +202,45 @@ fn select(
         .collect()
 }
 
+/// The ConfigMap or Secret a volume source names, read as the node. `None`: it does not
+/// exist and the source says it is optional, so the volume is empty.
+async fn referenced<K>(
+    client: &Client,
+    pod: &Value,
+    source: &Value,
+    what: &str,
+    name: &str,
+) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading {what}: {e}"))?
+    {
+        Some(object) => Ok(Some(object)),
+        None if source["optional"] == Value::Bool(true) => Ok(None),
+        None => Err(format!("{what} not found")),
+    }
+}
+
 async fn config_map_files(
     client: &Client,
     pod: &Value,
     source: &Value,
     default_mode: u32,
 ) -> Result<Vec<VolumeFile>, String> {
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = source["name"].as_str().unwrap_or_default();
     let what = format!("configmap \"{name}\"");
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let Some(config_map) = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading {what}: {e}"))?
-    else {
-        return if source["optional"] == Value::Bool(true) {
-            Ok(Vec::new())
-        } else {
-            Err(format!("{what} not found"))
-        };
+    let Some(config_map) = referenced::<ConfigMap>(client, pod, source, &what, name).await? else {
+        return Ok(Vec::new());
     };
     let mut data: Vec<(String, Vec<u8>)> = config_map
         .data
@@ -245,24 +264,14 @@ async fn secret_files(
     source: &Value,
     default_mode: u32,
 ) -> Result<Vec<VolumeFile>, String> {
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     // A secret volume names it `secretName`; a projected source, `name`.
     let name = source["secretName"]
         .as_str()
         .or(source["name"].as_str())
         .unwrap_or_default();
     let what = format!("secret \"{name}\"");
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("reading {what}: {e}"))?
-    else {
-        return if source["optional"] == Value::Bool(true) {
-            Ok(Vec::new())
-        } else {
-            Err(format!("{what} not found"))
-        };
+    let Some(secret) = referenced::<Secret>(client, pod, source, &what, name).await? else {
+        return Ok(Vec::new());
     };
     let data: Vec<(String, Vec<u8>)> = secret
         .data
