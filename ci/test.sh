@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
+# What the report tests check JUnit, HTML and metrics with (xmllint, Chromium, promtool).
+bash ci/report-tools.sh
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check

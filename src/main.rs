@@ -50,6 +50,52 @@ struct Cli {
     command: Command,
 }
 
+/// The report files every command that checks something can write.
+#[derive(clap::Args)]
+struct ReportFlags {
+    /// Write JUnit XML here: a testsuite per node (always written, also on failure and
+    /// interruption; a rolling update rewrites it after every node).
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// The JUnit schema to follow: jenkins (what Jenkins, GitLab, GitHub and nextest
+    /// read: zoned timestamps, per-check output, flaky marks) or ant (the strict Apache
+    /// Ant schema).
+    #[arg(long, value_enum, default_value_t)]
+    junit_dialect: JunitDialectFlag,
+    /// Write the full report as JSON here (schema/report-v1.schema.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one self-contained HTML page here: the timeline of each node's run, the
+    /// pod-pair heat map, and every check with its evidence and fix.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Write Prometheus text exposition here, for node_exporter's textfile collector.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum JunitDialectFlag {
+    #[default]
+    Jenkins,
+    Ant,
+}
+
+impl From<ReportFlags> for report::ReportFiles {
+    fn from(flags: ReportFlags) -> Self {
+        report::ReportFiles {
+            junit: flags.junit,
+            junit_dialect: match flags.junit_dialect {
+                JunitDialectFlag::Jenkins => report::JunitDialect::Jenkins,
+                JunitDialectFlag::Ant => report::JunitDialect::Ant,
+            },
+            json: flags.json,
+            html: flags.html,
+            metrics: flags.metrics,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate an inventory file; errors name file:line:column.
@@ -77,12 +123,8 @@ enum Command {
         /// uncordoned only if every check passes.
         #[arg(long, requires = "reboot")]
         drain: bool,
-        /// Write JUnit XML here (always written, also on failure and interruption).
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write the full report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        reports: ReportFlags,
     },
     /// Diagnose a node as it is, without rebooting it: calico-node and its logs, the
     /// tmpfiles.d entry, the run directory, routes and BGP, and the known root causes.
@@ -90,12 +132,8 @@ enum Command {
         /// The node, as Kubernetes names it.
         #[arg(long)]
         node: String,
-        /// Write JUnit XML here.
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write the full report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        reports: ReportFlags,
     },
     /// A rolling update's gate: reboot and verify the nodes one at a time (each as
     /// `verify --reboot`), stopping at the first that does not pass.
@@ -117,12 +155,8 @@ enum Command {
         /// workloads settle and a slow failure shows before a second node goes down.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         soak: std::time::Duration,
-        /// Write JUnit XML here: a testsuite per node, then a summary.
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write the full report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        reports: ReportFlags,
     },
     /// Print the RBAC postflight needs for this inventory — the probe namespace, a
     /// ClusterRole and Roles in the probe and lock namespaces, bound to a ServiceAccount —
@@ -136,12 +170,8 @@ enum Command {
     /// its next boot: the tmpfiles.d entry, what the next boot will create, the live
     /// directory.
     Drift {
-        /// Write JUnit XML here (one testsuite per node).
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write the full report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        reports: ReportFlags,
     },
 }
 
@@ -263,8 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             force,
             allow_protected,
             drain,
-            junit,
-            json,
+            reports,
         } => {
             let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
@@ -285,11 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(verify(
-                inventory,
-                request,
-                Outputs::new(junit, json, display),
-            ))
+            runtime.block_on(verify(inventory, request, Outputs::new(reports, display)))
         }
         Command::Rbac { service_account } => {
             let inventory = match load_inventory(flags.inventory.as_deref()) {
@@ -302,7 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Diagnose { node, junit, json } => {
+        Command::Diagnose { node, reports } => {
             let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
@@ -314,11 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(diagnose(
-                inventory,
-                node,
-                Outputs::new(junit, json, display),
-            ))
+            runtime.block_on(diagnose(inventory, node, Outputs::new(reports, display)))
         }
         Command::Rolling {
             nodes,
@@ -326,8 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             force,
             allow_protected,
             soak,
-            junit,
-            json,
+            reports,
         } => {
             let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
@@ -347,13 +367,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(rolling(
-                inventory,
-                request,
-                Outputs::new(junit, json, display),
-            ))
+            runtime.block_on(rolling(inventory, request, Outputs::new(reports, display)))
         }
-        Command::Drift { junit, json } => {
+        Command::Drift { reports } => {
             let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
                 Err(code) => return Ok(code),
@@ -362,24 +378,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(drift(inventory, Outputs::new(junit, json, display)))
+            runtime.block_on(drift(inventory, Outputs::new(reports, display)))
         }
     }
 }
 
 /// Where the reports of a run go, besides the console.
 struct Outputs {
-    junit: Option<PathBuf>,
-    json: Option<PathBuf>,
+    files: report::ReportFiles,
     /// How the console shows the run.
     display: console::Settings,
 }
 
 impl Outputs {
-    fn new(junit: Option<PathBuf>, json: Option<PathBuf>, display: console::Settings) -> Self {
+    fn new(flags: ReportFlags, display: console::Settings) -> Self {
         Outputs {
-            junit,
-            json,
+            files: flags.into(),
             display,
         }
     }
@@ -388,21 +402,20 @@ impl Outputs {
 /// Writes the reports, prints the summary, and returns the exit code.
 fn conclude(
     reports: &[report::NodeReport],
+    rolling: Option<&report::RollingSummary>,
     outputs: &Outputs,
-    suite: &str,
+    title: &str,
     console: &Console,
 ) -> anyhow::Result<u8> {
     console.clear_line();
-    let mut written = Vec::new();
-    if let Some(path) = &outputs.junit {
-        report::write_junit(path, reports, suite).context("writing the JUnit report")?;
-        written.push(format!("JUnit: {}", path.display()));
-    }
-    if let Some(path) = &outputs.json {
-        report::write_json(path, reports).context("writing the JSON report")?;
-        written.push(format!("JSON: {}", path.display()));
-    }
+    let written = outputs
+        .files
+        .write(reports, rolling, title)
+        .context("writing the reports")?;
     print!("{}", report::console(reports, console.color));
+    if let Some(summary) = rolling {
+        println!("{}", summary.describe());
+    }
     for line in written {
         println!("{line}");
     }
@@ -419,7 +432,7 @@ async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyho
         gate::diagnose_node(&inventory, &node, console, &cancel).await
     });
     match run.await {
-        Ok(report) => conclude(&[report], &outputs, "postflight diagnose", console),
+        Ok(report) => conclude(&[report], None, &outputs, "postflight diagnose", console),
         Err(error) => usage_error(error),
     }
 }
@@ -438,15 +451,9 @@ async fn rolling(
             // still leaves the verdicts of the nodes it did.
             let write_so_far = |reports: &[report::NodeReport],
                                 summary: &report::RollingSummary| {
-                if let Some(path) = &outputs_so_far.junit {
-                    if let Err(error) = report::write_junit_rolling(path, reports, summary) {
-                        eprintln!("postflight: writing the JUnit report: {error}");
-                    }
-                }
-                if let Some(path) = &outputs_so_far.json {
-                    if let Err(error) = report::write_json_rolling(path, reports, summary) {
-                        eprintln!("postflight: writing the JSON report: {error}");
-                    }
+                let files = &outputs_so_far.files;
+                if let Err(error) = files.write(reports, Some(summary), "postflight rolling") {
+                    eprintln!("postflight: writing the reports: {error}");
                 }
             };
             gate::rolling(&inventory, &request, console, &cancel, &write_so_far).await
@@ -456,36 +463,18 @@ async fn rolling(
         Ok(done) => done,
         Err(error) => return usage_error(error),
     };
-    console.clear_line();
-    if let Some(path) = &outputs.junit {
-        report::write_junit_rolling(path, &reports, &summary)
-            .context("writing the JUnit report")?;
-    }
-    if let Some(path) = &outputs.json {
-        report::write_json_rolling(path, &reports, &summary).context("writing the JSON report")?;
-    }
     let code = conclude(
         &reports,
-        &Outputs {
-            junit: None,
-            json: None,
-            display: outputs.display,
-        },
+        Some(&summary),
+        &outputs,
         "postflight rolling",
         console,
     )?;
-    println!("{}", summary.describe());
-    let code = if summary.interrupted_between_nodes {
+    Ok(if summary.interrupted_between_nodes {
         130
     } else {
         code
-    };
-    for (kind, path) in [("JUnit", &outputs.junit), ("JSON", &outputs.json)] {
-        if let Some(path) = path {
-            println!("{kind}: {}", path.display());
-        }
-    }
-    Ok(code)
+    })
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
@@ -494,7 +483,7 @@ async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
         gate::drift(&inventory, console, &cancel).await
     })
     .await;
-    conclude(&reports, &outputs, "postflight drift", console)
+    conclude(&reports, None, &outputs, "postflight drift", console)
 }
 
 async fn verify(
@@ -508,7 +497,7 @@ async fn verify(
         |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
     );
     match run.await {
-        Ok(report) => conclude(&[report], &outputs, "postflight verify", console),
+        Ok(report) => conclude(&[report], None, &outputs, "postflight verify", console),
         Err(error) => usage_error(error),
     }
 }

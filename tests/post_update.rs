@@ -157,15 +157,21 @@ fn conclude(target: &Target, result: CheckResult) {
         let node_report = NodeReport {
             node: target.node.clone(),
             rebooted: target.reboot,
-            started_at: String::new(),
+            started_at: k8s_openapi::jiff::Timestamp::now().to_string(),
             results: results.clone(),
             steps: phase.map(|p| p.steps.clone()).unwrap_or_default(),
             ready_to_verdict: None,
             interrupted: false,
             notes: Vec::new(),
+            run: Default::default(),
+            elapsed: Default::default(),
         };
-        report::write_junit(&junit_path(), &[node_report], "postflight post_update")
-            .expect("JUnit written");
+        report::ReportFiles {
+            junit: Some(junit_path()),
+            ..Default::default()
+        }
+        .write(&[node_report], None, "postflight post_update")
+        .expect("JUnit written");
     }
     match verdict {
         Verdict::Passed => {}

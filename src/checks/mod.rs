@@ -19,7 +19,7 @@ mod tmpfiles;
 pub use crate::expectations::{canonical_run_path, RunDirStat};
 pub use bgp::{judge_bgp, parse_bgp_sessions, BgpSession};
 pub use calico::{judge_calico_ready, judge_crashloop, CalicoObservation};
-pub use connectivity::{judge_connectivity, ProbeOutcome};
+pub use connectivity::{flaky_pairs, judge_connectivity, PairResult, ProbeOutcome};
 pub use node::{judge_boot_id, judge_node_ready};
 pub use tmpfiles::{
     effective_tmpfiles_entry, judge_next_boot, judge_node_tmpfiles, judge_run_dir, judge_tmpfiles,
@@ -50,6 +50,8 @@ pub enum CheckName {
     BgpSessionsEstablished,
     SameNodePodConnectivity,
     CrossNodePodConnectivity,
+    /// `mesh`: this node's probe pod reaches every other node's.
+    PodMesh,
 }
 
 impl CheckName {
@@ -67,6 +69,26 @@ impl CheckName {
             CheckName::BgpSessionsEstablished => "bgp_sessions_established",
             CheckName::SameNodePodConnectivity => "same_node_pod_connectivity",
             CheckName::CrossNodePodConnectivity => "cross_node_pod_connectivity",
+            CheckName::PodMesh => "pod_mesh",
+        }
+    }
+
+    /// What kind of fault a failure of this check is: the `type` of its JUnit
+    /// `<failure>`, for a CI server to group failures by.
+    pub fn failure_kind(self) -> &'static str {
+        match self {
+            CheckName::ClusterHealthyBeforeReboot => "cluster_degraded",
+            CheckName::NodeDrained => "drain_incomplete",
+            CheckName::NodeReadyAfterReboot => "node_not_ready",
+            CheckName::BootIdChanged => "not_rebooted",
+            CheckName::CalicoNodeReady => "calico_not_ready",
+            CheckName::CalicoNodeNotCrashlooping => "calico_crashloop",
+            CheckName::TmpfilesConfigPresent | CheckName::RunDirAfterNextBoot => "tmpfiles_drift",
+            CheckName::RunDirPermissions => "run_dir_permissions",
+            CheckName::BgpSessionsEstablished => "bgp_down",
+            CheckName::SameNodePodConnectivity
+            | CheckName::CrossNodePodConnectivity
+            | CheckName::PodMesh => "pod_unreachable",
         }
     }
 
@@ -233,6 +255,14 @@ pub struct CheckResult {
     /// Set with an error verdict: why the check could not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<ErrorKind>,
+    /// The pod pairs a connectivity check probed, each with its outcome: the cells of
+    /// the report's heat map.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairResult>,
+    /// What passed only after a retry. A pass that needed one is flaky, and the report
+    /// says so rather than showing plain green.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flaky: Vec<String>,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -256,6 +286,8 @@ impl CheckResult {
             duration,
             diagnosis: None,
             error_kind: None,
+            pairs: Vec::new(),
+            flaky: Vec::new(),
         }
     }
     /// An error verdict for a check that could not run because of `why`.
@@ -297,6 +329,11 @@ impl CheckResult {
             bound(&mut evidence.observed);
         }
         self.details.iter_mut().for_each(bound);
+        for pair in &mut self.pairs {
+            bound(&mut pair.observed);
+            pair.earlier_failures.iter_mut().for_each(bound);
+        }
+        self.flaky.iter_mut().for_each(bound);
         self
     }
 

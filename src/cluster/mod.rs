@@ -191,6 +191,8 @@ pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "pos
 pub struct Cluster {
     /// The API server's URL, as the kubeconfig names it, for errors a user acts on.
     server: String,
+    /// The kubeconfig context in use, `in-cluster` for a pod's service account.
+    context: Option<String>,
     client: Client,
     /// The same API without kube-rs's built-in retry of 429/503/504: for calls whose
     /// refusal is the answer (an eviction a disruption budget forbids), where the gate
@@ -246,6 +248,17 @@ impl Cluster {
                 })?,
         };
         let server = config.cluster_url.to_string();
+        let context = match (context, kubeconfig) {
+            (Some(context), _) => Some(context.to_string()),
+            (None, Some(path)) => Kubeconfig::read_from(path)
+                .ok()
+                .and_then(|file| file.current_context),
+            // As Config::infer found it: a kubeconfig first, else the pod's own account.
+            (None, None) => match Kubeconfig::read() {
+                Ok(file) => file.current_context,
+                Err(_) => Some("in-cluster".into()),
+            },
+        };
         let mut without_retry = config.clone();
         without_retry.default_retry = false;
         let client = Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
@@ -253,6 +266,7 @@ impl Cluster {
             Client::try_from(without_retry).map_err(|e| ClusterError::Client(e.to_string()))?;
         Ok(Cluster {
             server,
+            context,
             client,
             client_without_retry,
         })
@@ -263,9 +277,20 @@ impl Cluster {
     pub fn from_client(client: Client, server: &str) -> Self {
         Cluster {
             server: server.into(),
+            context: None,
             client_without_retry: client.clone(),
             client,
         }
+    }
+
+    /// The API server's URL, as the kubeconfig names it.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The kubeconfig context in use, if one is known.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
     }
 
     pub fn client(&self) -> &Client {

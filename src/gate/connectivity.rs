@@ -204,6 +204,8 @@ pub async fn check_connectivity(
                 }
             }
             let (mut verdict, evidence) = judge_connectivity(&ran, what);
+            let pairs = ran.iter().map(ProbeOutcome::pair_result).collect();
+            let flaky = crate::checks::flaky_pairs(&ran);
             if !could_not_run.is_empty() && !matches!(verdict, Verdict::Failed(_)) {
                 verdict = Verdict::Error(format!(
                     "{what} probes could not run: {}",
@@ -212,6 +214,8 @@ pub async fn check_connectivity(
             }
             let probes_missing = matches!(verdict, Verdict::Error(_)) && !could_not_run.is_empty();
             let mut result = CheckResult::new(name, node, verdict, evidence, started.elapsed());
+            result.pairs = pairs;
+            result.flaky = flaky;
             if probes_missing {
                 let settings = &inventory.probe;
                 result.diagnosis = diagnose::diagnose_probes(
@@ -260,26 +264,29 @@ async fn probe_until_settled(
     deadline: Instant,
 ) -> Vec<(Pair, ProbeRun)> {
     let mut done: Vec<(Pair, ProbeRun)> = Vec::new();
-    let mut pending: Vec<(Pair, u32)> = pairs.into_iter().map(|p| (p, 0)).collect();
+    let mut pending: Vec<(Pair, Vec<String>)> =
+        pairs.into_iter().map(|p| (p, Vec::new())).collect();
     loop {
         let round = futures::stream::iter(pending.drain(..))
-            .map(|(pair, attempts)| async move {
-                let run = probe_once(cluster, inventory, namespace, &pair, attempts + 1).await;
+            .map(|(pair, earlier)| async move {
+                let run = probe_once(cluster, inventory, namespace, &pair, earlier).await;
                 (pair, run)
             })
             .buffer_unordered(PROBE_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
         for (pair, run) in round {
-            let failed = matches!(&run, ProbeRun::Ran(outcome) if !outcome.succeeded());
-            let attempts = match &run {
-                ProbeRun::Ran(outcome) => outcome.attempts,
-                ProbeRun::CouldNotRun(_) => 1,
-            };
-            if failed && retry && Instant::now() + PROBE_RETRY_PAUSE < deadline {
-                pending.push((pair, attempts));
-            } else {
-                done.push((pair, run));
+            match run {
+                ProbeRun::Ran(outcome)
+                    if !outcome.succeeded()
+                        && retry
+                        && Instant::now() + PROBE_RETRY_PAUSE < deadline =>
+                {
+                    let mut earlier = outcome.earlier_failures.clone();
+                    earlier.push(outcome.pair_result().observed);
+                    pending.push((pair, earlier));
+                }
+                run => done.push((pair, run)),
             }
         }
         if pending.is_empty() {
@@ -302,7 +309,7 @@ async fn probe_once(
     inventory: &Inventory,
     namespace: &str,
     pair: &Pair,
-    attempt: u32,
+    earlier_failures: Vec<String>,
 ) -> ProbeRun {
     let url = probe_url(&pair.to.ip, inventory.probe.port);
     let seconds = PROBE_ATTEMPT_TIMEOUT.as_secs().to_string();
@@ -351,7 +358,8 @@ async fn probe_once(
         to_pod: pair.to.name.clone(),
         url,
         result,
-        attempts: attempt,
+        attempts: earlier_failures.len() as u32 + 1,
+        earlier_failures,
     })
 }
 

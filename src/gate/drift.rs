@@ -27,6 +27,7 @@ pub async fn drift(
     cancel: &CancellationToken,
 ) -> Vec<NodeReport> {
     let nodes = inventory.node_names();
+    let run_id = new_run_id();
     let calico = match drift_expectations(inventory).await {
         Ok(calico) => calico,
         Err(error) => {
@@ -34,6 +35,7 @@ pub async fn drift(
                 .iter()
                 .map(|node| {
                     let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
+                    recorder.identify(|run| run.run_id = run_id.clone());
                     recorder.error_remaining(error.kind(), &error.to_string());
                     recorder.into_report(false, Timestamp::now(), None)
                 })
@@ -41,7 +43,7 @@ pub async fn drift(
         }
     };
     let sweep = futures::stream::iter(nodes.iter())
-        .map(|node| drift_node(inventory, &calico, node, progress))
+        .map(|node| drift_node(inventory, &calico, node, &run_id, progress))
         .buffer_unordered(DRIFT_CONCURRENCY)
         .collect::<Vec<NodeReport>>();
     let mut reports = tokio::select! {
@@ -49,6 +51,7 @@ pub async fn drift(
         () = cancel.cancelled() => {
             nodes.iter().map(|node| {
                 let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
+                recorder.identify(|run| run.run_id = run_id.clone());
                 recorder.error_remaining(ErrorKind::Interrupted, "the run was interrupted");
                 let mut report = recorder.into_report(false, Timestamp::now(), None);
                 report.interrupted = true;
@@ -77,10 +80,12 @@ async fn drift_node(
     inventory: &Inventory,
     calico: &CalicoExpectations,
     node: &str,
+    run_id: &str,
     progress: &dyn Progress,
 ) -> NodeReport {
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
+    recorder.identify(|run| run.run_id = run_id.to_string());
     let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
     let deadline = inventory.timeouts.ssh * 2;
     let checks = drift_checks(&transport, node, calico);

@@ -28,7 +28,7 @@ use crate::expectations::{
 };
 use crate::host::{HostError, RebootOutcome, ShellCommand, SshTransport, Transport};
 use crate::inventory::{CalicoSettings, Inventory, NodeEntry};
-use crate::report::{NodeReport, StepTiming};
+use crate::report::{NodeReport, RunIdentity, StepTiming};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;

@@ -34,6 +34,7 @@ pub async fn diagnose_node(
     check_node(inventory, node)?;
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DIAGNOSE_CHECKS);
+    recorder.identify(|run| run.run_id = new_run_id());
     let interrupted = tokio::select! {
         () = diagnose_steps(inventory, node, &recorder) => false,
         () = cancel.cancelled() => true,
@@ -51,6 +52,9 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
     let cluster = recorder
         .timed("connect to the API server", connect(inventory))
         .await;
+    if let Ok(cluster) = &cluster {
+        recorder.identify(|run| super::verify::identify_cluster(run, cluster));
+    }
     // Without the API, a fully declared inventory still lets the node itself be read.
     let calico = match &cluster {
         Ok(cluster) => calico_expectations(cluster, &inventory.calico).await,

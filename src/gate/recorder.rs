@@ -13,6 +13,9 @@ pub(super) struct Recorder<'a> {
     steps: Mutex<Vec<StepTiming>>,
     notes: Mutex<Vec<String>>,
     last_verdict: Mutex<Option<Instant>>,
+    identity: Mutex<RunIdentity>,
+    /// When the node's run began: steps are placed on its timeline from here.
+    began: Instant,
     progress: &'a dyn Progress,
 }
 
@@ -33,6 +36,8 @@ impl<'a> Recorder<'a> {
             steps: Mutex::default(),
             notes: Mutex::default(),
             last_verdict: Mutex::default(),
+            identity: Mutex::default(),
+            began: Instant::now(),
             progress,
         }
     }
@@ -53,6 +58,12 @@ impl<'a> Recorder<'a> {
         self.results.lock().expect("recorder lock").push(result);
     }
 
+    /// Adds what is learnt of the run's identity (its ID, the API server, the lock
+    /// holder) as the run learns it.
+    pub(super) fn identify(&self, learn: impl FnOnce(&mut RunIdentity)) {
+        learn(&mut self.identity.lock().expect("recorder lock"));
+    }
+
     pub(super) fn note(&self, note: String) {
         self.notes.lock().expect("recorder lock").push(note);
     }
@@ -64,11 +75,13 @@ impl<'a> Recorder<'a> {
     ) -> T {
         self.progress.step_started(&self.node, step);
         let started = Instant::now();
+        let started_after = started.saturating_duration_since(self.began);
         let value = work.await;
         let took = started.elapsed();
         self.progress.step_finished(&self.node, step, took);
         self.steps.lock().expect("recorder lock").push(StepTiming {
             step: step.into(),
+            started_after,
             duration: took,
         });
         value
@@ -94,6 +107,8 @@ impl<'a> Recorder<'a> {
                 .map(|(ready, verdict)| verdict.saturating_duration_since(ready)),
             interrupted: false,
             notes: self.notes.into_inner().expect("recorder lock"),
+            run: self.identity.into_inner().expect("recorder lock"),
+            elapsed: self.began.elapsed(),
         }
     }
 

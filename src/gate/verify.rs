@@ -22,6 +22,7 @@ pub async fn verify(
     let started_at = Timestamp::now();
     let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
     let run_id = new_run_id();
+    recorder.identify(|run| run.run_id = run_id.clone());
     let mut state = RunState::default();
     let lock_lost = state.lock_lost.clone();
     let interrupted = tokio::select! {
@@ -188,6 +189,12 @@ fn missing_permissions(missing: &[crate::rbac::Access]) -> String {
     )
 }
 
+/// The cluster a run talked to, for its report.
+pub(super) fn identify_cluster(run: &mut RunIdentity, cluster: &Cluster) {
+    run.api_server = Some(cluster.server().to_string());
+    run.context = cluster.context().map(String::from);
+}
+
 async fn verify_steps(
     inventory: &Inventory,
     request: &VerifyRequest,
@@ -204,6 +211,7 @@ async fn verify_steps(
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     };
     state.cluster = Some(cluster.clone());
+    recorder.identify(|run| identify_cluster(run, &cluster));
     // An API server that does not answer is one error, said once, before anything else.
     if let Err(error) = recorder.timed("reach the API server", cluster.ping()).await {
         return recorder.error_remaining(error.kind(), &error.to_string());
@@ -252,6 +260,7 @@ async fn verify_steps(
             .await
         {
             Ok(held) => {
+                recorder.identify(|run| run.lock_holder = Some(holder.clone()));
                 state.lock = Some(held);
                 state.ledger.owed.push(Owed::Lease);
                 state.ledger.phase = Phase::Locked;

@@ -8,8 +8,13 @@ use crate::diagnose::Diagnosis;
 use crate::hostile;
 use serde::Serialize;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod html;
+mod junit;
+mod metrics;
+pub use junit::Dialect as JunitDialect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -18,16 +23,31 @@ pub enum ReportError {
         path: String,
         source: std::io::Error,
     },
-    #[error("rendering JUnit: {0}")]
-    Junit(String),
 }
 
-/// A timed step of a run (a wait, an action), for trending.
+/// A timed step of a run (a wait, an action), for trending and for the timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepTiming {
     pub step: String,
+    /// From the start of the node's run to the start of this step.
+    #[serde(serialize_with = "seconds")]
+    pub started_after: Duration,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+}
+
+/// Who ran a node's verification and against what: the suite properties of its JUnit,
+/// so a report found later says which run, which cluster and which lock holder it was.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RunIdentity {
+    /// Names the run's probe pods and its lock holder.
+    pub run_id: String,
+    /// As the kubeconfig names it; absent when the run never needed the API.
+    pub api_server: Option<String>,
+    /// The kubeconfig context, or `in-cluster` for a service account's token.
+    pub context: Option<String>,
+    /// The holder identity written into the reboot lock's Lease, when the run took it.
+    pub lock_holder: Option<String>,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -57,6 +77,10 @@ pub struct NodeReport {
     pub ready_to_verdict: Option<Duration>,
     pub interrupted: bool,
     pub notes: Vec<String>,
+    pub run: RunIdentity,
+    /// The node's whole run, from its first step to its report.
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
 }
 
 impl NodeReport {
@@ -89,11 +113,7 @@ pub fn exit_code(reports: &[NodeReport]) -> u8 {
     }
 }
 
-fn junit_duration(duration: Duration) -> junit_report::Duration {
-    junit_report::Duration::milliseconds(duration.as_millis().min(i64::MAX as u128) as i64)
-}
-
-fn diagnosis_text(diagnosis: &Diagnosis) -> String {
+pub(crate) fn diagnosis_text(diagnosis: &Diagnosis) -> String {
     let mut text = format!("diagnosis: {}\n", diagnosis.root_cause);
     if !diagnosis.remediation.is_empty() {
         text.push_str("fix:\n");
@@ -137,65 +157,6 @@ fn observations_text(result: &CheckResult) -> String {
     text
 }
 
-pub fn junit(reports: &[NodeReport], suite_prefix: &str) -> junit_report::Report {
-    let mut report = junit_report::Report::new();
-    for node in reports {
-        // Everything below may carry text from the cluster or a node: attributes go
-        // through for_xml, CDATA through for_cdata, so no log line can break or forge
-        // the document.
-        let node_name = hostile::for_xml(&node.node);
-        let mut suite = junit_report::TestSuite::new(&format!("{suite_prefix} {node_name}"));
-        for result in &node.results {
-            let time = junit_duration(result.duration);
-            let name = result.name.as_str();
-            let mut case = match &result.verdict {
-                Verdict::Passed => junit_report::TestCase::success(name, time),
-                Verdict::Failed(message) => junit_report::TestCase::failure(
-                    name,
-                    time,
-                    "failure",
-                    &hostile::for_xml(message),
-                ),
-                Verdict::Error(message) => {
-                    // The kind goes in `type`, so a CI server can tell "forbidden" from
-                    // "unreachable" without parsing the message.
-                    let kind = result.error_kind.unwrap_or(crate::checks::ErrorKind::Error);
-                    junit_report::TestCase::error(
-                        name,
-                        time,
-                        kind.as_str(),
-                        &hostile::for_xml(message),
-                    )
-                }
-                Verdict::Skipped(why) => junit_report::TestCase::skipped_with_cause(
-                    name,
-                    "skipped",
-                    &hostile::for_xml(why),
-                ),
-            };
-            case.set_classname(&node_name);
-            case.set_system_out(&hostile::for_cdata(&evidence_text(result)));
-            suite.add_testcase(case);
-        }
-        let steps: Vec<String> = node
-            .steps
-            .iter()
-            .map(|s| format!("{}: {:.1}s", s.step, s.duration.as_secs_f64()))
-            .collect();
-        let mut out = format!("steps: {}\n", steps.join(", "));
-        if let Some(d) = node.ready_to_verdict {
-            out.push_str(&format!("node Ready → verdict: {:.1}s\n", d.as_secs_f64()));
-        }
-        for note in &node.notes {
-            out.push_str(note);
-            out.push('\n');
-        }
-        suite.set_system_out(&hostile::for_cdata(&out));
-        report.add_testsuite(suite);
-    }
-    report
-}
-
 /// Writes `contents` to `path` atomically.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ReportError> {
     let error = |source| ReportError::Write {
@@ -218,16 +179,52 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ReportError>
     Ok(())
 }
 
-pub fn write_junit(
-    path: &Path,
-    reports: &[NodeReport],
-    suite_prefix: &str,
-) -> Result<(), ReportError> {
-    let mut xml = Vec::new();
-    junit(reports, suite_prefix)
-        .write_xml(&mut xml)
-        .map_err(|e| ReportError::Junit(e.to_string()))?;
-    write_atomically(path, &xml)
+/// The report files a run was asked for, written together at every verdict.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFiles {
+    pub junit: Option<PathBuf>,
+    pub junit_dialect: JunitDialect,
+    pub json: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+    pub metrics: Option<PathBuf>,
+}
+
+impl ReportFiles {
+    /// Writes every asked-for report, each atomically, and says what it wrote.
+    ///
+    /// # Errors
+    /// A file could not be written; the ones before it were.
+    pub fn write(
+        &self,
+        reports: &[NodeReport],
+        rolling: Option<&RollingSummary>,
+        title: &str,
+    ) -> Result<Vec<String>, ReportError> {
+        let mut written = Vec::new();
+        if let Some(path) = &self.junit {
+            let xml = junit::document(reports, rolling, title, self.junit_dialect);
+            write_atomically(path, xml.as_bytes())?;
+            written.push(format!("JUnit: {}", path.display()));
+        }
+        if let Some(path) = &self.json {
+            let mut document = json_document(reports);
+            if let Some(summary) = rolling {
+                document["rolling"] = serde_json::to_value(summary).expect("a summary serialises");
+            }
+            let json = serde_json::to_vec_pretty(&document).expect("reports serialise");
+            write_atomically(path, &json)?;
+            written.push(format!("JSON: {}", path.display()));
+        }
+        if let Some(path) = &self.html {
+            write_atomically(path, html::document(reports, rolling, title).as_bytes())?;
+            written.push(format!("HTML: {}", path.display()));
+        }
+        if let Some(path) = &self.metrics {
+            write_atomically(path, metrics::exposition(reports, title).as_bytes())?;
+            written.push(format!("metrics: {}", path.display()));
+        }
+        Ok(written)
+    }
 }
 
 /// How far a rolling update got: its order, the node it stopped at (the first that did
@@ -261,67 +258,6 @@ impl RollingSummary {
             None => format!("rolling update {order}: every node passed"),
         }
     }
-
-    /// The summary testsuite: one testcase per node in order — passed, failed (the node
-    /// it stopped at) or skipped (not started) — so a CI server shows the rollout at a
-    /// glance and trends it.
-    pub fn junit_suite(&self, reports: &[NodeReport]) -> junit_report::TestSuite {
-        let mut suite = junit_report::TestSuite::new("postflight rolling");
-        for node in &self.order {
-            let report = reports.iter().find(|r| &r.node == node);
-            let mut case = match report {
-                None => junit_report::TestCase::skipped(node),
-                Some(report) if self.stopped_at.as_ref() == Some(node) => {
-                    let failing: Vec<&str> = report
-                        .results
-                        .iter()
-                        .filter(|r| !r.passed())
-                        .map(|r| r.name.as_str())
-                        .collect();
-                    let message = format!("the rollout stopped here: {}", failing.join(", "));
-                    junit_report::TestCase::failure(
-                        node,
-                        junit_duration(report.total()),
-                        "stopped",
-                        &message,
-                    )
-                }
-                Some(report) => {
-                    junit_report::TestCase::success(node, junit_duration(report.total()))
-                }
-            };
-            case.set_classname("rolling");
-            suite.add_testcase(case);
-        }
-        suite.set_system_out(&format!("{}\n", self.describe()));
-        suite
-    }
-}
-
-/// The JUnit of a rolling update: one testsuite per node verified, then the summary.
-pub fn write_junit_rolling(
-    path: &Path,
-    reports: &[NodeReport],
-    summary: &RollingSummary,
-) -> Result<(), ReportError> {
-    let mut junit = junit(reports, "postflight rolling");
-    junit.add_testsuite(summary.junit_suite(reports));
-    let mut xml = Vec::new();
-    junit
-        .write_xml(&mut xml)
-        .map_err(|e| ReportError::Junit(e.to_string()))?;
-    write_atomically(path, &xml)
-}
-
-pub fn write_json_rolling(
-    path: &Path,
-    reports: &[NodeReport],
-    summary: &RollingSummary,
-) -> Result<(), ReportError> {
-    let mut document = json_document(reports);
-    document["rolling"] = serde_json::to_value(summary).expect("a summary serialises");
-    let json = serde_json::to_vec_pretty(&document).expect("reports serialise");
-    write_atomically(path, &json)
 }
 
 /// The version of the JSON report's shape (`schema/report-v1.schema.json`).
@@ -335,11 +271,6 @@ pub fn json_document(reports: &[NodeReport]) -> serde_json::Value {
         "nodes": reports,
         "exit_code": exit_code(reports),
     })
-}
-
-pub fn write_json(path: &Path, reports: &[NodeReport]) -> Result<(), ReportError> {
-    let json = serde_json::to_vec_pretty(&json_document(reports)).expect("reports serialise");
-    write_atomically(path, &json)
 }
 
 /// The console summary: one line per check with ✔/✘/! and its time, then the evidence
@@ -496,11 +427,11 @@ fn shorten(message: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::checks::{CheckName, Evidence};
 
-    fn sample() -> Vec<NodeReport> {
+    pub(super) fn sample() -> Vec<NodeReport> {
         let mut failing = CheckResult::new(
             CheckName::RunDirPermissions,
             "k8s-worker-03",
@@ -532,18 +463,26 @@ mod tests {
             ],
             steps: vec![StepTiming {
                 step: "reboot".into(),
+                started_after: Duration::from_millis(200),
                 duration: Duration::from_secs(3),
             }],
             ready_to_verdict: Some(Duration::from_secs(4)),
             interrupted: false,
             notes: vec![],
+            run: RunIdentity {
+                run_id: "0badc0de".into(),
+                api_server: Some("https://198.18.0.1:6443/".into()),
+                context: Some("lab".into()),
+                lock_holder: Some("postflight@ci pid 7 run 0badc0de".into()),
+            },
+            elapsed: Duration::from_secs(9),
         }]
     }
 
     /// What a hostile pod or node can put into a report: a log line that ends CDATA and
     /// forges a testcase, XML-illegal control characters, terminal escape sequences that
     /// set the title and clear the screen, and a log far larger than any report needs.
-    fn hostile_reports() -> Vec<NodeReport> {
+    pub(super) fn hostile_reports() -> Vec<NodeReport> {
         let mut reports = sample();
         let result = &mut reports[0].results[1];
         result.details.push(
@@ -564,40 +503,6 @@ mod tests {
     }
 
     #[test]
-    fn hostile_text_neither_breaks_nor_forges_the_junit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("junit.xml");
-        write_junit(&path, &hostile_reports(), "postflight verify").unwrap();
-        let xml = std::fs::read_to_string(&path).unwrap();
-        let document = roxmltree::Document::parse(&xml).expect("the JUnit stays well-formed");
-        let names: Vec<&str> = document
-            .descendants()
-            .filter(|n| n.has_tag_name("testcase"))
-            .filter_map(|n| n.attribute("name"))
-            .collect();
-        assert!(!names.contains(&"forged_check"), "{names:?}");
-        assert_eq!(names.len(), 3, "{names:?}");
-        let out: String = document
-            .descendants()
-            .filter(|n| n.has_tag_name("system-out"))
-            .flat_map(|n| n.children().filter_map(|c| c.text()))
-            .collect();
-        assert!(
-            out.contains("]]></system-out></testcase><testcase name=\"forged_check\""),
-            "the line is kept, as text"
-        );
-        assert!(
-            out.contains("more bytes not shown"),
-            "the huge log is cut with a marker"
-        );
-        assert!(
-            xml.len() < 3 * crate::hostile::MAX_EVIDENCE_BYTES,
-            "{} bytes",
-            xml.len()
-        );
-    }
-
-    #[test]
     fn hostile_text_never_reaches_the_terminal_as_control_characters() {
         let text = console(&hostile_reports(), false);
         assert!(!text.contains('\u{1b}'), "{text}");
@@ -611,7 +516,12 @@ mod tests {
     fn hostile_text_keeps_the_json_well_formed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
-        write_json(&path, &hostile_reports()).unwrap();
+        ReportFiles {
+            json: Some(path.clone()),
+            ..ReportFiles::default()
+        }
+        .write(&hostile_reports(), None, "postflight verify")
+        .unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let details = json["nodes"][0]["results"][1]["details"].to_string();
@@ -620,7 +530,7 @@ mod tests {
 
     fn schema() -> jsonschema::Validator {
         let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../schema/report-v1.schema.json"))
+            serde_json::from_str(include_str!("../../schema/report-v1.schema.json"))
                 .expect("the schema is JSON");
         jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
     }
@@ -657,7 +567,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junit.xml");
-        write_junit(&path, &sample(), "postflight verify").unwrap();
+        ReportFiles {
+            junit: Some(path.clone()),
+            ..ReportFiles::default()
+        }
+        .write(&sample(), None, "postflight verify")
+        .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "{mode:o}");
     }
@@ -701,81 +616,6 @@ mod tests {
         let text = console(&reports, false);
         assert!(text.contains("calico_node_ready"), "{text}");
         assert!(!text.contains("none of the"), "{text}");
-    }
-
-    #[test]
-    fn junit_parses_back_with_the_right_names_counts_and_kinds() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out/junit.xml");
-        write_junit(&path, &sample(), "postflight verify").unwrap();
-        let xml = std::fs::read_to_string(&path).unwrap();
-        let document = roxmltree::Document::parse(&xml).expect("well-formed XML");
-        let suite = document
-            .descendants()
-            .find(|n| n.has_tag_name("testsuite"))
-            .unwrap();
-        assert_eq!(
-            suite.attribute("name"),
-            Some("postflight verify k8s-worker-03")
-        );
-        assert_eq!(
-            (
-                suite.attribute("tests"),
-                suite.attribute("failures"),
-                suite.attribute("errors")
-            ),
-            (Some("3"), Some("1"), Some("1"))
-        );
-        let cases: Vec<_> = suite
-            .children()
-            .filter(|n| n.has_tag_name("testcase"))
-            .collect();
-        let names: Vec<_> = cases.iter().map(|c| c.attribute("name").unwrap()).collect();
-        assert_eq!(
-            names,
-            [
-                "node_ready_after_reboot",
-                "run_dir_permissions",
-                "cross_node_pod_connectivity"
-            ]
-        );
-        assert!(cases
-            .iter()
-            .all(|c| c.attribute("classname") == Some("k8s-worker-03")));
-        let failure = cases[1]
-            .children()
-            .find(|n| n.has_tag_name("failure"))
-            .unwrap();
-        assert_eq!(
-            failure.attribute("message"),
-            Some("/var/run/calico is 700 0 0 & <bad>")
-        );
-        assert_eq!(cases[1].attribute("time"), Some("1.5"));
-        let out = cases[1]
-            .children()
-            .find(|n| n.has_tag_name("system-out"))
-            .unwrap()
-            .text()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            out.contains("observed 700 0 0 | expected 755 999 999"),
-            "{out}"
-        );
-        let error = cases[2]
-            .children()
-            .find(|n| n.has_tag_name("error"))
-            .expect("an <error>");
-        assert_eq!(
-            error.attribute("type"),
-            Some("timeout"),
-            "the kind, for CI to sort by"
-        );
-        assert!(!dir.path().join("out").read_dir().unwrap().any(|e| e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".tmp")));
     }
 
     #[test]
