@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh
 # What the report tests check JUnit, HTML and metrics with (xmllint, Chromium, promtool).
 bash ci/report-tools.sh
+# The real linters the pipeline templates are held to (actionlint, zizmor, ansible-lint,
+# GitLab's schema).
+bash ci/linters.sh
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
