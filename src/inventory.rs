@@ -232,6 +232,14 @@ pub struct ProbeSettings {
     /// The client run inside a probe pod; `{url}` and `{timeout_seconds}` are replaced.
     /// It must print the HTTP status code on stdout.
     pub client_command: Vec<String>,
+    /// The client `mesh` runs once in each probe pod to reach every other pod at once.
+    /// The word `{targets}` is replaced by `mesh_client_target` repeated for each target
+    /// (with its `{url}`); `{timeout_seconds}` as above. It must print one line per
+    /// target: the URL, the HTTP status (000 for none), the client's exit code (0 for
+    /// none) and its error message, separated by spaces, as curl's
+    /// `-w '%{url} %{http_code} %{exitcode} %{errormsg}\n'` does.
+    pub mesh_client_command: Vec<String>,
+    pub mesh_client_target: Vec<String>,
 }
 
 impl Default for ProbeSettings {
@@ -256,6 +264,23 @@ impl Default for ProbeSettings {
             ]
             .map(String::from)
             .to_vec(),
+            mesh_client_command: [
+                "curl",
+                "-sS",
+                "--parallel",
+                "--parallel-immediate",
+                "--parallel-max",
+                "64",
+                "--max-time",
+                "{timeout_seconds}",
+                "-w",
+                "%{url} %{http_code} %{exitcode} %{errormsg}\n",
+                "{targets}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            // Each target's body goes to /dev/null: curl's -o applies to one URL.
+            mesh_client_target: ["-o", "/dev/null", "{url}"].map(String::from).to_vec(),
         }
     }
 }
@@ -516,6 +541,30 @@ impl Inventory {
                 text,
                 "probe.client_command",
                 "probe.client_command must contain {url}".into(),
+            ));
+        }
+        if !self
+            .probe
+            .mesh_client_command
+            .iter()
+            .any(|w| w == "{targets}")
+        {
+            return Err(self.located(
+                text,
+                "probe.mesh_client_command",
+                "probe.mesh_client_command must have a word {targets}".into(),
+            ));
+        }
+        if !self
+            .probe
+            .mesh_client_target
+            .iter()
+            .any(|w| w.contains("{url}"))
+        {
+            return Err(self.located(
+                text,
+                "probe.mesh_client_target",
+                "probe.mesh_client_target must contain {url}".into(),
             ));
         }
         if self.ssh.known_hosts.as_os_str().is_empty() {

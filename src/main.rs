@@ -166,6 +166,12 @@ enum Command {
         #[arg(long, default_value = "postflight/postflight")]
         service_account: postflight::rbac::Subject,
     },
+    /// Check every ordered pair of the nodes' pods, rebooting nothing: one probe pod per
+    /// node, one exec per pod reaching all the others at once. For the nightly run.
+    Mesh {
+        #[command(flatten)]
+        reports: ReportFlags,
+    },
     /// Check every node, without rebooting any, for the state that breaks calico-node at
     /// its next boot: the tmpfiles.d entry, what the next boot will create, the live
     /// directory.
@@ -369,6 +375,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             runtime.block_on(rolling(inventory, request, Outputs::new(reports, display)))
         }
+        Command::Mesh { reports } => {
+            let inventory = match load_cluster_inventory(&flags) {
+                Ok(inventory) => inventory,
+                Err(code) => return Ok(code),
+            };
+            let runtime = match cluster_runtime(&inventory)? {
+                Ok(runtime) => runtime,
+                Err(code) => return Ok(code),
+            };
+            runtime.block_on(mesh(inventory, Outputs::new(reports, display)))
+        }
         Command::Drift { reports } => {
             let inventory = match load_cluster_inventory(&flags) {
                 Ok(inventory) => inventory,
@@ -475,6 +492,15 @@ async fn rolling(
     } else {
         code
     })
+}
+
+async fn mesh(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
+    let console = &Console::new(outputs.display);
+    let reports = cancellable(leftovers(&inventory, None), |cancel| async move {
+        gate::mesh(&inventory, console, &cancel).await
+    })
+    .await;
+    conclude(&reports, None, &outputs, "postflight mesh", console)
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {

@@ -112,8 +112,43 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
     let node = "k8s-worker-03";
     let inventory = lab.paths().inventory();
     lab.os_update(node, true).unwrap();
-    let run = verify(&inventory, node, true, reports.path());
+    let html = reports.path().join("incident.html");
+    let metrics = reports.path().join("incident.prom");
+    let run = verify_with(
+        &inventory,
+        node,
+        &[
+            "--reboot",
+            "--html",
+            html.to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ],
+        reports.path(),
+    );
     assert_eq!(run.code(), 1, "{}", run.describe());
+    // The page a person opens the next morning, as a browser builds it: the five failed
+    // checks, the pod pairs to and from the node marked, the phases on the timeline.
+    let dom = chromium_dom(&html, Some(&artifact("verify-incident.png")));
+    assert_eq!(dom.matches("class=\"check failed\"").count(), 5, "{dom}");
+    assert_eq!(count_attribute(&dom, "data-state", "failed"), 8, "{dom}");
+    for phase in [
+        "take the reboot lock",
+        "preflight: is the cluster whole?",
+        "issue the reboot",
+        "wait for the node to be Ready on a new boot",
+        "wait for calico-node Ready",
+        "probe pod connectivity",
+    ] {
+        assert!(dom.contains(phase), "{phase} on the timeline");
+    }
+    assert!(dom.contains("permission denied on /var/run/calico"));
+    assert_promtool_accepts(&metrics);
+    let exposition = std::fs::read_to_string(&metrics).unwrap();
+    assert!(exposition.contains(&format!(
+        "postflight_check_passed{{command=\"verify\",node=\"{node}\",check=\"run_dir_permissions\"}} 0"
+    )));
+    assert!(exposition.contains("postflight_reboot_duration_seconds{"));
 
     assert_eq!(
         run.verdict("node_ready_after_reboot"),

@@ -296,7 +296,7 @@ async fn probe_until_settled(
     }
 }
 
-fn probe_url(ip: &str, port: u16) -> String {
+pub(super) fn probe_url(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("http://[{ip}]:{port}/hostname")
     } else {

@@ -181,7 +181,7 @@ pub(super) struct Ledger {
 
 /// The refusal of a run whose identity lacks permissions: each missing one, and where to
 /// get them.
-fn missing_permissions(missing: &[crate::rbac::Access]) -> String {
+pub(super) fn missing_permissions(missing: &[crate::rbac::Access]) -> String {
     let list: Vec<String> = missing.iter().map(crate::rbac::Access::describe).collect();
     format!(
         "postflight may not {}: nothing was locked, cordoned or created; grant what `postflight rbac` prints (kubectl apply -f -)",

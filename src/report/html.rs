@@ -17,7 +17,9 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; } h3 { font-size: 15px; margin: 18px 0 6px; }
 .meta { color: #5b6475; } .meta code { color: #1d2330; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px; color: #fff; vertical-align: middle; }
-.passed { background: #1f883d; } .failed { background: #cf222e; } .error { background: #bf8700; } .skipped { background: #8c959f; } .flaky { background: #8250df; }
+.badge.passed, .legend i.passed { background: #1f883d; } .badge.failed, .legend i.failed { background: #cf222e; } .badge.error { background: #bf8700; } .badge.skipped { background: #8c959f; } .badge.flaky, .legend i.flaky { background: #8250df; }
+tr.check.failed td { background: #ffebe9; } tr.check.error td { background: #fff8c5; } tr.check.flaky td { background: #fbefff; }
+li.pair.failed { color: #a40e26; } li.pair.flaky { color: #6639ba; }
 section.node, section#heatmap, section#rolling { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 12px 18px 18px; margin: 18px 0; }
 .timeline { display: grid; grid-template-columns: 320px 1fr 70px; gap: 3px 10px; align-items: center; }
 .timeline .track { position: relative; height: 16px; background: #f0f2f5; border-radius: 3px; }
@@ -134,11 +136,12 @@ fn header(page: &mut String, reports: &[NodeReport], title: &str) {
             facts.push(format!("context <code>{}</code>", escape(context)));
         }
     }
-    let runs: Vec<String> = reports
+    let mut runs: Vec<String> = reports
         .iter()
         .map(|r| escape(&r.run.run_id))
         .filter(|id| !id.is_empty())
         .collect();
+    runs.dedup();
     if !runs.is_empty() {
         facts.push(format!("run <code>{}</code>", runs.join(" ")));
     }
@@ -197,10 +200,18 @@ fn heat_map(page: &mut String, pairs: &[&PairResult]) {
     };
     let _ = writeln!(
         page,
-        "<section id=\"heatmap\" data-nodes=\"{}\">\n<h2>Pod pairs</h2>\n<p class=\"legend\"><span><i class=\"passed\"></i>answered</span><span><i class=\"flaky\"></i>answered after a retry</span><span><i class=\"failed\"></i>failed</span><span><i style=\"background:#eaeef2\"></i>not probed</span> Rows send, columns receive; hover a cell for its evidence.</p>\n<table class=\"heatmap\">",
+        "<section id=\"heatmap\" data-nodes=\"{}\">\n<h2>Pod pairs</h2>\n<p class=\"legend\"><span><i class=\"passed\"></i>answered</span><span><i class=\"flaky\"></i>answered after a retry</span><span><i class=\"failed\"></i>failed</span><span><i style=\"background:#eaeef2\"></i>not probed</span> Rows send, columns receive; hover a cell for its evidence.</p>",
         nodes.len()
     );
-    page.push_str("<tr><th></th>");
+    let failed = pairs.iter().filter(|p| !p.passed).count();
+    let flaky = pairs.iter().filter(|p| p.flaky()).count();
+    let _ = writeln!(
+        page,
+        "<p id=\"pair-summary\" data-pairs=\"{}\" data-failed=\"{failed}\" data-flaky=\"{flaky}\">{} pod pairs: {failed} failed, {flaky} answered only after a retry.</p>",
+        pairs.len(),
+        pairs.len()
+    );
+    page.push_str("<table class=\"heatmap\">\n<tr><th></th>");
     for to in &nodes {
         let _ = write!(page, "<th class=\"to\">{}</th>", escape(to));
     }

@@ -15,7 +15,7 @@ const REBOOT_STEPS: [&str; 2] = [
 ];
 
 /// The step of `mesh` that probes every pair.
-pub(crate) const MESH_STEP: &str = "probe the pod mesh";
+pub const MESH_STEP: &str = "probe the pod mesh";
 
 pub fn exposition(reports: &[NodeReport], title: &str) -> String {
     let command = title.strip_prefix("postflight ").unwrap_or(title);

@@ -15,6 +15,7 @@ mod html;
 mod junit;
 mod metrics;
 pub use junit::Dialect as JunitDialect;
+pub use metrics::MESH_STEP;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

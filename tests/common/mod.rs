@@ -139,6 +139,7 @@ pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_na
     // Every run's reports are well-formed, whatever the verdict.
     roxmltree::Document::parse(&junit)
         .unwrap_or_else(|e| panic!("the JUnit does not parse ({e}):\n{junit}"));
+    assert_junit_follows_xunit_schema(&reports.join(format!("{report_name}-junit.xml")));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
         .expect("JSON parses");
     assert_follows_schema(&json);
@@ -147,6 +148,28 @@ pub fn run_postflight(inventory: &Path, args: &[&str], reports: &Path, report_na
         junit,
         json,
     }
+}
+
+/// A real run's JUnit is valid against the Jenkins xunit plugin's schema, which CI put
+/// in place (ci/report-tools.sh).
+pub fn assert_junit_follows_xunit_schema(junit: &Path) {
+    let schema = std::env::var_os("POSTFLIGHT_SCHEMA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/postflight-ci/schemas".into())
+        .join("junit-10.xsd");
+    let output = Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(&schema)
+        .arg(junit)
+        .output()
+        .expect("xmllint runs (sudo bash ci/report-tools.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{} rejects {}: {}",
+        schema.display(),
+        junit.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The JSON report of a real run follows the schema postflight publishes.
@@ -355,4 +378,82 @@ pub fn wait_for_node_down(lab: &Lab, node: &str) {
         assert!(started.elapsed().as_secs() < 60, "{node} never went down");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Loads an HTML report in a real headless Chromium (Debian's, installed by
+/// ci/report-tools.sh) and returns the DOM as the browser built it. With `screenshot`,
+/// also renders the page at 1400 px wide into that PNG, kept as a CI artifact.
+pub fn chromium_dom(html: &Path, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", html.canonicalize().unwrap().display());
+    // The flags keep Chromium off the network (the page must need none) and quiet.
+    let base = |command: &mut Command| {
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile.path().display()));
+    };
+    let mut dump = Command::new("chromium");
+    base(&mut dump);
+    let output = dump
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("chromium runs (sudo bash ci/report-tools.sh installs it)");
+    assert!(
+        output.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if let Some(png) = screenshot {
+        std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+        let mut shot = Command::new("chromium");
+        base(&mut shot);
+        let status = shot
+            .arg("--window-size=1400,2400")
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(&url)
+            .output()
+            .expect("chromium runs");
+        assert!(status.status.success() && png.exists(), "no screenshot");
+    }
+    String::from_utf8(output.stdout).expect("the DOM is UTF-8")
+}
+
+/// Where tests keep what CI should show besides their verdict: screenshots.
+pub fn artifact(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-artifacts")
+        .join(name)
+}
+
+/// promtool's lint of a metrics file, as node_exporter's textfile collector users run it.
+pub fn assert_promtool_accepts(metrics: &Path) {
+    let output = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(metrics).expect("metrics written"))
+        .output()
+        .expect("promtool runs (sudo bash ci/report-tools.sh installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
+
+/// How many elements of the DOM carry `attribute="value"`.
+pub fn count_attribute(dom: &str, attribute: &str, value: &str) -> usize {
+    dom.matches(&format!("{attribute}=\"{value}\"")).count()
 }
