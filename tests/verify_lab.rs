@@ -751,15 +751,7 @@ fn a_second_run_is_blocked_by_the_reboot_lock_and_names_its_holder() {
 
 /// GETs of Lease objects the API server has served, from its own metrics.
 fn lease_gets(lab: &postflight_lab::Lab) -> f64 {
-    kubectl(lab, &["get", "--raw", "/metrics"])
-        .lines()
-        .filter(|l| {
-            l.starts_with("apiserver_request_total{")
-                && l.contains("resource=\"leases\"")
-                && l.contains("verb=\"GET\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    api_requests(lab, &["resource=\"leases\"", "verb=\"GET\""])
 }
 
 /// Waiting for a lock someone else holds is a watch, not a poll: over a 5 s wait the

@@ -36,7 +36,8 @@ ul.evidence { margin: 4px 0; padding-left: 18px; } .fix { color: #0a3069; }
 table.heatmap { border-collapse: separate; border-spacing: 2px; }
 table.heatmap th { font-weight: 500; font-size: 12px; color: #5b6475; padding: 2px 6px; white-space: nowrap; }
 table.heatmap th.to { writing-mode: vertical-rl; transform: rotate(180deg); height: 120px; text-align: left; }
-table.heatmap td { width: 22px; height: 22px; border-radius: 3px; text-align: center; color: #fff; font-size: 12px; }
+table.heatmap td { width: var(--cell); height: var(--cell); padding: 0; border-radius: 3px; text-align: center; color: #fff; font-size: 11px; line-height: var(--cell); }
+.scroll { overflow-x: auto; }
 td.cell.passed { background: #2da44e; } td.cell.failed { background: #cf222e; } td.cell.flaky { background: #8250df; } td.cell.none { background: #eaeef2; }
 .legend span { margin-right: 14px; } .legend i { display: inline-block; width: 12px; height: 12px; border-radius: 2px; vertical-align: -1px; margin-right: 4px; }
 "#;
@@ -211,7 +212,12 @@ fn heat_map(page: &mut String, pairs: &[&PairResult]) {
         pairs.len(),
         pairs.len()
     );
-    page.push_str("<table class=\"heatmap\">\n<tr><th></th>");
+    // Cells shrink with the cluster, so that 64 nodes still fit 1400 px.
+    let cell = (1100 / nodes.len().max(1)).clamp(8, 22);
+    let _ = write!(
+        page,
+        "<div class=\"scroll\"><table class=\"heatmap\" style=\"--cell:{cell}px\">\n<tr><th></th>"
+    );
     for to in &nodes {
         let _ = write!(page, "<th class=\"to\">{}</th>", escape(to));
     }
@@ -241,7 +247,7 @@ fn heat_map(page: &mut String, pairs: &[&PairResult]) {
         }
         page.push_str("</tr>\n");
     }
-    page.push_str("</table>\n");
+    page.push_str("</table></div>\n");
     let failing: Vec<&&PairResult> = pairs.iter().filter(|p| !p.passed || p.flaky()).collect();
     if !failing.is_empty() {
         page.push_str("<h3>Pairs that failed or needed a retry</h3>\n<ul class=\"evidence\" id=\"failing-pairs\">\n");

@@ -457,3 +457,15 @@ pub fn assert_promtool_accepts(metrics: &Path) {
 pub fn count_attribute(dom: &str, attribute: &str, value: &str) -> usize {
     dom.matches(&format!("{attribute}=\"{value}\"")).count()
 }
+
+/// The API server's own count of requests (`apiserver_request_total`) whose labels
+/// contain every one of `labels`, e.g. `resource="pods"`, `subresource="exec"`.
+pub fn api_requests(lab: &Lab, labels: &[&str]) -> f64 {
+    kubectl(lab, &["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && labels.iter().all(|x| l.contains(x))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -87,8 +87,30 @@ fn calico_daemonset(profile: CalicoProfile) -> serde_json::Value {
     })
 }
 
+/// The kernel's ARP table is one table for every network namespace, and its default
+/// limit (1,024 entries) is what one real host needs. A lab node has a neighbour entry
+/// for every peer it speaks BGP to and every pod on it: 50 nodes need 2,450 for BGP
+/// alone, and past the limit new entries fail ("neighbor table overflow"), so sessions
+/// and pod traffic fail at random. The limits are raised, never lowered.
+const NEIGHBOUR_TABLE_LIMITS: [(&str, u64); 3] = [
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4_096),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 16_384),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 32_768),
+];
+
+fn raise_neighbour_table_limits() -> Result<()> {
+    for (path, wanted) in NEIGHBOUR_TABLE_LIMITS {
+        let current = io_context(std::fs::read_to_string(path), || format!("reading {path}"))?;
+        if current.trim().parse::<u64>().unwrap_or(0) < wanted {
+            write(Path::new(path), wanted.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the host side of the lab network: the bridge namespace and the host's veth.
 fn create_network(topology: &Topology) -> Result<()> {
+    raise_neighbour_table_limits()?;
     let bridge = topology.bridge_netns();
     system::run_args("ip", &["netns", "add", &bridge])?;
     system::netns_sh(

@@ -1185,52 +1185,59 @@ impl Runtime {
         let container_name = container["name"].as_str().unwrap_or_default().to_string();
         tokio::time::sleep(seconds("initialDelaySeconds", 0)).await;
         let (mut ready, mut failures) = (false, 0);
+        // Probing must cost next to nothing: a 50-node lab runs a probe per node every
+        // second. An exec probe goes to one runner process that stays in the container's
+        // namespaces; an HTTP probe is a socket opened in the node's network namespace by
+        // a thread, not a process.
+        let mut runner: Option<ProbeRunner> = None;
         loop {
-            let mut command = if let Some(exec) = probe["exec"]["command"].as_array() {
-                let argv: Vec<String> = exec
-                    .iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect();
-                let image = images::identify(&image_name).unwrap_or(Image::Shell);
-                let argv = images::map_binary(&image, argv, &self.lab_binary);
-                let mut command = tokio::process::Command::from(node::enter_command(
-                    &self.topology,
-                    &node,
-                    &sandbox.netns,
-                    &argv,
-                ));
-                command
-                    .env_clear()
-                    .envs(self.container_env(&pod, &container, &sandbox, &node));
-                command
+            let passed = if let Some(exec) = probe["exec"]["command"].as_array() {
+                if runner.is_none() {
+                    let argv: Vec<String> = exec
+                        .iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect();
+                    let image = images::identify(&image_name).unwrap_or(Image::Shell);
+                    let mut argv_with_runner = vec![
+                        self.lab_binary.display().to_string(),
+                        "probe-runner".to_string(),
+                    ];
+                    argv_with_runner.extend(images::map_binary(&image, argv, &self.lab_binary));
+                    let mut command = tokio::process::Command::from(node::enter_command(
+                        &self.topology,
+                        &node,
+                        &sandbox.netns,
+                        &argv_with_runner,
+                    ));
+                    command
+                        .env_clear()
+                        .envs(self.container_env(&pod, &container, &sandbox, &node));
+                    runner = ProbeRunner::start(command);
+                }
+                match runner.as_mut() {
+                    Some(active) => match active.probe(timeout).await {
+                        Some(passed) => passed,
+                        // Hung or gone: the next period starts a fresh one.
+                        None => {
+                            runner = None;
+                            false
+                        }
+                    },
+                    None => false,
+                }
             } else if let Some(port) = probe["httpGet"]["port"].as_u64() {
-                let path = probe["httpGet"]["path"].as_str().unwrap_or("/");
-                let url = format!("http://{}:{port}{path}", sandbox.ip);
-                let argv = [
-                    "curl",
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    &timeout.as_secs().to_string(),
-                    &url,
-                ]
-                .map(String::from);
-                tokio::process::Command::from(node::enter_command(
-                    &self.topology,
-                    &node,
+                let path = probe["httpGet"]["path"].as_str().unwrap_or("/").to_string();
+                http_get_in_netns(
                     &self.topology.node_netns(&node),
-                    &argv,
-                ))
+                    &sandbox.ip.to_string(),
+                    port as u16,
+                    &path,
+                    timeout,
+                )
+                .await
             } else {
                 return;
             };
-            command
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            let passed = matches!(tokio::time::timeout(timeout + Duration::from_secs(2), command.status()).await, Ok(Ok(s)) if s.success());
             failures = if passed { 0 } else { failures + 1 };
             ready = passed || (ready && failures < failure_threshold);
             self.set_container_status(&worker, &container_name, |s| s["ready"] = json!(ready));
@@ -1516,6 +1523,137 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, String> {
         .await
         .map_err(|e| format!("loading {}: {e}", path.display()))?;
     Client::try_from(config).map_err(|e| format!("a client from {}: {e}", path.display()))
+}
+
+/// An exec probe's command, run on request by a process that stays in the container's
+/// namespaces (`postflight-lab probe-runner`): one fork per probe instead of the chain
+/// that enters the namespaces. Dropping it kills it.
+struct ProbeRunner {
+    child: tokio::process::Child,
+    requests: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ProbeRunner {
+    fn start(mut command: tokio::process::Command) -> Option<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let requests = child.stdin.take()?;
+        let answers = tokio::io::BufReader::new(child.stdout.take()?).lines();
+        Some(ProbeRunner {
+            child,
+            requests,
+            answers,
+        })
+    }
+
+    /// Whether the command passed; `None` when the runner hung or died.
+    async fn probe(&mut self, timeout: Duration) -> Option<bool> {
+        use tokio::io::AsyncWriteExt;
+        self.requests.write_all(b"probe\n").await.ok()?;
+        let answer =
+            tokio::time::timeout(timeout + Duration::from_secs(1), self.answers.next_line());
+        match answer.await {
+            Ok(Ok(Some(code))) => Some(code.trim() == "0"),
+            _ => {
+                let _ = self.child.start_kill();
+                None
+            }
+        }
+    }
+}
+
+/// The runner's side: each line on stdin runs `argv` once and answers its exit code.
+///
+/// # Errors
+/// stdin or stdout failed: the kubelet went away.
+pub fn run_probes(argv: &[String]) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let stdout = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        line?;
+        let code = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|status| status.code().unwrap_or(1))
+            .unwrap_or(127);
+        let mut out = stdout.lock();
+        writeln!(out, "{code}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// An HTTP GET probe from the node's network namespace, as the kubelet sends it, with no
+/// process: a fresh thread enters the namespace, and the socket it opens stays there.
+/// Passed means a status from 200 to 399, as the kubelet counts it.
+async fn http_get_in_netns(
+    netns: &str,
+    ip: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> bool {
+    let (netns, ip, path) = (
+        PathBuf::from("/run/netns").join(netns),
+        ip.to_string(),
+        path.to_string(),
+    );
+    let (answer, passed) = tokio::sync::oneshot::channel();
+    // A thread of its own: setns changes the calling thread, which must not be one a
+    // runtime reuses.
+    std::thread::spawn(move || {
+        let _ = answer.send(http_get_from(&netns, &ip, port, &path, timeout).unwrap_or(false));
+    });
+    passed.await.unwrap_or(false)
+}
+
+fn http_get_from(
+    netns: &Path,
+    ip: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<bool> {
+    use std::io::{Read, Write};
+    let namespace = std::fs::File::open(netns)?;
+    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(std::io::Error::other)?;
+    let address: std::net::SocketAddr = (
+        ip.parse::<std::net::IpAddr>()
+            .map_err(std::io::Error::other)?,
+        port,
+    )
+        .into();
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/lab\r\n\r\n"
+    )?;
+    let mut head = [0u8; 16];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    let status = std::str::from_utf8(&head[..read])
+        .ok()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse::<u16>().ok());
+    Ok(matches!(status, Some(code) if (200..400).contains(&code)))
 }
 
 #[cfg(test)]

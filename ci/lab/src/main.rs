@@ -167,6 +167,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Runs an exec readiness probe's command each time a line arrives on stdin, and
+    /// answers with its exit code: started once in the container's namespaces, it spares
+    /// every probe the chain of processes that enters them.
+    #[command(hide = true)]
+    ProbeRunner {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<String>,
+    },
     /// The agnhost container (`agnhost netexec --http-port=N`).
     #[command(hide = true)]
     Agnhost {
@@ -423,6 +431,10 @@ fn run() -> anyhow::Result<ExitCode> {
                 postflight_lab::calico::run()
             };
             Ok(ExitCode::from(code as u8))
+        }
+        Command::ProbeRunner { argv } => {
+            postflight_lab::kubelet::run_probes(&argv)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Agnhost { args } => {
             let Some(first) = args.first() else {
