@@ -229,17 +229,14 @@ pub struct ProbeSettings {
     pub port: u16,
     /// The probe server's arguments; `{port}` is replaced by `port`.
     pub server_args: Vec<String>,
-    /// The client run inside a probe pod; `{url}` and `{timeout_seconds}` are replaced.
-    /// It must print the HTTP status code on stdout.
-    pub client_command: Vec<String>,
-    /// The client `mesh` runs once in each probe pod to reach every other pod at once.
-    /// The word `{targets}` is replaced by `mesh_client_target` repeated for each target
-    /// (with its `{url}`); `{timeout_seconds}` as above. It must print one line per
-    /// target: the URL, the HTTP status (000 for none), the client's exit code (0 for
-    /// none) and its error message, separated by spaces, as curl's
+    /// The client run once in a probe pod to reach all of its targets at once. The word
+    /// `{targets}` is replaced by `client_target` repeated for each target (with its
+    /// `{url}`); `{timeout_seconds}` and `{connect_timeout_seconds}` by the limits. It must
+    /// print one line per target: the URL, the HTTP status (000 for none), the client's
+    /// exit code (0 for none) and its error message, separated by spaces, as curl's
     /// `-w '%{url} %{http_code} %{exitcode} %{errormsg}\n'` does.
-    pub mesh_client_command: Vec<String>,
-    pub mesh_client_target: Vec<String>,
+    pub client_command: Vec<String>,
+    pub client_target: Vec<String>,
 }
 
 impl Default for ProbeSettings {
@@ -254,23 +251,12 @@ impl Default for ProbeSettings {
             client_command: [
                 "curl",
                 "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "{timeout_seconds}",
-                "{url}",
-            ]
-            .map(String::from)
-            .to_vec(),
-            mesh_client_command: [
-                "curl",
-                "-sS",
                 "--parallel",
                 "--parallel-immediate",
                 "--parallel-max",
                 "64",
+                "--connect-timeout",
+                "{connect_timeout_seconds}",
                 "--max-time",
                 "{timeout_seconds}",
                 "-w",
@@ -280,7 +266,7 @@ impl Default for ProbeSettings {
             .map(String::from)
             .to_vec(),
             // Each target's body goes to /dev/null: curl's -o applies to one URL.
-            mesh_client_target: ["-o", "/dev/null", "{url}"].map(String::from).to_vec(),
+            client_target: ["-o", "/dev/null", "{url}"].map(String::from).to_vec(),
         }
     }
 }
@@ -531,40 +517,18 @@ impl Inventory {
                 "calico.tmpfiles_file and calico.tmpfiles_line go together: set both to require the entry, or neither to judge the node's own".into(),
             ));
         }
-        if self
-            .probe
-            .client_command
-            .iter()
-            .all(|w| !w.contains("{url}"))
-        {
+        if !self.probe.client_command.iter().any(|w| w == "{targets}") {
             return Err(self.located(
                 text,
                 "probe.client_command",
-                "probe.client_command must contain {url}".into(),
+                "probe.client_command must have a word {targets}: the client reaches all of a pod's targets in one run (see probe.client_target)".into(),
             ));
         }
-        if !self
-            .probe
-            .mesh_client_command
-            .iter()
-            .any(|w| w == "{targets}")
-        {
+        if !self.probe.client_target.iter().any(|w| w.contains("{url}")) {
             return Err(self.located(
                 text,
-                "probe.mesh_client_command",
-                "probe.mesh_client_command must have a word {targets}".into(),
-            ));
-        }
-        if !self
-            .probe
-            .mesh_client_target
-            .iter()
-            .any(|w| w.contains("{url}"))
-        {
-            return Err(self.located(
-                text,
-                "probe.mesh_client_target",
-                "probe.mesh_client_target must contain {url}".into(),
+                "probe.client_target",
+                "probe.client_target must contain {url}".into(),
             ));
         }
         if self.ssh.known_hosts.as_os_str().is_empty() {
@@ -691,7 +655,7 @@ mod tests {
         "nodes:\n  - name: a\n    host: h\nprobe:\n  client_command: [\"curl\"]\n",
         5,
         3,
-        "must contain {url}"
+        "must have a word {targets}"
     )]
     #[case::no_known_hosts(
         "ssh:\n  user: admin\nnodes:\n  - name: a\n    host: h\n",

@@ -80,10 +80,10 @@ pub async fn start_probes(
 
 /// One directed probe of the plan.
 #[derive(Debug, Clone)]
-struct Pair {
-    from: ReadyProbe,
-    to: ReadyProbe,
-    same_node: bool,
+pub(super) struct Pair {
+    pub from: ReadyProbe,
+    pub to: ReadyProbe,
+    pub same_node: bool,
 }
 
 /// Runs the same-node and cross-node probes. Failed probes are retried until the
@@ -179,16 +179,23 @@ pub async fn check_connectivity(
         unrunnable.extend(same_unrunnable.iter().cloned());
     }
 
-    let deadline = Instant::now() + inventory.timeouts.connectivity;
-    let outcomes = probe_until_settled(
-        cluster,
-        inventory,
-        &fleet.namespace,
-        pairs,
-        calico_ready,
-        deadline,
-    )
-    .await;
+    // With calico-node Ready, a failed pair may be routes still arriving: it is tried
+    // again until the deadline. Without, the first answer is the verdict — waiting cannot
+    // fix it — and it comes fast.
+    let tries = if calico_ready {
+        Tries {
+            attempts: u32::MAX,
+            deadline: Instant::now() + inventory.timeouts.connectivity,
+            connect_timeout: PROBE_CONNECT_TIMEOUT,
+        }
+    } else {
+        Tries {
+            attempts: 1,
+            deadline: Instant::now(),
+            connect_timeout: PROBE_CONNECT_TIMEOUT_WHEN_BROKEN,
+        }
+    };
+    let outcomes = probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await;
     let (same, cross): (Vec<_>, Vec<_>) =
         outcomes.into_iter().partition(|(pair, _)| pair.same_node);
     let verdict =
@@ -249,38 +256,59 @@ pub async fn check_connectivity(
 }
 
 #[derive(Debug, Clone)]
-enum ProbeRun {
+pub(super) enum ProbeRun {
     Ran(ProbeOutcome),
     /// The exec itself failed (API error): nothing is known about the network.
     CouldNotRun(String),
 }
 
-async fn probe_until_settled(
+/// How many times a pair is tried, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tries {
+    /// Attempts at most (a failed pair is tried again after `PROBE_RETRY_PAUSE`).
+    pub attempts: u32,
+    /// No attempt starts after this.
+    pub deadline: Instant,
+    /// The client's connect timeout: short when a fatal signature already says the
+    /// network is broken, since a pod-to-pod SYN is answered in well under a millisecond.
+    pub connect_timeout: Duration,
+}
+
+/// Probes `pairs` until each answers or its tries run out. Each round is one exec per
+/// source pod, whose client reaches all of that pod's targets at once: the execs of a
+/// round grow with the pods, not with the pairs.
+pub(super) async fn probe_until_settled(
     cluster: &Cluster,
     inventory: &Inventory,
     namespace: &str,
     pairs: Vec<Pair>,
-    retry: bool,
-    deadline: Instant,
+    tries: Tries,
 ) -> Vec<(Pair, ProbeRun)> {
     let mut done: Vec<(Pair, ProbeRun)> = Vec::new();
     let mut pending: Vec<(Pair, Vec<String>)> =
         pairs.into_iter().map(|p| (p, Vec::new())).collect();
     loop {
-        let round = futures::stream::iter(pending.drain(..))
-            .map(|(pair, earlier)| async move {
-                let run = probe_once(cluster, inventory, namespace, &pair, earlier).await;
-                (pair, run)
+        let mut by_source: std::collections::BTreeMap<String, Vec<(Pair, Vec<String>)>> =
+            std::collections::BTreeMap::new();
+        for (pair, earlier) in pending.drain(..) {
+            by_source
+                .entry(pair.from.name.clone())
+                .or_default()
+                .push((pair, earlier));
+        }
+        let round = futures::stream::iter(by_source.into_values())
+            .map(|group| {
+                probe_from_one_pod(cluster, inventory, namespace, group, tries.connect_timeout)
             })
             .buffer_unordered(PROBE_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        for (pair, run) in round {
+        for (pair, run) in round.into_iter().flatten() {
             match run {
                 ProbeRun::Ran(outcome)
                     if !outcome.succeeded()
-                        && retry
-                        && Instant::now() + PROBE_RETRY_PAUSE < deadline =>
+                        && outcome.attempts < tries.attempts
+                        && Instant::now() + PROBE_RETRY_PAUSE < tries.deadline =>
                 {
                     let mut earlier = outcome.earlier_failures.clone();
                     earlier.push(outcome.pair_result().observed);
@@ -304,71 +332,137 @@ pub(super) fn probe_url(ip: &str, port: u16) -> String {
     }
 }
 
-async fn probe_once(
+/// One exec in the pairs' common source pod: the client reaching every target at once.
+async fn probe_from_one_pod(
     cluster: &Cluster,
     inventory: &Inventory,
     namespace: &str,
-    pair: &Pair,
-    earlier_failures: Vec<String>,
-) -> ProbeRun {
-    let url = probe_url(&pair.to.ip, inventory.probe.port);
-    let seconds = PROBE_ATTEMPT_TIMEOUT.as_secs().to_string();
-    let argv: Vec<String> = inventory
-        .probe
-        .client_command
+    group: Vec<(Pair, Vec<String>)>,
+    connect_timeout: Duration,
+) -> Vec<(Pair, ProbeRun)> {
+    let settings = &inventory.probe;
+    let source = group[0].0.from.name.clone();
+    let urls: Vec<String> = group
         .iter()
-        .map(|word| {
-            word.replace("{url}", &url)
-                .replace("{timeout_seconds}", &seconds)
-        })
+        .map(|(pair, _)| probe_url(&pair.to.ip, settings.port))
         .collect();
-    // The exec round trip gets the curl's own limit plus time for the API server.
+    let argv = client_argv(
+        &settings.client_command,
+        &settings.client_target,
+        &urls,
+        connect_timeout,
+        PROBE_ATTEMPT_TIMEOUT,
+    );
+    // The exec round trip gets the client's own limit plus time for the API server.
     let exec = tokio::time::timeout(
         PROBE_ATTEMPT_TIMEOUT * 3,
-        cluster.exec(namespace, &pair.from.name, &argv),
+        cluster.exec(namespace, &source, &argv),
     );
-    let result = match exec.await {
+    let failed_exec = |why: String| -> Vec<(Pair, ProbeRun)> {
+        group
+            .iter()
+            .map(|(pair, _)| (pair.clone(), ProbeRun::CouldNotRun(why.clone())))
+            .collect()
+    };
+    let output = match exec.await {
         Err(_) => {
-            return ProbeRun::CouldNotRun(format!(
+            return failed_exec(format!(
                 "exec did not finish within {:?}",
                 PROBE_ATTEMPT_TIMEOUT * 3
             ))
         }
-        Ok(Err(error)) => return ProbeRun::CouldNotRun(error.to_string()),
-        Ok(Ok(output)) if output.exit_code == 0 => match output.stdout.trim().parse::<u16>() {
-            Ok(code) => Ok(code),
-            Err(_) => Err(format!(
-                "the client printed {:?}, not an HTTP status",
-                output.stdout.trim()
-            )),
-        },
-        Ok(Ok(output)) => {
-            let said = output.stderr.trim();
-            Err(if said.is_empty() {
-                format!("exit {}", output.exit_code)
-            } else {
-                said.to_string()
-            })
-        }
+        Ok(Err(error)) => return failed_exec(error.to_string()),
+        Ok(Ok(output)) => output,
     };
-    ProbeRun::Ran(ProbeOutcome {
-        from_node: pair.from.node.clone(),
-        from_pod: pair.from.name.clone(),
-        to_node: pair.to.node.clone(),
-        to_pod: pair.to.name.clone(),
-        url,
-        result,
-        attempts: earlier_failures.len() as u32 + 1,
-        earlier_failures,
-    })
+    let results = parse_client_output(&output.stdout, &urls);
+    if results.iter().all(Option::is_none) {
+        let said = output.stderr.trim();
+        return failed_exec(format!(
+            "the probe client printed no result (exit {}){}",
+            output.exit_code,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {said}")
+            }
+        ));
+    }
+    group
+        .into_iter()
+        .zip(urls)
+        .zip(results)
+        .map(|(((pair, earlier), url), result)| {
+            let outcome = ProbeOutcome {
+                from_node: pair.from.node.clone(),
+                from_pod: pair.from.name.clone(),
+                to_node: pair.to.node.clone(),
+                to_pod: pair.to.name.clone(),
+                url,
+                result: result.unwrap_or_else(|| Err("the client printed no result for it".into())),
+                attempts: earlier.len() as u32 + 1,
+                earlier_failures: earlier,
+            };
+            (pair, ProbeRun::Ran(outcome))
+        })
+        .collect()
 }
 
-/// Up to this many directed pairs the preflight probes every ordered pair of nodes: 240
-/// pairs is a 16-node cluster, about 6 s of probes at `PROBE_CONCURRENCY`. Beyond it a
-/// full mesh grows with the square of the cluster (9,900 execs at 100 nodes, minutes
-/// before every single reboot) and the preflight switches to `preflight_pairs`' linear
-/// set.
-const FULL_MESH_PAIR_LIMIT: usize = 240;
+/// The client's argv: `{targets}` becomes the per-target words for every URL, and the
+/// timeouts are filled in (in seconds; curl takes fractions).
+fn client_argv(
+    command: &[String],
+    per_target: &[String],
+    urls: &[String],
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Vec<String> {
+    let seconds = |d: Duration| format!("{}", d.as_secs_f64());
+    let mut argv = Vec::new();
+    for word in command {
+        if word == "{targets}" {
+            for url in urls {
+                argv.extend(per_target.iter().map(|w| w.replace("{url}", url)));
+            }
+        } else {
+            argv.push(
+                word.replace("{timeout_seconds}", &seconds(timeout))
+                    .replace("{connect_timeout_seconds}", &seconds(connect_timeout)),
+            );
+        }
+    }
+    argv
+}
+
+/// One result per URL, in order, from lines of `URL STATUS EXIT MESSAGE`; `None` for a
+/// URL the client printed nothing about.
+fn parse_client_output(stdout: &str, urls: &[String]) -> Vec<Option<Result<u16, String>>> {
+    let mut results: Vec<Option<Result<u16, String>>> = vec![None; urls.len()];
+    for line in stdout.lines() {
+        let mut words = line.splitn(4, ' ');
+        let (Some(url), Some(status), Some(exit)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let message = words.next().unwrap_or("").trim();
+        let Some(index) = urls.iter().position(|u| u == url) else {
+            continue;
+        };
+        let result = match (status.parse::<u16>(), exit.parse::<u32>()) {
+            (Ok(code), Ok(0)) if code > 0 => Ok(code),
+            (_, Ok(exit)) if exit != 0 => Err(format!("curl: ({exit}) {message}")),
+            _ => Err(format!("no HTTP status: {line}")),
+        };
+        results[index] = Some(result);
+    }
+    results
+}
+
+/// Up to this many directed pairs the preflight probes every ordered pair of nodes:
+/// 4,032 pairs is a 64-node cluster, 64 execs with 63 targets each (on the lab, 2,450
+/// pairs of 50 nodes took about 2 s). Beyond it the connections of a full mesh grow with
+/// the square of the cluster (999,000 at 1,000 nodes, before every single reboot) and
+/// the preflight switches to `preflight_pairs`' linear set.
+const FULL_MESH_PAIR_LIMIT: usize = 64 * 63;
 
 /// The directed pairs, as indexes into `nodes`, that the preflight probes before `node`
 /// is rebooted. A cluster small enough gets the full mesh. A larger one gets, in 3(N−1)
@@ -431,9 +525,12 @@ pub(super) async fn mesh_problems(
             same_node: false,
         })
         .collect();
-    let deadline = Instant::now() + inventory.timeouts.connectivity;
-    for (pair, run) in
-        probe_until_settled(cluster, inventory, &fleet.namespace, pairs, false, deadline).await
+    let tries = Tries {
+        attempts: 1,
+        deadline: Instant::now(),
+        connect_timeout: PROBE_CONNECT_TIMEOUT,
+    };
+    for (pair, run) in probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await
     {
         match run {
             ProbeRun::Ran(outcome) if outcome.succeeded() => {}
@@ -467,10 +564,10 @@ mod tests {
 
     #[test]
     fn a_small_cluster_gets_every_ordered_pair() {
-        let nodes = names(16);
+        let nodes = names(64);
         let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         let pairs = preflight_pairs(&nodes, "node-003");
-        assert_eq!(pairs.len(), 16 * 15);
+        assert_eq!(pairs.len(), 64 * 63);
         let unique: std::collections::BTreeSet<_> = pairs.iter().collect();
         assert_eq!(unique.len(), pairs.len());
         assert!(pairs.iter().all(|(from, to)| from != to));
@@ -506,5 +603,59 @@ mod tests {
             "http://198.19.1.2:8080/hostname"
         );
         assert_eq!(probe_url("fd00::2", 8080), "http://[fd00::2]:8080/hostname");
+    }
+
+    #[test]
+    fn every_target_gets_its_own_output_words_and_the_timeouts_are_filled_in() {
+        let settings = crate::inventory::ProbeSettings::default();
+        let urls = vec![
+            "http://198.19.0.2:8080/hostname".to_string(),
+            "http://198.19.0.3:8080/hostname".to_string(),
+        ];
+        let argv = client_argv(
+            &settings.client_command,
+            &settings.client_target,
+            &urls,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        );
+        let joined = argv.join(" ");
+        assert!(joined.starts_with("curl -sS --parallel"), "{joined}");
+        assert!(joined.contains("--connect-timeout 0.5 "), "{joined}");
+        assert!(joined.contains("--max-time 5 "), "{joined}");
+        assert!(
+            joined.ends_with(
+                "-o /dev/null http://198.19.0.2:8080/hostname -o /dev/null http://198.19.0.3:8080/hostname"
+            ),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn the_client_output_gives_each_target_its_status_or_its_error() {
+        let urls: Vec<String> = [
+            "http://a:1/hostname",
+            "http://b:1/hostname",
+            "http://c:1/hostname",
+            "http://d:1/hostname",
+        ]
+        .map(String::from)
+        .to_vec();
+        let stdout = "http://b:1/hostname 000 28 Connection timed out after 5001 milliseconds\n\
+                      http://a:1/hostname 200 0 \n\
+                      http://c:1/hostname 000 7 Failed to connect to c port 1: Connection refused\n\
+                      garbage\n";
+        let results = parse_client_output(stdout, &urls);
+        assert_eq!(results[0], Some(Ok(200)));
+        assert_eq!(
+            results[1],
+            Some(Err(
+                "curl: (28) Connection timed out after 5001 milliseconds".into()
+            ))
+        );
+        assert!(
+            matches!(&results[2], Some(Err(e)) if e.starts_with("curl: (7) Failed to connect"))
+        );
+        assert_eq!(results[3], None, "nothing printed for d");
     }
 }

@@ -10,10 +10,6 @@ use super::*;
 /// The check `mesh` reports, once per node: its probe pod reaches every other node's.
 pub const MESH_CHECKS: [CheckName; 1] = [CheckName::PodMesh];
 
-/// Source pods probing at once: each is one exec stream through the API server, with
-/// its own parallel clients inside the pod.
-const MESH_EXEC_CONCURRENCY: usize = 16;
-
 /// Checks every ordered pair of nodes' probe pods. Returns one report per node of the
 /// inventory, in its order; the probe pods are deleted on every exit.
 pub async fn mesh(
@@ -135,164 +131,62 @@ async fn mesh_steps(
     })
 }
 
+/// Every ordered pair of ready probe pods on different nodes, each tried at most twice:
+/// a lost SYN is not a broken path, and a pair that needed the second try is flaky.
 async fn probe_every_pair(
     cluster: &Cluster,
     inventory: &Inventory,
     fleet: &ProbeFleet,
 ) -> Vec<(ReadyProbe, Result<Vec<ProbeOutcome>, String>)> {
-    futures::stream::iter(fleet.ready.iter())
-        .map(|source| async move {
-            let targets: Vec<&ReadyProbe> = fleet
+    let pairs: Vec<connectivity::Pair> = fleet
+        .ready
+        .iter()
+        .flat_map(|from| {
+            fleet
                 .ready
                 .iter()
-                .filter(|target| target.node != source.node)
-                .collect();
-            let first = probe_targets(cluster, inventory, &fleet.namespace, source, &targets).await;
-            let outcome = match first {
-                Err(why) => Err(why),
-                Ok(mut outcomes) => {
-                    // A failed pair gets one more try: a lost SYN is not a broken path.
-                    let failed: Vec<&ReadyProbe> = targets
-                        .iter()
-                        .zip(&outcomes)
-                        .filter(|(_, outcome)| !outcome.succeeded())
-                        .map(|(target, _)| *target)
-                        .collect();
-                    if !failed.is_empty() {
-                        tokio::time::sleep(PROBE_RETRY_PAUSE).await;
-                        if let Ok(again) =
-                            probe_targets(cluster, inventory, &fleet.namespace, source, &failed)
-                                .await
-                        {
-                            for retried in again {
-                                if let Some(first) =
-                                    outcomes.iter_mut().find(|o| o.to_pod == retried.to_pod)
-                                {
-                                    let earlier = first.pair_result().observed;
-                                    *first = ProbeOutcome {
-                                        attempts: 2,
-                                        earlier_failures: vec![earlier],
-                                        ..retried
-                                    };
-                                }
-                            }
-                        }
-                    }
-                    Ok(outcomes)
-                }
-            };
-            (source.clone(), outcome)
+                .filter(move |to| to.node != from.node)
+                .map(move |to| connectivity::Pair {
+                    from: from.clone(),
+                    to: to.clone(),
+                    same_node: false,
+                })
         })
-        .buffer_unordered(MESH_EXEC_CONCURRENCY)
-        .collect()
-        .await
-}
-
-/// One exec in `source`: the mesh client reaching every target at once.
-async fn probe_targets(
-    cluster: &Cluster,
-    inventory: &Inventory,
-    namespace: &str,
-    source: &ReadyProbe,
-    targets: &[&ReadyProbe],
-) -> Result<Vec<ProbeOutcome>, String> {
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let settings = &inventory.probe;
-    let urls: Vec<String> = targets
-        .iter()
-        .map(|t| connectivity::probe_url(&t.ip, settings.port))
         .collect();
-    let argv = mesh_argv(
-        &settings.mesh_client_command,
-        &settings.mesh_client_target,
-        &urls,
-        PROBE_ATTEMPT_TIMEOUT,
-    );
-    let exec = tokio::time::timeout(
-        PROBE_ATTEMPT_TIMEOUT * 3,
-        cluster.exec(namespace, &source.name, &argv),
-    );
-    let output = match exec.await {
-        Err(_) => {
-            return Err(format!(
-                "the mesh client in {} did not finish within {:?}",
-                source.name,
-                PROBE_ATTEMPT_TIMEOUT * 3
-            ))
-        }
-        Ok(Err(error)) => return Err(error.to_string()),
-        Ok(Ok(output)) => output,
+    let tries = connectivity::Tries {
+        attempts: 2,
+        deadline: Instant::now() + inventory.timeouts.connectivity,
+        connect_timeout: PROBE_CONNECT_TIMEOUT,
     };
-    let results = parse_mesh_output(&output.stdout, &urls);
-    if results.iter().all(Option::is_none) {
-        return Err(format!(
-            "the mesh client printed no result (exit {}): {}",
-            output.exit_code,
-            output.stderr.trim()
-        ));
-    }
-    Ok(targets
+    let runs =
+        connectivity::probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await;
+    fleet
+        .ready
         .iter()
-        .zip(urls)
-        .zip(results)
-        .map(|((target, url), result)| ProbeOutcome {
-            from_node: source.node.clone(),
-            from_pod: source.name.clone(),
-            to_node: target.node.clone(),
-            to_pod: target.name.clone(),
-            url,
-            result: result.unwrap_or_else(|| Err("the client printed no result for it".into())),
-            attempts: 1,
-            earlier_failures: Vec::new(),
-        })
-        .collect())
-}
-
-/// The mesh client's argv: `{targets}` becomes the per-target words for every URL.
-fn mesh_argv(
-    command: &[String],
-    per_target: &[String],
-    urls: &[String],
-    timeout: Duration,
-) -> Vec<String> {
-    let seconds = timeout.as_secs().to_string();
-    let mut argv = Vec::new();
-    for word in command {
-        if word == "{targets}" {
-            for url in urls {
-                argv.extend(per_target.iter().map(|w| w.replace("{url}", url)));
+        .map(|source| {
+            let mut outcomes = Vec::new();
+            let mut could_not_run = None;
+            for (pair, run) in runs
+                .iter()
+                .filter(|(pair, _)| pair.from.name == source.name)
+            {
+                match run {
+                    connectivity::ProbeRun::Ran(outcome) => outcomes.push(outcome.clone()),
+                    connectivity::ProbeRun::CouldNotRun(why) => {
+                        could_not_run =
+                            Some(format!("{} → {}: {why}", pair.from.name, pair.to.name));
+                    }
+                }
             }
-        } else {
-            argv.push(word.replace("{timeout_seconds}", &seconds));
-        }
-    }
-    argv
-}
-
-/// One result per URL, in order, from lines of `URL STATUS EXIT MESSAGE`; `None` for a
-/// URL the client printed nothing about.
-fn parse_mesh_output(stdout: &str, urls: &[String]) -> Vec<Option<Result<u16, String>>> {
-    let mut results: Vec<Option<Result<u16, String>>> = vec![None; urls.len()];
-    for line in stdout.lines() {
-        let mut words = line.splitn(4, ' ');
-        let (Some(url), Some(status), Some(exit)) = (words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        let message = words.next().unwrap_or("").trim();
-        let Some(index) = urls.iter().position(|u| u == url) else {
-            continue;
-        };
-        let result = match (status.parse::<u16>(), exit.parse::<u32>()) {
-            (Ok(code), Ok(0)) if code > 0 => Ok(code),
-            (_, Ok(exit)) if exit != 0 => Err(format!("curl: ({exit}) {message}")),
-            _ => Err(format!("no HTTP status: {line}")),
-        };
-        results[index] = Some(result);
-    }
-    results
+            // Inventory order of the targets, so reports read the same from night to night.
+            outcomes.sort_by_key(|o| fleet.ready.iter().position(|p| p.name == o.to_pod));
+            let result = match could_not_run {
+                Some(why) => Err(why),
+                None => Ok(outcomes),
+            };
+            (source.clone(), result)
+        })
+        .collect()
 }
 
 fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
@@ -384,62 +278,4 @@ fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
     result.pairs = outcomes.iter().map(ProbeOutcome::pair_result).collect();
     result.flaky = crate::checks::flaky_pairs(outcomes);
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_target_gets_its_own_output_words_and_the_timeout_is_filled_in() {
-        let settings = crate::inventory::ProbeSettings::default();
-        let urls = vec![
-            "http://198.19.0.2:8080/hostname".to_string(),
-            "http://198.19.0.3:8080/hostname".to_string(),
-        ];
-        let argv = mesh_argv(
-            &settings.mesh_client_command,
-            &settings.mesh_client_target,
-            &urls,
-            Duration::from_secs(5),
-        );
-        let joined = argv.join(" ");
-        assert!(joined.starts_with("curl -sS --parallel"), "{joined}");
-        assert!(joined.contains("--max-time 5 "), "{joined}");
-        assert!(joined.ends_with(
-            "-o /dev/null http://198.19.0.2:8080/hostname -o /dev/null http://198.19.0.3:8080/hostname"
-        ), "{joined}");
-        assert!(
-            !joined.contains('{') || joined.contains("%{url}"),
-            "{joined}"
-        );
-    }
-
-    #[test]
-    fn the_client_output_gives_each_target_its_status_or_its_error() {
-        let urls: Vec<String> = [
-            "http://a:1/hostname",
-            "http://b:1/hostname",
-            "http://c:1/hostname",
-            "http://d:1/hostname",
-        ]
-        .map(String::from)
-        .to_vec();
-        let stdout = "http://b:1/hostname 000 28 Connection timed out after 5001 milliseconds\n\
-                      http://a:1/hostname 200 0 \n\
-                      http://c:1/hostname 000 7 Failed to connect to c port 1: Connection refused\n\
-                      garbage\n";
-        let results = parse_mesh_output(stdout, &urls);
-        assert_eq!(results[0], Some(Ok(200)));
-        assert_eq!(
-            results[1],
-            Some(Err(
-                "curl: (28) Connection timed out after 5001 milliseconds".into()
-            ))
-        );
-        assert!(
-            matches!(&results[2], Some(Err(e)) if e.starts_with("curl: (7) Failed to connect"))
-        );
-        assert_eq!(results[3], None, "nothing printed for d");
-    }
 }

@@ -69,15 +69,26 @@ use recorder::{check_result, Recorder};
 pub use rolling::{plan as plan_rolling, rolling, RollingRequest};
 pub use verify::verify;
 
-/// How many curls run at once. Each is an exec stream through the API server; cilium-cli
-/// runs its connectivity scenarios with similar modest parallelism to stay polite to
-/// the control plane of a production cluster.
-const PROBE_CONCURRENCY: usize = 8;
+/// How many probe execs run at once (each reaches all of its pod's targets). Each is an
+/// exec stream through the API server; cilium-cli runs its connectivity scenarios with
+/// similar modest parallelism to stay polite to the control plane of a production
+/// cluster.
+const PROBE_CONCURRENCY: usize = 16;
 
 /// The longest one curl may take. Pod-to-pod traffic inside a cluster answers in
 /// milliseconds; five seconds tells a dropped packet from a slow one, and leaves room
 /// for retries inside the connectivity deadline.
 const PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The probe client's connect timeout while calico-node is Ready: a pod-to-pod SYN is
+/// answered in well under a millisecond, and two seconds leave room for one lost SYN to
+/// be sent again before the pair is tried anew.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The connect timeout once calico-node is known broken on the node (not Ready,
+/// crash-looping): the verdict is already failed, and the probes only say which pairs
+/// are cut, so they need not wait.
+const PROBE_CONNECT_TIMEOUT_WHEN_BROKEN: Duration = Duration::from_millis(500);
 
 /// Pause between retries of a failed probe while the network may still be converging
 /// (BGP routes arriving just after calico-node turns Ready).
