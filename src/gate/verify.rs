@@ -339,12 +339,24 @@ async fn verify_steps(
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
     };
-    let (same, cross) = recorder
-        .timed(
-            "probe pod connectivity",
-            check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
+    let connectivity = recorder.timed(
+        "probe pod connectivity",
+        check_connectivity(&cluster, inventory, &probes, fleet, calico_ready),
+    );
+    // With calico-node already failed, the node's routes and BGP state will be wanted
+    // for the diagnosis: they are read beside the probes, not after them.
+    let collect_network_state = || {
+        recorder.timed(
+            "collect the node's routes and BGP state",
+            node_network_state(&transport, calico),
         )
-        .await;
+    };
+    let ((same, cross), network_state) = if calico_ready {
+        (connectivity.await, None)
+    } else {
+        let (probed, state) = tokio::join!(connectivity, collect_network_state());
+        (probed, Some(state))
+    };
     let mut results = vec![
         calico_results.ready,
         calico_results.crashloop,
@@ -362,12 +374,10 @@ async fn verify_steps(
     });
     if network_broken {
         // What the node's routing looks like, for the reader and for the BGP signature.
-        let state = recorder
-            .timed(
-                "collect the node's routes and BGP state",
-                node_network_state(&transport, calico),
-            )
-            .await;
+        let state = match network_state {
+            Some(state) => state,
+            None => collect_network_state().await,
+        };
         if diagnosis.is_none() {
             if let Some(output) = state.bgp_output() {
                 let peers = host_state::bgp_peers(&cluster, inventory, node).await;
