@@ -166,15 +166,25 @@ pub trait Transport: Send + Sync {
     ) -> BoxFuture<'a, Result<RebootOutcome, HostError>>;
 }
 
+/// SSH to one node. Its clones share one session: a run's commands to a node go over
+/// one connection, each in a channel of its own, instead of a handshake and key
+/// authentication per command.
 #[derive(Clone)]
 pub struct SshTransport {
     target: SshTarget,
     timeout: Duration,
+    /// The open session, kept between commands; none until the first, and none again
+    /// after anything went wrong on it (a reboot, a timeout), so the next reconnects.
+    session: std::sync::Arc<std::sync::Mutex<Option<ssh2::Session>>>,
 }
 
 impl SshTransport {
     pub fn new(target: SshTarget, timeout: Duration) -> Self {
-        SshTransport { target, timeout }
+        SshTransport {
+            target,
+            timeout,
+            session: Default::default(),
+        }
     }
 
     /// Where this transport connects, as whom.
@@ -273,13 +283,30 @@ impl SshTransport {
     /// Blocking: exec one command and collect its output, or learn that the channel broke
     /// after the command was sent (what a reboot looks like).
     fn exec_blocking(&self, line: &str) -> Result<Execution, HostError> {
-        let session = self.connect()?;
-        let mut channel = session
-            .channel_session()
-            .map_err(|e| self.session_error(line, e))?;
-        channel
-            .exec(line)
-            .map_err(|e| self.session_error(line, e))?;
+        // One command at a time per node: libssh2 sessions are not for concurrent use.
+        let mut kept = self.session.lock().expect("ssh session lock");
+        let open = |session: &ssh2::Session| -> Result<ssh2::Channel, ssh2::Error> {
+            let mut channel = session.channel_session()?;
+            channel.exec(line)?;
+            Ok(channel)
+        };
+        let (session, mut channel) = match kept.take() {
+            // A kept session may have died with the node (a reboot closes it): one fresh
+            // connection then, verified and authenticated like the first.
+            Some(session) => match open(&session) {
+                Ok(channel) => (session, channel),
+                Err(_) => {
+                    let session = self.connect()?;
+                    let channel = open(&session).map_err(|e| self.session_error(line, e))?;
+                    (session, channel)
+                }
+            },
+            None => {
+                let session = self.connect()?;
+                let channel = open(&session).map_err(|e| self.session_error(line, e))?;
+                (session, channel)
+            }
+        };
         // As bytes: a node's files and tools may print anything, and invalid UTF-8 must
         // not turn a finished command into a broken connection.
         let mut stdout = Vec::new();
@@ -302,11 +329,15 @@ impl SshTransport {
             return Ok(Execution::Dropped(e.to_string()));
         }
         match channel.exit_status() {
-            Ok(exit_status) => Ok(Execution::Finished(CommandOutput {
-                stdout,
-                stderr,
-                exit_status,
-            })),
+            Ok(exit_status) => {
+                // Only a session that just carried a whole command is kept for the next.
+                *kept = Some(session);
+                Ok(Execution::Finished(CommandOutput {
+                    stdout,
+                    stderr,
+                    exit_status,
+                }))
+            }
             Err(e) => Ok(Execution::Dropped(e.to_string())),
         }
     }
