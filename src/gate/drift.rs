@@ -4,10 +4,11 @@
 use super::host_state::{command_error, host_error, merged_tmpfiles_command};
 use super::*;
 
-/// How many nodes the drift check reads at once. Each is one SSH connection and three
-/// short commands; eight keeps a large cluster's sweep quick without a thundering herd on
-/// a bastion or on sshd's MaxStartups (10 by default).
-const DRIFT_CONCURRENCY: usize = 8;
+/// How many nodes the drift check reads at once. Each is one SSH connection to its own
+/// node's sshd (so sshd's MaxStartups, per server, is never near) carrying a few short
+/// commands, on a blocking thread while it waits. With 64, a 50-node sweep is one wave,
+/// and a node that does not answer holds one slot for its own deadline and no more.
+const DRIFT_CONCURRENCY: usize = 64;
 
 /// The checks of `drift`, in report order.
 pub const DRIFT_CHECKS: [CheckName; 3] = [
