@@ -104,7 +104,26 @@ impl ControlPlanePaths {
     pub fn pods_dir(&self) -> PathBuf {
         self.dir.join("kubelet-pods")
     }
+    pub fn audit_policy(&self) -> PathBuf {
+        self.dir.join("audit-policy.yaml")
+    }
+    /// Every request postflight's ServiceAccount makes, one JSON event per line: what the
+    /// benchmark counts requests per run from, since the API server's own request metrics
+    /// cannot tell postflight from the lab's kubelets and controllers.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("postflight-audit.log")
+    }
 }
+
+/// Audits postflight's own ServiceAccount at Metadata level and nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    users: [\"system:serviceaccount:postflight:postflight\"]
+  - level: None
+";
 
 /// A kubeconfig whose user authenticates with a client certificate from the lab CA.
 pub fn certificate_kubeconfig(
@@ -257,6 +276,7 @@ impl ControlPlane {
             "creating the kubelets' pod directory".into()
         })?;
         write(&paths.admission_config(), ADMISSION_CONFIG)?;
+        write(&paths.audit_policy(), AUDIT_POLICY)?;
         let ports = Ports::pick(topology)?;
         let server = format!("https://{}:{}", topology.host_ip(), ports.apiserver);
         let ca_pem = read(&pki.ca_cert())?;
@@ -324,6 +344,9 @@ impl ControlPlane {
                     "--admission-control-config-file={}",
                     p(paths.admission_config())
                 ),
+                format!("--audit-policy-file={}", p(paths.audit_policy())),
+                format!("--audit-log-path={}", p(paths.audit_log())),
+                "--audit-log-format=json".into(),
                 "--allow-privileged=true".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!(
