@@ -196,6 +196,10 @@ fn not_ready_reason(pod: Option<&Pod>) -> String {
     }
 }
 
+/// Probe pods created at once: polite to the API server, and a 50-node plan in a few
+/// round trips.
+const CREATE_CONCURRENCY: usize = 16;
+
 impl Cluster {
     /// Creates the probe pods (in the inventory's probe namespace, created if missing).
     /// A pod the API refuses is recorded as broken; the others go on.
@@ -208,13 +212,26 @@ impl Cluster {
         run_id: &str,
         requests: &[ProbeRequest],
     ) -> Result<Vec<(ProbeRequest, String)>, ClusterError> {
+        use futures::StreamExt;
         self.ensure_namespace(&settings.namespace).await?;
-        let mut refused = Vec::new();
-        for request in requests {
-            if let Err(error) = self.create_pod(&probe_pod(settings, run_id, request)).await {
-                refused.push((request.clone(), error.to_string()));
-            }
-        }
+        // At once, not one after another: a 50-node plan is 51 round trips otherwise.
+        let refused = futures::stream::iter(requests)
+            .map(|request| async move {
+                match self.create_pod(&probe_pod(settings, run_id, request)).await {
+                    Ok(_) => None,
+                    // This run's pod is there already: the preflight made it, and it
+                    // serves the checks after the reboot too.
+                    Err(ClusterError::Api {
+                        source: kube::Error::Api(status),
+                        ..
+                    }) if status.code == 409 => None,
+                    Err(error) => Some((request.clone(), error.to_string())),
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
         Ok(refused)
     }
 

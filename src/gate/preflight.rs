@@ -63,30 +63,57 @@ pub(super) async fn cluster_problems(
         // only add noise to the refusal.
         return problems;
     }
+    // The other nodes' probe pods carry the run's own id and stay: after the reboot they
+    // are the far ends of the node's cross-node probes, already Ready. Only the node's
+    // own pod is the preflight's, since the reboot takes it down anyway.
     let preflight_run = preflight_run_id(run_id);
-    let requests = inventory
+    let others: Vec<ProbeRequest> = inventory
         .node_names()
         .iter()
+        .filter(|name| *name != node)
         .map(|name| ProbeRequest {
-            name: probe_pod_name(&preflight_run, name, 0),
+            name: probe_pod_name(run_id, name, 0),
             node: name.clone(),
         })
         .collect();
-    let plan = ProbePlan {
+    let kept = ProbePlan {
+        run_id: run_id.into(),
+        node: node.into(),
+        requests: others,
+    };
+    let own = ProbePlan {
         run_id: preflight_run.clone(),
         node: node.into(),
-        requests,
+        requests: vec![ProbeRequest {
+            name: probe_pod_name(&preflight_run, node, 0),
+            node: node.into(),
+        }],
     };
-    match start_probes(cluster, inventory, &plan).await {
-        Ok(fleet) => problems.extend(mesh_problems(cluster, inventory, node, fleet).await),
-        Err(error) => problems.push(format!("probe pods could not be created: {error}")),
+    let (kept_fleet, own_fleet) = tokio::join!(
+        start_probes(cluster, inventory, &kept),
+        start_probes(cluster, inventory, &own)
+    );
+    match (kept_fleet, own_fleet) {
+        (Ok(mut fleet), Ok(own)) => {
+            fleet.ready.extend(own.ready);
+            fleet.broken.extend(own.broken);
+            // Inventory order, so the preflight's pairs are the same from run to run.
+            let order = inventory.node_names();
+            fleet
+                .ready
+                .sort_by_key(|probe| order.iter().position(|n| *n == probe.node));
+            problems.extend(mesh_problems(cluster, inventory, node, fleet).await);
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            problems.push(format!("probe pods could not be created: {error}"))
+        }
     }
     if let Err(error) = cluster
         .delete_probes(&inventory.probe.namespace, &[&preflight_run])
         .await
     {
         problems.push(format!(
-            "the preflight's probe pods were not deleted: {error}"
+            "the preflight's probe pod was not deleted: {error}"
         ));
     }
     problems
