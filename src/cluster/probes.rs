@@ -212,10 +212,25 @@ impl Cluster {
         run_id: &str,
         requests: &[ProbeRequest],
     ) -> Result<Vec<(ProbeRequest, String)>, ClusterError> {
-        use futures::StreamExt;
         self.ensure_namespace(&settings.namespace).await?;
+        // The run's pods that exist already (the preflight's, kept for after the reboot)
+        // are listed in one request rather than refused one by one.
+        let selector = format!("{RUN_LABEL}={run_id}");
+        let existing: std::collections::BTreeSet<String> = self
+            .pods(&settings.namespace)
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(api_error(format!(
+                "listing the probe pods of run {run_id} in {}",
+                settings.namespace
+            )))?
+            .items
+            .into_iter()
+            .filter_map(|pod| pod.metadata.name)
+            .collect();
+        let missing = requests.iter().filter(|r| !existing.contains(&r.name));
         // At once, not one after another: a 50-node plan is 51 round trips otherwise.
-        let refused = futures::stream::iter(requests)
+        let refused = futures::stream::iter(missing)
             .map(|request| async move {
                 match self.create_pod(&probe_pod(settings, run_id, request)).await {
                     Ok(_) => None,
