@@ -285,28 +285,33 @@ impl SshTransport {
     fn exec_blocking(&self, line: &str) -> Result<Execution, HostError> {
         // One command at a time per node: libssh2 sessions are not for concurrent use.
         let mut kept = self.session.lock().expect("ssh session lock");
-        let open = |session: &ssh2::Session| -> Result<ssh2::Channel, ssh2::Error> {
-            let mut channel = session.channel_session()?;
-            channel.exec(line)?;
-            Ok(channel)
-        };
         let (session, mut channel) = match kept.take() {
             // A kept session may have died with the node (a reboot closes it): one fresh
-            // connection then, verified and authenticated like the first.
-            Some(session) => match open(&session) {
+            // connection then, verified and authenticated like the first. Only opening
+            // the channel is retried: nothing has been sent to the node yet.
+            Some(session) => match session.channel_session() {
                 Ok(channel) => (session, channel),
                 Err(_) => {
                     let session = self.connect()?;
-                    let channel = open(&session).map_err(|e| self.session_error(line, e))?;
+                    let channel = session
+                        .channel_session()
+                        .map_err(|e| self.session_error(line, e))?;
                     (session, channel)
                 }
             },
             None => {
                 let session = self.connect()?;
-                let channel = open(&session).map_err(|e| self.session_error(line, e))?;
+                let channel = session
+                    .channel_session()
+                    .map_err(|e| self.session_error(line, e))?;
                 (session, channel)
             }
         };
+        // A failed exec may still have reached the node (a reboot that kills sshd before
+        // it answers): a session error, never a connection that was not made.
+        channel
+            .exec(line)
+            .map_err(|e| self.session_error(line, e))?;
         // As bytes: a node's files and tools may print anything, and invalid UTF-8 must
         // not turn a finished command into a broken connection.
         let mut stdout = Vec::new();

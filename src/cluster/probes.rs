@@ -216,9 +216,10 @@ impl Cluster {
         // The run's pods that exist already (the preflight's, kept for after the reboot)
         // are listed in one request rather than refused one by one.
         let selector = format!("{RUN_LABEL}={run_id}");
-        let existing: std::collections::BTreeSet<String> = self
+        // Pod name → the node it is bound to.
+        let existing: BTreeMap<String, String> = self
             .pods(&settings.namespace)
-            .list_metadata(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(&selector))
             .await
             .map_err(api_error(format!(
                 "listing the probe pods of run {run_id} in {}",
@@ -226,27 +227,41 @@ impl Cluster {
             )))?
             .items
             .into_iter()
-            .filter_map(|pod| pod.metadata.name)
+            .filter_map(|pod| {
+                let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
+                pod.metadata.name.map(|name| (name, node))
+            })
             .collect();
-        let missing = requests.iter().filter(|r| !existing.contains(&r.name));
+        let mut refused = Vec::new();
+        let mut missing = Vec::new();
+        for request in requests {
+            match existing.get(&request.name) {
+                None => missing.push(request),
+                Some(node) if *node == request.node => {}
+                // Two node names that a pod name cannot tell apart: never let one node's
+                // pod stand in for another's.
+                Some(node) => refused.push((
+                    request.clone(),
+                    format!(
+                        "probe pod {} of this run is bound to {node}, not {}",
+                        request.name, request.node
+                    ),
+                )),
+            }
+        }
         // At once, not one after another: a 50-node plan is 51 round trips otherwise.
-        let refused = futures::stream::iter(missing)
+        let created: Vec<(ProbeRequest, String)> = futures::stream::iter(missing)
             .map(|request| async move {
-                match self.create_pod(&probe_pod(settings, run_id, request)).await {
-                    Ok(_) => None,
-                    // This run's pod is there already: the preflight made it, and it
-                    // serves the checks after the reboot too.
-                    Err(ClusterError::Api {
-                        source: kube::Error::Api(status),
-                        ..
-                    }) if status.code == 409 => None,
-                    Err(error) => Some((request.clone(), error.to_string())),
-                }
+                self.create_pod(&probe_pod(settings, run_id, request))
+                    .await
+                    .err()
+                    .map(|error| (request.clone(), error.to_string()))
             })
             .buffer_unordered(CREATE_CONCURRENCY)
             .filter_map(std::future::ready)
             .collect()
             .await;
+        refused.extend(created);
         Ok(refused)
     }
 

@@ -262,6 +262,9 @@ pub(super) enum ProbeRun {
     CouldNotRun(String),
 }
 
+/// How many targets the default probe client reaches at once (`--parallel-max`).
+const CLIENT_PARALLELISM: usize = 64;
+
 /// How many times a pair is tried, and for how long.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tries {
@@ -287,6 +290,10 @@ pub(super) async fn probe_until_settled(
     let mut done: Vec<(Pair, ProbeRun)> = Vec::new();
     let mut pending: Vec<(Pair, Vec<String>)> =
         pairs.into_iter().map(|p| (p, Vec::new())).collect();
+    // The last failure each retried pair saw: if a retry cannot even run, that failure
+    // still stands, rather than becoming "could not run".
+    let mut last_failure: std::collections::HashMap<(String, String), ProbeOutcome> =
+        std::collections::HashMap::new();
     loop {
         let mut by_source: std::collections::BTreeMap<String, Vec<(Pair, Vec<String>)>> =
             std::collections::BTreeMap::new();
@@ -304,6 +311,7 @@ pub(super) async fn probe_until_settled(
             .collect::<Vec<_>>()
             .await;
         for (pair, run) in round.into_iter().flatten() {
+            let key = (pair.from.name.clone(), pair.to.name.clone());
             match run {
                 ProbeRun::Ran(outcome)
                     if !outcome.succeeded()
@@ -312,7 +320,12 @@ pub(super) async fn probe_until_settled(
                 {
                     let mut earlier = outcome.earlier_failures.clone();
                     earlier.push(outcome.pair_result().observed);
+                    last_failure.insert(key, outcome);
                     pending.push((pair, earlier));
+                }
+                ProbeRun::CouldNotRun(_) if last_failure.contains_key(&key) => {
+                    let failed = last_failure.remove(&key).expect("checked");
+                    done.push((pair, ProbeRun::Ran(failed)));
                 }
                 run => done.push((pair, run)),
             }
@@ -353,11 +366,11 @@ async fn probe_from_one_pod(
         connect_timeout,
         PROBE_ATTEMPT_TIMEOUT,
     );
-    // The exec round trip gets the client's own limit plus time for the API server.
-    let exec = tokio::time::timeout(
-        PROBE_ATTEMPT_TIMEOUT * 3,
-        cluster.exec(namespace, &source, &argv),
-    );
+    // The exec gets the client's own limit for each wave of targets it runs at once,
+    // plus time for the API server: a pod with a thousand targets is not cut short.
+    let waves = urls.len().div_ceil(CLIENT_PARALLELISM).max(1) as u32;
+    let exec_deadline = PROBE_ATTEMPT_TIMEOUT * (waves + 2);
+    let exec = tokio::time::timeout(exec_deadline, cluster.exec(namespace, &source, &argv));
     let failed_exec = |why: String| -> Vec<(Pair, ProbeRun)> {
         group
             .iter()
@@ -365,12 +378,7 @@ async fn probe_from_one_pod(
             .collect()
     };
     let output = match exec.await {
-        Err(_) => {
-            return failed_exec(format!(
-                "exec did not finish within {:?}",
-                PROBE_ATTEMPT_TIMEOUT * 3
-            ))
-        }
+        Err(_) => return failed_exec(format!("exec did not finish within {exec_deadline:?}")),
         Ok(Err(error)) => return failed_exec(error.to_string()),
         Ok(Ok(output)) => output,
     };

@@ -36,13 +36,14 @@ pub async fn reboot_node(
     node: &str,
 ) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
     let recorder = Recorder::new(node, &Quiet, &CheckName::for_verify(true));
+    let run_id = new_run_id();
     let baseline = preflight_then_reboot(
         inventory,
         cluster,
         transport,
         node,
         &recorder,
-        &new_run_id(),
+        &run_id,
         RebootOptions {
             calico,
             force: false,
@@ -51,6 +52,22 @@ pub async fn reboot_node(
         },
     )
     .await;
+    // The preflight keeps the other nodes' probe pods for a verify's checks after the
+    // reboot; a caller that only reboots has no use for them.
+    let runs = [run_id.as_str()];
+    let cleanup = tokio::time::timeout(
+        CLEANUP_TIMEOUT,
+        verify::while_unreachable(cluster, || {
+            cluster.delete_probes(&inventory.probe.namespace, &runs)
+        }),
+    );
+    if !matches!(cleanup.await, Ok(Ok(()))) {
+        recorder.note(format!(
+            "the preflight's probe pods (run {run_id}) were not deleted: `kubectl -n {} delete pod -l {}={run_id}`",
+            inventory.probe.namespace,
+            cluster::probes::RUN_LABEL
+        ));
+    }
     let (results, steps) = recorder.into_parts();
     (results, steps, baseline)
 }

@@ -1556,7 +1556,8 @@ impl ProbeRunner {
     /// Whether the command passed; `None` when the runner hung or died.
     async fn probe(&mut self, timeout: Duration) -> Option<bool> {
         use tokio::io::AsyncWriteExt;
-        self.requests.write_all(b"probe\n").await.ok()?;
+        let line = format!("{}\n", timeout.as_millis());
+        self.requests.write_all(line.as_bytes()).await.ok()?;
         let answer =
             tokio::time::timeout(timeout + Duration::from_secs(1), self.answers.next_line());
         match answer.await {
@@ -1569,7 +1570,9 @@ impl ProbeRunner {
     }
 }
 
-/// The runner's side: each line on stdin runs `argv` once and answers its exit code.
+/// The runner's side: each line on stdin (the probe's timeout in milliseconds) runs
+/// `argv` once and answers its exit code; a command still running at the timeout is
+/// killed, as the kubelet kills a probe that overran, and fails.
 ///
 /// # Errors
 /// stdin or stdout failed: the kubelet went away.
@@ -1577,15 +1580,30 @@ pub fn run_probes(argv: &[String]) -> std::io::Result<()> {
     use std::io::{BufRead, Write};
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
-        line?;
-        let code = std::process::Command::new(&argv[0])
+        let timeout = Duration::from_millis(line?.trim().parse().unwrap_or(1000));
+        let code = match std::process::Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status()
-            .map(|status| status.code().unwrap_or(1))
-            .unwrap_or(127);
+            .spawn()
+        {
+            Err(_) => 127,
+            Ok(mut child) => {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    match child.try_wait()? {
+                        Some(status) => break status.code().unwrap_or(1),
+                        None if Instant::now() >= deadline => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break 124;
+                        }
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }
+        };
         let mut out = stdout.lock();
         writeln!(out, "{code}")?;
         out.flush()?;
@@ -1614,7 +1632,8 @@ async fn http_get_in_netns(
     std::thread::spawn(move || {
         let _ = answer.send(http_get_from(&netns, &ip, port, &path, timeout).unwrap_or(false));
     });
-    passed.await.unwrap_or(false)
+    // One deadline for the whole probe, whatever the socket's own timeouts allow.
+    matches!(tokio::time::timeout(timeout, passed).await, Ok(Ok(true)))
 }
 
 fn http_get_from(
