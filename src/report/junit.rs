@@ -16,7 +16,7 @@
 //! Every string from the cluster or a node goes through `hostile::for_xml` and is
 //! escaped here, so no log line can break or forge the document.
 
-use super::{diagnosis_text, NodeReport, RollingSummary};
+use super::{details_text, diagnosis_text, evidence_lines, NodeReport, RollingSummary};
 use crate::checks::{CheckResult, ErrorKind, Verdict};
 use crate::hostile;
 use k8s_openapi::jiff::Timestamp;
@@ -284,30 +284,11 @@ fn outcome(children: &mut String, element: &str, message: &str, kind: &str, body
 /// What a reader of a failure needs first: each observation against its expectation,
 /// then the diagnosis and the commands that fix it.
 fn body(result: &CheckResult) -> String {
-    let mut body = String::new();
-    for evidence in &result.evidence {
-        let _ = writeln!(
-            body,
-            "{}: observed {} | expected {}",
-            evidence.what, evidence.observed, evidence.expected
-        );
-    }
+    let mut body = evidence_lines(result);
     if let Some(diagnosis) = &result.diagnosis {
         body.push_str(&diagnosis_text(diagnosis));
     }
     body
-}
-
-/// The long material: log tails and command output.
-fn details_text(result: &CheckResult) -> String {
-    let mut out = String::new();
-    for detail in &result.details {
-        out.push_str(detail);
-        if !detail.ends_with('\n') {
-            out.push('\n');
-        }
-    }
-    out
 }
 
 fn steps_text(node: &NodeReport) -> String {

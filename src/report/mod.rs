@@ -142,6 +142,13 @@ pub fn evidence_text(result: &CheckResult) -> String {
 const CONSOLE_MESSAGE_CHARS: usize = 200;
 
 fn observations_text(result: &CheckResult) -> String {
+    let mut text = evidence_lines(result);
+    text.push_str(&details_text(result));
+    text
+}
+
+/// Each observation against its expectation, one a line.
+pub(crate) fn evidence_lines(result: &CheckResult) -> String {
     let mut text = String::new();
     for evidence in &result.evidence {
         text.push_str(&format!(
@@ -149,6 +156,12 @@ fn observations_text(result: &CheckResult) -> String {
             evidence.what, evidence.observed, evidence.expected
         ));
     }
+    text
+}
+
+/// The long material: log tails and command output, each ending its line.
+pub(crate) fn details_text(result: &CheckResult) -> String {
+    let mut text = String::new();
     for detail in &result.details {
         text.push_str(detail);
         if !detail.ends_with('\n') {
