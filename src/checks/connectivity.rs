@@ -33,7 +33,16 @@ pub struct PairResult {
     pub earlier_failures: Vec<String>,
 }
 
+/// `node/pod → node/pod`, as every report names a pair.
+fn pair_label(from_node: &str, from_pod: &str, to_node: &str, to_pod: &str) -> String {
+    format!("{from_node}/{from_pod} → {to_node}/{to_pod}")
+}
+
 impl PairResult {
+    pub fn label(&self) -> String {
+        pair_label(&self.from_node, &self.from_pod, &self.to_node, &self.to_pod)
+    }
+
     /// Passed, but only after at least one failed attempt.
     pub fn flaky(&self) -> bool {
         self.passed && !self.earlier_failures.is_empty()
@@ -41,7 +50,17 @@ impl PairResult {
 }
 
 impl ProbeOutcome {
-    fn observed(&self) -> String {
+    /// `node/pod → node/pod (url)`: the pair and what was asked of it.
+    pub fn label(&self) -> String {
+        format!(
+            "{} ({})",
+            pair_label(&self.from_node, &self.from_pod, &self.to_node, &self.to_pod),
+            self.url
+        )
+    }
+
+    /// `HTTP 200`, or the client's own error.
+    pub fn observed(&self) -> String {
         match &self.result {
             Ok(code) => format!("HTTP {code}"),
             Err(error) => error.clone(),
@@ -65,15 +84,7 @@ impl ProbeOutcome {
         matches!(self.result, Ok(code) if (200..400).contains(&code))
     }
     pub fn describe(&self) -> String {
-        format!(
-            "{}/{} → {}/{} ({}): {}",
-            self.from_node,
-            self.from_pod,
-            self.to_node,
-            self.to_pod,
-            self.url,
-            self.observed()
-        )
+        format!("{}: {}", self.label(), self.observed())
     }
 }
 
@@ -84,11 +95,8 @@ pub fn flaky_pairs(outcomes: &[ProbeOutcome]) -> Vec<String> {
         .filter(|o| o.succeeded() && !o.earlier_failures.is_empty())
         .map(|o| {
             format!(
-                "{}/{} → {}/{} passed on attempt {} after: {}",
-                o.from_node,
-                o.from_pod,
-                o.to_node,
-                o.to_pod,
+                "{} passed on attempt {} after: {}",
+                pair_label(&o.from_node, &o.from_pod, &o.to_node, &o.to_pod),
                 o.attempts,
                 o.earlier_failures.join("; ")
             )
@@ -107,14 +115,8 @@ pub fn judge_connectivity(outcomes: &[ProbeOutcome], what: &str) -> Judgement {
     let evidence = outcomes
         .iter()
         .map(|o| {
-            let pair = format!(
-                "{}/{} → {}/{} ({})",
-                o.from_node, o.from_pod, o.to_node, o.to_pod, o.url
-            );
-            let observed = match &o.result {
-                Ok(code) => format!("HTTP {code}"),
-                Err(error) => error.clone(),
-            };
+            let pair = o.label();
+            let observed = o.observed();
             let tries = if o.attempts > 1 {
                 format!(" after {} attempts", o.attempts)
             } else {

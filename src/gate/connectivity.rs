@@ -319,7 +319,7 @@ pub(super) async fn probe_until_settled(
                         && Instant::now() + PROBE_RETRY_PAUSE < tries.deadline =>
                 {
                     let mut earlier = outcome.earlier_failures.clone();
-                    earlier.push(outcome.pair_result().observed);
+                    earlier.push(outcome.observed());
                     last_failure.insert(key, outcome);
                     pending.push((pair, earlier));
                 }

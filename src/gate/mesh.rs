@@ -7,9 +7,6 @@
 
 use super::*;
 
-/// The check `mesh` reports, once per node: its probe pod reaches every other node's.
-pub const MESH_CHECKS: [CheckName; 1] = [CheckName::PodMesh];
-
 /// Checks every ordered pair of nodes' probe pods. Returns one report per node of the
 /// inventory, in its order; the probe pods are deleted on every exit.
 pub async fn mesh(
@@ -240,12 +237,7 @@ fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
             outcomes.len(),
             failed
                 .iter()
-                .map(|o| format!(
-                    "{} → {}: {}",
-                    o.from_node,
-                    o.to_node,
-                    o.pair_result().observed
-                ))
+                .map(|o| format!("{} → {}: {}", o.from_node, o.to_node, o.observed()))
                 .collect::<Vec<_>>()
                 .join("; ")
         ))
@@ -260,16 +252,7 @@ fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
     };
     let evidence = failed
         .iter()
-        .map(|o| {
-            Evidence::new(
-                format!(
-                    "{}/{} → {}/{} ({})",
-                    o.from_node, o.from_pod, o.to_node, o.to_pod, o.url
-                ),
-                o.pair_result().observed,
-                "HTTP 2xx or 3xx",
-            )
-        })
+        .map(|o| Evidence::new(o.label(), o.observed(), "HTTP 2xx or 3xx"))
         .collect();
     let mut result = CheckResult::new(CheckName::PodMesh, node, verdict, evidence, took);
     if matches!(result.verdict, Verdict::Error(_)) {

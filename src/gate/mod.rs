@@ -62,7 +62,7 @@ pub use calico::{
 pub use connectivity::{check_connectivity, start_probes, ProbePlan};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
-pub use mesh::{mesh, MESH_CHECKS};
+pub use mesh::mesh;
 pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
 pub use reboot::{crashloop_window_start, reboot_node, RebootBaseline};
 use recorder::{check_result, Recorder};

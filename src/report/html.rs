@@ -265,10 +265,7 @@ fn heat_map(page: &mut String, pairs: &[&PairResult]) {
 }
 
 fn pair_line(pair: &PairResult) -> String {
-    let mut line = format!(
-        "{}/{} → {}/{}: {}",
-        pair.from_node, pair.from_pod, pair.to_node, pair.to_pod, pair.observed
-    );
+    let mut line = format!("{}: {}", pair.label(), pair.observed);
     if pair.attempts > 1 {
         let _ = write!(line, " (attempt {})", pair.attempts);
     }
