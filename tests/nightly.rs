@@ -49,19 +49,7 @@ fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
 
     // The incident on one node: every pair to and from it fails, and only those.
     let broken = "k8s-worker-03";
-    lab.os_update(broken, true).unwrap();
-    lab.reboot(broken).unwrap();
-    let started = std::time::Instant::now();
-    while !kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
-        .lines()
-        .any(|l| l.contains(broken) && l.contains("CrashLoopBackOff"))
-    {
-        assert!(
-            started.elapsed().as_secs() < 90,
-            "calico-node on {broken} never crash-looped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    break_like_the_incident(&lab, broken, std::time::Duration::from_secs(90));
     let args = extra("incident");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = run_postflight(&inventory, &args, reports.path(), "incident");

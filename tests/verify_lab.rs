@@ -633,19 +633,7 @@ fn a_degraded_cluster_is_refused_and_nothing_is_rebooted() {
     let lab = lab("pf-degraded", 5);
     // Another node already carries the incident: calico-node crash-loops on it.
     let broken = "k8s-worker-02";
-    lab.os_update(broken, true).unwrap();
-    lab.reboot(broken).unwrap();
-    let calico_down = std::time::Instant::now();
-    while !kubectl(&lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
-        .lines()
-        .any(|l| l.contains(broken) && l.contains("CrashLoopBackOff"))
-    {
-        assert!(
-            calico_down.elapsed().as_secs() < 60,
-            "calico-node on {broken} never crash-looped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    break_like_the_incident(&lab, broken, std::time::Duration::from_secs(60));
     let node = "k8s-worker-03";
     let before = boot_id(&lab, node);
     let reports = tempfile::tempdir().unwrap();

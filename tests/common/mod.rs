@@ -469,3 +469,21 @@ pub fn api_requests(lab: &Lab, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The incident on `node`: the OS update that clobbers its tmpfiles.d entry, a reboot,
+/// and calico-node crash-looping on it, within `within`.
+pub fn break_like_the_incident(lab: &Lab, node: &str, within: std::time::Duration) {
+    lab.os_update(node, true).unwrap();
+    lab.reboot(node).unwrap();
+    let started = std::time::Instant::now();
+    while !kubectl(lab, &["get", "pods", "-n", "kube-system", "-o", "wide"])
+        .lines()
+        .any(|l| l.contains(node) && l.contains("CrashLoopBackOff"))
+    {
+        assert!(
+            started.elapsed() < within,
+            "calico-node on {node} never crash-looped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
