@@ -391,6 +391,7 @@ fn an_outage_longer_than_the_lease_stops_the_run_and_a_second_run_reboots_nothin
             .stderr(std::process::Stdio::piped()),
     );
     wait_for_node_down(&lab, node);
+    wait_for_power_off(&lab, node);
     lab_cli(&lab, &["block-bgp", "--node", node]);
     lab_cli(&lab, &["hold", "--node", node, "--release"]);
     wait_until("the node to boot again", Duration::from_secs(60), || {
@@ -511,6 +512,7 @@ fn reboot_into_a_fault(
     lab_cli(lab, &["hold", "--node", node]);
     let child = spawn_reboot(lab, node, &junit);
     wait_for_node_down(lab, node);
+    wait_for_power_off(lab, node);
     fault();
     let output = child.wait_with_output();
     let junit = std::fs::read_to_string(&junit).unwrap();

@@ -380,6 +380,30 @@ pub fn wait_for_node_down(lab: &Lab, node: &str) {
     }
 }
 
+/// Returns once a node that is held down has finished powering off. Its Ready condition
+/// goes False at the start of the shutdown, before the power-off kills every process in
+/// the node's network namespace; a fault applied in between would be killed with them.
+pub fn wait_for_power_off(lab: &Lab, node: &str) {
+    let started = std::time::Instant::now();
+    let off = || {
+        let output = Command::new(postflight_lab::lab_binary(None))
+            .args(["status", "--name", lab.name()])
+            .output()
+            .expect("postflight-lab status runs");
+        String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.get(1) == Some(&node) && words.windows(2).any(|w| w == ["power", "off"])
+        })
+    };
+    while !off() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "{node} never finished powering off"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Loads an HTML report in a real headless Chromium (Debian's, installed by
 /// ci/report-tools.sh) and returns the DOM as the browser built it. With `screenshot`,
 /// also renders the page at 1400 px wide into that PNG, kept as a CI artifact.

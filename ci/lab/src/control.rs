@@ -177,11 +177,15 @@ async fn status(State(control): State<Control>) -> String {
                     .count();
                 format!("{established}/{} established", sessions.len())
             });
+        let powered_off = crate::node::NodePaths::new(&runtime.topology, node)
+            .powered_off_flag
+            .exists();
         text.push_str(&format!(
-            "node {:<16} {:<15} {:<9} boot {}  bgp {}\n",
+            "node {:<16} {:<15} {:<9} power {:<3} boot {}  bgp {}\n",
             node.name,
             node.ip,
             if ready { "Ready" } else { "NotReady" },
+            if powered_off { "off" } else { "on" },
             boot_id,
             bgp.unwrap_or_else(|| "unknown".into())
         ));

@@ -35,6 +35,9 @@ pub struct NodePaths {
     /// Present while the node's NIC is down: nothing of the node reaches the network,
     /// its kubelet's API traffic included.
     pub nic_down_flag: PathBuf,
+    /// Present once a power-off has finished taking the node apart, until it boots: a
+    /// fault applied to the node's network before then could be killed with it.
+    pub powered_off_flag: PathBuf,
 }
 
 impl NodePaths {
@@ -52,6 +55,7 @@ impl NodePaths {
             sshd_log: dir.join("sshd.log"),
             hold_flag: dir.join("hold-down"),
             nic_down_flag: dir.join("nic-down"),
+            powered_off_flag: dir.join("powered-off"),
             root,
             dir,
         }
@@ -263,6 +267,7 @@ pub fn create_network(topology: &Topology, node: &NodeSpec) -> Result<()> {
 /// node's own tmpfiles.d, and a new boot ID.
 pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
     let paths = NodePaths::new(topology, node);
+    let _ = std::fs::remove_file(&paths.powered_off_flag);
     let netns = topology.node_netns(node);
     system::netns_sh(
         &netns,
@@ -326,7 +331,9 @@ pub fn power_off(topology: &Topology, node: &NodeSpec) {
         &netns,
         "ip -4 route flush table main; ip neigh flush all; ip addr flush dev eth0",
     );
-    system::unmount_below(&NodePaths::new(topology, node).run);
+    let paths = NodePaths::new(topology, node);
+    system::unmount_below(&paths.run);
+    let _ = std::fs::write(&paths.powered_off_flag, b"");
 }
 
 /// Starts the node's real sshd in the node's namespaces.
