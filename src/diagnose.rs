@@ -8,11 +8,15 @@ use crate::inventory::SshTarget;
 
 /// How an engineer reaches a node from their own shell, for the remediation commands:
 /// the inventory's SSH destination (user, host and port, which need not resolve from the
-/// node's Kubernetes name), with sudo unless they log in as root.
+/// node's Kubernetes name), with sudo unless they log in as root; or, for a node reached
+/// through a node shell, `kubectl debug node/…` with the host's root at /host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeShell {
-    ssh: String,
+    prefix: String,
     sudo: &'static str,
+    /// `kubectl debug` runs a program, not a line for a remote shell: a quoted line
+    /// needs an `sh -c` in front of it there.
+    runs_program: bool,
 }
 
 impl NodeShell {
@@ -23,14 +27,33 @@ impl NodeShell {
             format!("-p {} ", target.port)
         };
         NodeShell {
-            ssh: format!("ssh {port}{}@{}", target.user, target.host),
+            prefix: format!("ssh {port}{}@{}", target.user, target.host),
             sudo: if target.user == "root" { "" } else { "sudo " },
+            runs_program: false,
+        }
+    }
+
+    /// A node without SSH: a debugging pod in the host's namespaces, as the node-shell
+    /// transport uses, with the host's root filesystem at /host.
+    pub fn kubectl_debug(node: &str, image: &str) -> Self {
+        NodeShell {
+            prefix: format!(
+                "kubectl debug node/{node} -i --quiet --profile=sysadmin --image={image} -- chroot /host"
+            ),
+            sudo: "",
+            runs_program: true,
         }
     }
 
     /// `remote` as one command line to paste; `{sudo}` in it marks where root is needed.
     fn run(&self, remote: &str) -> String {
-        format!("{} {}", self.ssh, remote.replace("{sudo}", self.sudo))
+        let remote = remote.replace("{sudo}", self.sudo);
+        let quoted = remote.starts_with('"') || remote.starts_with('\'');
+        if self.runs_program && quoted {
+            format!("{} sh -c {remote}", self.prefix)
+        } else {
+            format!("{} {remote}", self.prefix)
+        }
     }
 
     /// Writes the tmpfiles.d line calico-node needs into `file`, then applies it.
@@ -344,6 +367,21 @@ mod tests {
             known_hosts: "known_hosts".into(),
             become_method: None,
         })
+    }
+
+    #[test]
+    fn a_node_without_ssh_is_fixed_through_kubectl_debug() {
+        let shell = NodeShell::kubectl_debug("k8s-worker-03", "busybox:1.37.0");
+        let prefix = "kubectl debug node/k8s-worker-03 -i --quiet --profile=sysadmin --image=busybox:1.37.0 -- chroot /host";
+        assert_eq!(
+            shell.run("{sudo}systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"),
+            format!("{prefix} systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf")
+        );
+        // A quoted line is a shell's, and chroot runs programs: it gets one.
+        assert_eq!(
+            shell.run("\"echo 'd /run/calico' | {sudo}tee /etc/tmpfiles.d/calico.conf\""),
+            format!("{prefix} sh -c \"echo 'd /run/calico' | tee /etc/tmpfiles.d/calico.conf\"")
+        );
     }
 
     #[test]

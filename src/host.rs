@@ -49,6 +49,15 @@ pub enum HostError {
         command: String,
         reason: String,
     },
+    #[error("{node}: node shell: {action}: {reason}")]
+    NodeShell {
+        node: String,
+        action: String,
+        reason: String,
+        /// Whether the command was never sent: the shell pod could not be started or
+        /// entered.
+        before_sending: bool,
+    },
     #[error("{node}: `{command}` did not finish within {timeout:?}")]
     Timeout {
         node: String,
@@ -58,10 +67,11 @@ pub enum HostError {
 }
 
 impl HostError {
-    /// Every host error is the SSH transport's: the node could not be reached or used.
+    /// What kept the node from being reached or used, for the reports.
     pub fn kind(&self) -> crate::checks::ErrorKind {
         match self {
             HostError::Timeout { .. } => crate::checks::ErrorKind::Timeout,
+            HostError::NodeShell { .. } => crate::checks::ErrorKind::NodeShell,
             _ => crate::checks::ErrorKind::Ssh,
         }
     }
@@ -70,6 +80,9 @@ impl HostError {
     /// the host key or the login failed, so nothing ran there. A session that broke
     /// after the command was sent leaves it unknown.
     pub fn before_sending(&self) -> bool {
+        if let HostError::NodeShell { before_sending, .. } = self {
+            return *before_sending;
+        }
         matches!(
             self,
             HostError::Connect { .. }
@@ -152,7 +165,7 @@ pub enum RebootOutcome {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One way to run commands on a node (SSH; later `docker exec` for kind, a node-shell pod).
+/// One way to run commands on a node: SSH, or a node-shell pod through the API.
 pub trait Transport: Send + Sync {
     /// Runs a command and waits for it to finish.
     fn run<'a>(

@@ -34,8 +34,13 @@ pub struct Inventory {
     pub file: PathBuf,
     #[serde(default)]
     pub cluster: ClusterAccess,
+    /// How nodes are reached, unless a node says otherwise.
+    #[serde(default)]
+    pub transport: TransportKind,
     #[serde(default)]
     pub ssh: SshDefaults,
+    #[serde(default)]
+    pub node_shell: NodeShellSettings,
     pub nodes: Vec<NodeEntry>,
     #[serde(default)]
     pub calico: CalicoSettings,
@@ -85,6 +90,45 @@ impl Default for LockSettings {
 pub struct ClusterAccess {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+}
+
+/// How postflight reaches a node's host to read its files and reboot it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// SSH to the node's `host`, its key verified against `ssh.known_hosts`.
+    #[default]
+    Ssh,
+    /// A short-lived privileged pod on the node, entered through the Kubernetes API's
+    /// exec (as `kubectl debug node/NAME --profile=sysadmin` does): for clusters that
+    /// allow no SSH to nodes, and for nodes that are containers (kind).
+    NodeShell,
+}
+
+/// The node-shell transport's pods: one per node a run needs, privileged, in the host's
+/// PID and network namespaces, entering PID 1's namespaces with nsenter for each command.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeShellSettings {
+    /// Labelled Pod Security `privileged` and provisioned by `postflight rbac` when any
+    /// node uses this transport; kept apart from the `restricted` probe namespace.
+    pub namespace: String,
+    /// Any image with `nsenter` and `sleep` (busybox has both as applets).
+    pub image: String,
+    pub image_pull_secrets: Vec<String>,
+    /// Unset, the shell pods tolerate every taint: a node under test may carry one.
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+}
+
+impl Default for NodeShellSettings {
+    fn default() -> Self {
+        NodeShellSettings {
+            namespace: "postflight-node-shell".into(),
+            image: "docker.io/library/busybox:1.37.0".into(),
+            image_pull_secrets: Vec::new(),
+            tolerations: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -153,8 +197,11 @@ pub struct NodeEntry {
     /// The node's name as Kubernetes knows it.
     pub name: Spanned<String>,
     /// Address or DNS name for SSH: an IP address or a hostname, nothing a shell would
-    /// read as more than a word (it goes into the fix commands a report prints).
-    pub host: Spanned<String>,
+    /// read as more than a word (it goes into the fix commands a report prints). Only
+    /// SSH needs it.
+    pub host: Option<Spanned<String>>,
+    /// Overrides the inventory's `transport` for this node.
+    pub transport: Option<TransportKind>,
     pub port: Option<u16>,
     pub user: Option<String>,
     pub identity_file: Option<PathBuf>,
@@ -459,14 +506,26 @@ impl Inventory {
                     format!("node {:?} is listed twice", node.name.value),
                 ));
             }
-            if !valid_host(&node.host.value) {
-                return Err(at(
-                    &node.host,
-                    format!(
-                        "host {:?} of node {} is neither an IP address nor a hostname",
-                        node.host.value, node.name.value
-                    ),
-                ));
+            match &node.host {
+                Some(host) if !valid_host(&host.value) => {
+                    return Err(at(
+                        host,
+                        format!(
+                            "host {:?} of node {} is neither an IP address nor a hostname",
+                            host.value, node.name.value
+                        ),
+                    ));
+                }
+                None if self.transport_of(node) == TransportKind::Ssh => {
+                    return Err(at(
+                        &node.name,
+                        format!(
+                            "node {} has no `host`: SSH needs one (or give it `transport: node-shell`)",
+                            node.name.value
+                        ),
+                    ));
+                }
+                _ => {}
             }
         }
         let durations = [
@@ -531,7 +590,11 @@ impl Inventory {
                 "probe.client_target must contain {url}".into(),
             ));
         }
-        if self.ssh.known_hosts.as_os_str().is_empty() {
+        let any_over_ssh = self
+            .nodes
+            .iter()
+            .any(|node| self.transport_of(node) == TransportKind::Ssh);
+        if any_over_ssh && self.ssh.known_hosts.as_os_str().is_empty() {
             return Err(self.located(
                 text,
                 "ssh",
@@ -549,11 +612,28 @@ impl Inventory {
         self.nodes.iter().map(|n| n.name.value.clone()).collect()
     }
 
-    /// SSH access for a node, with the inventory's defaults filled in.
-    pub fn ssh_target(&self, node: &NodeEntry) -> SshTarget {
-        SshTarget {
+    /// How a node is reached: its own `transport`, or the inventory's.
+    pub fn transport_of(&self, node: &NodeEntry) -> TransportKind {
+        node.transport.unwrap_or(self.transport)
+    }
+
+    /// Whether any node is reached through a node shell, which needs its own namespace
+    /// and permissions.
+    pub fn uses_node_shell(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| self.transport_of(node) == TransportKind::NodeShell)
+    }
+
+    /// SSH access for a node, with the inventory's defaults filled in; none for a node
+    /// reached through a node shell.
+    pub fn ssh_target(&self, node: &NodeEntry) -> Option<SshTarget> {
+        if self.transport_of(node) != TransportKind::Ssh {
+            return None;
+        }
+        Some(SshTarget {
             node: node.name.value.clone(),
-            host: node.host.value.clone(),
+            host: node.host.as_ref()?.value.clone(),
             port: node.port.unwrap_or(self.ssh.port),
             user: node.user.clone().unwrap_or_else(|| self.ssh.user.clone()),
             identity_file: node
@@ -562,7 +642,7 @@ impl Inventory {
                 .or_else(|| self.ssh.identity_file.clone()),
             known_hosts: self.ssh.known_hosts.clone(),
             become_method: node.become_method.or(self.ssh.become_method),
-        }
+        })
     }
 }
 
@@ -584,7 +664,9 @@ mod tests {
         assert_eq!(inventory.timeouts.node_not_ready, Duration::from_secs(120));
         assert_eq!(inventory.calico.run_dir, "/var/run/calico");
         assert_eq!(inventory.calico.run_dir_owner, None);
-        let target = inventory.ssh_target(inventory.node("k8s-worker-03").unwrap());
+        let target = inventory
+            .ssh_target(inventory.node("k8s-worker-03").unwrap())
+            .expect("reached over SSH");
         assert_eq!(
             (target.port, target.user.as_str(), target.become_method),
             (2222, "admin", Some(Become::Sudo))
@@ -663,6 +745,18 @@ mod tests {
         1,
         "ssh.known_hosts is required"
     )]
+    #[case::ssh_node_without_host(
+        "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n",
+        4,
+        11,
+        "SSH needs one (or give it `transport: node-shell`)"
+    )]
+    #[case::unknown_transport(
+        "transport: telnet\nnodes:\n  - name: a\n",
+        1,
+        12,
+        "unknown variant `telnet`"
+    )]
     #[case::zero_timeout(
         "nodes:\n  - name: a\n    host: h\ntimeouts:\n  calico_ready: 0s\n",
         5,
@@ -704,6 +798,24 @@ mod tests {
         assert!(message.contains(needle), "{error}");
         assert!(
             error.to_string().starts_with(&format!("inv.yaml:{line}:")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn node_shell_nodes_need_no_host_and_no_known_hosts() {
+        let text = "transport: node-shell\nnodes:\n  - name: k8s-worker-01\n  - name: k8s-worker-02\n    transport: node-shell\n";
+        let inventory = Inventory::parse(text, Path::new("shells.yaml")).unwrap();
+        assert!(inventory.uses_node_shell());
+        let entry = inventory.node("k8s-worker-01").unwrap();
+        assert_eq!(inventory.transport_of(entry), TransportKind::NodeShell);
+        assert_eq!(inventory.ssh_target(entry), None);
+        assert_eq!(inventory.node_shell.namespace, "postflight-node-shell");
+        // One node over SSH among node shells: it needs its host and known_hosts again.
+        let mixed = "transport: node-shell\nnodes:\n  - name: a\n  - name: b\n    host: 198.18.0.12\n    transport: ssh\n";
+        let error = Inventory::parse(mixed, Path::new("mixed.yaml")).unwrap_err();
+        assert!(
+            error.to_string().contains("ssh.known_hosts is required"),
             "{error}"
         );
     }

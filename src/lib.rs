@@ -3,7 +3,8 @@
 //! host state Calico needs intact, and pods on it reaching pods on every other node.
 //!
 //! Data flows one way: [`inventory`] → [`gate`] (which orders actions against the
-//! cluster through [`cluster`] and on the hosts through [`host`]) → verdicts with
+//! cluster through [`cluster`] and on the hosts through [`host`]: SSH, or a
+//! [`node_shell`] pod) → verdicts with
 //! evidence from [`checks`] and root-cause hints from [`diagnose`] → [`report`].
 //! [`rbac`] holds every permission postflight uses: the manifest it prints and the
 //! access review a run makes before it acts.
@@ -16,5 +17,6 @@ pub mod gate;
 pub mod host;
 pub mod hostile;
 pub mod inventory;
+pub mod node_shell;
 pub mod rbac;
 pub mod report;

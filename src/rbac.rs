@@ -14,6 +14,9 @@ pub enum Need {
     Reboot,
     /// Cordon the node and evict its pods.
     Drain,
+    /// Reach a node's host through a node-shell pod (only when the inventory chooses
+    /// that transport for it).
+    NodeShell,
 }
 
 /// Where a permission applies.
@@ -25,6 +28,8 @@ pub enum Scope {
     Probe,
     /// The lock's namespace (a Role in it).
     Lock,
+    /// The node-shell namespace (a Role in it), only for inventories that use it.
+    NodeShell,
 }
 
 /// One rule of postflight's RBAC.
@@ -148,6 +153,26 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "curl between probe pods (exec is authorised as create; older servers, get).",
     },
     Permission {
+        group: "",
+        resource: "pods",
+        subresource: None,
+        verbs: &["get", "list", "watch", "create", "delete", "deletecollection"],
+        scope: Scope::NodeShell,
+        named: None,
+        need: Need::NodeShell,
+        why: "node-shell transport: one privileged pod per node a run reads or reboots, deleted at its end.",
+    },
+    Permission {
+        group: "",
+        resource: "pods",
+        subresource: Some("exec"),
+        verbs: &["get", "create"],
+        scope: Scope::NodeShell,
+        named: None,
+        need: Need::NodeShell,
+        why: "node-shell transport: each command on a node is an exec into its shell pod, entering the host's namespaces.",
+    },
+    Permission {
         group: "coordination.k8s.io",
         resource: "leases",
         subresource: None,
@@ -183,6 +208,7 @@ impl Permission {
             Scope::Cluster => None,
             Scope::Probe => Some(&inventory.probe.namespace),
             Scope::Lock => Some(&inventory.lock.namespace),
+            Scope::NodeShell => Some(&inventory.node_shell.namespace),
         }
     }
 
@@ -329,7 +355,35 @@ pub fn manifest(inventory: &Inventory, subject: &Subject) -> String {
         ),
         binding("Role", "postflight-lock", Some(lock), subject),
     ];
+    let mut documents = documents.to_vec();
+    if inventory.uses_node_shell() {
+        documents.extend(node_shell_documents(inventory, subject));
+    }
     format!("{header}{}", documents.join("---\n"))
+}
+
+/// What the node-shell transport adds, printed only for an inventory that chooses it:
+/// its own namespace, where Pod Security allows privileged pods (and nothing else of
+/// postflight's runs), and a Role there to create, enter and delete the shell pods.
+fn node_shell_documents(inventory: &Inventory, subject: &Subject) -> [String; 3] {
+    let namespace = &inventory.node_shell.namespace;
+    [
+        format!(
+            "# The node-shell transport: privileged pods in the hosts' namespaces, as `kubectl debug node`\n\
+             # makes. They are allowed here and only here; grant this only where SSH to nodes is not used.\n\
+             apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n\
+             \x20   pod-security.kubernetes.io/enforce: privileged\n\
+             \x20   pod-security.kubernetes.io/enforce-version: latest\n"
+        ),
+        role(
+            "Role",
+            "postflight-node-shell",
+            Some(namespace),
+            &Scope::NodeShell,
+            inventory,
+        ),
+        binding("Role", "postflight-node-shell", Some(namespace), subject),
+    ]
 }
 
 /// One access a run needs: a verb on a resource, in a namespace, perhaps on one name.
@@ -449,6 +503,29 @@ mod tests {
                 access.describe()
             );
         }
+    }
+
+    #[test]
+    fn the_node_shell_rbac_is_printed_only_for_an_inventory_that_uses_it() {
+        let ssh_only = manifest(&inventory(), &Subject::default());
+        assert!(!ssh_only.contains("node-shell"), "{ssh_only}");
+        let text = "transport: node-shell\nnodes:\n  - name: k8s-worker-01\n";
+        let shells = Inventory::parse(text, std::path::Path::new("shells.yaml")).unwrap();
+        let printed = manifest(&shells, &Subject::default());
+        assert!(printed.contains(
+            "name: postflight-node-shell\n  labels:\n    pod-security.kubernetes.io/enforce: privileged"
+        ));
+        let accesses = required(&shells, &[Need::NodeShell]);
+        assert!(accesses
+            .iter()
+            .all(|a| a.namespace.as_deref() == Some("postflight-node-shell")));
+        assert!(accesses
+            .iter()
+            .any(|a| a.verb == "create" && a.subresource.as_deref() == Some("exec")));
+        // The probe namespace stays `restricted`: shells never run there.
+        assert!(printed.contains(
+            "name: postflight-probe\n  labels:\n    pod-security.kubernetes.io/enforce: restricted"
+        ));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use postflight::checks::{judge_node_ready, CheckName, CheckResult, Verdict};
 use postflight::cluster::Cluster;
 use postflight::expectations::CalicoExpectations;
 use postflight::gate::{self, ProbePlan, RebootBaseline};
-use postflight::host::SshTransport;
 use postflight::inventory::Inventory;
 use postflight::report::{self, NodeReport, StepTiming};
 use rstest::{fixture, rstest};
@@ -86,10 +85,28 @@ async fn cluster(target: &'static Target) -> Cluster {
         .unwrap_or_else(|e| panic!("connecting to the cluster: {e}"))
 }
 
-/// The node's SSH session (host key verified on every connection).
-#[fixture]
-fn node_ssh(target: &'static Target) -> SshTransport {
-    gate::ssh_transport(&target.inventory, &target.node).expect("the node is in the inventory")
+/// The node's host, as the inventory reaches it (SSH with its host key verified, or a
+/// node shell), and then the node shells of `run_id` deleted, whatever `use_it` found.
+async fn with_node_access<T, F, Fut>(target: &'static Target, cluster: &Cluster, use_it: F) -> T
+where
+    F: FnOnce(gate::NodeAccess) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let inventory = &target.inventory;
+    let entry = inventory
+        .node(&target.node)
+        .expect("the node is in the inventory");
+    let run_id = gate::new_run_id();
+    let access = gate::node_access(inventory, entry, Some(cluster), &run_id)
+        .unwrap_or_else(|e| panic!("COULD NOT RUN: {e}"));
+    let found = use_it(access).await;
+    if inventory.uses_node_shell() {
+        cluster
+            .delete_node_shells(&inventory.node_shell.namespace, &[&run_id])
+            .await
+            .unwrap_or_else(|e| panic!("the node shells of run {run_id} were not deleted: {e}"));
+    }
+    found
 }
 
 fn junit_path() -> PathBuf {
@@ -117,12 +134,21 @@ fn reboot_phase(target: &'static Target) -> &'static RebootPhase {
                 let cluster = gate::connect(&target.inventory)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
-                let ssh = gate::ssh_transport(&target.inventory, &target.node)
-                    .expect("node in inventory");
                 let calico = expectations(target, &cluster).await;
-                let (results, steps, baseline) =
-                    gate::reboot_node(&target.inventory, &calico, &cluster, &ssh, &target.node)
-                        .await;
+                let (results, steps, baseline) = with_node_access(target, &cluster, |access| {
+                    let (calico, cluster) = (&calico, &cluster);
+                    async move {
+                        gate::reboot_node(
+                            &target.inventory,
+                            calico,
+                            cluster,
+                            &*access.transport,
+                            &target.node,
+                        )
+                        .await
+                    }
+                })
+                .await;
                 RebootPhase {
                     results,
                     steps,
@@ -292,17 +318,24 @@ async fn calico_node_not_crashlooping(target: &'static Target, #[future(awt)] cl
     .await;
 }
 
-async fn host_results(target: &'static Target, ssh: SshTransport) -> gate::HostResults {
+async fn host_results(target: &'static Target) -> gate::HostResults {
     let inventory = &target.inventory;
     let cluster = gate::connect(inventory)
         .await
         .unwrap_or_else(|e| panic!("COULD NOT RUN: connecting to the cluster: {e}"));
-    gate::check_host(
-        &ssh,
-        &target.node,
-        &expectations(target, &cluster).await,
-        inventory.timeouts.ssh,
-    )
+    let calico = expectations(target, &cluster).await;
+    with_node_access(target, &cluster, |access| {
+        let calico = &calico;
+        async move {
+            gate::check_host(
+                &*access.transport,
+                &target.node,
+                calico,
+                inventory.timeouts.ssh,
+            )
+            .await
+        }
+    })
     .await
 }
 
@@ -312,11 +345,11 @@ async fn host_results(target: &'static Target, ssh: SshTransport) -> gate::HostR
     not(postflight_cluster),
     ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
 )]
-async fn tmpfiles_config_present(target: &'static Target, node_ssh: SshTransport) {
+async fn tmpfiles_config_present(target: &'static Target) {
     suite_check(
         target,
         CheckName::TmpfilesConfigPresent,
-        |target| async move { host_results(target, node_ssh).await.tmpfiles },
+        |target| async move { host_results(target).await.tmpfiles },
     )
     .await;
 }
@@ -327,9 +360,9 @@ async fn tmpfiles_config_present(target: &'static Target, node_ssh: SshTransport
     not(postflight_cluster),
     ignore = "not pointed at a cluster: set POSTFLIGHT_INVENTORY"
 )]
-async fn run_dir_permissions(target: &'static Target, node_ssh: SshTransport) {
+async fn run_dir_permissions(target: &'static Target) {
     suite_check(target, CheckName::RunDirPermissions, |target| async move {
-        host_results(target, node_ssh).await.run_dir
+        host_results(target).await.run_dir
     })
     .await;
 }

@@ -150,6 +150,9 @@ pub enum ErrorKind {
     Timeout,
     /// The node could not be reached or used over SSH: connection, host key, login.
     Ssh,
+    /// The node's shell pod could not be started or entered (its image, Pod Security,
+    /// a missing permission in its namespace).
+    NodeShell,
     /// The run refused to act, or was refused: a degraded cluster, a reboot command that
     /// exited non-zero, an eviction a PodDisruptionBudget blocked.
     Refused,
@@ -170,6 +173,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Ssh => "ssh",
+            ErrorKind::NodeShell => "node_shell",
             ErrorKind::Refused => "refused",
             ErrorKind::Interrupted => "interrupted",
             ErrorKind::LockLost => "lock_lost",

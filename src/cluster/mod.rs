@@ -178,7 +178,7 @@ impl Cluster {
     }
 }
 
-fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
+pub(crate) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ClusterError {
     let action = action.into();
     move |source| ClusterError::Api { action, source }
 }

@@ -144,7 +144,7 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
 
 /// Why a probe pod is not running, in the words its status gives; `None` while it may
 /// still come up.
-fn hopeless(pod: &Pod) -> Option<String> {
+pub(crate) fn hopeless(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
     if matches!(status.phase.as_deref(), Some("Failed") | Some("Succeeded")) {
         return Some(format!(

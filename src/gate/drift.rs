@@ -29,8 +29,18 @@ pub async fn drift(
 ) -> Vec<NodeReport> {
     let nodes = inventory.node_names();
     let run_id = new_run_id();
-    let calico = match drift_expectations(inventory).await {
-        Ok(calico) => calico,
+    let setup = async {
+        // Node shells go through the API server: connect once for all of them.
+        let cluster = if inventory.uses_node_shell() || needs_deployment(&inventory.calico) {
+            Some(connect(inventory).await?)
+        } else {
+            None
+        };
+        let calico = drift_expectations(inventory, cluster.as_ref()).await?;
+        Ok::<_, CalicoLookupError>((cluster, calico))
+    };
+    let (cluster, calico) = match setup.await {
+        Ok(found) => found,
         Err(error) => {
             return nodes
                 .iter()
@@ -43,8 +53,9 @@ pub async fn drift(
                 .collect();
         }
     };
+    let cluster = cluster.as_ref();
     let sweep = futures::stream::iter(nodes.iter())
-        .map(|node| drift_node(inventory, &calico, node, &run_id, progress))
+        .map(|node| drift_node(inventory, cluster, &calico, node, &run_id, progress))
         .buffer_unordered(DRIFT_CONCURRENCY)
         .collect::<Vec<NodeReport>>();
     let mut reports = tokio::select! {
@@ -60,6 +71,9 @@ pub async fn drift(
             }).collect()
         }
     };
+    if let Some(cluster) = cluster.filter(|_| inventory.uses_node_shell()) {
+        delete_node_shells(cluster, inventory, &run_id, &mut reports).await;
+    }
     // Inventory order, so reports and JUnit read the same from run to run.
     reports.sort_by_key(|r| nodes.iter().position(|n| *n == r.node));
     reports
@@ -69,16 +83,50 @@ pub async fn drift(
 /// where or as whom calico-node runs: a fully declared inventory sweeps over SSH alone.
 async fn drift_expectations(
     inventory: &Inventory,
+    cluster: Option<&Cluster>,
 ) -> Result<CalicoExpectations, CalicoLookupError> {
-    if !needs_deployment(&inventory.calico) {
-        return Ok(resolve(&inventory.calico, &[])?);
+    match cluster {
+        Some(cluster) if needs_deployment(&inventory.calico) => {
+            calico_expectations(cluster, &inventory.calico).await
+        }
+        _ => Ok(resolve(&inventory.calico, &[])?),
     }
-    let cluster = connect(inventory).await?;
-    calico_expectations(&cluster, &inventory.calico).await
+}
+
+/// Deletes the sweep's node shells, on every exit of it, Ctrl-C included; a failure to is
+/// said in every report, with the command that does it by hand.
+pub(super) async fn delete_node_shells(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    run_id: &str,
+    reports: &mut [NodeReport],
+) {
+    let namespace = &inventory.node_shell.namespace;
+    let run_ids = [run_id];
+    let deletion = tokio::time::timeout(
+        CLEANUP_TIMEOUT,
+        super::verify::while_unreachable(cluster, || {
+            cluster.delete_node_shells(namespace, &run_ids)
+        }),
+    )
+    .await;
+    let failure = match deletion {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("not done within {CLEANUP_TIMEOUT:?}"),
+    };
+    let note = format!(
+        "the node shell pods of run {run_id} were not deleted ({failure}): `kubectl -n {namespace} delete pod -l {}={run_id}`",
+        cluster::probes::RUN_LABEL
+    );
+    for report in reports {
+        report.notes.push(note.clone());
+    }
 }
 
 async fn drift_node(
     inventory: &Inventory,
+    cluster: Option<&Cluster>,
     calico: &CalicoExpectations,
     node: &str,
     run_id: &str,
@@ -87,12 +135,25 @@ async fn drift_node(
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DRIFT_CHECKS);
     recorder.identify(|run| run.run_id = run_id.to_string());
-    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
-    let deadline = inventory.timeouts.ssh * 2;
-    let checks = drift_checks(&transport, node, calico);
+    let entry = inventory.node(node).expect("the node is in the inventory");
+    let access = match node_access(inventory, entry, cluster, run_id) {
+        Ok(access) => access,
+        Err(error) => {
+            recorder.error_remaining(error.kind(), &error.to_string());
+            return recorder.into_report(false, started_at, None);
+        }
+    };
+    // A node shell may first have to start its pod (and pull its image).
+    let deadline = match inventory.transport_of(entry) {
+        crate::inventory::TransportKind::Ssh => inventory.timeouts.ssh * 2,
+        crate::inventory::TransportKind::NodeShell => {
+            inventory.timeouts.ssh * 2 + inventory.timeouts.probe_ready
+        }
+    };
+    let checks = drift_checks(&access, node, calico);
     match tokio::time::timeout(
         deadline,
-        recorder.timed("read the node's Calico state over SSH", checks),
+        recorder.timed("read the node's Calico state", checks),
     )
     .await
     {
@@ -107,10 +168,11 @@ async fn drift_node(
 
 /// The drift checks of one node, and what they found, for the diagnosis.
 pub(super) async fn drift_checks(
-    transport: &SshTransport,
+    access: &NodeAccess,
     node: &str,
     calico: &CalicoExpectations,
 ) -> (Vec<CheckResult>, Findings) {
+    let transport = &*access.transport;
     // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
     let host = check_host(transport, node, calico, Duration::ZERO).await;
     let started = Instant::now();
@@ -162,7 +224,7 @@ pub(super) async fn drift_checks(
         run_dir: host.run_dir_stat.clone(),
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
-        ..Findings::new(node, NodeShell::of(transport.target()), &calico.namespace)
+        ..Findings::new(node, access.shell.clone(), &calico.namespace)
     };
     let mut tmpfiles = host.tmpfiles;
     let failed = |r: &CheckResult| matches!(r.verdict, Verdict::Failed(_));

@@ -374,7 +374,7 @@ pub(super) async fn bgp_peers(
             Some(diagnose::BgpPeer {
                 node: name.to_string(),
                 address,
-                shell: NodeShell::of(&inventory.ssh_target(entry)),
+                shell: super::fix_shell(inventory, entry),
             })
         })
         .collect()

@@ -199,13 +199,55 @@ pub async fn connect(inventory: &Inventory) -> Result<Cluster, cluster::ClusterE
     .await
 }
 
-/// The SSH transport for a node of the inventory.
-pub fn ssh_transport(inventory: &Inventory, node: &str) -> Option<SshTransport> {
-    let entry = inventory.node(node)?;
-    Some(SshTransport::new(
-        inventory.ssh_target(entry),
-        inventory.timeouts.ssh,
-    ))
+/// How a run reaches one node's host, and how an engineer would reach it to apply a fix.
+pub struct NodeAccess {
+    pub transport: Box<dyn Transport>,
+    pub shell: NodeShell,
+}
+
+/// The fix commands' way onto a node of the inventory: SSH to its host, or `kubectl
+/// debug` for a node reached through a node shell.
+pub fn fix_shell(inventory: &Inventory, entry: &NodeEntry) -> NodeShell {
+    match inventory.ssh_target(entry) {
+        Some(target) => NodeShell::of(&target),
+        None => NodeShell::kubectl_debug(&entry.name.value, &inventory.node_shell.image),
+    }
+}
+
+/// The transport the inventory chooses for a node. A node shell goes through the API
+/// server, so it needs `cluster`; its pods carry `run_id`, which the caller owes a
+/// cleanup for.
+///
+/// # Errors
+/// The node is reached through a node shell and there is no connection to the API.
+pub fn node_access(
+    inventory: &Inventory,
+    entry: &NodeEntry,
+    cluster: Option<&Cluster>,
+    run_id: &str,
+) -> Result<NodeAccess, HostError> {
+    let shell = fix_shell(inventory, entry);
+    let node = entry.name.value.as_str();
+    let transport: Box<dyn Transport> = match (inventory.ssh_target(entry), cluster) {
+        (Some(target), _) => Box::new(SshTransport::new(target, inventory.timeouts.ssh)),
+        (None, Some(cluster)) => Box::new(crate::node_shell::NodeShellTransport::new(
+            cluster.clone(),
+            inventory.node_shell.clone(),
+            run_id,
+            node,
+            inventory.timeouts.ssh,
+            inventory.timeouts.probe_ready,
+        )),
+        (None, None) => {
+            return Err(HostError::NodeShell {
+                node: node.to_string(),
+                action: "reaching the node".into(),
+                reason: "it is reached through a node shell, which needs the API server, and there is no connection to it".into(),
+                before_sending: true,
+            })
+        }
+    };
+    Ok(NodeAccess { transport, shell })
 }
 
 /// The node, as the inventory lists it.

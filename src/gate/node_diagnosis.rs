@@ -34,9 +34,11 @@ pub async fn diagnose_node(
     check_node(inventory, node)?;
     let started_at = Timestamp::now();
     let recorder = Recorder::new(node, progress, &DIAGNOSE_CHECKS);
-    recorder.identify(|run| run.run_id = new_run_id());
+    let run_id = new_run_id();
+    recorder.identify(|run| run.run_id = run_id.clone());
+    let mut connected = None;
     let interrupted = tokio::select! {
-        () = diagnose_steps(inventory, node, &recorder) => false,
+        () = diagnose_steps(inventory, node, &recorder, &run_id, &mut connected) => false,
         () = cancel.cancelled() => true,
     };
     if interrupted {
@@ -44,17 +46,40 @@ pub async fn diagnose_node(
     }
     let mut report = recorder.into_report(false, started_at, None);
     report.interrupted = interrupted;
+    let shell_used = inventory.node(node).is_some_and(|entry| {
+        inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell
+    });
+    if let Some(cluster) = connected.as_ref().filter(|_| shell_used) {
+        super::drift::delete_node_shells(
+            cluster,
+            inventory,
+            &run_id,
+            std::slice::from_mut(&mut report),
+        )
+        .await;
+    }
     Ok(report)
 }
 
-async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'_>) {
-    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+async fn diagnose_steps(
+    inventory: &Inventory,
+    node: &str,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    connected: &mut Option<Cluster>,
+) {
     let cluster = recorder
         .timed("connect to the API server", connect(inventory))
         .await;
     if let Ok(cluster) = &cluster {
         recorder.identify(|run| super::verify::identify_cluster(run, cluster));
+        *connected = Some(cluster.clone());
     }
+    let entry = inventory.node(node).expect("the node is in the inventory");
+    let access = match node_access(inventory, entry, cluster.as_ref().ok(), run_id) {
+        Ok(access) => access,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
     // Without the API, a fully declared inventory still lets the node itself be read.
     let calico = match &cluster {
         Ok(cluster) => calico_expectations(cluster, &inventory.calico).await,
@@ -83,14 +108,14 @@ async fn diagnose_steps(inventory: &Inventory, node: &str, recorder: &Recorder<'
         Ok(check_calico(cluster, calico, node, None, since, DIAGNOSE_SNAPSHOT).await)
     };
     let host_side = async {
-        let files = drift_checks(&transport, node, calico).await;
+        let files = drift_checks(&access, node, calico).await;
         let started = Instant::now();
-        let network = node_network_state(&transport, calico).await;
+        let network = node_network_state(&*access.transport, calico).await;
         (files, network, started)
     };
     let (calico_results, (files, network, network_started)) = tokio::join!(
         recorder.timed("read calico-node from the API", cluster_side),
-        recorder.timed("read the node over SSH", host_side),
+        recorder.timed("read the node", host_side),
     );
     let (mut results, mut findings) = files;
     results.push(check_bgp(&network, node, network_started));

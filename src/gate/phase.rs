@@ -35,6 +35,8 @@ pub enum Phase {
 pub enum Owed {
     /// Probe pods labelled with this run id.
     ProbePods { run_id: String },
+    /// Node-shell pods labelled with this run id: privileged, so never left behind.
+    NodeShellPods { run_id: String },
     /// The node this run cordoned (not one that was cordoned before it).
     Cordon { node: String },
     /// The reboot lock's Lease, held by this run.
@@ -56,6 +58,9 @@ pub struct Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cleanup {
     DeleteProbePods {
+        run_ids: Vec<String>,
+    },
+    DeleteNodeShellPods {
         run_ids: Vec<String>,
     },
     Uncordon {
@@ -92,6 +97,20 @@ pub fn cleanup_plan(phase: Phase, owed: &[Owed], outcome: &Outcome) -> Vec<Clean
         .collect();
     if !run_ids.is_empty() {
         plan.push(Cleanup::DeleteProbePods { run_ids });
+    }
+    // The node shells go whatever the outcome: nothing after the run may need them, and
+    // a privileged pod is not left on a node.
+    let shell_run_ids: Vec<String> = owed
+        .iter()
+        .filter_map(|o| match o {
+            Owed::NodeShellPods { run_id } => Some(run_id.clone()),
+            _ => None,
+        })
+        .collect();
+    if !shell_run_ids.is_empty() {
+        plan.push(Cleanup::DeleteNodeShellPods {
+            run_ids: shell_run_ids,
+        });
     }
     let rebooted = phase >= Phase::RebootSent;
     for owed in owed {
@@ -217,6 +236,14 @@ mod tests {
         vec![Cleanup::DeleteProbePods { run_ids: vec!["r1".into(), "r1-pre".into()] }]
     )]
     #[case::lock_only(vec![Owed::Lease], vec![Cleanup::ReleaseLease])]
+    #[case::node_shells_before_the_lock(
+        vec![Owed::Lease, Owed::NodeShellPods { run_id: "r1".into() }, Owed::ProbePods { run_id: "r1".into() }],
+        vec![
+            Cleanup::DeleteProbePods { run_ids: vec!["r1".into()] },
+            Cleanup::DeleteNodeShellPods { run_ids: vec!["r1".into()] },
+            Cleanup::ReleaseLease,
+        ]
+    )]
     fn a_run_undoes_only_what_it_made(#[case] owed: Vec<Owed>, #[case] expected: Vec<Cleanup>) {
         assert_eq!(
             cleanup_plan(Phase::Checked, &owed, &outcome(false, true, false)),

@@ -88,6 +88,29 @@ async fn clean_up(
                     )),
                 }
             }
+            Cleanup::DeleteNodeShellPods { run_ids } => {
+                let Some(cluster) = &state.cluster else {
+                    continue;
+                };
+                let namespace = &inventory.node_shell.namespace;
+                let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
+                let cleanup = tokio::time::timeout(
+                    CLEANUP_TIMEOUT,
+                    while_unreachable(cluster, || cluster.delete_node_shells(namespace, &runs)),
+                );
+                match recorder.timed("delete node shell pods", cleanup).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => recorder.note(format!(
+                        "node shell pods of run {} were not deleted: {error}",
+                        run_ids.join(", ")
+                    )),
+                    Err(_) => recorder.note(format!(
+                        "node shell pods were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}` and the run ids {}",
+                        cluster::probes::RUN_LABEL,
+                        run_ids.join(", ")
+                    )),
+                }
+            }
             Cleanup::Uncordon { node, note } => {
                 let Some(cluster) = &state.cluster else {
                     continue;
@@ -218,7 +241,13 @@ async fn verify_steps(
     }
     // Before anything is locked, cordoned or created: a missing permission is one clear
     // error now, not a 403 halfway through a reboot.
-    let accesses = crate::rbac::required(inventory, &request.needs());
+    let mut needs = request.needs();
+    if inventory.node(node).is_some_and(|entry| {
+        inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell
+    }) {
+        needs.push(crate::rbac::Need::NodeShell);
+    }
+    let accesses = crate::rbac::required(inventory, &needs);
     match recorder
         .timed(
             "check postflight's permissions",
@@ -237,7 +266,17 @@ async fn verify_steps(
     state.ledger.owed.push(Owed::ProbePods {
         run_id: run_id.to_string(),
     });
-    let transport = ssh_transport(inventory, node).expect("the node is in the inventory");
+    let entry = inventory.node(node).expect("the node is in the inventory");
+    if inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell {
+        state.ledger.owed.push(Owed::NodeShellPods {
+            run_id: run_id.to_string(),
+        });
+    }
+    let access = match node_access(inventory, entry, Some(&cluster), run_id) {
+        Ok(access) => access,
+        Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
+    };
+    let transport = &*access.transport;
     let calico = match recorder
         .timed(
             "read how calico-node is installed",
@@ -270,7 +309,7 @@ async fn verify_steps(
         match preflight_then_reboot(
             inventory,
             &cluster,
-            &transport,
+            transport,
             node,
             recorder,
             run_id,
@@ -320,8 +359,8 @@ async fn verify_steps(
         ),
     );
     let host_step = recorder.timed(
-        "read the node's Calico state over SSH",
-        check_host(&transport, node, calico, inventory.timeouts.ssh),
+        "read the node's Calico state",
+        check_host(transport, node, calico, inventory.timeouts.ssh),
     );
     let probe_step = recorder.timed(
         "start probe pods",
@@ -331,7 +370,7 @@ async fn verify_steps(
     let calico_ready = calico_results.ready.passed();
     let findings = Findings {
         node: node.into(),
-        shell: NodeShell::of(transport.target()),
+        shell: access.shell.clone(),
         calico_pod: calico_results.pod_name.clone(),
         calico_namespace: calico.namespace.clone(),
         fatal_log_line: calico_results.fatal_log_line.clone(),
@@ -348,7 +387,7 @@ async fn verify_steps(
     let collect_network_state = || {
         recorder.timed(
             "collect the node's routes and BGP state",
-            node_network_state(&transport, calico),
+            node_network_state(transport, calico),
         )
     };
     let ((same, cross), network_state) = if calico_ready {

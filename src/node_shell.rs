@@ -1,0 +1,407 @@
+//! The node-shell transport: a node's host reached through the Kubernetes API alone,
+//! as `kubectl debug node/NAME --profile=sysadmin` reaches it. For each node a run needs,
+//! one short-lived privileged pod bound to that node, in the host's PID, network and IPC
+//! namespaces; each command is an exec into it that enters PID 1's namespaces with
+//! `nsenter` and runs the command there, as root.
+//!
+//! This module owns those pods: their spec, starting one when a command first needs it,
+//! starting another when a reboot took the first one down, and deleting them all by
+//! their run label. What it runs is what [`crate::host::Transport`] asks for, so the
+//! checks cannot tell it from SSH.
+
+use crate::cluster::probes::RUN_LABEL;
+use crate::cluster::{Cluster, ClusterError, MANAGED_BY_LABEL};
+use crate::host::{BoxFuture, CommandOutput, HostError, RebootOutcome, ShellCommand, Transport};
+use crate::inventory::NodeShellSettings;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use std::time::Duration;
+
+/// The value of `app.kubernetes.io/name` on every shell pod.
+pub const SHELL_POD_APP: &str = "postflight-node-shell";
+
+/// How long a shell pod's own process lives. A run that is killed outright (SIGKILL,
+/// a lost machine) cannot delete its pods; they then end by themselves, so that no
+/// privileged process stays on a node for longer than a run could need it.
+pub const SHELL_POD_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The command that enters the host's namespaces from a shell pod: those of PID 1, which
+/// in a pod with the host's PID namespace is the node's init.
+const ENTER_HOST: [&str; 9] = ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"];
+
+/// The name of a node's shell pod: run id, node, and how many came before it in this run
+/// (one per boot of the node), within the 63 characters a label value allows.
+pub fn shell_pod_name(run_id: &str, node: &str, generation: usize) -> String {
+    let generation = generation.to_string();
+    let room = 63usize.saturating_sub("pf-sh---".len() + run_id.len() + generation.len());
+    let node: String = node.replace('.', "-").chars().take(room).collect();
+    format!("pf-sh-{run_id}-{}-{generation}", node.trim_end_matches('-'))
+}
+
+/// The pod spec of a node shell: bound to the node by name (no scheduler, as
+/// `kubectl debug node` does), privileged, in the host's PID, network and IPC
+/// namespaces, with no service account token (nothing in it talks to the API), and a
+/// process that ends by itself after [`SHELL_POD_LIFETIME`].
+pub fn shell_pod(settings: &NodeShellSettings, run_id: &str, node: &str, name: &str) -> Pod {
+    let tolerations = match &settings.tolerations {
+        Some(tolerations) => serde_json::to_value(tolerations).expect("tolerations serialise"),
+        None => serde_json::json!([{"operator": "Exists"}]),
+    };
+    let pull_secrets: Vec<serde_json::Value> = settings
+        .image_pull_secrets
+        .iter()
+        .map(|name| serde_json::json!({ "name": name }))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": {
+                MANAGED_BY_LABEL.0: MANAGED_BY_LABEL.1,
+                RUN_LABEL: run_id,
+                "app.kubernetes.io/name": SHELL_POD_APP,
+            },
+        },
+        "spec": {
+            "nodeName": node,
+            "hostPID": true,
+            "hostNetwork": true,
+            "hostIPC": true,
+            "tolerations": tolerations,
+            "imagePullSecrets": pull_secrets,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "containers": [{
+                "name": "shell",
+                "image": settings.image,
+                "command": ["sleep", SHELL_POD_LIFETIME.as_secs().to_string()],
+                "securityContext": {"privileged": true},
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "16Mi"},
+                },
+            }],
+        },
+    }))
+    .expect("the shell pod spec is a valid Pod")
+}
+
+/// Why a shell pod will not run without someone changing something, in its status's
+/// words; `None` while it may still start.
+fn hopeless(pod: &Pod) -> Option<String> {
+    crate::cluster::probes::hopeless(pod)
+}
+
+/// The shell pod is running its process (it can be entered), or will never: the wait
+/// for it ends either way, and [`hopeless`] tells which.
+pub fn is_shell_running_or_hopeless() -> impl kube::runtime::wait::Condition<Pod> {
+    |pod: Option<&Pod>| {
+        pod.is_some_and(|pod| {
+            hopeless(pod).is_some()
+                || pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|state| state.running.is_some())
+        })
+    }
+}
+
+/// The node-shell transport to one node. Its pod is started by the first command and
+/// kept for the rest of the run; after a reboot took it down, the next command starts
+/// another.
+pub struct NodeShellTransport {
+    cluster: Cluster,
+    settings: NodeShellSettings,
+    run_id: String,
+    node: String,
+    /// How long one command may take (the inventory's `timeouts.ssh`, which bounds a
+    /// command whatever carries it).
+    timeout: Duration,
+    /// How long a shell pod may take to run: its image may have to be pulled
+    /// (`timeouts.probe_ready`, as for the probe pods).
+    start_timeout: Duration,
+    /// The pod commands go to, once started, and how many were started in this run.
+    pod: tokio::sync::Mutex<ShellPod>,
+}
+
+#[derive(Default)]
+struct ShellPod {
+    running: Option<String>,
+    started: usize,
+}
+
+impl NodeShellTransport {
+    pub fn new(
+        cluster: Cluster,
+        settings: NodeShellSettings,
+        run_id: &str,
+        node: &str,
+        timeout: Duration,
+        start_timeout: Duration,
+    ) -> Self {
+        NodeShellTransport {
+            cluster,
+            settings,
+            run_id: run_id.to_string(),
+            node: node.to_string(),
+            timeout,
+            start_timeout,
+            pod: Default::default(),
+        }
+    }
+
+    fn error(&self, action: impl Into<String>, reason: impl ToString) -> HostError {
+        HostError::NodeShell {
+            node: self.node.clone(),
+            action: action.into(),
+            reason: reason.to_string(),
+            before_sending: true,
+        }
+    }
+
+    /// The running shell pod's name, starting one first if there is none.
+    async fn running_pod(&self) -> Result<String, HostError> {
+        let mut pod = self.pod.lock().await;
+        if let Some(name) = &pod.running {
+            return Ok(name.clone());
+        }
+        let name = shell_pod_name(&self.run_id, &self.node, pod.started);
+        pod.started += 1;
+        let namespace = &self.settings.namespace;
+        let action = format!("starting shell pod {namespace}/{name}");
+        let spec = shell_pod(&self.settings, &self.run_id, &self.node, &name);
+        self.cluster
+            .create_pod(&spec)
+            .await
+            .map_err(|e| self.error(&action, shell_pod_refusal(&e, namespace)))?;
+        let waiting = format!("waiting for shell pod {namespace}/{name} to run");
+        let wait = self.cluster.await_object(
+            &waiting,
+            self.cluster.pods(namespace),
+            &name,
+            is_shell_running_or_hopeless(),
+        );
+        let started = match tokio::time::timeout(self.start_timeout, wait).await {
+            Ok(Ok(started)) => started,
+            Ok(Err(error)) => return Err(self.error(&action, error)),
+            Err(_) => {
+                return Err(self.error(
+                    &action,
+                    format!("not running within {:?}", self.start_timeout),
+                ))
+            }
+        };
+        if let Some(why) = started.as_ref().and_then(hopeless) {
+            return Err(self.error(
+                &action,
+                format!("it will not run: {why} (image {})", self.settings.image),
+            ));
+        }
+        pod.running = Some(name.clone());
+        Ok(name)
+    }
+
+    /// Forgets the current pod (a reboot ended it): the next command starts another.
+    async fn forget_pod(&self) {
+        self.pod.lock().await.running = None;
+    }
+
+    /// Runs `command` in the host's namespaces through the shell pod. A pod that is gone
+    /// (its node restarted it away) is replaced once.
+    async fn exec(&self, command: &ShellCommand) -> Result<CommandOutput, HostError> {
+        let line = command.render(None);
+        let mut argv: Vec<String> = ENTER_HOST.iter().map(|w| w.to_string()).collect();
+        argv.extend(["sh".to_string(), "-c".to_string(), line.clone()]);
+        for attempt in 0..2 {
+            let pod = self.running_pod().await?;
+            let exec = self.cluster.exec(&self.settings.namespace, &pod, &argv);
+            let result = match tokio::time::timeout(self.timeout, exec).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(HostError::Timeout {
+                        node: self.node.clone(),
+                        command: line,
+                        timeout: self.timeout,
+                    })
+                }
+            };
+            match result {
+                Ok(output) => {
+                    return Ok(CommandOutput {
+                        stdout: output.stdout,
+                        stderr: output.stderr,
+                        exit_status: output.exit_code,
+                    })
+                }
+                Err(error) if attempt == 0 && pod_is_gone(&error) => self.forget_pod().await,
+                Err(error) => {
+                    return Err(HostError::NodeShell {
+                        node: self.node.clone(),
+                        action: format!("`{line}` in shell pod {pod}"),
+                        reason: error.to_string(),
+                        before_sending: pod_is_gone(&error),
+                    })
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+/// The exec was refused because the pod or its container is not there (any more): the
+/// command never ran.
+fn pod_is_gone(error: &ClusterError) -> bool {
+    match error {
+        ClusterError::Api {
+            source: kube::Error::Api(status),
+            ..
+        } => matches!(status.code, 400 | 404),
+        _ => false,
+    }
+}
+
+/// What to tell the operator when the API refuses a shell pod: the namespace and its
+/// permissions come from `postflight rbac`, Pod Security from the namespace's label.
+fn shell_pod_refusal(error: &ClusterError, namespace: &str) -> String {
+    let hint = match error {
+        ClusterError::Api {
+            source: kube::Error::Api(status),
+            ..
+        } => match status.code {
+            404 => format!(" (the namespace {namespace} does not exist: provision it with `postflight rbac | kubectl apply -f -`)"),
+            403 if status.message.contains("PodSecurity") => format!(
+                " (namespace {namespace} must be labelled pod-security.kubernetes.io/enforce=privileged, as `postflight rbac` provisions it)"
+            ),
+            403 => " (grant what `postflight rbac` prints for the node-shell transport)".into(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    format!("{error}{hint}")
+}
+
+impl Transport for NodeShellTransport {
+    fn run<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<CommandOutput, HostError>> {
+        Box::pin(self.exec(command))
+    }
+
+    fn reboot<'a>(
+        &'a self,
+        command: &'a ShellCommand,
+    ) -> BoxFuture<'a, Result<RebootOutcome, HostError>> {
+        Box::pin(async move {
+            let outcome = match self.exec(command).await {
+                Ok(output) if output.success() => Ok(RebootOutcome::Issued),
+                Ok(output) => Ok(RebootOutcome::Refused(output)),
+                // The reboot takes the shell pod with it: a stream cut once the command
+                // was sent is the machine going down, as asked.
+                Err(error) if !error.before_sending() => Ok(RebootOutcome::Issued),
+                Err(error) => Err(error),
+            };
+            // Whatever came of it, this pod does not survive a reboot: the next command
+            // starts one on the new boot.
+            if matches!(outcome, Ok(RebootOutcome::Issued)) {
+                self.forget_pod().await;
+            }
+            outcome
+        })
+    }
+}
+
+impl Cluster {
+    /// Deletes every shell pod of these runs, at once and without a grace period: their
+    /// process only sleeps.
+    ///
+    /// # Errors
+    /// The API refuses the deletion.
+    pub async fn delete_node_shells(
+        &self,
+        namespace: &str,
+        run_ids: &[&str],
+    ) -> Result<(), ClusterError> {
+        let selector = format!(
+            "{RUN_LABEL} in ({}),app.kubernetes.io/name={SHELL_POD_APP}",
+            run_ids.join(",")
+        );
+        let params = ListParams::default().labels(&selector);
+        match self
+            .pods(namespace)
+            .delete_collection(&DeleteParams::default().grace_period(0), &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(crate::cluster::api_error(format!(
+                "deleting the shell pods of run {} in {namespace}",
+                run_ids.join(", ")
+            ))(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shell_pod_is_privileged_in_the_hosts_namespaces_and_bound_to_its_node() {
+        let settings = NodeShellSettings::default();
+        let name = shell_pod_name("r1", "k8s-worker-03", 0);
+        let pod = shell_pod(&settings, "r1", "k8s-worker-03", &name);
+        let spec = pod.spec.expect("a spec");
+        assert_eq!(spec.node_name.as_deref(), Some("k8s-worker-03"));
+        assert_eq!(
+            (spec.host_pid, spec.host_network, spec.host_ipc),
+            (Some(true), Some(true), Some(true))
+        );
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let container = &spec.containers[0];
+        assert_eq!(
+            container
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged),
+            Some(true)
+        );
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&["sleep".to_string(), "3600".to_string()][..])
+        );
+        assert_eq!(
+            container.image.as_deref(),
+            Some("docker.io/library/busybox:1.37.0")
+        );
+        let labels = pod.metadata.labels.expect("labels");
+        assert_eq!(labels[RUN_LABEL], "r1");
+        assert_eq!(labels["app.kubernetes.io/name"], SHELL_POD_APP);
+        assert_eq!(
+            pod.metadata.namespace.as_deref(),
+            Some("postflight-node-shell")
+        );
+    }
+
+    #[test]
+    fn shell_pod_names_fit_a_label_and_count_the_boots() {
+        let long = "n".repeat(253);
+        let name = shell_pod_name("0123abcd", &long, 12);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.ends_with("-12"), "{name}");
+        assert_eq!(shell_pod_name("r1", "a.b", 0), "pf-sh-r1-a-b-0");
+    }
+
+    #[test]
+    fn commands_enter_the_node_init_namespaces() {
+        assert_eq!(ENTER_HOST[..3], ["nsenter", "-t", "1"]);
+        assert!(ENTER_HOST.contains(&"-m") && ENTER_HOST.contains(&"-n"));
+    }
+}
