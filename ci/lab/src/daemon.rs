@@ -26,17 +26,31 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     })
 }
 
+/// How an inventory of the lab reaches its nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    OverSsh,
+    ThroughNodeShells,
+}
+
 /// A postflight inventory describing this lab, as a user would write one for a cluster.
-fn inventory(topology: &Topology) -> String {
+fn inventory(topology: &Topology, reached: Reached) -> String {
+    let access = match reached {
+        Reached::OverSsh => "ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n",
+        // No SSH at all: the nodes are reached through the API, as on a managed cluster.
+        Reached::ThroughNodeShells => "transport: node-shell\nnode_shell:\n  image: docker.io/library/busybox:1.37.0\n",
+    };
     let mut text = format!(
         "# postflight inventory for the lab `{name}` (written by postflight-lab up).\n\
          cluster:\n  kubeconfig: postflight.kubeconfig\n  context: postflight-lab-{name}\n\
-         ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n\
-         nodes:\n",
+         {access}nodes:\n",
         name = topology.name
     );
     for node in &topology.nodes {
-        text.push_str(&format!("  - name: {}\n    host: {}\n", node.name, node.ip));
+        text.push_str(&format!("  - name: {}\n", node.name));
+        if reached == Reached::OverSsh {
+            text.push_str(&format!("    host: {}\n", node.ip));
+        }
         if node.control_plane {
             text.push_str("    protected: true\n");
         }
@@ -334,7 +348,11 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
             "postflight",
         ),
     )?;
-    write(&paths.inventory(), inventory(&topology))?;
+    write(&paths.inventory(), inventory(&topology, Reached::OverSsh))?;
+    write(
+        &paths.node_shell_inventory(),
+        inventory(&topology, Reached::ThroughNodeShells),
+    )?;
     if topology.calico == CalicoProfile::Operator {
         // The operator's namespace runs privileged pods, and says so to Pod Security.
         let namespace = json!({

@@ -649,11 +649,15 @@ impl Runtime {
         .collect();
         prefix.insert(0, "ip".into());
         let lab = self.lab_binary.to_string_lossy().to_string();
-        let binaries = match image {
+        let mut binaries = match image {
             Image::CalicoNode => json!({"calico-node": [lab, "calico-node"]}),
             Image::Agnhost => json!({"agnhost": [lab, "agnhost"]}),
             _ => json!({}),
         };
+        // In every image: the real nsenter would enter this machine, not the node.
+        let handle = node::NodePaths::new(&self.topology, node).netns_handle;
+        let reach = crate::nsenter::Reach::of(pod, container, &handle);
+        binaries["nsenter"] = json!(crate::nsenter::stand_in(&self.lab_binary, &reach));
         let env: Vec<String> = self
             .container_env(pod, container, sandbox, node)
             .into_iter()
@@ -997,12 +1001,20 @@ impl Runtime {
                 .filter_map(|s| s.as_str().map(String::from))
                 .collect()
         };
-        let argv = images::entrypoint(
+        let mut argv = images::entrypoint(
             &image,
             &strings(&container["command"]),
             &strings(&container["args"]),
             &self.lab_binary,
         );
+        if argv
+            .first()
+            .is_some_and(|first| first.rsplit('/').next() == Some("nsenter"))
+        {
+            let handle = node::NodePaths::new(&self.topology, &node).netns_handle;
+            let reach = crate::nsenter::Reach::of(&pod, &container, &handle);
+            argv.splice(0..1, crate::nsenter::stand_in(&self.lab_binary, &reach));
+        }
         let argv = match run_as(&pod, &container) {
             Ok(user) => as_user(user, argv),
             Err(message) => {

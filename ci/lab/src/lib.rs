@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod images;
 pub mod kubelet;
 pub mod node;
+pub mod nsenter;
 pub mod pki;
 pub mod system;
 pub mod topology;
@@ -79,6 +80,10 @@ impl LabPaths {
     }
     pub fn inventory(&self) -> PathBuf {
         self.state_dir.join("inventory.yaml")
+    }
+    /// The same cluster, every node reached through a node shell instead of SSH.
+    pub fn node_shell_inventory(&self) -> PathBuf {
+        self.state_dir.join("inventory-node-shell.yaml")
     }
     pub fn ssh_dir(&self) -> PathBuf {
         self.state_dir.join("ssh")

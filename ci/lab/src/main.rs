@@ -175,6 +175,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         argv: Vec<String>,
     },
+    /// `nsenter` in a lab container: what entering PID 1's namespaces reaches there.
+    #[command(hide = true)]
+    Nsenter {
+        #[arg(long = "lab-reach")]
+        reach: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The agnhost container (`agnhost netexec --http-port=N`).
     #[command(hide = true)]
     Agnhost {
@@ -435,6 +443,12 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::ProbeRunner { argv } => {
             postflight_lab::kubelet::run_probes(&argv)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Nsenter { reach, args } => {
+            // Returns only when it did not become the command.
+            let (code, message) = postflight_lab::nsenter::run(&reach, &args);
+            eprintln!("{message}");
+            Ok(ExitCode::from(code as u8))
         }
         Command::Agnhost { args } => {
             let Some(first) = args.first() else {

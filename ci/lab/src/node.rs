@@ -38,6 +38,9 @@ pub struct NodePaths {
     /// Present once a power-off has finished taking the node apart, until it boots: a
     /// fault applied to the node's network before then could be killed with it.
     pub powered_off_flag: PathBuf,
+    /// A second handle on the node's network namespace, outside /run: inside the node's
+    /// own view /run is the node's, where `ip netns` names are not to be found.
+    pub netns_handle: PathBuf,
 }
 
 impl NodePaths {
@@ -56,6 +59,7 @@ impl NodePaths {
             hold_flag: dir.join("hold-down"),
             nic_down_flag: dir.join("nic-down"),
             powered_off_flag: dir.join("powered-off"),
+            netns_handle: dir.join("netns"),
             root,
             dir,
         }
@@ -230,6 +234,16 @@ pub fn create_network(topology: &Topology, node: &NodeSpec) -> Result<()> {
     let netns = topology.node_netns(node);
     let bridge_port = format!("{}-v{}", topology.prefix(), node.index);
     system::run_args("ip", &["netns", "add", &netns])?;
+    let handle = NodePaths::new(topology, node).netns_handle;
+    write(&handle, "")?;
+    system::run_args(
+        "mount",
+        &[
+            "--bind",
+            &format!("/run/netns/{netns}"),
+            &handle.to_string_lossy(),
+        ],
+    )?;
     system::ip(
         None,
         &[

@@ -1,0 +1,194 @@
+//! The node-shell transport end to end, on a lab whose nodes are reached through the
+//! Kubernetes API alone (`inventory-node-shell.yaml`: no SSH, no host addresses), with
+//! postflight holding only the RBAC it prints for that inventory.
+
+mod common;
+
+use common::*;
+use postflight_lab::Lab;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Applies, as the cluster's admin, what `postflight rbac` prints for `inventory`.
+fn grant_printed_rbac(lab: &Lab, inventory: &Path) -> String {
+    let printed = Command::new(POSTFLIGHT)
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("rbac")
+        .output()
+        .expect("postflight rbac runs");
+    assert!(printed.status.success(), "{printed:?}");
+    let manifest = String::from_utf8(printed.stdout).unwrap();
+    let mut apply = Command::new(lab.paths().kubectl())
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let applied = apply.wait_with_output().unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    manifest
+}
+
+/// The pods in the node-shell namespace, by name.
+fn shell_pods(lab: &Lab) -> String {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "postflight-node-shell",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ],
+    )
+}
+
+#[test]
+fn a_lab_reached_only_through_node_shells_is_verified_rebooted_and_swept() {
+    let lab = lab("pf-shell", 3);
+    let inventory = lab.paths().node_shell_inventory();
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    assert!(
+        !text.contains("\n    host: ") && !text.contains("\nssh:"),
+        "no SSH at all: {text}"
+    );
+    let reports = tempfile::tempdir().unwrap();
+
+    // The shipped RBAC does not cover node shells: the run is refused before it makes
+    // anything, naming what is missing.
+    let refused = verify(&inventory, "k8s-worker-01", false, reports.path());
+    assert_eq!(refused.code(), 3, "{}", refused.describe());
+    assert!(
+        refused
+            .stdout()
+            .contains("create pods/exec (in namespace postflight-node-shell)"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(shell_pods(&lab), "");
+
+    let manifest = grant_printed_rbac(&lab, &inventory);
+    assert!(
+        manifest.contains("pod-security.kubernetes.io/enforce: privileged"),
+        "{manifest}"
+    );
+
+    let node = "k8s-worker-02";
+    let before = boot_id(&lab, node);
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        run.junit_cases()
+            .iter()
+            .all(|(_, _, kind)| kind == "passed"),
+        "{}",
+        run.junit
+    );
+    assert_ne!(
+        boot_id(&lab, node),
+        before,
+        "the reboot went through the shell"
+    );
+    // The host checks passed, so the shell read the node: a check that could not run
+    // is an error, never a pass.
+    assert_eq!(run.verdict("run_dir_permissions"), "passed");
+    assert_nothing_left(&lab, node);
+    assert_eq!(shell_pods(&lab), "", "no shell pod outlives its run");
+    assert_no_secrets(&lab, &run);
+
+    let swept = drift(&inventory, reports.path());
+    assert_eq!(swept.code(), 0, "{}", swept.describe());
+    assert_eq!(shell_pods(&lab), "", "drift deletes its shells");
+    let diagnosed = diagnose(&inventory, "k8s-worker-01", reports.path());
+    assert_eq!(diagnosed.code(), 0, "{}", diagnosed.describe());
+    assert_eq!(shell_pods(&lab), "", "diagnose deletes its shell");
+
+    // Ctrl-C while the node is down: the shells go with the rest of the cleanup.
+    let junit = reports.path().join("interrupted.xml");
+    let child = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(&inventory)
+            .args(["verify", "--node", node, "--reboot", "--junit"])
+            .arg(&junit)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    wait_for_node_down(&lab, node);
+    nix_kill(child.id(), "INT");
+    let output = child.wait_with_output();
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    assert_eq!(shell_pods(&lab), "", "Ctrl-C deletes the shells");
+    // The node comes back by itself; the test leaves the lab as it found it.
+    let started = std::time::Instant::now();
+    while node_field(
+        &lab,
+        node,
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    ) != "True"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{node} never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_incident_is_caught_through_a_node_shell_with_the_evidence_ssh_gives() {
+    let lab = lab("pf-shell-incident", 3);
+    let shells = lab.paths().node_shell_inventory();
+    grant_printed_rbac(&lab, &shells);
+    let node = "k8s-worker-02";
+    lab.os_update(node, true).unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&shells, node, true, reports.path());
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    for check in [
+        "calico_node_ready",
+        "run_dir_permissions",
+        "tmpfiles_config_present",
+        "cross_node_pod_connectivity",
+    ] {
+        assert_eq!(run.verdict(check), "failed", "{check}: {}", run.describe());
+    }
+    let evidence = run.message("run_dir_permissions");
+    assert!(evidence.contains("700 0 0"), "{evidence}");
+    // The fix is pasted where SSH does not reach: through kubectl debug.
+    let fix = run.result("run_dir_permissions")["diagnosis"]["remediation"].to_string();
+    assert!(fix.contains("kubectl debug node/k8s-worker-02"), "{fix}");
+    assert!(!fix.contains("ssh "), "{fix}");
+    assert_eq!(shell_pods(&lab), "");
+
+    // The node as it is now, read both ways: the same evidence, word for word.
+    let through_shell = diagnose(&shells, node, reports.path());
+    let over_ssh = diagnose(&lab.paths().inventory(), node, reports.path());
+    for check in ["tmpfiles_config_present", "run_dir_permissions"] {
+        assert_eq!(through_shell.verdict(check), "failed");
+        assert_eq!(
+            through_shell.message(check),
+            over_ssh.message(check),
+            "{check}"
+        );
+    }
+    assert_eq!(shell_pods(&lab), "");
+}
