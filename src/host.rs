@@ -58,6 +58,12 @@ pub enum HostError {
         /// entered.
         before_sending: bool,
     },
+    #[error("{node}: `{command}` could not be run here: {reason}")]
+    Local {
+        node: String,
+        command: String,
+        reason: String,
+    },
     #[error("{node}: `{command}` did not finish within {timeout:?}")]
     Timeout {
         node: String,
@@ -72,6 +78,7 @@ impl HostError {
         match self {
             HostError::Timeout { .. } => crate::checks::ErrorKind::Timeout,
             HostError::NodeShell { .. } => crate::checks::ErrorKind::NodeShell,
+            HostError::Local { .. } => crate::checks::ErrorKind::Error,
             _ => crate::checks::ErrorKind::Ssh,
         }
     }
@@ -90,7 +97,43 @@ impl HostError {
                 | HostError::HostKeyMismatch { .. }
                 | HostError::KnownHosts { .. }
                 | HostError::Authentication { .. }
+                | HostError::Local { .. }
         )
+    }
+}
+
+/// Runs an operator's command line on this machine, for a node that another system
+/// restarts (`docker restart NODE` for kind), within `timeout`; killed if it overruns.
+///
+/// # Errors
+/// It could not be started, or did not finish in time.
+pub async fn run_local(
+    node: &str,
+    line: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, HostError> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, child).await {
+        Ok(Ok(output)) => Ok(CommandOutput {
+            stdout: crate::hostile::lossy(output.stdout),
+            stderr: crate::hostile::lossy(output.stderr),
+            exit_status: output.status.code().unwrap_or(-1),
+        }),
+        Ok(Err(error)) => Err(HostError::Local {
+            node: node.to_string(),
+            command: line.to_string(),
+            reason: error.to_string(),
+        }),
+        Err(_) => Err(HostError::Timeout {
+            node: node.to_string(),
+            command: line.to_string(),
+            timeout,
+        }),
     }
 }
 
@@ -423,6 +466,19 @@ impl Transport for SshTransport {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[tokio::test]
+    async fn a_local_command_reports_its_exit_and_is_bounded() {
+        let output = run_local("n1", "echo restarted; exit 3", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (output.stdout.as_str(), output.exit_status),
+            ("restarted\n", 3)
+        );
+        let late = run_local("n1", "sleep 5", Duration::from_millis(100)).await;
+        assert!(matches!(late, Err(HostError::Timeout { .. })), "{late:?}");
+    }
 
     fn through_sh(line: &str) -> String {
         let out = std::process::Command::new("sh")

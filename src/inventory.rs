@@ -321,16 +321,56 @@ impl Default for ProbeSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RebootSettings {
-    /// Run over SSH (with `become` when set); the connection dropping is expected.
+    /// Run on the node (over its transport, with `become` when set; the connection
+    /// dropping is expected), or here (`runs_on: local`). `{node}` is replaced by the
+    /// node's name, quoted for the shell: `docker restart {node}` for kind.
     pub command: String,
+    pub runs_on: RunsOn,
+    /// What a reboot is for these nodes, which decides how it is proven.
+    pub node_kind: NodeKind,
 }
 
 impl Default for RebootSettings {
     fn default() -> Self {
         RebootSettings {
             command: "systemctl reboot".into(),
+            runs_on: RunsOn::Node,
+            node_kind: NodeKind::Machine,
         }
     }
+}
+
+impl RebootSettings {
+    /// The command for `node`, its name quoted where `{node}` stands.
+    pub fn command_for(&self, node: &str) -> String {
+        self.command
+            .replace("{node}", &shell_escape::unix::escape(node.into()))
+    }
+}
+
+/// Where the reboot command runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunsOn {
+    /// On the node, through its transport.
+    #[default]
+    Node,
+    /// On the machine postflight runs on: for nodes that another system restarts
+    /// (`docker restart`, a hypervisor's CLI).
+    Local,
+}
+
+/// What the nodes are, for proving that they restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A machine with its own kernel: a reboot gives it a new boot ID
+    /// (`boot_id_changed`).
+    #[default]
+    Machine,
+    /// A container on a shared kernel (kind): its boot ID is the host's and never
+    /// changes, so a restart is proven by its PID 1 starting again (`node_restarted`).
+    Container,
 }
 
 /// Deadlines for each wait. The defaults follow the Kubernetes e2e reboot test: a node
@@ -590,6 +630,13 @@ impl Inventory {
                 "probe.client_target must contain {url}".into(),
             ));
         }
+        if self.reboot.runs_on == RunsOn::Local && !self.reboot.command.contains("{node}") {
+            return Err(self.located(
+                text,
+                "reboot.command",
+                "reboot.command runs here (runs_on: local) but does not name the node: put {node} where the node's name goes, e.g. `docker restart {node}`".into(),
+            ));
+        }
         let any_over_ssh = self
             .nodes
             .iter()
@@ -756,6 +803,12 @@ mod tests {
         1,
         12,
         "unknown variant `telnet`"
+    )]
+    #[case::local_reboot_without_the_node(
+        "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\nreboot:\n  command: docker restart kind-worker\n  runs_on: local\n",
+        7,
+        3,
+        "does not name the node"
     )]
     #[case::zero_timeout(
         "nodes:\n  - name: a\n    host: h\ntimeouts:\n  calico_ready: 0s\n",

@@ -192,3 +192,54 @@ fn the_incident_is_caught_through_a_node_shell_with_the_evidence_ssh_gives() {
     }
     assert_eq!(shell_pods(&lab), "");
 }
+
+/// Nodes that are containers, as kind's are: a restart keeps the host's boot ID, so the
+/// reboot is sent from here with the lab's own `reboot` (as `docker restart {node}`) and
+/// proven by the node's new PID 1, read through the node shell.
+#[test]
+fn container_nodes_are_restarted_from_here_and_proven_by_their_new_pid_1() {
+    let lab = Lab::up(
+        postflight_lab::LabConfig::new("pf-container")
+            .nodes(3)
+            .node_kind(postflight_lab::topology::NodeKind::Container),
+    )
+    .unwrap_or_else(|e| panic!("lab pf-container: {e}"));
+    let inventory = lab.paths().node_shell_inventory();
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    assert!(
+        text.contains("runs_on: local") && text.contains("--node {node}"),
+        "{text}"
+    );
+    grant_printed_rbac(&lab, &inventory);
+    let reports = tempfile::tempdir().unwrap();
+    let node = "k8s-worker-01";
+    let before = boot_id(&lab, node);
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert_eq!(
+        boot_id(&lab, node),
+        before,
+        "a container keeps its host's boot ID"
+    );
+    let names: Vec<String> = run
+        .junit_cases()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    assert!(names.contains(&"node_restarted".to_string()), "{names:?}");
+    assert!(!names.contains(&"boot_id_changed".to_string()), "{names:?}");
+    // The report says what proved the restart.
+    let evidence = run.result("node_restarted")["evidence"].to_string();
+    assert!(
+        evidence.contains("PID 1 started") && evidence.contains("unchanged"),
+        "{evidence}"
+    );
+    assert_nothing_left(&lab, node);
+    assert_eq!(shell_pods(&lab), "");
+
+    let swept = drift(&inventory, reports.path());
+    assert_eq!(swept.code(), 0, "{}", swept.describe());
+    let diagnosed = diagnose(&inventory, node, reports.path());
+    assert_eq!(diagnosed.code(), 0, "{}", diagnosed.describe());
+    assert_eq!(shell_pods(&lab), "");
+}

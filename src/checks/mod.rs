@@ -20,7 +20,7 @@ pub use crate::expectations::{canonical_run_path, RunDirStat};
 pub use bgp::{judge_bgp, parse_bgp_sessions, BgpSession};
 pub use calico::{judge_calico_ready, judge_crashloop, CalicoObservation};
 pub use connectivity::{flaky_pairs, judge_connectivity, PairResult, ProbeOutcome};
-pub use node::{judge_boot_id, judge_node_ready};
+pub use node::{judge_boot_id, judge_node_ready, judge_restart, ProcessStart};
 pub use tmpfiles::{
     effective_tmpfiles_entry, judge_next_boot, judge_node_tmpfiles, judge_run_dir, judge_tmpfiles,
     parse_tmpfiles, TmpfilesEntry,
@@ -42,6 +42,9 @@ pub enum CheckName {
     NodeDrained,
     NodeReadyAfterReboot,
     BootIdChanged,
+    /// A node that is a container: it restarted (its PID 1 is a new process), its boot
+    /// ID being its host's.
+    NodeRestarted,
     CalicoNodeReady,
     CalicoNodeNotCrashlooping,
     TmpfilesConfigPresent,
@@ -61,6 +64,7 @@ impl CheckName {
             CheckName::NodeDrained => "node_drained",
             CheckName::NodeReadyAfterReboot => "node_ready_after_reboot",
             CheckName::BootIdChanged => "boot_id_changed",
+            CheckName::NodeRestarted => "node_restarted",
             CheckName::CalicoNodeReady => "calico_node_ready",
             CheckName::CalicoNodeNotCrashlooping => "calico_node_not_crashlooping",
             CheckName::TmpfilesConfigPresent => "tmpfiles_config_present",
@@ -80,7 +84,7 @@ impl CheckName {
             CheckName::ClusterHealthyBeforeReboot => "cluster_degraded",
             CheckName::NodeDrained => "drain_incomplete",
             CheckName::NodeReadyAfterReboot => "node_not_ready",
-            CheckName::BootIdChanged => "not_rebooted",
+            CheckName::BootIdChanged | CheckName::NodeRestarted => "not_rebooted",
             CheckName::CalicoNodeReady => "calico_not_ready",
             CheckName::CalicoNodeNotCrashlooping => "calico_crashloop",
             CheckName::TmpfilesConfigPresent | CheckName::RunDirAfterNextBoot => "tmpfiles_drift",
@@ -92,14 +96,19 @@ impl CheckName {
         }
     }
 
-    /// The checks of `verify`, in report order.
-    pub fn for_verify(reboot: bool) -> Vec<CheckName> {
+    /// The checks of `verify`, in report order. A machine's reboot is proven by its new
+    /// boot ID, a container's restart by its new PID 1.
+    pub fn for_verify(reboot: bool, kind: crate::inventory::NodeKind) -> Vec<CheckName> {
         use CheckName::*;
+        let restart_proof = match kind {
+            crate::inventory::NodeKind::Machine => BootIdChanged,
+            crate::inventory::NodeKind::Container => NodeRestarted,
+        };
         let mut names = if reboot {
             vec![
                 ClusterHealthyBeforeReboot,
                 NodeReadyAfterReboot,
-                BootIdChanged,
+                restart_proof,
             ]
         } else {
             vec![NodeReadyAfterReboot]

@@ -34,6 +34,95 @@ pub fn judge_boot_id(before: &str, after: &str) -> Judgement {
     }
 }
 
+/// When a node's PID 1 started: what proves that a node which is a container restarted,
+/// since its boot ID is its host's and never changes. Read from `/proc/1/stat` (ticks
+/// since the kernel booted) and `/proc/stat`'s `btime` (when it booted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStart {
+    pub ticks_after_boot: u64,
+    pub kernel_booted_at: i64,
+}
+
+/// Clock ticks per second in /proc (USER_HZ): 100 on every architecture Linux runs
+/// Kubernetes nodes on; the kernel's own HZ does not show through.
+const USER_HZ: u64 = 100;
+
+impl ProcessStart {
+    /// The command that prints what [`ProcessStart::parse`] reads.
+    pub const COMMAND: &'static str = "cat /proc/1/stat && grep '^btime ' /proc/stat";
+
+    /// Reads the output of [`ProcessStart::COMMAND`]. The process name in `stat` may
+    /// hold spaces and parentheses, so fields are counted from its last `)`.
+    pub fn parse(output: &str) -> Option<Self> {
+        let mut lines = output.lines();
+        let stat = lines.next()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        // Field 22 of stat; the text after the name starts at field 3.
+        let ticks_after_boot = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        let kernel_booted_at = lines
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(ProcessStart {
+            ticks_after_boot,
+            kernel_booted_at,
+        })
+    }
+
+    /// When PID 1 started, to the second, in UTC.
+    pub fn started_at(&self) -> String {
+        let seconds = self.kernel_booted_at + (self.ticks_after_boot / USER_HZ) as i64;
+        k8s_openapi::jiff::Timestamp::from_second(seconds)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| format!("{seconds} s after the epoch"))
+    }
+}
+
+/// A container node restarted: its boot ID changed (it was rebooted with its host), or
+/// else its PID 1 is a process started since the one before the restart. The evidence
+/// says which proved it.
+pub fn judge_restart(
+    boot_before: &str,
+    boot_after: &str,
+    before: &ProcessStart,
+    after: &ProcessStart,
+) -> Judgement {
+    if boot_before != boot_after && !boot_after.is_empty() {
+        let evidence = vec![Evidence::new(
+            "bootID",
+            boot_after,
+            format!("different from {boot_before}"),
+        )];
+        return (Verdict::Passed, evidence);
+    }
+    let evidence = vec![
+        Evidence::new(
+            "PID 1 started",
+            after.started_at(),
+            format!("later than {} (before the restart)", before.started_at()),
+        ),
+        Evidence::new(
+            "bootID",
+            format!("{boot_after} (unchanged)"),
+            "the host's, shared by a container node",
+        ),
+    ];
+    let restarted = after.kernel_booted_at != before.kernel_booted_at
+        || after.ticks_after_boot > before.ticks_after_boot;
+    if restarted {
+        (Verdict::Passed, evidence)
+    } else {
+        (
+            Verdict::Failed(format!(
+                "PID 1 still runs since {}: the node did not restart",
+                before.started_at()
+            )),
+            evidence,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +132,36 @@ mod tests {
     fn boot_id_must_change() {
         assert_eq!(judge_boot_id("a", "b").0, Verdict::Passed);
         assert!(matches!(judge_boot_id("a", "a").0, Verdict::Failed(_)));
+    }
+
+    const STAT: &str = "1 (systemd (init)) S 0 1 1 0 -1 4194560 41 0 0 0 3 5 0 0 20 0 1 0 123456 22200320 2982 18446744073709551615 1 1 0 0 0 0 671173123 4096 1260 0 0 0 17 0 0 0 0 0 0\nbtime 1764150000\n";
+
+    #[test]
+    fn pid_1_start_is_read_past_a_name_with_spaces_and_parentheses() {
+        let start = ProcessStart::parse(STAT).expect("parses");
+        assert_eq!(start.ticks_after_boot, 123456);
+        assert_eq!(start.kernel_booted_at, 1764150000);
+        assert_eq!(start.started_at(), "2025-11-26T10:00:34Z");
+        assert_eq!(ProcessStart::parse("garbage"), None);
+        assert_eq!(ProcessStart::parse("1 (init) S 0\nbtime 5\n"), None);
+    }
+
+    #[test]
+    fn a_container_restart_is_proven_by_a_new_pid_1_and_says_so() {
+        let before = ProcessStart::parse(STAT).unwrap();
+        let after = ProcessStart {
+            ticks_after_boot: before.ticks_after_boot + 4_000,
+            ..before
+        };
+        let (verdict, evidence) = judge_restart("b1", "b1", &before, &after);
+        assert_eq!(verdict, Verdict::Passed);
+        assert_eq!(evidence[0].what, "PID 1 started");
+        assert!(evidence[1].observed.contains("unchanged"));
+        let (verdict, _) = judge_restart("b1", "b1", &before, &before);
+        assert!(matches!(verdict, Verdict::Failed(m) if m.contains("did not restart")));
+        // Rebooted with its host: the boot ID says it.
+        let (verdict, evidence) = judge_restart("b1", "b2", &before, &before);
+        assert_eq!(verdict, Verdict::Passed);
+        assert_eq!(evidence[0].what, "bootID");
     }
 }

@@ -19,6 +19,16 @@ pub fn has_boot_id_other_than(boot_id: &str) -> impl Condition<Node> + '_ {
     }
 }
 
+/// The node's kubelet has reported its Ready condition at or after `since`: a report of
+/// the node as it is now, not one left from before a restart that the API did not see.
+pub fn has_reported_since(since: k8s_openapi::jiff::Timestamp) -> impl Condition<Node> {
+    move |node: Option<&Node>| {
+        node.and_then(|node| super::node_condition(node, "Ready"))
+            .and_then(|ready| ready.last_heartbeat_time.as_ref())
+            .is_some_and(|heartbeat| heartbeat.0 >= since)
+    }
+}
+
 /// The object with this UID is gone: deleted, or replaced by another of the same name
 /// (which is not the one we waited on). Deletion is confirmed by UID, never by name.
 pub fn is_gone<K: kube::Resource>(uid: &str) -> impl Condition<K> + '_ {

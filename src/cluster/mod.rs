@@ -758,7 +758,7 @@ impl Cluster {
     }
 }
 
-pub use conditions::{has_boot_id_other_than, is_node_ready};
+pub use conditions::{has_boot_id_other_than, has_reported_since, is_node_ready};
 
 /// Node facts the checks read.
 pub fn node_ready(node: &Node) -> bool {

@@ -163,9 +163,9 @@ impl VerifyRequest {
         needs
     }
 
-    /// The checks this request reports, in report order.
-    pub fn expected_checks(&self) -> Vec<CheckName> {
-        let mut checks = CheckName::for_verify(self.reboot);
+    /// The checks this request reports, in report order, for nodes of `kind`.
+    pub fn expected_checks(&self, kind: crate::inventory::NodeKind) -> Vec<CheckName> {
+        let mut checks = CheckName::for_verify(self.reboot, kind);
         if self.reboot && self.drain {
             checks.insert(1, CheckName::NodeDrained);
         }

@@ -3,6 +3,8 @@
 
 use super::verify::Ledger;
 use super::*;
+use crate::checks::{judge_restart, ProcessStart};
+use crate::inventory::{NodeKind, RunsOn};
 
 /// Since when a calico-node container that exited with an error counts as crash-looping:
 /// since the node's new boot turned Ready, or, without a reboot, the recent past.
@@ -35,7 +37,11 @@ pub async fn reboot_node(
     transport: &dyn Transport,
     node: &str,
 ) -> (Vec<CheckResult>, Vec<StepTiming>, Option<RebootBaseline>) {
-    let recorder = Recorder::new(node, &Quiet, &CheckName::for_verify(true));
+    let recorder = Recorder::new(
+        node,
+        &Quiet,
+        &CheckName::for_verify(true, inventory.reboot.node_kind),
+    );
     let run_id = new_run_id();
     let baseline = preflight_then_reboot(
         inventory,
@@ -247,8 +253,9 @@ pub(super) struct RebootOptions<'a> {
     pub(super) ledger: &'a mut Ledger,
 }
 
-/// Records the boot, reboots the node over SSH, waits for it to go down and to come
-/// back Ready on a new boot, and records `node_ready_after_reboot` and `boot_id_changed`.
+/// Records the boot, reboots the node, waits for it to go down and to come back Ready
+/// on a new boot, and records `node_ready_after_reboot` and `boot_id_changed` (for a
+/// node that is a container, `node_restarted`, proven by its PID 1).
 /// Returns None when the node did not come back (the remaining checks are then recorded
 /// as errors).
 async fn reboot_and_wait(
@@ -292,51 +299,21 @@ async fn reboot_and_wait(
         }
     };
 
+    if inventory.reboot.node_kind == NodeKind::Container {
+        return restart_container_and_wait(
+            inventory,
+            cluster,
+            transport,
+            node,
+            recorder,
+            ledger,
+            (boot_id, calico_before),
+        )
+        .await;
+    }
     let started = Instant::now();
-    let command = ShellCommand::operator_text(&inventory.reboot.command);
-    // Set before sending: an SSH error mid-command leaves it unknown whether the node is
-    // going down, and unknown must count as rebooted.
-    let before_reboot = ledger.phase;
-    ledger.phase = Phase::RebootSent;
-    match recorder
-        .timed("issue the reboot", transport.reboot(&command))
-        .await
-    {
-        Ok(RebootOutcome::Issued) => {}
-        Ok(RebootOutcome::Refused(output)) => {
-            ledger.phase = before_reboot;
-            let message = format!(
-                "the reboot command `{}` was refused (exit {}): {}",
-                inventory.reboot.command,
-                output.exit_status,
-                output.stderr.trim()
-            );
-            recorder.record(CheckResult::new(
-                CheckName::NodeReadyAfterReboot,
-                node,
-                Verdict::Failed(message.clone()),
-                vec![Evidence::new(
-                    "reboot command",
-                    format!("exit {}", output.exit_status),
-                    "the node goes down",
-                )],
-                started.elapsed(),
-            ));
-            recorder.error_remaining(ErrorKind::Refused, "the node was not rebooted");
-            return None;
-        }
-        Err(error) => {
-            // Nothing reached the node (no connection, a refused host key, a failed
-            // login): it was not rebooted, and a drained node goes back into service.
-            if error.before_sending() {
-                ledger.phase = before_reboot;
-            }
-            recorder.error_remaining(
-                error.kind(),
-                &format!("could not issue the reboot: {error}"),
-            );
-            return None;
-        }
+    if !issue_reboot(inventory, transport, node, recorder, ledger, started).await {
+        return None;
     }
 
     let last_seen = Mutex::new(None);
@@ -419,6 +396,246 @@ async fn reboot_and_wait(
     })
 }
 
+/// Sends the reboot command, on the node or here as the inventory says, and records
+/// why when it was not sent or was refused. Returns whether the node may be going down.
+async fn issue_reboot(
+    inventory: &Inventory,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+    ledger: &mut Ledger,
+    started: Instant,
+) -> bool {
+    let command = inventory.reboot.command_for(node);
+    // Set before sending: an error mid-command leaves it unknown whether the node is
+    // going down, and unknown must count as rebooted.
+    let before_reboot = ledger.phase;
+    ledger.phase = Phase::RebootSent;
+    let sent = async {
+        match inventory.reboot.runs_on {
+            RunsOn::Node => {
+                transport
+                    .reboot(&ShellCommand::operator_text(&command))
+                    .await
+            }
+            RunsOn::Local => {
+                match crate::host::run_local(node, &command, inventory.timeouts.ssh).await? {
+                    output if output.success() => Ok(RebootOutcome::Issued),
+                    output => Ok(RebootOutcome::Refused(output)),
+                }
+            }
+        }
+    };
+    match recorder.timed("issue the reboot", sent).await {
+        Ok(RebootOutcome::Issued) => true,
+        Ok(RebootOutcome::Refused(output)) => {
+            ledger.phase = before_reboot;
+            let message = format!(
+                "the reboot command `{command}` was refused (exit {}): {}",
+                output.exit_status,
+                output.stderr.trim()
+            );
+            recorder.record(CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                Verdict::Failed(message),
+                vec![Evidence::new(
+                    "reboot command",
+                    format!("exit {}", output.exit_status),
+                    "the node goes down",
+                )],
+                started.elapsed(),
+            ));
+            recorder.error_remaining(ErrorKind::Refused, "the node was not rebooted");
+            false
+        }
+        Err(error) => {
+            // Nothing reached the node (no connection, a refused host key, a failed
+            // login, a local command that could not start): it was not rebooted, and a
+            // drained node goes back into service.
+            if error.before_sending() {
+                ledger.phase = before_reboot;
+            }
+            recorder.error_remaining(
+                error.kind(),
+                &format!("could not issue the reboot: {error}"),
+            );
+            false
+        }
+    }
+}
+
+/// Pause between reads of a restarting container node's PID 1: the read fails while
+/// the node is down, and that is expected.
+const RESTART_READ_PAUSE: Duration = Duration::from_millis(500);
+
+/// Reads when the node's PID 1 started, through its transport.
+async fn read_pid1_start(transport: &dyn Transport) -> Result<ProcessStart, String> {
+    let command = ShellCommand::new("sh").arg("-c").arg(ProcessStart::COMMAND);
+    let output = transport.run(&command).await.map_err(|e| e.to_string())?;
+    if !output.success() {
+        return Err(format!(
+            "`{}` exited {}: {}",
+            ProcessStart::COMMAND,
+            output.exit_status,
+            output.stderr.trim()
+        ));
+    }
+    ProcessStart::parse(&output.stdout)
+        .ok_or_else(|| format!("`{}` printed no start time", ProcessStart::COMMAND))
+}
+
+/// The restart of a node that is a container (kind): its boot ID is the host's and does
+/// not change, and its Node may never turn NotReady if the restart is quick. So the
+/// restart is proven by the node's PID 1 being a new process, read through the
+/// transport, and the node counts as back once it is Ready with a heartbeat posted by
+/// the kubelet since the restart. Records `node_ready_after_reboot` and
+/// `node_restarted`.
+async fn restart_container_and_wait(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    transport: &dyn Transport,
+    node: &str,
+    recorder: &Recorder<'_>,
+    ledger: &mut Ledger,
+    (boot_id, calico_before): (String, CalicoBaseline),
+) -> Option<RebootBaseline> {
+    let timeouts = &inventory.timeouts;
+    let pid1_before = match recorder
+        .timed("record when PID 1 started", read_pid1_start(transport))
+        .await
+    {
+        Ok(start) => start,
+        Err(why) => {
+            recorder.error_remaining(
+                ErrorKind::Error,
+                &format!("the restart could not be proven, so {node} was not restarted: reading PID 1's start failed: {why}"),
+            );
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let restarted_at = Timestamp::now();
+    if !issue_reboot(inventory, transport, node, recorder, ledger, started).await {
+        return None;
+    }
+    let new_pid1 = async {
+        loop {
+            match read_pid1_start(transport).await {
+                Ok(start) if start != pid1_before => return start,
+                _ => tokio::time::sleep(RESTART_READ_PAUSE).await,
+            }
+        }
+    };
+    let pid1_after = match recorder
+        .timed(
+            "wait for a new PID 1 on the node",
+            tokio::time::timeout(timeouts.node_not_ready, new_pid1),
+        )
+        .await
+    {
+        Ok(start) => start,
+        Err(_) => {
+            let message = format!(
+                "the node's PID 1 still runs since {} {} after the restart command: it did not restart",
+                pid1_before.started_at(),
+                humantime::format_duration(timeouts.node_not_ready)
+            );
+            recorder.record(CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                Verdict::Failed(message),
+                vec![Evidence::new(
+                    "PID 1 started",
+                    pid1_before.started_at(),
+                    "a new PID 1",
+                )],
+                started.elapsed(),
+            ));
+            recorder.record(check_result(
+                CheckName::NodeRestarted,
+                node,
+                judge_restart(&boot_id, &boot_id, &pid1_before, &pid1_before),
+                started,
+            ));
+            recorder.error_remaining(ErrorKind::Timeout, "the node did not restart");
+            return None;
+        }
+    };
+    ledger.phase = Phase::Down;
+    // The kubelet's own report since the restart, not a Ready left over from before it;
+    // heartbeats have whole seconds.
+    let since = restarted_at
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or(restarted_at);
+    let last_seen = Mutex::new(None);
+    let back = cluster::is_node_ready().and(cluster::has_reported_since(since));
+    let up = tokio::time::timeout(
+        timeouts.node_ready,
+        cluster.wait_for_node(node, back, &last_seen),
+    );
+    let after = match recorder
+        .timed("wait for the node to be Ready after its restart", up)
+        .await
+    {
+        Ok(Ok(after)) => {
+            ledger.phase = Phase::Back;
+            after
+        }
+        Ok(Err(refused)) => {
+            recorder.error_remaining(refused.kind(), &refused.to_string());
+            return None;
+        }
+        Err(_) => {
+            let seen = last_seen.lock().expect("last_seen lock").clone();
+            let last = seen.as_ref().map_or(
+                "the node object is gone".into(),
+                cluster::describe_ready_condition,
+            );
+            recorder.record(CheckResult::new(
+                CheckName::NodeReadyAfterReboot,
+                node,
+                Verdict::Failed(format!(
+                    "the node was not Ready after its restart within {}; last seen: {last}",
+                    humantime::format_duration(timeouts.node_ready)
+                )),
+                vec![Evidence::new(
+                    "Ready condition",
+                    last,
+                    "Ready=True, reported since the restart",
+                )],
+                started.elapsed(),
+            ));
+            recorder.record(check_result(
+                CheckName::NodeRestarted,
+                node,
+                judge_restart(&boot_id, &boot_id, &pid1_before, &pid1_after),
+                started,
+            ));
+            recorder.error_remaining(ErrorKind::Timeout, "the node did not come back");
+            return None;
+        }
+    };
+    recorder.record(check_result(
+        CheckName::NodeReadyAfterReboot,
+        node,
+        judge_node_ready(&after),
+        started,
+    ));
+    let boot_after = cluster::boot_id(&after).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::NodeRestarted,
+        node,
+        judge_restart(&boot_id, boot_after, &pid1_before, &pid1_after),
+        started,
+    ));
+    Some(RebootBaseline {
+        boot_id,
+        calico: calico_before,
+        ready_since: Some(restarted_at),
+    })
+}
+
 fn fail_node_ready(
     recorder: &Recorder<'_>,
     node: &str,
@@ -494,7 +711,11 @@ mod tests {
     /// before the reboot, and the cleanup plan puts the node back into service.
     async fn reboot_that_is_not_sent(transport: FakeTransport) -> (Ledger, Vec<Cleanup>, String) {
         let cluster = mocked(api);
-        let recorder = Recorder::new(NODE, &Quiet, &CheckName::for_verify(true));
+        let recorder = Recorder::new(
+            NODE,
+            &Quiet,
+            &CheckName::for_verify(true, crate::inventory::NodeKind::Machine),
+        );
         let mut ledger = Ledger {
             phase: Phase::Drained,
             owed: vec![Owed::Cordon { node: NODE.into() }],

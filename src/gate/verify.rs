@@ -20,7 +20,11 @@ pub async fn verify(
 ) -> Result<NodeReport, GateError> {
     check_request(inventory, request)?;
     let started_at = Timestamp::now();
-    let recorder = Recorder::new(&request.node, progress, &request.expected_checks());
+    let recorder = Recorder::new(
+        &request.node,
+        progress,
+        &request.expected_checks(inventory.reboot.node_kind),
+    );
     let run_id = new_run_id();
     recorder.identify(|run| run.run_id = run_id.clone());
     let mut state = RunState::default();

@@ -5,8 +5,8 @@ use crate::controlplane::{self, ControlPlane};
 use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
 use crate::pki;
-use crate::system::{self, io_context, Result, SystemError};
-use crate::topology::{CalicoProfile, Topology, CALICO_UID};
+use crate::system::{self, io_context, shell_quote, Result, SystemError};
+use crate::topology::{CalicoProfile, NodeKind, Topology, CALICO_UID};
 use crate::{LabPaths, ReadyReport};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -34,7 +34,7 @@ enum Reached {
 }
 
 /// A postflight inventory describing this lab, as a user would write one for a cluster.
-fn inventory(topology: &Topology, reached: Reached) -> String {
+fn inventory(topology: &Topology, reached: Reached, lab_binary: &Path) -> String {
     let access = match reached {
         Reached::OverSsh => "ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n",
         // No SSH at all: the nodes are reached through the API, as on a managed cluster.
@@ -58,11 +58,30 @@ fn inventory(topology: &Topology, reached: Reached) -> String {
     // No `calico:` section: a default inventory, which reads where and as whom
     // calico-node runs from its DaemonSet, whichever profile the lab runs.
     text.push_str(
-        "probe:\n  namespace: postflight-probe\n  image: registry.k8s.io/e2e-test-images/agnhost:2.53\n  port: 8080\n\
-         reboot:\n  command: systemctl reboot\n\
-         timeouts:\n  node_not_ready: 60s\n  node_ready: 120s\n  calico_ready: 90s\n  connectivity: 30s\n",
+        "probe:\n  namespace: postflight-probe\n  image: registry.k8s.io/e2e-test-images/agnhost:2.53\n  port: 8080\n",
+    );
+    let reboot = match topology.node_kind {
+        NodeKind::Machine => "reboot:\n  command: systemctl reboot\n".to_string(),
+        // As `docker restart {node}` restarts a kind node: from outside, here.
+        NodeKind::Container => format!(
+            "reboot:\n  command: {}\n  runs_on: local\n  node_kind: container\n",
+            yaml_string(&format!(
+                "{} reboot --name {} --node {{node}}",
+                shell_quote(&lab_binary.to_string_lossy()),
+                shell_quote(&topology.name)
+            ))
+        ),
+    };
+    text.push_str(&reboot);
+    text.push_str(
+        "timeouts:\n  node_not_ready: 60s\n  node_ready: 120s\n  calico_ready: 90s\n  connectivity: 30s\n",
     );
     text
+}
+
+/// A YAML double-quoted scalar: the command holds quotes and braces.
+fn yaml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
 }
 
 /// calico-node's DaemonSet as the profile installs it. The hardened site runs it as
@@ -348,10 +367,13 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
             "postflight",
         ),
     )?;
-    write(&paths.inventory(), inventory(&topology, Reached::OverSsh))?;
+    write(
+        &paths.inventory(),
+        inventory(&topology, Reached::OverSsh, &args.lab_binary),
+    )?;
     write(
         &paths.node_shell_inventory(),
-        inventory(&topology, Reached::ThroughNodeShells),
+        inventory(&topology, Reached::ThroughNodeShells, &args.lab_binary),
     )?;
     if topology.calico == CalicoProfile::Operator {
         // The operator's namespace runs privileged pods, and says so to Pod Security.

@@ -333,7 +333,9 @@ impl Runtime {
         if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
             kubelet.abort();
         }
-        if graceful {
+        // A container node's kubelet has no graceful node shutdown configured (kind's
+        // has none): its restart reports nothing.
+        if graceful && self.topology.node_kind == crate::topology::NodeKind::Machine {
             self.graceful_shutdown(&node).await;
         }
         self.power_off_locked(&node).await;

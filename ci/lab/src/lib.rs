@@ -138,6 +138,7 @@ pub struct LabConfig {
     pub binary: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub calico: topology::CalicoProfile,
+    pub node_kind: topology::NodeKind,
 }
 
 impl LabConfig {
@@ -150,7 +151,13 @@ impl LabConfig {
             binary: None,
             ready_timeout: Duration::from_secs(180),
             calico: topology::CalicoProfile::default(),
+            node_kind: topology::NodeKind::default(),
         }
+    }
+    /// Nodes that are containers (kind's kind) instead of machines.
+    pub fn node_kind(mut self, kind: topology::NodeKind) -> Self {
+        self.node_kind = kind;
+        self
     }
     pub fn calico(mut self, profile: topology::CalicoProfile) -> Self {
         self.calico = profile;
@@ -265,6 +272,7 @@ impl Lab {
         let block = entry.block;
         let mut topology = Topology::new(name, block, &state_dir, config.nodes);
         topology.calico = config.calico;
+        topology.node_kind = config.node_kind;
         let paths = LabPaths::new(&state_dir);
         let binary = lab_binary(config.binary.as_deref());
         let log =
@@ -288,6 +296,11 @@ impl Lab {
                     .expect("a profile serialises")
                     .as_str()
                     .expect("a profile is a string"),
+                "--node-kind",
+                serde_json::to_value(config.node_kind)
+                    .expect("a node kind serialises")
+                    .as_str()
+                    .expect("a node kind is a string"),
             ])
             .arg("--state-dir")
             .arg(&state_dir)

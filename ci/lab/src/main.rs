@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use postflight_lab::topology::{CalicoProfile, Topology};
+use postflight_lab::topology::{CalicoProfile, NodeKind, Topology};
 use postflight_lab::{Lab, LabConfig, Timings};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,11 @@ enum Command {
         /// its own tmpfiles.d entry), Calico's stock manifest, or the operator's install.
         #[arg(long, value_enum, default_value_t)]
         calico: CalicoProfile,
+        /// What the nodes are: machines, or containers on this machine's kernel as kind's
+        /// are (a restart keeps the boot ID; the inventories reboot them with this
+        /// binary's `reboot`, run locally, as `docker restart` restarts a kind node).
+        #[arg(long, value_enum, default_value_t)]
+        node_kind: NodeKind,
     },
     /// Stop the lab and remove everything it made (idempotent; works after a crash).
     Down {
@@ -144,6 +149,8 @@ enum Command {
         nodes: usize,
         #[arg(long, value_enum)]
         calico: CalicoProfile,
+        #[arg(long, value_enum, default_value_t)]
+        node_kind: NodeKind,
         #[arg(long)]
         state_dir: PathBuf,
         #[arg(long)]
@@ -238,8 +245,12 @@ fn run() -> anyhow::Result<ExitCode> {
             state_dir,
             boot_delay,
             calico,
+            node_kind,
         } => {
-            let mut config = LabConfig::new(&name).nodes(nodes).calico(calico);
+            let mut config = LabConfig::new(&name)
+                .nodes(nodes)
+                .calico(calico)
+                .node_kind(node_kind);
             config.state_dir = state_dir;
             if let Some(seconds) = boot_delay {
                 config.timings.boot_delay = std::time::Duration::from_secs_f64(seconds);
@@ -388,6 +399,7 @@ fn run() -> anyhow::Result<ExitCode> {
             block,
             nodes,
             calico,
+            node_kind,
             state_dir,
             timings,
             k8s_binary,
@@ -401,6 +413,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let timings: Timings = serde_json::from_str(&timings).context("parsing --timings")?;
             let mut topology = Topology::new(&name, block, &state_dir, nodes);
             topology.calico = calico;
+            topology.node_kind = node_kind;
             let lab_binary = std::env::current_exe().context("locating this binary")?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(postflight_lab::daemon::run(

@@ -10,7 +10,7 @@
 //! the lab's reboot instead of the host's systemd.
 
 use crate::system::{self, io_context, shell_quote, Result};
-use crate::topology::{CalicoProfile, NodeSpec, Topology};
+use crate::topology::{CalicoProfile, NodeKind, NodeSpec, Topology};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,6 +41,10 @@ pub struct NodePaths {
     /// A second handle on the node's network namespace, outside /run: inside the node's
     /// own view /run is the node's, where `ip netns` names are not to be found.
     pub netns_handle: PathBuf,
+    /// For a node that is a container: its PID 1's `/proc/1/stat`, written at each
+    /// start, which the node's view shows in place of this machine's init (a lab node
+    /// has no PID namespace of its own, as the boot ID has no kernel of its own).
+    pub pid1_stat: PathBuf,
 }
 
 impl NodePaths {
@@ -60,6 +64,7 @@ impl NodePaths {
             nic_down_flag: dir.join("nic-down"),
             powered_off_flag: dir.join("powered-off"),
             netns_handle: dir.join("netns"),
+            pid1_stat: dir.join("pid1-stat"),
             root,
             dir,
         }
@@ -103,9 +108,13 @@ pub fn enter_container_command(
             )
         })
         .collect();
+    let pid1 = match topology.node_kind {
+        NodeKind::Machine => String::new(),
+        NodeKind::Container => format!("mount --bind {} /proc/1/stat && ", q(&paths.pid1_stat)),
+    };
     let script = format!(
         "mount --bind {run} /run && mount --bind {tmpfiles} /etc/tmpfiles.d && \
-         mount --bind {boot_id} /proc/sys/kernel/random/boot_id && \
+         mount --bind {boot_id} /proc/sys/kernel/random/boot_id && {pid1}\
          mount --bind {bin} /usr/local/bin && {volumes}hostname {name} && exec \"$@\"",
         run = q(&paths.run),
         tmpfiles = q(&paths.tmpfiles_dir),
@@ -325,9 +334,47 @@ pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
             &format!("--root={}", paths.root.display()),
         ],
     )?;
-    let boot_id = uuid::Uuid::new_v4().to_string();
+    let boot_id = match topology.node_kind {
+        NodeKind::Machine => uuid::Uuid::new_v4().to_string(),
+        NodeKind::Container => {
+            // A container shares this machine's kernel: its boot ID, and a PID 1 that
+            // starts now.
+            write(&paths.pid1_stat, &pid1_stat_starting_now()?)?;
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map_err(|e| system::SystemError::Io {
+                    context: "reading this machine's boot ID".into(),
+                    source: e,
+                })?
+                .trim()
+                .to_string()
+        }
+    };
     write(&paths.boot_id, &format!("{boot_id}\n"))?;
     Ok(boot_id)
+}
+
+/// `/proc/1/stat` of an init that starts now: this machine's, with its start time
+/// (field 22, in clock ticks since the kernel booted) moved to this moment.
+fn pid1_stat_starting_now() -> Result<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|e| system::SystemError::Io {
+            context: format!("reading {path}"),
+            source: e,
+        })
+    };
+    let uptime: f64 = read("/proc/uptime")?
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    let stat = read("/proc/1/stat")?;
+    let name_end = stat.rfind(')').map_or(0, |i| i + 1);
+    let (head, rest) = stat.split_at(name_end);
+    let mut fields: Vec<String> = rest.split_whitespace().map(String::from).collect();
+    if let Some(start) = fields.get_mut(19) {
+        *start = ((uptime * 100.0) as u64).to_string();
+    }
+    Ok(format!("{head} {}\n", fields.join(" ")))
 }
 
 /// What a power cut takes away: every process on the node and in its pods, the pods'

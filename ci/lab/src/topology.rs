@@ -23,6 +23,19 @@ pub const CALICO_AS: u32 = 64512;
 /// UID and GID calico-node runs as in the incident's cluster.
 pub const CALICO_UID: u32 = 999;
 
+/// What the lab's nodes are, as far as a reboot shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A machine: a reboot gives it a new boot ID.
+    #[default]
+    Machine,
+    /// A container on this machine's kernel, as kind's nodes are: a restart keeps the
+    /// host's boot ID, restarts every process (a new PID 1) and rebuilds /run, and the
+    /// kubelet reports no shutdown (kind configures no graceful node shutdown).
+    Container,
+}
+
 /// How Calico is installed on the lab, as sites install it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +86,8 @@ pub struct Topology {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub calico: CalicoProfile,
+    #[serde(default)]
+    pub node_kind: NodeKind,
 }
 
 impl Topology {
@@ -104,6 +119,7 @@ impl Topology {
             state_dir: state_dir.into(),
             nodes,
             calico: CalicoProfile::default(),
+            node_kind: NodeKind::default(),
         }
     }
 
