@@ -19,7 +19,7 @@ use crate::inventory::{valid_host, valid_node_name};
 /// Ansible name.
 pub const DEFAULT_NODE_NAME_VARIABLE: &str = "k8s_node_name";
 
-/// What `ansible-inventory` may be told to read, and what the error says to install.
+/// The program that lists an Ansible inventory (from ansible-core), found on PATH.
 const ANSIBLE_INVENTORY: &str = "ansible-inventory";
 
 #[derive(Debug, thiserror::Error)]
@@ -246,10 +246,17 @@ const BECOME_VARIABLES: [&str; 3] = [
     "ansible_become_user",
 ];
 
-/// The inventory's groups: each one's hosts and children, as listed.
+/// The inventory's groups, by name.
 struct Groups<'a> {
     origin: &'a str,
-    members: BTreeMap<&'a str, (Vec<&'a str>, Vec<&'a str>)>,
+    members: BTreeMap<&'a str, GroupMembers<'a>>,
+}
+
+/// A group's own hosts and its child groups, in the order listed.
+#[derive(Default)]
+struct GroupMembers<'a> {
+    hosts: Vec<&'a str>,
+    children: Vec<&'a str>,
 }
 
 impl<'a> Groups<'a> {
@@ -287,16 +294,16 @@ impl<'a> Groups<'a> {
             }
             members.insert(
                 group.as_str(),
-                (
-                    names(group, entry, "hosts")?,
-                    names(group, entry, "children")?,
-                ),
+                GroupMembers {
+                    hosts: names(group, entry, "hosts")?,
+                    children: names(group, entry, "children")?,
+                },
             );
         }
         // Ansible lists `ungrouped` as a child of `all` even when it has no entry.
         let children: Vec<&str> = members
             .values()
-            .flat_map(|(_, children)| children.iter().copied())
+            .flat_map(|members| members.children.iter().copied())
             .collect();
         for child in children {
             members.entry(child).or_default();
@@ -332,15 +339,15 @@ impl<'a> Groups<'a> {
         if !seen_groups.insert(group.to_string()) {
             return;
         }
-        let Some((own, children)) = self.members.get(group) else {
+        let Some(members) = self.members.get(group) else {
             return;
         };
-        for host in own {
+        for host in &members.hosts {
             if seen_hosts.insert(host) {
                 hosts.push(host);
             }
         }
-        for child in children {
+        for child in &members.children {
             self.collect(child, hosts, seen_hosts, seen_groups);
         }
     }
@@ -623,7 +630,7 @@ fn node(
     }
     let identity_file = variables
         .text_of_either(IDENTITY_VARIABLES)?
-        .map(|(path, _)| absolute(&path, &options.working_directory))
+        .map(|(path, _)| absolute_path(Path::new(&path), &options.working_directory))
         .transpose()?;
     Ok(Node {
         name,
@@ -640,10 +647,6 @@ fn node(
 
 /// `path` as text, joined to `working_directory` when relative; `~/` is kept, since the
 /// inventory expands it as a shell would.
-fn absolute(path: &str, working_directory: &Path) -> Result<String, ImportError> {
-    absolute_path(Path::new(path), working_directory)
-}
-
 fn absolute_path(path: &Path, working_directory: &Path) -> Result<String, ImportError> {
     let path = if path.is_relative() && !path.starts_with("~") {
         working_directory.join(path)
