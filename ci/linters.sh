@@ -3,6 +3,8 @@
 # ci/pipelines/: actionlint (with ShellCheck, for the workflow's run: scripts) and zizmor
 # for GitHub Actions, check-jsonschema with GitLab CI's schema, ansible-lint with
 # ansible-core for the playbook. Every version is pinned, down to each Python package.
+# ansible-core's ansible-inventory is linked beside them too: tests/ansible_import.rs
+# imports real Ansible inventories with it.
 #
 # They go outside the repository, into one directory the tests look in:
 # $POSTFLIGHT_LINTERS_BIN, by default /opt/postflight-linters/bin (the Python ones in a
@@ -91,7 +93,7 @@ if [ "$(cat "$venv/postflight-requirements.txt" 2>/dev/null)" != "$requirements"
   "$venv/bin/pip" check --disable-pip-version-check >/dev/null
   printf '%s' "$requirements" >"$venv/postflight-requirements.txt"
 fi
-for tool in zizmor check-jsonschema shellcheck; do
+for tool in zizmor check-jsonschema shellcheck ansible-inventory; do
   ln -sfn "$venv/bin/$tool" "$bin/$tool"
 done
 # ansible-lint runs ansible-playbook and its siblings from PATH: the venv's, not others.

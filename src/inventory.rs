@@ -167,7 +167,7 @@ impl Default for SshDefaults {
 
 /// An IP address, or a hostname (RFC 1123 labels): what `ssh` and a pasted fix command
 /// take as one word.
-fn valid_host(host: &str) -> bool {
+pub(crate) fn valid_host(host: &str) -> bool {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
@@ -411,7 +411,7 @@ impl Default for Timeouts {
 }
 
 /// DNS-1123 subdomain, what Kubernetes accepts as a node name.
-fn valid_node_name(name: &str) -> bool {
+pub(crate) fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {

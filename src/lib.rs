@@ -7,8 +7,10 @@
 //! [`node_shell`] pod) → verdicts with
 //! evidence from [`checks`] and root-cause hints from [`diagnose`] → [`report`].
 //! [`rbac`] holds every permission postflight uses: the manifest it prints and the
-//! access review a run makes before it acts.
+//! access review a run makes before it acts. [`ansible`] writes an inventory from an
+//! Ansible one.
 
+pub mod ansible;
 pub mod checks;
 pub mod cluster;
 pub mod diagnose;

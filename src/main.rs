@@ -103,6 +103,11 @@ enum Command {
         /// Defaults to --inventory.
         file: Option<PathBuf>,
     },
+    /// Write inventories from what a site already keeps.
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
     /// Verify that a node is really back: Ready on a new boot, calico-node Ready, its
     /// host state intact, pod traffic to and from every other node.
     Verify {
@@ -179,6 +184,44 @@ enum Command {
         #[command(flatten)]
         reports: ReportFlags,
     },
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Write a postflight inventory from an Ansible inventory: its hosts are the nodes,
+    /// ansible_host/port/user/ssh_private_key_file/become their SSH access. The global
+    /// --kubeconfig and --context, when given, go into its `cluster:` section. Variables
+    /// it has no use for are named on stderr.
+    FromAnsible(FromAnsibleArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["inventory_source", "list_json"])))]
+struct FromAnsibleArgs {
+    /// The Ansible inventory (a file or a directory, anything `ansible-inventory -i`
+    /// takes); ansible-inventory from ansible-core must be on PATH.
+    #[arg(short = 'i', long, value_name = "PATH")]
+    inventory_source: Option<PathBuf>,
+    /// What `ansible-inventory --list` printed, instead of running it; `-` for stdin.
+    #[arg(long, value_name = "FILE")]
+    list_json: Option<PathBuf>,
+    /// The group whose hosts (and its children's, recursively) are the Kubernetes nodes.
+    #[arg(long, value_name = "NAME", default_value = "all")]
+    group: String,
+    /// Mark the nodes of this group `protected` (the control plane), never rebooted
+    /// unless named with --allow-protected.
+    #[arg(long, value_name = "NAME")]
+    protected_group: Option<String>,
+    /// The host variable that holds a host's Kubernetes node name, where it differs from
+    /// its Ansible name.
+    #[arg(long, value_name = "VARIABLE", default_value = postflight::ansible::DEFAULT_NODE_NAME_VARIABLE)]
+    node_name_var: String,
+    /// The known_hosts file every node's host key is verified against.
+    #[arg(long, value_name = "PATH")]
+    known_hosts: PathBuf,
+    /// Write the inventory here (atomically) instead of to stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -293,6 +336,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Err(code) => code,
             })
         }
+        Command::Inventory {
+            command: InventoryCommand::FromAnsible(args),
+        } => from_ansible(args, flags),
         Command::Verify {
             node,
             reboot,
@@ -398,6 +444,66 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             runtime.block_on(drift(inventory, Outputs::new(reports, display)))
         }
     }
+}
+
+fn from_ansible(args: FromAnsibleArgs, flags: ClusterFlags) -> anyhow::Result<u8> {
+    use postflight::ansible;
+    let refused = |error: ansible::ImportError| {
+        eprintln!(
+            "postflight: {}",
+            postflight::hostile::for_terminal(&error.to_string())
+        );
+        Ok(EXIT_USAGE)
+    };
+    let (listing, origin) = match (&args.inventory_source, &args.list_json) {
+        (Some(source), _) => match ansible::run_ansible_inventory(source) {
+            Ok(listing) => {
+                eprint!("{}", postflight::hostile::for_terminal(&listing.warnings));
+                (
+                    listing.json,
+                    format!("ansible-inventory -i {}", source.display()),
+                )
+            }
+            Err(error) => return refused(error),
+        },
+        (None, Some(file)) => match ansible::read_listing(file) {
+            Ok(json) => (json, file.display().to_string()),
+            Err(error) => return refused(error),
+        },
+        (None, None) => unreachable!("clap requires --inventory-source or --list-json"),
+    };
+    let options = ansible::ImportOptions {
+        group: args.group,
+        protected_group: args.protected_group,
+        node_name_variable: args.node_name_var,
+        known_hosts: args.known_hosts,
+        kubeconfig: flags.kubeconfig,
+        context: flags.context,
+        working_directory: std::env::current_dir().context("reading the working directory")?,
+    };
+    let import = match ansible::convert(&listing, &origin, &options) {
+        Ok(import) => import,
+        Err(error) => return refused(error),
+    };
+    if !import.ignored.is_empty() {
+        eprintln!("postflight: left out these Ansible variables, which postflight does not use:");
+        for ignored in &import.ignored {
+            eprintln!("  {ignored}");
+        }
+    }
+    match &args.output {
+        Some(file) => {
+            report::write_atomically(file, import.yaml.as_bytes())
+                .context("writing the inventory")?;
+            eprintln!(
+                "postflight: wrote {} nodes to {}",
+                import.node_names.len(),
+                file.display()
+            );
+        }
+        None => print!("{}", import.yaml),
+    }
+    Ok(0)
 }
 
 /// Where the reports of a run go, besides the console.
