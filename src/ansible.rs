@@ -822,7 +822,9 @@ mod tests {
     }
 
     fn target(inventory: &Inventory, node: &str) -> SshTarget {
-        inventory.ssh_target(inventory.node(node).expect(node))
+        inventory
+            .ssh_target(inventory.node(node).expect(node))
+            .expect("reached over SSH")
     }
 
     fn cluster() -> String {

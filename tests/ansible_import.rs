@@ -124,7 +124,9 @@ fn node_fields(inventory: &Inventory) -> Vec<NodeFields> {
         .nodes
         .iter()
         .map(|node| {
-            let target = inventory.ssh_target(node);
+            let target = inventory
+                .ssh_target(node)
+                .expect("an imported node is reached over SSH");
             (
                 target.node,
                 target.host,
@@ -362,7 +364,7 @@ fn write_ansible_inventory_for(lab_inventory: &Inventory, directory: &Path) -> P
             .map(|node| {
                 (
                     node.name.value.clone(),
-                    json!({"ansible_host": node.host.value}),
+                    json!({"ansible_host": node.host.as_ref().expect("the lab's hosts").value}),
                 )
             })
             .collect();
@@ -433,7 +435,10 @@ fn an_imported_ansible_inventory_verifies_a_lab_node() {
         let mut nodes: Vec<_> = inventory
             .nodes
             .iter()
-            .map(|node| (inventory.ssh_target(node), node.protected))
+            .map(|node| {
+                let target = inventory.ssh_target(node).expect("reached over SSH");
+                (target, node.protected)
+            })
             .collect();
         nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
         nodes
