@@ -343,6 +343,7 @@ mod tests {
             identity_file: None,
             known_hosts: "known_hosts".into(),
             become_method: None,
+            jump: None,
         })
     }
 
@@ -407,6 +408,7 @@ mod tests {
                 identity_file: None,
                 known_hosts: "known_hosts".into(),
                 become_method: None,
+                jump: None,
             }),
         })
         .collect()

@@ -17,8 +17,9 @@ pub struct HostResults {
 const NO_SUCH_FILE: &str = "No such file or directory";
 
 /// Runs a command, retrying only while the node refuses or drops the TCP connection
-/// (sshd still starting), up to `patience`. A host key or authentication failure is
-/// final at once: retrying cannot fix it, and must not hide it.
+/// (sshd still starting; behind a bastion, the bastion cannot reach it yet), up to
+/// `patience`. A host key or authentication failure is final at once: retrying cannot
+/// fix it, and must not hide it.
 async fn run_when_reachable(
     transport: &dyn Transport,
     command: &ShellCommand,
@@ -27,7 +28,7 @@ async fn run_when_reachable(
     let deadline = Instant::now() + patience;
     loop {
         match transport.run(command).await {
-            Err(HostError::Connect { .. }) if Instant::now() + SSH_RETRY_PAUSE < deadline => {
+            Err(error) if error.unreachable() && Instant::now() + SSH_RETRY_PAUSE < deadline => {
                 tokio::time::sleep(SSH_RETRY_PAUSE).await;
             }
             other => return other,
