@@ -6,7 +6,7 @@ use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
 use crate::pki;
 use crate::system::{self, io_context, Result, SystemError};
-use crate::topology::{CalicoProfile, Topology, CALICO_UID};
+use crate::topology::{CalicoProfile, NodeSpec, Topology, CALICO_UID};
 use crate::{LabPaths, ReadyReport};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -26,12 +26,20 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     })
 }
 
-/// A postflight inventory describing this lab, as a user would write one for a cluster.
-fn inventory(topology: &Topology) -> String {
+/// A postflight inventory describing this lab, as a user would write one for a cluster:
+/// every node reached directly, or, with a `bastion`, every other node through it.
+pub(crate) fn inventory(topology: &Topology, bastion: Option<&NodeSpec>) -> String {
+    let (written_by, jump) = match bastion {
+        Some(bastion) => (
+            "postflight-lab bastion",
+            format!("  jump: root@{}:22\n", bastion.ip),
+        ),
+        None => ("postflight-lab up", String::new()),
+    };
     let mut text = format!(
-        "# postflight inventory for the lab `{name}` (written by postflight-lab up).\n\
+        "# postflight inventory for the lab `{name}` (written by {written_by}).\n\
          cluster:\n  kubeconfig: postflight.kubeconfig\n  context: postflight-lab-{name}\n\
-         ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n\
+         ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n{jump}\
          nodes:\n",
         name = topology.name
     );
@@ -39,6 +47,10 @@ fn inventory(topology: &Topology) -> String {
         text.push_str(&format!("  - name: {}\n    host: {}\n", node.name, node.ip));
         if node.control_plane {
             text.push_str("    protected: true\n");
+        }
+        if bastion.is_some_and(|b| b.name == node.name) {
+            // The bastion itself is the one node still reachable directly.
+            text.push_str("    jump: none\n");
         }
     }
     // No `calico:` section: a default inventory, which reads where and as whom
@@ -334,7 +346,7 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
             "postflight",
         ),
     )?;
-    write(&paths.inventory(), inventory(&topology))?;
+    write(&paths.inventory(), inventory(&topology, None))?;
     if topology.calico == CalicoProfile::Operator {
         // The operator's namespace runs privileged pods, and says so to Pod Security.
         let namespace = json!({
