@@ -590,6 +590,10 @@ const PUMP_BUFFER: usize = 32 * 1024;
 /// The longest the pump waits without looking again: only a safety net, since it is
 /// woken by its sockets.
 const PUMP_WAIT_MS: u16 = 1000;
+/// As long, while bytes wait to go into the channel: libssh2 may have taken in the window
+/// adjustment such a write waits for while reading, leaving its socket with nothing to
+/// wake the pump.
+const PUMP_WRITE_RETRY_MS: u16 = 10;
 /// Wakeups in a row that moved nothing before the pump rests between them: a socket that
 /// keeps reporting an event nothing can act on must not turn into a busy loop.
 const PUMP_FRUITLESS_WAKEUPS: u32 = 8;
@@ -715,7 +719,12 @@ fn pump(mut tunnel: impl TunnelEnd, mut node: UnixStream) {
             PollFd::new(node.as_fd(), node_events),
             PollFd::new(tunnel.socket(), tunnel_events),
         ];
-        match nix::poll::poll(&mut sockets, PUMP_WAIT_MS) {
+        let wait = if to_tunnel.is_empty() {
+            PUMP_WAIT_MS
+        } else {
+            PUMP_WRITE_RETRY_MS
+        };
+        match nix::poll::poll(&mut sockets, wait) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -801,6 +810,51 @@ mod tests {
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_bastion_that_fails_has_sent_nothing_and_only_an_unreachable_one_is_retried() {
+        let (node, bastion) = (
+            "k8s-worker-03".to_string(),
+            "ops@198.18.0.10:22".to_string(),
+        );
+        let refused = HostError::BastionConnect {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            reason: "Connection refused".into(),
+        };
+        let node_down = HostError::Tunnel {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            address: "198.18.0.13:22".into(),
+            reason: "Channel open failure: connect failed".into(),
+        };
+        let impostor = HostError::BastionHostKeyMismatch {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            known_hosts: "known_hosts".into(),
+        };
+        let unknown = HostError::BastionUnknownHostKey {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            known_hosts: "known_hosts".into(),
+        };
+        let login = HostError::BastionAuthentication {
+            node,
+            bastion,
+            user: "ops".into(),
+            reason: "denied".into(),
+        };
+        for error in [&refused, &node_down, &impostor, &unknown, &login] {
+            assert!(error.before_sending(), "{error}");
+            assert!(
+                error.to_string().contains("bastion ops@198.18.0.10:22"),
+                "{error}"
+            );
+            assert_eq!(error.kind(), crate::checks::ErrorKind::Ssh);
+        }
+        assert!(refused.unreachable() && node_down.unreachable());
+        assert!(!impostor.unreachable() && !unknown.unreachable() && !login.unreachable());
     }
 
     #[rstest]

@@ -412,6 +412,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bastion_that_cannot_reach_the_node_yet_is_asked_again() {
+        // After a reboot the bastion is up before the node's sshd is.
+        let not_yet = || HostError::Tunnel {
+            node: NODE.into(),
+            bastion: "root@198.18.0.10:22".into(),
+            address: "198.18.0.13:22".into(),
+            reason: "Channel open failure: connect failed".into(),
+        };
+        let transport = FakeTransport::default()
+            .on(CAT, Err(not_yet()))
+            .on(CAT, Ok(output("d /run/calico 0755 999 999 -\n", "", 0)))
+            .always(STAT, Ok(output("755 999 999\n", "", 0)));
+        let host = check_host(&transport, NODE, &declared(), Duration::from_secs(10)).await;
+        assert!(host.tmpfiles.passed(), "{:?}", host.tmpfiles);
+        assert_eq!(
+            transport.ran.lock().unwrap().len(),
+            3,
+            "one refusal, then cat and stat"
+        );
+    }
+
+    #[tokio::test]
     async fn a_host_key_mismatch_is_final_at_once_and_an_ssh_error() {
         let mismatch = || HostError::HostKeyMismatch {
             node: NODE.into(),
