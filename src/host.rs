@@ -229,6 +229,8 @@ pub struct SshTransport {
     timeout: Duration,
     /// The open session, kept between commands; none until the first, and none again
     /// after anything went wrong on it (a reboot, a timeout), so the next reconnects.
+    /// Behind a bastion, the bastion's session lives in the thread that carries this
+    /// one's stream, and ends when this one is dropped.
     session: std::sync::Arc<std::sync::Mutex<Option<ssh2::Session>>>,
 }
 
