@@ -863,6 +863,7 @@ mod tests {
                 host: "10.0.0.12".into(),
                 port: 2222,
                 user: "ops".into(),
+                jump: None,
                 identity_file: None,
                 known_hosts: "/srv/ops/ssh/known_hosts".into(),
                 become_method: Some(Become::Sudo),

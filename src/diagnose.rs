@@ -21,13 +21,22 @@ pub struct NodeShell {
 
 impl NodeShell {
     pub fn of(target: &SshTarget) -> Self {
+        // Through the same bastion postflight used: the node may not be reachable
+        // from the engineer's shell any other way.
+        let jump = match &target.jump {
+            Some(jump) => format!("-J {} ", shell_word(&jump.to_string())),
+            None => String::new(),
+        };
         let port = if target.port == 22 {
             String::new()
         } else {
             format!("-p {} ", target.port)
         };
         NodeShell {
-            prefix: format!("ssh {port}{}@{}", target.user, target.host),
+            prefix: format!(
+                "ssh {jump}{port}{}",
+                shell_word(&format!("{}@{}", target.user, target.host))
+            ),
             sudo: if target.user == "root" { "" } else { "sudo " },
             runs_program: false,
         }
@@ -69,6 +78,17 @@ impl NodeShell {
 
     fn recreate_run_dir(&self, file: &str) -> String {
         self.run(&format!("{{sudo}}systemd-tmpfiles --create {file}"))
+    }
+}
+
+/// A word for the engineer's shell: bare when nothing in it means anything to a shell (a
+/// `user@host:port` does not), quoted otherwise.
+fn shell_word(word: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"@:._-/=,+%".contains(&b);
+    if !word.is_empty() && word.bytes().all(plain) {
+        word.to_string()
+    } else {
+        shell_escape::unix::escape(word.into()).into_owned()
     }
 }
 
@@ -356,6 +376,7 @@ pub fn diagnose_probes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::JumpHost;
 
     fn shell(user: &str, port: u16) -> NodeShell {
         NodeShell::of(&SshTarget {
@@ -366,6 +387,7 @@ mod tests {
             identity_file: None,
             known_hosts: "known_hosts".into(),
             become_method: None,
+            jump: None,
         })
     }
 
@@ -421,6 +443,64 @@ mod tests {
         );
     }
 
+    fn shell_through(jump: JumpHost, port: u16) -> NodeShell {
+        NodeShell::of(&SshTarget {
+            node: "k8s-worker-03".into(),
+            host: "10.20.0.13".into(),
+            port,
+            user: "ops".into(),
+            identity_file: None,
+            known_hosts: "known_hosts".into(),
+            become_method: None,
+            jump: Some(jump),
+        })
+    }
+
+    #[test]
+    fn remediation_goes_through_the_bastion_the_inventory_names() {
+        let bastion = JumpHost {
+            user: "jump".into(),
+            host: "bastion.example.com".into(),
+            port: 22,
+        };
+        assert_eq!(
+            shell_through(bastion, 2222).recreate_run_dir("/etc/tmpfiles.d/calico.conf"),
+            "ssh -J jump@bastion.example.com:22 -p 2222 ops@10.20.0.13 sudo systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"
+        );
+        let ipv6 = JumpHost {
+            user: "jump".into(),
+            host: "fd00::1".into(),
+            port: 2200,
+        };
+        let line = shell_through(ipv6, 22).recreate_run_dir("/etc/tmpfiles.d/calico.conf");
+        assert!(
+            line.starts_with("ssh -J 'jump@[fd00::1]:2200' ops@10.20.0.13 "),
+            "brackets are quoted for the shell: {line}"
+        );
+    }
+
+    #[test]
+    fn a_pasted_jump_command_reaches_ssh_as_these_words() {
+        let bastion = JumpHost {
+            user: "jump".into(),
+            host: "fd00::1".into(),
+            port: 2200,
+        };
+        let line = shell_through(bastion, 22).run("true");
+        let words = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s\\n' {}",
+                line.trim_start_matches("ssh ")
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(words.stdout).unwrap(),
+            "-J\njump@[fd00::1]:2200\nops@10.20.0.13\ntrue\n"
+        );
+    }
+
     const SHOW_PROTOCOLS: &str = "BIRD 2.0.12 ready.\nName       Proto      Table      State  Since         Info\n\
         device1    Device     ---        up     17:43:07.686\n\
         Mesh_10_20_0_11 BGP   ---        up     17:43:08.495  Established\n\
@@ -445,6 +525,7 @@ mod tests {
                 identity_file: None,
                 known_hosts: "known_hosts".into(),
                 become_method: None,
+                jump: None,
             }),
         })
         .collect()

@@ -3,11 +3,18 @@
 //! verifying the host key against known_hosts every time (an unknown or changed key is
 //! refused before anything runs). Every word of a command is shell-quoted by
 //! [`ShellCommand`], so a hostile path or node name cannot inject.
+//!
+//! A node behind a bastion (`ssh.jump`) is reached as `ssh -J` does: an SSH session to
+//! the bastion, whose host key is verified the same way, a `direct-tcpip` channel from
+//! it to the node, and the node's own SSH session inside that channel.
 
-use crate::inventory::{Become, SshTarget};
+use crate::inventory::{Become, JumpHost, SshTarget};
+use nix::poll::{PollFd, PollFlags};
 use std::future::Future;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -70,6 +77,38 @@ pub enum HostError {
         command: String,
         timeout: Duration,
     },
+    #[error("{node}: cannot connect to the bastion {bastion}: {reason}")]
+    BastionConnect {
+        node: String,
+        bastion: String,
+        reason: String,
+    },
+    #[error("{node}: host key of the bastion {bastion} is not in {known_hosts}: refusing to connect (add the bastion's real key first)")]
+    BastionUnknownHostKey {
+        node: String,
+        bastion: String,
+        known_hosts: String,
+    },
+    #[error("{node}: HOST KEY MISMATCH for the bastion {bastion} (known_hosts: {known_hosts}): the bastion's key changed or someone is impersonating it; refusing to connect")]
+    BastionHostKeyMismatch {
+        node: String,
+        bastion: String,
+        known_hosts: String,
+    },
+    #[error("{node}: SSH authentication as {user} on the bastion {bastion} failed: {reason}")]
+    BastionAuthentication {
+        node: String,
+        bastion: String,
+        user: String,
+        reason: String,
+    },
+    #[error("{node}: the bastion {bastion} cannot reach {address}: {reason}")]
+    Tunnel {
+        node: String,
+        bastion: String,
+        address: String,
+        reason: String,
+    },
 }
 
 impl HostError {
@@ -98,6 +137,21 @@ impl HostError {
                 | HostError::KnownHosts { .. }
                 | HostError::Authentication { .. }
                 | HostError::Local { .. }
+                | HostError::BastionConnect { .. }
+                | HostError::BastionUnknownHostKey { .. }
+                | HostError::BastionHostKeyMismatch { .. }
+                | HostError::BastionAuthentication { .. }
+                | HostError::Tunnel { .. }
+        )
+    }
+
+    /// Whether the node, or its bastion, refused or dropped the connection: what a
+    /// machine whose sshd is still starting does, so trying again may succeed. A host
+    /// key or login failure is not: retrying cannot fix it.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            HostError::Connect { .. } | HostError::BastionConnect { .. } | HostError::Tunnel { .. }
         )
     }
 }
@@ -231,7 +285,16 @@ pub struct SshTransport {
     timeout: Duration,
     /// The open session, kept between commands; none until the first, and none again
     /// after anything went wrong on it (a reboot, a timeout), so the next reconnects.
+    /// Behind a bastion, the bastion's session lives in the thread that carries this
+    /// one's stream, and ends when this one is dropped.
     session: std::sync::Arc<std::sync::Mutex<Option<ssh2::Session>>>,
+}
+
+/// What a host key check against known_hosts found.
+enum HostKey {
+    Known,
+    Unknown,
+    Changed,
 }
 
 impl SshTransport {
@@ -248,11 +311,43 @@ impl SshTransport {
         &self.target
     }
 
+    /// The node's address, and the bastion it is reached through.
     fn address(&self) -> String {
-        format!("{}:{}", self.target.host, self.target.port)
+        match &self.target.jump {
+            Some(jump) => format!(
+                "{}:{} (through the bastion {jump})",
+                self.target.host, self.target.port
+            ),
+            None => format!("{}:{}", self.target.host, self.target.port),
+        }
     }
 
-    /// Connects, verifies the host key, authenticates. Nothing runs before this passes.
+    fn tcp_connect(&self, host: &str, port: u16) -> Result<TcpStream, String> {
+        let address = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or_else(|| "no address".to_string())?;
+        TcpStream::connect_timeout(&address, self.timeout).map_err(|e| e.to_string())
+    }
+
+    /// A session on `stream` with its handshake done, and this transport's timeout for
+    /// every blocking call on it.
+    fn handshake<S: std::os::fd::AsRawFd + 'static>(
+        &self,
+        stream: S,
+    ) -> Result<ssh2::Session, String> {
+        let mut session = ssh2::Session::new().map_err(|e| e.to_string())?;
+        session.set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
+        session.set_tcp_stream(stream);
+        session
+            .handshake()
+            .map_err(|e| format!("SSH handshake: {e}"))?;
+        Ok(session)
+    }
+
+    /// Connects, verifies the host key (the bastion's too), authenticates. Nothing runs
+    /// before this passes.
     fn connect(&self) -> Result<ssh2::Session, HostError> {
         let target = &self.target;
         let connect_error = |reason: String| HostError::Connect {
@@ -260,46 +355,123 @@ impl SshTransport {
             address: self.address(),
             reason,
         };
-        let address = (target.host.as_str(), target.port)
-            .to_socket_addrs()
-            .map_err(|e| connect_error(e.to_string()))?
-            .next()
-            .ok_or_else(|| connect_error("no address".into()))?;
-        let tcp = TcpStream::connect_timeout(&address, self.timeout)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let mut session = ssh2::Session::new().map_err(|e| connect_error(e.to_string()))?;
-        session.set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
-        session.set_tcp_stream(tcp);
-        session
-            .handshake()
-            .map_err(|e| connect_error(format!("SSH handshake: {e}")))?;
-        self.verify_host_key(&session)?;
-        let user = &target.user;
-        let auth_error = |reason: String| HostError::Authentication {
-            node: target.node.clone(),
-            user: user.clone(),
-            reason,
+        let session = match &target.jump {
+            None => {
+                let tcp = self
+                    .tcp_connect(&target.host, target.port)
+                    .map_err(connect_error)?;
+                self.handshake(tcp).map_err(connect_error)?
+            }
+            Some(jump) => {
+                let tunnel = self.open_tunnel(jump)?;
+                self.handshake(tunnel).map_err(connect_error)?
+            }
         };
-        match &target.identity_file {
-            Some(identity) => session
-                .userauth_pubkey_file(user, None, identity, None)
-                .map_err(|e| auth_error(format!("key {}: {e}", identity.display())))?,
-            None => session
-                .userauth_agent(user)
-                .map_err(|e| auth_error(format!("ssh-agent: {e}")))?,
+        match self.check_host_key(&session, &target.host, target.port)? {
+            HostKey::Known => {}
+            HostKey::Changed => {
+                return Err(HostError::HostKeyMismatch {
+                    node: target.node.clone(),
+                    address: self.address(),
+                    known_hosts: target.known_hosts.display().to_string(),
+                })
+            }
+            HostKey::Unknown => {
+                return Err(HostError::UnknownHostKey {
+                    node: target.node.clone(),
+                    address: self.address(),
+                    known_hosts: target.known_hosts.display().to_string(),
+                })
+            }
         }
-        if !session.authenticated() {
-            return Err(auth_error("not authenticated".into()));
-        }
+        self.authenticate(&session, &target.user)
+            .map_err(|reason| HostError::Authentication {
+                node: target.node.clone(),
+                user: target.user.clone(),
+                reason,
+            })?;
         Ok(session)
     }
 
-    fn verify_host_key(&self, session: &ssh2::Session) -> Result<(), HostError> {
+    /// Logs into the bastion (its host key verified first) and opens a channel from it
+    /// to the node's SSH port. The returned socket carries the node's SSH stream: a
+    /// thread moves it through the channel, and it owns the bastion's session, which
+    /// ends when the node's session closes that socket (or the bastion the channel).
+    fn open_tunnel(&self, jump: &JumpHost) -> Result<UnixStream, HostError> {
         let target = &self.target;
-        let known_hosts_path = target.known_hosts.display().to_string();
+        let bastion = jump.to_string();
+        let bastion_error = |reason: String| HostError::BastionConnect {
+            node: target.node.clone(),
+            bastion: bastion.clone(),
+            reason,
+        };
+        let tcp = self
+            .tcp_connect(&jump.host, jump.port)
+            .map_err(bastion_error)?;
+        // libssh2 keeps the socket; the pump waits on this second handle to it.
+        let socket = tcp.try_clone().map_err(|e| bastion_error(e.to_string()))?;
+        let session = self.handshake(tcp).map_err(bastion_error)?;
+        match self.check_host_key(&session, &jump.host, jump.port)? {
+            HostKey::Known => {}
+            HostKey::Changed => {
+                return Err(HostError::BastionHostKeyMismatch {
+                    node: target.node.clone(),
+                    bastion,
+                    known_hosts: target.known_hosts.display().to_string(),
+                })
+            }
+            HostKey::Unknown => {
+                return Err(HostError::BastionUnknownHostKey {
+                    node: target.node.clone(),
+                    bastion,
+                    known_hosts: target.known_hosts.display().to_string(),
+                })
+            }
+        }
+        self.authenticate(&session, &jump.user).map_err(|reason| {
+            HostError::BastionAuthentication {
+                node: target.node.clone(),
+                bastion: bastion.clone(),
+                user: jump.user.clone(),
+                reason,
+            }
+        })?;
+        let channel = session
+            .channel_direct_tcpip(&target.host, target.port, None)
+            .map_err(|e| HostError::Tunnel {
+                node: target.node.clone(),
+                bastion: bastion.clone(),
+                address: format!("{}:{}", target.host, target.port),
+                reason: e.to_string(),
+            })?;
+        let (node_end, pump_end) = UnixStream::pair().map_err(|e| bastion_error(e.to_string()))?;
+        // From here on only the pump thread touches the bastion's session: without
+        // blocking, so that it can wait on both sockets at once.
+        session.set_blocking(false);
+        let channel = BastionChannel {
+            session,
+            channel,
+            socket,
+        };
+        std::thread::Builder::new()
+            .name("ssh-jump".into())
+            .spawn(move || pump(channel, pump_end))
+            .map_err(|e| bastion_error(format!("starting the tunnel thread: {e}")))?;
+        Ok(node_end)
+    }
+
+    /// Checks the key a server presented for `host:port` against the inventory's
+    /// known_hosts.
+    fn check_host_key(
+        &self,
+        session: &ssh2::Session,
+        host: &str,
+        port: u16,
+    ) -> Result<HostKey, HostError> {
+        let target = &self.target;
         let known_hosts_error = |reason: String| HostError::KnownHosts {
             node: target.node.clone(),
-            known_hosts: known_hosts_path.clone(),
+            known_hosts: target.known_hosts.display().to_string(),
             reason,
         };
         let mut known_hosts = session
@@ -311,21 +483,27 @@ impl SshTransport {
         let (key, _) = session
             .host_key()
             .ok_or_else(|| known_hosts_error("the server sent no host key".into()))?;
-        match known_hosts.check_port(&target.host, target.port, key) {
-            ssh2::CheckResult::Match => Ok(()),
-            ssh2::CheckResult::Mismatch => Err(HostError::HostKeyMismatch {
-                node: target.node.clone(),
-                address: self.address(),
-                known_hosts: known_hosts_path,
-            }),
-            ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => {
-                Err(HostError::UnknownHostKey {
-                    node: target.node.clone(),
-                    address: self.address(),
-                    known_hosts: known_hosts_path,
-                })
-            }
+        Ok(match known_hosts.check_port(host, port, key) {
+            ssh2::CheckResult::Match => HostKey::Known,
+            ssh2::CheckResult::Mismatch => HostKey::Changed,
+            ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => HostKey::Unknown,
+        })
+    }
+
+    /// Logs in as `user` with the node's identity file, or else the ssh-agent's keys.
+    fn authenticate(&self, session: &ssh2::Session, user: &str) -> Result<(), String> {
+        match &self.target.identity_file {
+            Some(identity) => session
+                .userauth_pubkey_file(user, None, identity, None)
+                .map_err(|e| format!("key {}: {e}", identity.display()))?,
+            None => session
+                .userauth_agent(user)
+                .map_err(|e| format!("ssh-agent: {e}"))?,
         }
+        if !session.authenticated() {
+            return Err("not authenticated".into());
+        }
+        Ok(())
     }
 
     fn session_error(&self, command: &str, reason: impl ToString) -> HostError {
@@ -411,6 +589,222 @@ enum Execution {
     Dropped(String),
 }
 
+/// The bastion's end of a tunnel, as the pump drives it: reads and writes of the
+/// forwarded stream that never block, and the socket to wait on when neither can go on.
+trait TunnelEnd: Read + Write {
+    fn socket(&self) -> BorrowedFd<'_>;
+    /// What must happen on the socket before a stalled read or write can go on.
+    fn wait_for(&self) -> PollFlags;
+    /// Whether the far end closed the stream: libssh2 also reads 0 bytes when a packet
+    /// it took in was not data.
+    fn closed(&self) -> bool;
+}
+
+/// A `direct-tcpip` channel to the node, with the bastion session it runs in (in
+/// non-blocking mode) and a handle to that session's socket.
+struct BastionChannel {
+    /// Dropped after the channel, as libssh2 frees them.
+    channel: ssh2::Channel,
+    session: ssh2::Session,
+    socket: TcpStream,
+}
+
+impl Read for BastionChannel {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        self.channel.read(buffer)
+    }
+}
+
+impl Write for BastionChannel {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.channel.write(data)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.channel.flush()
+    }
+}
+
+impl TunnelEnd for BastionChannel {
+    fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+    fn wait_for(&self) -> PollFlags {
+        // Always readable: the node's data may arrive at any time, and a write stalled
+        // on a full window goes on once the window adjustment is read.
+        match self.session.block_directions() {
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both => {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            }
+            ssh2::BlockDirections::Inbound | ssh2::BlockDirections::None => PollFlags::POLLIN,
+        }
+    }
+    fn closed(&self) -> bool {
+        self.channel.eof()
+    }
+}
+
+/// How much of the stream the pump holds per direction.
+const PUMP_BUFFER: usize = 32 * 1024;
+/// The longest the pump waits without looking again: only a safety net, since it is
+/// woken by its sockets.
+const PUMP_WAIT_MS: u16 = 1000;
+/// As long, while bytes wait to go into the channel: libssh2 may have taken in the window
+/// adjustment such a write waits for while reading, leaving its socket with nothing to
+/// wake the pump.
+const PUMP_WRITE_RETRY_MS: u16 = 10;
+/// Wakeups in a row that moved nothing before the pump rests between them: a socket that
+/// keeps reporting an event nothing can act on must not turn into a busy loop.
+const PUMP_FRUITLESS_WAKEUPS: u32 = 8;
+
+/// What one read or write did.
+enum Step {
+    Moved,
+    Stalled,
+    /// End of stream, or a write that took nothing.
+    Nothing,
+    Failed,
+}
+
+fn step(result: std::io::Result<usize>) -> Step {
+    match result {
+        Ok(0) => Step::Nothing,
+        Ok(_) => Step::Moved,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Step::Stalled
+        }
+        Err(_) => Step::Failed,
+    }
+}
+
+/// Bytes read from one side and not yet written to the other.
+struct Pending {
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            buffer: vec![0; PUMP_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+    fn read_from(&mut self, from: &mut impl Read) -> Step {
+        let result = from.read(&mut self.buffer);
+        if let Ok(read) = result {
+            (self.start, self.end) = (0, read);
+        }
+        step(result)
+    }
+    fn write_to(&mut self, to: &mut impl Write) -> Step {
+        let result = to.write(&self.buffer[self.start..self.end]);
+        if let Ok(written) = result {
+            self.start += written;
+        }
+        step(result)
+    }
+}
+
+/// Moves the node's SSH stream between `node` (the socket its session runs on) and the
+/// bastion's channel, both ways, until either side closes or fails. Nothing here blocks
+/// but the wait for one of the two sockets.
+fn pump(mut tunnel: impl TunnelEnd, mut node: UnixStream) {
+    if node.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut to_tunnel = Pending::new();
+    let mut to_node = Pending::new();
+    let mut fruitless_wakeups = 0;
+    loop {
+        let mut moved = false;
+        if to_tunnel.is_empty() {
+            match to_tunnel.read_from(&mut node) {
+                Step::Moved => moved = true,
+                Step::Stalled => {}
+                Step::Nothing | Step::Failed => return,
+            }
+        }
+        if !to_tunnel.is_empty() {
+            match to_tunnel.write_to(&mut tunnel) {
+                Step::Moved => moved = true,
+                Step::Stalled | Step::Nothing => {}
+                Step::Failed => return,
+            }
+        }
+        if to_node.is_empty() {
+            match to_node.read_from(&mut tunnel) {
+                Step::Moved => moved = true,
+                Step::Nothing if tunnel.closed() => return,
+                Step::Stalled | Step::Nothing => {}
+                Step::Failed => return,
+            }
+        }
+        if !to_node.is_empty() {
+            match to_node.write_to(&mut node) {
+                Step::Moved => moved = true,
+                Step::Stalled => {}
+                Step::Nothing | Step::Failed => return,
+            }
+        }
+        if moved {
+            fruitless_wakeups = 0;
+            continue;
+        }
+        let mut node_events = PollFlags::empty();
+        if to_tunnel.is_empty() {
+            node_events |= PollFlags::POLLIN;
+        }
+        if !to_node.is_empty() {
+            node_events |= PollFlags::POLLOUT;
+        }
+        // While the node cannot take more, the tunnel's data waits in the bastion's
+        // window; only a stalled write to the tunnel needs its socket then.
+        let mut tunnel_events = tunnel.wait_for();
+        if !to_node.is_empty() && to_tunnel.is_empty() {
+            tunnel_events = PollFlags::empty();
+        }
+        let mut sockets = [
+            PollFd::new(node.as_fd(), node_events),
+            PollFd::new(tunnel.socket(), tunnel_events),
+        ];
+        let wait = if to_tunnel.is_empty() {
+            PUMP_WAIT_MS
+        } else {
+            PUMP_WRITE_RETRY_MS
+        };
+        match nix::poll::poll(&mut sockets, wait) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        // A hung-up socket that nobody reads from would wake every wait at once.
+        let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+        let gone = |socket: &PollFd, listening: bool| {
+            !listening && socket.revents().is_some_and(|r| r.intersects(hung_up))
+        };
+        if gone(&sockets[0], node_events.contains(PollFlags::POLLIN))
+            || gone(&sockets[1], tunnel_events.contains(PollFlags::POLLIN))
+        {
+            return;
+        }
+        fruitless_wakeups += 1;
+        if fruitless_wakeups > PUMP_FRUITLESS_WAKEUPS {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl SshTransport {
     /// Runs the command on a blocking thread, since libssh2 blocks; returns the line as
     /// sent, for error messages.
@@ -489,6 +883,51 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    #[test]
+    fn a_bastion_that_fails_has_sent_nothing_and_only_an_unreachable_one_is_retried() {
+        let (node, bastion) = (
+            "k8s-worker-03".to_string(),
+            "ops@198.18.0.10:22".to_string(),
+        );
+        let refused = HostError::BastionConnect {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            reason: "Connection refused".into(),
+        };
+        let node_down = HostError::Tunnel {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            address: "198.18.0.13:22".into(),
+            reason: "Channel open failure: connect failed".into(),
+        };
+        let impostor = HostError::BastionHostKeyMismatch {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            known_hosts: "known_hosts".into(),
+        };
+        let unknown = HostError::BastionUnknownHostKey {
+            node: node.clone(),
+            bastion: bastion.clone(),
+            known_hosts: "known_hosts".into(),
+        };
+        let login = HostError::BastionAuthentication {
+            node,
+            bastion,
+            user: "ops".into(),
+            reason: "denied".into(),
+        };
+        for error in [&refused, &node_down, &impostor, &unknown, &login] {
+            assert!(error.before_sending(), "{error}");
+            assert!(
+                error.to_string().contains("bastion ops@198.18.0.10:22"),
+                "{error}"
+            );
+            assert_eq!(error.kind(), crate::checks::ErrorKind::Ssh);
+        }
+        assert!(refused.unreachable() && node_down.unreachable());
+        assert!(!impostor.unreachable() && !unknown.unreachable() && !login.unreachable());
+    }
+
     #[rstest]
     #[case::semicolon("k8s-worker-03; touch /tmp/pwned")]
     #[case::substitution("$(touch /tmp/pwned)")]
@@ -509,6 +948,128 @@ mod tests {
         // What sudo would run is the same line, quoted once more.
         let inner = sudo_free.trim_start_matches("sudo -n -- ");
         assert_eq!(through_sh(inner), hostile);
+    }
+}
+
+#[cfg(test)]
+mod pump_tests {
+    use super::*;
+    use std::thread::JoinHandle;
+
+    /// A socket standing in for the bastion's channel: it reads 0 only at its end.
+    struct SocketTunnel(UnixStream);
+
+    impl Read for SocketTunnel {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buffer)
+        }
+    }
+    impl Write for SocketTunnel {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.write(data)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl TunnelEnd for SocketTunnel {
+        fn socket(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+        fn wait_for(&self) -> PollFlags {
+            PollFlags::POLLIN
+        }
+        fn closed(&self) -> bool {
+            true
+        }
+    }
+
+    /// CPU time this thread has used, in clock ticks (user and system).
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime and stime are the 14th and 15th fields; the state, the 3rd, comes first.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// The node session's socket, the bastion's far end, and the pump between them,
+    /// which returns the CPU time it used.
+    fn pumped() -> (UnixStream, UnixStream, JoinHandle<u64>) {
+        let (node_session, pump_node) = UnixStream::pair().unwrap();
+        let (bastion, pump_tunnel) = UnixStream::pair().unwrap();
+        pump_tunnel.set_nonblocking(true).unwrap();
+        let pump = std::thread::spawn(move || {
+            pump(SocketTunnel(pump_tunnel), pump_node);
+            thread_cpu_ticks()
+        });
+        (node_session, bastion, pump)
+    }
+
+    fn pattern(seed: u8) -> Vec<u8> {
+        (0..4 * 1024 * 1024u32)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect()
+    }
+
+    /// Writes `data` to `to` on a thread of its own and reads as much from `from`.
+    fn exchange(mut to: UnixStream, mut from: UnixStream, data: Vec<u8>) -> JoinHandle<Vec<u8>> {
+        let writer = std::thread::spawn(move || to.write_all(&data).map(|_| to));
+        std::thread::spawn(move || {
+            let mut received = vec![0; 4 * 1024 * 1024];
+            from.read_exact(&mut received).unwrap();
+            drop(writer.join().unwrap().unwrap());
+            received
+        })
+    }
+
+    #[test]
+    fn the_pump_carries_both_directions_at_once_and_ends_with_the_node_session() {
+        let (node_session, bastion, pump) = pumped();
+        // Each direction at once, more than any socket buffer holds: a pump that waited
+        // on one direction while the other filled up would never finish.
+        let upstream = exchange(
+            node_session.try_clone().unwrap(),
+            bastion.try_clone().unwrap(),
+            pattern(1),
+        );
+        let downstream = exchange(
+            bastion.try_clone().unwrap(),
+            node_session.try_clone().unwrap(),
+            pattern(2),
+        );
+        assert!(upstream.join().unwrap() == pattern(1), "node to bastion");
+        assert!(downstream.join().unwrap() == pattern(2), "bastion to node");
+        drop(node_session);
+        pump.join().unwrap();
+        let mut rest = Vec::new();
+        (&bastion).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "the bastion's side sees the end");
+    }
+
+    #[test]
+    fn the_pump_ends_when_the_bastion_closes_and_the_node_session_sees_it() {
+        let (mut node_session, mut bastion, pump) = pumped();
+        bastion.write_all(b"last words").unwrap();
+        drop(bastion);
+        let mut received = Vec::new();
+        node_session.read_to_end(&mut received).unwrap();
+        assert_eq!(received, b"last words");
+        pump.join().unwrap();
+    }
+
+    #[test]
+    fn an_idle_pump_waits_without_using_the_cpu() {
+        let (node_session, _bastion, pump) = pumped();
+        std::thread::sleep(Duration::from_secs(1));
+        drop(node_session);
+        let ticks = pump.join().unwrap();
+        // 100 ticks a second: a busy loop would use nearly all of them.
+        assert!(ticks <= 5, "the pump used {ticks} ticks of CPU in 1s idle");
     }
 }
 

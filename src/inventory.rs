@@ -151,6 +151,8 @@ pub struct SshDefaults {
     pub known_hosts: PathBuf,
     #[serde(rename = "become")]
     pub become_method: Option<Become>,
+    /// The bastion every node is reached through, unless a node says otherwise.
+    pub jump: Option<JumpSetting>,
 }
 
 impl Default for SshDefaults {
@@ -161,7 +163,119 @@ impl Default for SshDefaults {
             identity_file: None,
             known_hosts: PathBuf::new(),
             become_method: None,
+            jump: None,
         }
+    }
+}
+
+/// A `jump:` value as written: `[user@]host[:port]` (an IPv6 address with a port in
+/// brackets, `[fd00::1]:2222`), or `none` (or `""`) for a node reached directly although
+/// `ssh.jump` is set. Checked as it is read, so a bad value is reported at its position.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum JumpSetting {
+    Direct,
+    Via {
+        /// Unset: the node's own SSH user.
+        user: Option<String>,
+        host: String,
+        port: u16,
+    },
+}
+
+impl TryFrom<String> for JumpSetting {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() || text == "none" {
+            return Ok(JumpSetting::Direct);
+        }
+        let (user, address) = match text.split_once('@') {
+            Some((user, address)) => (Some(user), address),
+            None => (None, text),
+        };
+        if let Some(user) = user {
+            // What a login name is (POSIX portable filename characters), and nothing
+            // `ssh -J` in a pasted fix command could read as an option.
+            if user.is_empty()
+                || user.starts_with('-')
+                || !user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(format!(
+                    "jump {text:?}: the user {user:?} is not a login name (letters, digits, '.', '_', '-')"
+                ));
+            }
+        }
+        let (host, port) = if let Some(bracketed) = address.strip_prefix('[') {
+            let (host, rest) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("jump {text:?}: `[` without its `]`"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "jump {text:?}: only an IPv6 address goes in brackets"
+                ));
+            }
+            match rest {
+                "" => (host, None),
+                _ => match rest.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("jump {text:?}: expected `:port` after `]`")),
+                },
+            }
+        } else if address.parse::<std::net::Ipv6Addr>().is_ok() {
+            (address, None)
+        } else {
+            match address.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (address, None),
+            }
+        };
+        if !valid_host(host) {
+            return Err(format!(
+                "jump {text:?}: host {host:?} is neither an IP address nor a hostname"
+            ));
+        }
+        let port = match port {
+            None => default_ssh_port(),
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("jump {text:?}: port {port:?} is not 1-65535"))?,
+        };
+        Ok(JumpSetting::Via {
+            user: user.map(String::from),
+            host: host.into(),
+            port,
+        })
+    }
+}
+
+/// The bastion a node is reached through, with the defaults applied: `ssh -J` to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JumpHost {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl JumpHost {
+    /// `host:port`, an IPv6 address in brackets, as `ssh -J` and error messages take it.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for JumpHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.user, self.address())
     }
 }
 
@@ -210,6 +324,8 @@ pub struct NodeEntry {
     /// Never rebooted unless named with --allow-protected (the control plane, typically).
     #[serde(default)]
     pub protected: bool,
+    /// This node's bastion, over `ssh.jump`; `none` reaches it directly.
+    pub jump: Option<JumpSetting>,
 }
 
 /// A node's SSH access with the inventory's defaults applied.
@@ -222,6 +338,9 @@ pub struct SshTarget {
     pub identity_file: Option<PathBuf>,
     pub known_hosts: PathBuf,
     pub become_method: Option<Become>,
+    /// The bastion to tunnel through; its host key is verified against `known_hosts` too,
+    /// and it is logged into with the node's identity.
+    pub jump: Option<JumpHost>,
 }
 
 /// What the inventory says about Calico. Everything is optional: what it leaves out is
@@ -678,11 +797,25 @@ impl Inventory {
         if self.transport_of(node) != TransportKind::Ssh {
             return None;
         }
+        let user = node.user.clone().unwrap_or_else(|| self.ssh.user.clone());
+        let jump = match node.jump.as_ref().or(self.ssh.jump.as_ref()) {
+            Some(JumpSetting::Via {
+                user: jump_user,
+                host,
+                port,
+            }) => Some(JumpHost {
+                user: jump_user.clone().unwrap_or_else(|| user.clone()),
+                host: host.clone(),
+                port: *port,
+            }),
+            Some(JumpSetting::Direct) | None => None,
+        };
         Some(SshTarget {
             node: node.name.value.clone(),
             host: node.host.as_ref()?.value.clone(),
             port: node.port.unwrap_or(self.ssh.port),
-            user: node.user.clone().unwrap_or_else(|| self.ssh.user.clone()),
+            user,
+            jump,
             identity_file: node
                 .identity_file
                 .clone()
@@ -828,6 +961,30 @@ mod tests {
         3,
         "lock.duration (1m) is shorter than timeouts.node_ready (5m)"
     )]
+    #[case::jump_with_shell_in_host(
+        "ssh:\n  known_hosts: k\n  jump: \"ops@b; reboot\"\nnodes:\n  - name: a\n    host: h\n",
+        3,
+        9,
+        "neither an IP address nor a hostname"
+    )]
+    #[case::jump_with_bad_port(
+        "ssh:\n  known_hosts: k\n  jump: ops@bastion:0\nnodes:\n  - name: a\n    host: h\n",
+        3,
+        9,
+        "port \"0\" is not 1-65535"
+    )]
+    #[case::jump_with_option_as_user(
+        "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\n    jump: -oProxyCommand=x@bastion\n",
+        6,
+        11,
+        "is not a login name"
+    )]
+    #[case::node_jump_with_unclosed_bracket(
+        "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\n    jump: \"[fd00::1:22\"\n",
+        6,
+        11,
+        "without its `]`"
+    )]
     fn each_kind_of_bad_inventory_points_at_its_location(
         #[case] text: &str,
         #[case] line: u64,
@@ -892,5 +1049,80 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("octal"), "{error}");
+    }
+
+    #[rstest]
+    #[case::all_parts(
+        "ops@bastion.example.com:2222",
+        Some("ops"),
+        "bastion.example.com",
+        2222
+    )]
+    #[case::no_user("198.18.0.10", None, "198.18.0.10", 22)]
+    #[case::no_port("ops@198.18.0.10", Some("ops"), "198.18.0.10", 22)]
+    #[case::bare_ipv6("fd00::1", None, "fd00::1", 22)]
+    #[case::bracketed_ipv6("admin@[fd00::1]:2200", Some("admin"), "fd00::1", 2200)]
+    fn a_jump_is_user_host_and_port(
+        #[case] text: &str,
+        #[case] user: Option<&str>,
+        #[case] host: &str,
+        #[case] port: u16,
+    ) {
+        assert_eq!(
+            JumpSetting::try_from(text.to_string()),
+            Ok(JumpSetting::Via {
+                user: user.map(String::from),
+                host: host.into(),
+                port
+            })
+        );
+    }
+
+    #[rstest]
+    #[case::empty_user("@bastion")]
+    #[case::port_not_a_number("bastion:ssh")]
+    #[case::port_too_big("bastion:65536")]
+    #[case::two_ats("a@b@bastion")]
+    #[case::brackets_around_a_name("[bastion]:22")]
+    #[case::junk_after_brackets("[fd00::1]x")]
+    #[case::empty_host("ops@:22")]
+    fn a_bad_jump_is_refused(#[case] text: &str) {
+        assert!(
+            JumpSetting::try_from(text.to_string()).is_err(),
+            "{text} was accepted"
+        );
+    }
+
+    #[test]
+    fn a_node_takes_the_default_jump_its_own_or_none() {
+        let text = "ssh:\n  user: ops\n  known_hosts: k\n  jump: 198.18.0.10\nnodes:\n  - name: a\n    host: 198.18.0.11\n  - name: b\n    host: 198.18.0.12\n    user: admin\n    jump: jump@[fd00::1]:2200\n  - name: c\n    host: 198.18.0.13\n    jump: none\n  - name: d\n    host: 198.18.0.14\n    jump: \"\"\n";
+        let inventory = Inventory::parse(text, Path::new("inv.yaml")).unwrap();
+        let jump = |node: &str| {
+            inventory
+                .ssh_target(inventory.node(node).unwrap())
+                .expect("reached over SSH")
+                .jump
+        };
+        assert_eq!(
+            jump("a"),
+            Some(JumpHost {
+                user: "ops".into(),
+                host: "198.18.0.10".into(),
+                port: 22
+            }),
+            "the node's user logs into the bastion too"
+        );
+        let b = jump("b").unwrap();
+        assert_eq!(b.to_string(), "jump@[fd00::1]:2200");
+        assert_eq!(jump("c"), None);
+        assert_eq!(jump("d"), None);
+        let direct = Inventory::parse(GOOD, Path::new("inv.yaml")).unwrap();
+        assert_eq!(
+            direct
+                .ssh_target(direct.node("k8s-worker-01").unwrap())
+                .expect("reached over SSH")
+                .jump,
+            None
+        );
     }
 }

@@ -17,8 +17,9 @@ pub struct HostResults {
 const NO_SUCH_FILE: &str = "No such file or directory";
 
 /// Runs a command, retrying only while the node refuses or drops the TCP connection
-/// (sshd still starting), up to `patience`. A host key or authentication failure is
-/// final at once: retrying cannot fix it, and must not hide it.
+/// (sshd still starting; behind a bastion, the bastion cannot reach it yet), up to
+/// `patience`. A host key or authentication failure is final at once: retrying cannot
+/// fix it, and must not hide it.
 async fn run_when_reachable(
     transport: &dyn Transport,
     command: &ShellCommand,
@@ -27,7 +28,7 @@ async fn run_when_reachable(
     let deadline = Instant::now() + patience;
     loop {
         match transport.run(command).await {
-            Err(HostError::Connect { .. }) if Instant::now() + SSH_RETRY_PAUSE < deadline => {
+            Err(error) if error.unreachable() && Instant::now() + SSH_RETRY_PAUSE < deadline => {
                 tokio::time::sleep(SSH_RETRY_PAUSE).await;
             }
             other => return other,
@@ -407,6 +408,28 @@ mod tests {
             transport.ran.lock().unwrap().len(),
             4,
             "two refusals, then cat and stat"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bastion_that_cannot_reach_the_node_yet_is_asked_again() {
+        // After a reboot the bastion is up before the node's sshd is.
+        let not_yet = || HostError::Tunnel {
+            node: NODE.into(),
+            bastion: "root@198.18.0.10:22".into(),
+            address: "198.18.0.13:22".into(),
+            reason: "Channel open failure: connect failed".into(),
+        };
+        let transport = FakeTransport::default()
+            .on(CAT, Err(not_yet()))
+            .on(CAT, Ok(output("d /run/calico 0755 999 999 -\n", "", 0)))
+            .always(STAT, Ok(output("755 999 999\n", "", 0)));
+        let host = check_host(&transport, NODE, &declared(), Duration::from_secs(10)).await;
+        assert!(host.tmpfiles.passed(), "{:?}", host.tmpfiles);
+        assert_eq!(
+            transport.ran.lock().unwrap().len(),
+            3,
+            "one refusal, then cat and stat"
         );
     }
 

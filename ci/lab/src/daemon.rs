@@ -6,7 +6,7 @@ use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
 use crate::pki;
 use crate::system::{self, io_context, shell_quote, Result, SystemError};
-use crate::topology::{CalicoProfile, NodeKind, Topology, CALICO_UID};
+use crate::topology::{CalicoProfile, NodeKind, NodeSpec, Topology, CALICO_UID};
 use crate::{LabPaths, ReadyReport};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -27,32 +27,59 @@ fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
 }
 
 /// How an inventory of the lab reaches its nodes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reached {
-    OverSsh,
+#[derive(Clone, Copy)]
+pub(crate) enum Reached<'a> {
+    /// Over SSH: every node directly, or, with a bastion, every other node through it.
+    OverSsh { bastion: Option<&'a NodeSpec> },
+    /// No SSH at all: through the API, as on a managed cluster.
     ThroughNodeShells,
 }
 
 /// A postflight inventory describing this lab, as a user would write one for a cluster.
-fn inventory(topology: &Topology, reached: Reached, lab_binary: &Path) -> String {
-    let access = match reached {
-        Reached::OverSsh => "ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n",
-        // No SSH at all: the nodes are reached through the API, as on a managed cluster.
-        Reached::ThroughNodeShells => "transport: node-shell\nnode_shell:\n  image: docker.io/library/busybox:1.37.0\n",
+/// Nodes that are containers are restarted with `lab_binary`'s `reboot`, from here.
+pub(crate) fn inventory(topology: &Topology, reached: Reached, lab_binary: &Path) -> String {
+    let (written_by, access) = match reached {
+        Reached::OverSsh { bastion } => {
+            let jump = bastion
+                .map(|bastion| format!("  jump: root@{}:22\n", bastion.ip))
+                .unwrap_or_default();
+            (
+                if bastion.is_some() {
+                    "postflight-lab bastion"
+                } else {
+                    "postflight-lab up"
+                },
+                format!("ssh:\n  user: root\n  port: 22\n  identity_file: ssh/id_ed25519\n  known_hosts: ssh/known_hosts\n{jump}"),
+            )
+        }
+        Reached::ThroughNodeShells => (
+            "postflight-lab up",
+            "transport: node-shell\nnode_shell:\n  image: docker.io/library/busybox:1.37.0\n"
+                .to_string(),
+        ),
     };
     let mut text = format!(
-        "# postflight inventory for the lab `{name}` (written by postflight-lab up).\n\
+        "# postflight inventory for the lab `{name}` (written by {written_by}).\n\
          cluster:\n  kubeconfig: postflight.kubeconfig\n  context: postflight-lab-{name}\n\
          {access}nodes:\n",
         name = topology.name
     );
     for node in &topology.nodes {
         text.push_str(&format!("  - name: {}\n", node.name));
-        if reached == Reached::OverSsh {
+        if let Reached::OverSsh { .. } = reached {
             text.push_str(&format!("    host: {}\n", node.ip));
         }
         if node.control_plane {
             text.push_str("    protected: true\n");
+        }
+        if let Reached::OverSsh {
+            bastion: Some(bastion),
+        } = reached
+        {
+            if bastion.name == node.name {
+                // The bastion itself is the one node still reachable directly.
+                text.push_str("    jump: none\n");
+            }
         }
     }
     // No `calico:` section: a default inventory, which reads where and as whom
@@ -369,7 +396,11 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     )?;
     write(
         &paths.inventory(),
-        inventory(&topology, Reached::OverSsh, &args.lab_binary),
+        inventory(
+            &topology,
+            Reached::OverSsh { bastion: None },
+            &args.lab_binary,
+        ),
     )?;
     write(
         &paths.node_shell_inventory(),

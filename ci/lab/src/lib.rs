@@ -85,6 +85,11 @@ impl LabPaths {
     pub fn node_shell_inventory(&self) -> PathBuf {
         self.state_dir.join("inventory-node-shell.yaml")
     }
+    /// The inventory that reaches every node but the bastion through it (`postflight-lab
+    /// bastion`).
+    pub fn bastion_inventory(&self) -> PathBuf {
+        self.state_dir.join("inventory-bastion.yaml")
+    }
     pub fn ssh_dir(&self) -> PathBuf {
         self.state_dir.join("ssh")
     }
@@ -647,6 +652,70 @@ pub fn nic(name: &str, node: &str, up: bool) -> Result<()> {
 const BGP_FIREWALL_TABLE: &str = "postflight_lab_bgp";
 const POD_FIREWALL_TABLE: &str = "postflight_lab_pods";
 const LOSS_TABLE: &str = "postflight_lab_loss";
+const BASTION_FIREWALL_TABLE: &str = "postflight_lab_bastion";
+
+/// What a node keeps SSH to when `bastion` is the only way in: every address family
+/// dropped but the bastion's own address.
+fn ssh_only_from(bastion: std::net::Ipv4Addr) -> String {
+    let t = BASTION_FIREWALL_TABLE;
+    // Replaced whole, so that naming another bastion leaves no rule for the old one.
+    format!(
+        "nft delete table inet {t} 2>/dev/null || true; \
+         nft add table inet {t} && \
+         nft add chain inet {t} input '{{ type filter hook input priority 0; }}' && \
+         nft add rule inet {t} input ip saddr {bastion} tcp dport 22 accept && \
+         nft add rule inet {t} input tcp dport 22 drop"
+    )
+}
+
+/// Makes `bastion` the only way in over SSH, as sites put their nodes behind a jump
+/// host: every other node drops TCP port 22 from anywhere but the bastion's address,
+/// and `inventory-bastion.yaml` (next to `inventory.yaml`) reaches them through it.
+/// The rules live in each node's network namespace, which a reboot keeps (a power-off
+/// flushes addresses, routes and processes, not nftables). With `None`, the rules and
+/// that inventory go. Returns the inventory's path.
+pub fn bastion(name: &str, bastion: Option<&str>) -> Result<PathBuf> {
+    let (entry, topology) = entry_and_topology(name)?;
+    let paths = LabPaths::new(&entry.state_dir);
+    let bastion = match bastion {
+        Some(node) => Some(
+            topology
+                .node(node)
+                .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?,
+        ),
+        None => None,
+    };
+    for node in &topology.nodes {
+        let script = bastion
+            .filter(|b| b.name != node.name)
+            .map(|b| ssh_only_from(b.ip));
+        firewall(name, &node.name, BASTION_FIREWALL_TABLE, script)?;
+    }
+    let inventory = paths.bastion_inventory();
+    let written = match bastion {
+        Some(bastion) => std::fs::write(
+            &inventory,
+            daemon::inventory(
+                &topology,
+                daemon::Reached::OverSsh {
+                    bastion: Some(bastion),
+                },
+                &lab_binary(None),
+            ),
+        ),
+        None => match std::fs::remove_file(&inventory) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    written.map_err(|e| {
+        LabError::System(system::SystemError::Io {
+            context: format!("writing {}", inventory.display()),
+            source: e,
+        })
+    })?;
+    Ok(inventory)
+}
 
 /// Drops BGP (TCP 179, both directions) on a node, as a host firewall would, or allows
 /// it again. The rule lives in the node's own network namespace and dies with it.
@@ -728,4 +797,44 @@ pub fn pause_api(name: &str, seconds: u64, freeze: bool) -> Result<String> {
         &format!("/apiserver/pause?seconds={seconds}&freeze={freeze}"),
     )
     .map_err(LabError::Control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_bastion_reaches_ssh_on_the_other_nodes() {
+        let script = ssh_only_from(std::net::Ipv4Addr::new(198, 18, 3, 10));
+        let accept = script
+            .find("ip saddr 198.18.3.10 tcp dport 22 accept")
+            .expect("the bastion is let in");
+        let drop = script
+            .find("input tcp dport 22 drop")
+            .expect("everyone else is dropped, IPv6 too");
+        assert!(accept < drop, "the bastion's rule comes first: {script}");
+        assert!(
+            script.starts_with("nft delete table inet postflight_lab_bastion"),
+            "a second bastion replaces the first: {script}"
+        );
+    }
+
+    #[test]
+    fn the_bastion_inventory_jumps_to_every_node_but_the_bastion() {
+        let topology = Topology::new("t", 3, Path::new("/x"), 3);
+        let bastion = &topology.nodes[0];
+        let over_ssh = |bastion| daemon::Reached::OverSsh { bastion };
+        let lab = Path::new("/lab/postflight-lab");
+        let text = daemon::inventory(&topology, over_ssh(Some(bastion)), lab);
+        assert!(
+            text.contains("  known_hosts: ssh/known_hosts\n  jump: root@198.18.3.10:22\nnodes:\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  - name: k8s-control-01\n    host: 198.18.3.10\n    protected: true\n    jump: none\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("jump: none").count(), 1, "{text}");
+        assert!(!daemon::inventory(&topology, over_ssh(None), lab).contains("jump"));
+    }
 }

@@ -119,6 +119,17 @@ enum Command {
     /// Drop pod traffic in and out of a node (a FORWARD policy of DROP) while BGP stays
     /// up and calico-node Ready; `--unblock` removes the rule.
     BlockPodTraffic(FirewallFault),
+    /// Make one node the only way in over SSH: every other node drops TCP port 22 from
+    /// anywhere but it (also after a reboot), and `inventory-bastion.yaml` reaches them
+    /// through it (`ssh.jump`). `--off` opens SSH again and removes that inventory.
+    Bastion {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, required_unless_present = "off")]
+        node: Option<String>,
+        #[arg(long, conflicts_with = "node")]
+        off: bool,
+    },
     /// Compact etcd at its current revision, so that open watches get 410 Gone.
     CompactEtcd {
         #[arg(long, default_value = "lab")]
@@ -378,6 +389,18 @@ fn run() -> anyhow::Result<ExitCode> {
             postflight_lab::block_pod_traffic,
             "pod traffic through the node",
         ),
+        Command::Bastion { name, node, off } => {
+            let bastion = if off { None } else { node.as_deref() };
+            let inventory = postflight_lab::bastion(&name, bastion)?;
+            match bastion {
+                Some(bastion) => {
+                    println!("{bastion}: the only way in over SSH; the other nodes drop port 22 from anywhere else");
+                    println!("  inventory          {}", inventory.display());
+                }
+                None => println!("lab `{name}`: every node takes SSH from anywhere again"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CompactEtcd { name } => {
             print!("{}", postflight_lab::compact_etcd(&name)?);
             Ok(ExitCode::SUCCESS)
