@@ -19,6 +19,7 @@ pub mod gate;
 pub mod host;
 pub mod hostile;
 pub mod inventory;
+pub mod kind;
 pub mod node_shell;
 pub mod rbac;
 pub mod report;

@@ -193,6 +193,18 @@ enum InventoryCommand {
     /// --kubeconfig and --context, when given, go into its `cluster:` section. Variables
     /// it has no use for are named on stderr.
     FromAnsible(FromAnsibleArgs),
+    /// Write a postflight inventory for a kind cluster from `kind get nodes`: its nodes
+    /// reached through node shells, restarted with `docker restart`, no addresses
+    /// written. The context is kind's (`kind-NAME`), checked in the kubeconfig (the
+    /// global --kubeconfig, or kubectl's default).
+    FromKind {
+        /// The kind cluster's name (`kind create cluster --name NAME`).
+        #[arg(long, default_value = "kind")]
+        name: String,
+        /// Write the inventory here (atomically) instead of to stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -317,7 +329,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::CheckInventory { file } => {
             let path = file.or(flags.inventory);
             Ok(match load_inventory(path.as_deref()) {
-                Ok(inventory) if !inventory.ssh.known_hosts.is_file() => {
+                Ok(inventory)
+                    if inventory
+                        .nodes
+                        .iter()
+                        .any(|node| inventory.ssh_target(node).is_some())
+                        && !inventory.ssh.known_hosts.is_file() =>
+                {
                     eprintln!(
                         "postflight: {}: ssh.known_hosts {} does not exist: host keys could not be verified",
                         inventory.file.display(),
@@ -339,6 +357,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Inventory {
             command: InventoryCommand::FromAnsible(args),
         } => from_ansible(args, flags),
+        Command::Inventory {
+            command: InventoryCommand::FromKind { name, output },
+        } => from_kind(&name, output.as_deref(), flags.kubeconfig.as_deref()),
         Command::Verify {
             node,
             reboot,
@@ -502,6 +523,36 @@ fn from_ansible(args: FromAnsibleArgs, flags: ClusterFlags) -> anyhow::Result<u8
             );
         }
         None => print!("{}", import.yaml),
+    }
+    Ok(0)
+}
+
+fn from_kind(
+    cluster: &str,
+    output: Option<&std::path::Path>,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    use postflight::kind;
+    let written = kind::get_nodes(cluster).and_then(|nodes| {
+        kind::check_context(cluster, kubeconfig)?;
+        Ok((kind::inventory(cluster, &nodes, kubeconfig)?, nodes.len()))
+    });
+    let (text, nodes) = match written {
+        Ok(written) => written,
+        Err(error) => {
+            eprintln!(
+                "postflight: {}",
+                postflight::hostile::for_terminal(&error.to_string())
+            );
+            return Ok(EXIT_USAGE);
+        }
+    };
+    match output {
+        Some(file) => {
+            report::write_atomically(file, text.as_bytes()).context("writing the inventory")?;
+            eprintln!("postflight: wrote {nodes} nodes to {}", file.display());
+        }
+        None => print!("{text}"),
     }
     Ok(0)
 }
