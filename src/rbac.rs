@@ -440,6 +440,45 @@ pub fn required(inventory: &Inventory, needs: &[Need]) -> Vec<Access> {
     out
 }
 
+/// Whether `rules`, as a SelfSubjectRulesReview lists them, grant `access`: matched as
+/// the RBAC authorizer matches a rule (`*` for any verb, group or resource, `*/exec` for
+/// a subresource of any resource, resource names limiting a rule to those objects).
+pub fn rules_grant(
+    rules: &[k8s_openapi::api::authorization::v1::ResourceRule],
+    access: &Access,
+) -> bool {
+    let resource = match &access.subresource {
+        Some(sub) => format!("{}/{sub}", access.resource),
+        None => access.resource.clone(),
+    };
+    let any_or = |list: &Option<Vec<String>>, wanted: &str| {
+        list.as_ref()
+            .is_some_and(|items| items.iter().any(|item| item == "*" || item == wanted))
+    };
+    rules.iter().any(|rule| {
+        rule.verbs
+            .iter()
+            .any(|verb| verb == "*" || *verb == access.verb)
+            && any_or(&rule.api_groups, &access.group)
+            && rule.resources.as_ref().is_some_and(|resources| {
+                resources.iter().any(|granted| {
+                    granted == "*"
+                        || *granted == resource
+                        || access
+                            .subresource
+                            .as_ref()
+                            .is_some_and(|sub| *granted == format!("*/{sub}"))
+                })
+            })
+            && match (&rule.resource_names, &access.name) {
+                (None, _) => true,
+                (Some(names), _) if names.is_empty() => true,
+                (Some(names), Some(name)) => names.contains(name),
+                (Some(_), None) => false,
+            }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +565,74 @@ mod tests {
         assert!(printed.contains(
             "name: postflight-probe\n  labels:\n    pod-security.kubernetes.io/enforce: restricted"
         ));
+    }
+
+    fn rule(
+        verbs: &[&str],
+        groups: &[&str],
+        resources: &[&str],
+        names: &[&str],
+    ) -> k8s_openapi::api::authorization::v1::ResourceRule {
+        let strings = |items: &[&str]| items.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        k8s_openapi::api::authorization::v1::ResourceRule {
+            verbs: strings(verbs),
+            api_groups: Some(strings(groups)),
+            resources: Some(strings(resources)),
+            resource_names: (!names.is_empty()).then(|| strings(names)),
+        }
+    }
+
+    #[test]
+    fn rules_grant_an_access_as_the_rbac_authorizer_matches_it() {
+        let exec = Access {
+            verb: "create".into(),
+            group: String::new(),
+            resource: "pods".into(),
+            subresource: Some("exec".into()),
+            namespace: Some("postflight-probe".into()),
+            name: None,
+        };
+        assert!(rules_grant(
+            &[rule(&["create"], &[""], &["pods/exec"], &[])],
+            &exec
+        ));
+        assert!(rules_grant(&[rule(&["*"], &["*"], &["*"], &[])], &exec));
+        assert!(rules_grant(
+            &[rule(&["create"], &[""], &["*/exec"], &[])],
+            &exec
+        ));
+        // A grant on pods is not one on their exec subresource, nor another verb's.
+        assert!(!rules_grant(
+            &[rule(&["create"], &[""], &["pods"], &[])],
+            &exec
+        ));
+        assert!(!rules_grant(
+            &[rule(&["get"], &[""], &["pods/exec"], &[])],
+            &exec
+        ));
+        assert!(!rules_grant(
+            &[rule(&["create"], &["apps"], &["pods/exec"], &[])],
+            &exec
+        ));
+        let lease = Access {
+            verb: "update".into(),
+            group: "coordination.k8s.io".into(),
+            resource: "leases".into(),
+            subresource: None,
+            namespace: Some("kube-system".into()),
+            name: Some("postflight-reboot-lock".into()),
+        };
+        let named = |name| rule(&["update"], &["coordination.k8s.io"], &["leases"], &[name]);
+        assert!(rules_grant(&[named("postflight-reboot-lock")], &lease));
+        assert!(!rules_grant(&[named("someone-elses")], &lease));
+        // Rules limited to names grant nothing on a request without one.
+        let create = Access {
+            verb: "update".into(),
+            name: None,
+            ..lease.clone()
+        };
+        assert!(!rules_grant(&[named("postflight-reboot-lock")], &create));
+        assert!(!rules_grant(&[], &lease));
     }
 
     #[test]
