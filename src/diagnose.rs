@@ -43,11 +43,16 @@ impl NodeShell {
     }
 
     /// A node without SSH: a debugging pod in the host's namespaces, as the node-shell
-    /// transport uses, with the host's root filesystem at /host.
-    pub fn kubectl_debug(node: &str, image: &str) -> Self {
+    /// transport uses, with the host's root filesystem at /host. It goes into the
+    /// node-shell namespace, the one where Pod Security lets it run; kubectl leaves it
+    /// there (`kubectl -n NAMESPACE delete pod node-debugger-…` when done).
+    pub fn kubectl_debug(node: &str, image: &str, namespace: &str) -> Self {
         NodeShell {
             prefix: format!(
-                "kubectl debug node/{node} -i --quiet --profile=sysadmin --image={image} -- chroot /host"
+                "kubectl -n {} debug {} -i --quiet --profile=sysadmin --image={} -- chroot /host",
+                shell_word(namespace),
+                shell_word(&format!("node/{node}")),
+                shell_word(image)
             ),
             sudo: "",
             runs_program: true,
@@ -393,8 +398,9 @@ mod tests {
 
     #[test]
     fn a_node_without_ssh_is_fixed_through_kubectl_debug() {
-        let shell = NodeShell::kubectl_debug("k8s-worker-03", "busybox:1.37.0");
-        let prefix = "kubectl debug node/k8s-worker-03 -i --quiet --profile=sysadmin --image=busybox:1.37.0 -- chroot /host";
+        let shell =
+            NodeShell::kubectl_debug("k8s-worker-03", "busybox:1.37.0", "postflight-node-shell");
+        let prefix = "kubectl -n postflight-node-shell debug node/k8s-worker-03 -i --quiet --profile=sysadmin --image=busybox:1.37.0 -- chroot /host";
         assert_eq!(
             shell.run("{sudo}systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"),
             format!("{prefix} systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf")

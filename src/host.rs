@@ -274,6 +274,11 @@ pub trait Transport: Send + Sync {
         &'a self,
         command: &'a ShellCommand,
     ) -> BoxFuture<'a, Result<RebootOutcome, HostError>>;
+    /// The node was restarted by something else than this transport (a local command):
+    /// whatever it keeps on the node is gone, and the next command starts afresh.
+    fn node_restarted(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// SSH to one node. Its clones share one session: a run's commands to a node go over

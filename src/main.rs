@@ -738,8 +738,19 @@ fn leftovers(inventory: &Inventory, node: Option<&str>) -> String {
     let cordon = node
         .map(|n| format!(" a cordon from --drain (`kubectl uncordon {n}`);"))
         .unwrap_or_default();
+    // Their process ends by itself within the hour, but a privileged pod is worth a
+    // command now.
+    let shells = if inventory.uses_node_shell() {
+        format!(
+            " node shell pods (`kubectl -n {} delete pod -l app.kubernetes.io/name={}`);",
+            inventory.node_shell.namespace,
+            postflight::node_shell::SHELL_POD_APP
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "Possibly left: probe pods (`kubectl -n {probe} delete pod -l app.kubernetes.io/managed-by=postflight`);{cordon} the reboot lock {}/{} (it expires {} after its last renewal)",
+        "Possibly left: probe pods (`kubectl -n {probe} delete pod -l app.kubernetes.io/managed-by=postflight`);{shells}{cordon} the reboot lock {}/{} (it expires {} after its last renewal)",
         lock.namespace,
         lock.name,
         humantime::format_duration(lock.duration)

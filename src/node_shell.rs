@@ -15,6 +15,7 @@ use crate::host::{BoxFuture, CommandOutput, HostError, RebootOutcome, ShellComma
 use crate::inventory::NodeShellSettings;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
+use kube::runtime::wait::Condition;
 use std::time::Duration;
 
 /// The value of `app.kubernetes.io/name` on every shell pod.
@@ -30,12 +31,22 @@ pub const SHELL_POD_LIFETIME: Duration = Duration::from_secs(3600);
 const ENTER_HOST: [&str; 9] = ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"];
 
 /// The name of a node's shell pod: run id, node, and how many came before it in this run
-/// (one per boot of the node), within the 63 characters a label value allows.
+/// (one per boot of the node). Short enough to read in `kubectl get pods`; a hash of the
+/// whole node name keeps two nodes whose names share a long prefix (or differ only in
+/// `.` and `-`) apart, since one run starts shells on every node.
 pub fn shell_pod_name(run_id: &str, node: &str, generation: usize) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut hasher);
+    let hash = format!("{:06x}", hasher.finish() & 0xff_ffff);
     let generation = generation.to_string();
-    let room = 63usize.saturating_sub("pf-sh---".len() + run_id.len() + generation.len());
+    let room =
+        63usize.saturating_sub("pf-sh----".len() + run_id.len() + hash.len() + generation.len());
     let node: String = node.replace('.', "-").chars().take(room).collect();
-    format!("pf-sh-{run_id}-{}-{generation}", node.trim_end_matches('-'))
+    format!(
+        "pf-sh-{run_id}-{}-{hash}-{generation}",
+        node.trim_end_matches('-')
+    )
 }
 
 /// The pod spec of a node shell: bound to the node by name (no scheduler, as
@@ -72,7 +83,9 @@ pub fn shell_pod(settings: &NodeShellSettings, run_id: &str, node: &str, name: &
             "tolerations": tolerations,
             "imagePullSecrets": pull_secrets,
             "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
+            // Not 0, which would make every deletion a forced one: the API must not drop
+            // the pod before the kubelet has stopped a privileged process.
+            "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "containers": [{
@@ -187,21 +200,22 @@ impl NodeShellTransport {
             &name,
             is_shell_running_or_hopeless(),
         );
-        let started = match tokio::time::timeout(self.start_timeout, wait).await {
-            Ok(Ok(started)) => started,
-            Ok(Err(error)) => return Err(self.error(&action, error)),
-            Err(_) => {
-                return Err(self.error(
-                    &action,
-                    format!("not running within {:?}", self.start_timeout),
-                ))
-            }
+        let why_not = match tokio::time::timeout(self.start_timeout, wait).await {
+            Ok(Ok(started)) => started
+                .as_ref()
+                .and_then(hopeless)
+                .map(|why| format!("it will not run: {why} (image {})", self.settings.image)),
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("not running within {:?}", self.start_timeout)),
         };
-        if let Some(why) = started.as_ref().and_then(hopeless) {
-            return Err(self.error(
-                &action,
-                format!("it will not run: {why} (image {})", self.settings.image),
-            ));
+        if let Some(why_not) = why_not {
+            // A shell that will not start is not left for the next command to add to.
+            let _ = self
+                .cluster
+                .pods(namespace)
+                .delete(&name, &DeleteParams::default().grace_period(1))
+                .await;
+            return Err(self.error(&action, why_not));
         }
         pod.running = Some(name.clone());
         Ok(name)
@@ -210,6 +224,26 @@ impl NodeShellTransport {
     /// Forgets the current pod (a reboot ended it): the next command starts another.
     async fn forget_pod(&self) {
         self.pod.lock().await.running = None;
+    }
+
+    /// Whether the shell pod still runs its process: an exec that the API server or the
+    /// kubelet refused may have met a pod that a restart of its node ended (a real
+    /// kubelet answers 500 for a container it no longer has).
+    async fn pod_still_runs(&self, pod: &str) -> bool {
+        match self
+            .cluster
+            .pods(&self.settings.namespace)
+            .get_opt(pod)
+            .await
+        {
+            Ok(Some(found)) => {
+                is_shell_running_or_hopeless().matches_object(Some(&found))
+                    && hopeless(&found).is_none()
+            }
+            Ok(None) => false,
+            // Unknown: the exec's own error is what gets reported.
+            Err(_) => true,
+        }
     }
 
     /// Runs `command` in the host's namespaces through the shell pod. A pod that is gone
@@ -239,13 +273,19 @@ impl NodeShellTransport {
                         exit_status: output.exit_code,
                     })
                 }
-                Err(error) if attempt == 0 && pod_is_gone(&error) => self.forget_pod().await,
+                Err(error)
+                    if attempt == 0
+                        && refused_before_running(&error)
+                        && !self.pod_still_runs(&pod).await =>
+                {
+                    self.forget_pod().await
+                }
                 Err(error) => {
                     return Err(HostError::NodeShell {
                         node: self.node.clone(),
                         action: format!("`{line}` in shell pod {pod}"),
                         reason: error.to_string(),
-                        before_sending: pod_is_gone(&error),
+                        before_sending: refused_before_running(&error),
                     })
                 }
             }
@@ -254,16 +294,12 @@ impl NodeShellTransport {
     }
 }
 
-/// The exec was refused because the pod or its container is not there (any more): the
-/// command never ran.
-fn pod_is_gone(error: &ClusterError) -> bool {
-    match error {
-        ClusterError::Api {
-            source: kube::Error::Api(status),
-            ..
-        } => matches!(status.code, 400 | 404),
-        _ => false,
-    }
+/// The exec was refused before its process started: the API server or the kubelet
+/// answered the upgrade with an error (no such pod or container, a forbidden exec, a
+/// kubelet that cannot be reached), so the command never ran. Once the stream is up,
+/// failures are `ClusterError::Exec`, and the command may have run.
+fn refused_before_running(error: &ClusterError) -> bool {
+    matches!(error, ClusterError::Api { .. })
 }
 
 /// What to tell the operator when the API refuses a shell pod: the namespace and its
@@ -294,6 +330,10 @@ impl Transport for NodeShellTransport {
         Box::pin(self.exec(command))
     }
 
+    fn node_restarted(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.forget_pod())
+    }
+
     fn reboot<'a>(
         &'a self,
         command: &'a ShellCommand,
@@ -318,8 +358,10 @@ impl Transport for NodeShellTransport {
 }
 
 impl Cluster {
-    /// Deletes every shell pod of these runs, at once and without a grace period: their
-    /// process only sleeps.
+    /// Deletes every shell pod of these runs, at once, with the one second of grace their
+    /// spec gives: their process only sleeps, but a forced deletion would drop a pod from
+    /// the API while its privileged process may still run on a node that cannot be
+    /// reached.
     ///
     /// # Errors
     /// The API refuses the deletion.
@@ -335,7 +377,7 @@ impl Cluster {
         let params = ListParams::default().labels(&selector);
         match self
             .pods(namespace)
-            .delete_collection(&DeleteParams::default().grace_period(0), &params)
+            .delete_collection(&DeleteParams::default().grace_period(1), &params)
             .await
         {
             Ok(_) => Ok(()),
@@ -396,7 +438,17 @@ mod tests {
         let name = shell_pod_name("0123abcd", &long, 12);
         assert!(name.len() <= 63, "{name}");
         assert!(name.ends_with("-12"), "{name}");
-        assert_eq!(shell_pod_name("r1", "a.b", 0), "pf-sh-r1-a-b-0");
+        assert!(shell_pod_name("r1", "a.b", 0).starts_with("pf-sh-r1-a-b-"));
+        // Names that read alike are still two pods.
+        assert_ne!(
+            shell_pod_name("r1", "a.b", 0),
+            shell_pod_name("r1", "a-b", 0)
+        );
+        let prefix = "pool-".repeat(20);
+        assert_ne!(
+            shell_pod_name("r1", &format!("{prefix}1"), 0),
+            shell_pod_name("r1", &format!("{prefix}2"), 0)
+        );
     }
 
     #[test]

@@ -45,6 +45,23 @@ fn grant_printed_rbac(lab: &Lab, inventory: &Path) -> String {
     manifest
 }
 
+/// Waits (a little: their grace period is a second) until no shell pod is left, and
+/// fails naming those that stay.
+fn assert_no_shell_pod_left(lab: &Lab, after: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let left = shell_pods(lab);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "shell pods left after {after}: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The pods in the node-shell namespace, by name.
 fn shell_pods(lab: &Lab) -> String {
     kubectl(
@@ -83,7 +100,7 @@ fn a_lab_reached_only_through_node_shells_is_verified_rebooted_and_swept() {
         "{}",
         refused.describe()
     );
-    assert_eq!(shell_pods(&lab), "");
+    assert_no_shell_pod_left(&lab, "the run");
 
     let manifest = grant_printed_rbac(&lab, &inventory);
     assert!(
@@ -110,16 +127,16 @@ fn a_lab_reached_only_through_node_shells_is_verified_rebooted_and_swept() {
     // The host checks passed, so the shell read the node: a check that could not run
     // is an error, never a pass.
     assert_eq!(run.verdict("run_dir_permissions"), "passed");
+    assert_no_shell_pod_left(&lab, "no shell pod outlives its run");
     assert_nothing_left(&lab, node);
-    assert_eq!(shell_pods(&lab), "", "no shell pod outlives its run");
     assert_no_secrets(&lab, &run);
 
     let swept = drift(&inventory, reports.path());
     assert_eq!(swept.code(), 0, "{}", swept.describe());
-    assert_eq!(shell_pods(&lab), "", "drift deletes its shells");
+    assert_no_shell_pod_left(&lab, "drift deletes its shells");
     let diagnosed = diagnose(&inventory, "k8s-worker-01", reports.path());
     assert_eq!(diagnosed.code(), 0, "{}", diagnosed.describe());
-    assert_eq!(shell_pods(&lab), "", "diagnose deletes its shell");
+    assert_no_shell_pod_left(&lab, "diagnose deletes its shell");
 
     // Ctrl-C while the node is down: the shells go with the rest of the cleanup.
     let junit = reports.path().join("interrupted.xml");
@@ -136,7 +153,7 @@ fn a_lab_reached_only_through_node_shells_is_verified_rebooted_and_swept() {
     nix_kill(child.id(), "INT");
     let output = child.wait_with_output();
     assert_eq!(output.status.code(), Some(130), "{output:?}");
-    assert_eq!(shell_pods(&lab), "", "Ctrl-C deletes the shells");
+    assert_no_shell_pod_left(&lab, "Ctrl-C deletes the shells");
     // The node comes back by itself; the test leaves the lab as it found it.
     let started = std::time::Instant::now();
     while node_field(
@@ -175,9 +192,12 @@ fn the_incident_is_caught_through_a_node_shell_with_the_evidence_ssh_gives() {
     assert!(evidence.contains("700 0 0"), "{evidence}");
     // The fix is pasted where SSH does not reach: through kubectl debug.
     let fix = run.result("run_dir_permissions")["diagnosis"]["remediation"].to_string();
-    assert!(fix.contains("kubectl debug node/k8s-worker-02"), "{fix}");
+    assert!(
+        fix.contains("kubectl -n postflight-node-shell debug node/k8s-worker-02"),
+        "{fix}"
+    );
     assert!(!fix.contains("ssh "), "{fix}");
-    assert_eq!(shell_pods(&lab), "");
+    assert_no_shell_pod_left(&lab, "the run");
 
     // The node as it is now, read both ways: the same evidence, word for word.
     let through_shell = diagnose(&shells, node, reports.path());
@@ -190,7 +210,7 @@ fn the_incident_is_caught_through_a_node_shell_with_the_evidence_ssh_gives() {
             "{check}"
         );
     }
-    assert_eq!(shell_pods(&lab), "");
+    assert_no_shell_pod_left(&lab, "the run");
 }
 
 /// Nodes that are containers, as kind's are: a restart keeps the host's boot ID, so the
@@ -234,12 +254,12 @@ fn container_nodes_are_restarted_from_here_and_proven_by_their_new_pid_1() {
         evidence.contains("PID 1 started") && evidence.contains("unchanged"),
         "{evidence}"
     );
+    assert_no_shell_pod_left(&lab, "the run");
     assert_nothing_left(&lab, node);
-    assert_eq!(shell_pods(&lab), "");
 
     let swept = drift(&inventory, reports.path());
     assert_eq!(swept.code(), 0, "{}", swept.describe());
     let diagnosed = diagnose(&inventory, node, reports.path());
     assert_eq!(diagnosed.code(), 0, "{}", diagnosed.describe());
-    assert_eq!(shell_pods(&lab), "");
+    assert_no_shell_pod_left(&lab, "the run");
 }

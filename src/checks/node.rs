@@ -70,12 +70,18 @@ impl ProcessStart {
         })
     }
 
+    /// When PID 1 started, to the second, on the node's clock.
+    pub fn timestamp(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        let seconds = self.kernel_booted_at + (self.ticks_after_boot / USER_HZ) as i64;
+        k8s_openapi::jiff::Timestamp::from_second(seconds).ok()
+    }
+
     /// When PID 1 started, to the second, in UTC.
     pub fn started_at(&self) -> String {
-        let seconds = self.kernel_booted_at + (self.ticks_after_boot / USER_HZ) as i64;
-        k8s_openapi::jiff::Timestamp::from_second(seconds)
-            .map(|t| t.to_string())
-            .unwrap_or_else(|_| format!("{seconds} s after the epoch"))
+        self.timestamp().map_or_else(
+            || format!("{} ticks after the kernel booted", self.ticks_after_boot),
+            |t| t.to_string(),
+        )
     }
 }
 
@@ -108,8 +114,9 @@ pub fn judge_restart(
             "the host's, shared by a container node",
         ),
     ];
-    let restarted = after.kernel_booted_at != before.kernel_booted_at
-        || after.ticks_after_boot > before.ticks_after_boot;
+    // Ticks since the shared kernel booted, not wall-clock time: btime moves when the
+    // clock is stepped, and the kernel is the same one before and after.
+    let restarted = after.ticks_after_boot > before.ticks_after_boot;
     if restarted {
         (Verdict::Passed, evidence)
     } else {

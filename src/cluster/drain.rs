@@ -2,7 +2,8 @@
 //! side: mark the node unschedulable, then ask the Eviction API to remove each pod, which
 //! refuses (429) while a PodDisruptionBudget would be violated. What stays, as with
 //! `kubectl drain --ignore-daemonsets`: DaemonSet pods (their controller would put them
-//! straight back, and calico-node must stay) and mirror pods (the kubelet owns them).
+//! straight back, and calico-node must stay), mirror pods (the kubelet owns them), and
+//! postflight's own node shell, which the run needs to send the reboot.
 
 use super::{api_error, Cluster, ClusterError};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -35,7 +36,13 @@ pub fn evictable(pod: &Pod) -> bool {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded") | Some("Failed")
     );
-    !owned_by_daemonset && !mirror && !finished
+    let node_shell = pod.metadata.labels.as_ref().is_some_and(|labels| {
+        labels.get("app.kubernetes.io/name").map(String::as_str)
+            == Some(crate::node_shell::SHELL_POD_APP)
+            && labels.get(super::MANAGED_BY_LABEL.0).map(String::as_str)
+                == Some(super::MANAGED_BY_LABEL.1)
+    });
+    !owned_by_daemonset && !mirror && !finished && !node_shell
 }
 
 impl Cluster {
@@ -116,5 +123,15 @@ mod tests {
             "calico-node stays"
         );
         assert!(!evictable(&pod(None, true)));
+        let mut shell = pod(None, false);
+        shell.metadata.labels = Some(
+            [
+                ("app.kubernetes.io/name", "postflight-node-shell"),
+                ("app.kubernetes.io/managed-by", "postflight"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        assert!(!evictable(&shell), "the shell that sends the reboot stays");
     }
 }

@@ -939,9 +939,48 @@ mod tests {
         assert!(waited.is_err(), "still waiting: {waited:?}");
     }
 
+    /// What a rules review answers for an identity that may only read nodes.
+    fn rules_reading_nodes() -> String {
+        serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": "x"},
+            "status": {"incomplete": false, "nonResourceRules": [], "resourceRules": [
+                {"verbs": ["get", "list", "watch"], "apiGroups": [""], "resources": ["nodes"]},
+            ]},
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn permissions_the_rules_grant_need_no_access_review_each() {
+        let cluster = mocked(|method, path| match (method, path) {
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews") => {
+                (201, rules_reading_nodes())
+            }
+            // Asked anything else, the test fails: the rules settled it.
+            _ => (500, status_json(500, "InternalError", "not asked")),
+        });
+        let read_nodes = crate::rbac::Access {
+            verb: "watch".into(),
+            group: String::new(),
+            resource: "nodes".into(),
+            subresource: None,
+            namespace: None,
+            name: None,
+        };
+        let missing = cluster
+            .missing_access(std::slice::from_ref(&read_nodes))
+            .await
+            .unwrap();
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
     #[tokio::test]
     async fn a_missing_permission_is_found_by_asking_the_api_server() {
         let cluster = mocked(|method, path| match (method, path) {
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews") => {
+                (201, rules_reading_nodes())
+            }
             ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => (
                 201,
                 serde_json::json!({

@@ -210,7 +210,11 @@ pub struct NodeAccess {
 pub fn fix_shell(inventory: &Inventory, entry: &NodeEntry) -> NodeShell {
     match inventory.ssh_target(entry) {
         Some(target) => NodeShell::of(&target),
-        None => NodeShell::kubectl_debug(&entry.name.value, &inventory.node_shell.image),
+        None => NodeShell::kubectl_debug(
+            &entry.name.value,
+            &inventory.node_shell.image,
+            &inventory.node_shell.namespace,
+        ),
     }
 }
 

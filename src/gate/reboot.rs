@@ -427,7 +427,12 @@ async fn issue_reboot(
         }
     };
     match recorder.timed("issue the reboot", sent).await {
-        Ok(RebootOutcome::Issued) => true,
+        Ok(RebootOutcome::Issued) => {
+            if inventory.reboot.runs_on == RunsOn::Local {
+                transport.node_restarted().await;
+            }
+            true
+        }
         Ok(RebootOutcome::Refused(output)) => {
             ledger.phase = before_reboot;
             let message = format!(
@@ -519,12 +524,19 @@ async fn restart_container_and_wait(
     if !issue_reboot(inventory, transport, node, recorder, ledger, started).await {
         return None;
     }
+    // What the last read said: a node whose PID 1 was read again unchanged did not
+    // restart; a node that could not be read at all is not known to have.
+    let last_read: Mutex<Option<Result<ProcessStart, String>>> = Mutex::new(None);
     let new_pid1 = async {
         loop {
-            match read_pid1_start(transport).await {
-                Ok(start) if start != pid1_before => return start,
-                _ => tokio::time::sleep(RESTART_READ_PAUSE).await,
+            let read = read_pid1_start(transport).await;
+            if let Ok(start) = &read {
+                if start.ticks_after_boot > pid1_before.ticks_after_boot {
+                    return *start;
+                }
             }
+            *last_read.lock().expect("last read lock") = Some(read);
+            tokio::time::sleep(RESTART_READ_PAUSE).await;
         }
     };
     let pid1_after = match recorder
@@ -536,10 +548,22 @@ async fn restart_container_and_wait(
     {
         Ok(start) => start,
         Err(_) => {
+            let waited = humantime::format_duration(timeouts.node_not_ready);
+            let last = last_read.lock().expect("last read lock").clone();
+            if !matches!(last, Some(Ok(_))) {
+                let why = match last {
+                    Some(Err(why)) => why,
+                    _ => "no read finished".to_string(),
+                };
+                recorder.error_remaining(
+                    ErrorKind::Timeout,
+                    &format!("the node's PID 1 could not be read for {waited} after the restart command, so whether it restarted is not known: {why}"),
+                );
+                return None;
+            }
             let message = format!(
-                "the node's PID 1 still runs since {} {} after the restart command: it did not restart",
+                "the node's PID 1 still runs since {} {waited} after the restart command: it did not restart",
                 pid1_before.started_at(),
-                humantime::format_duration(timeouts.node_not_ready)
             );
             recorder.record(CheckResult::new(
                 CheckName::NodeReadyAfterReboot,
@@ -563,11 +587,10 @@ async fn restart_container_and_wait(
         }
     };
     ledger.phase = Phase::Down;
-    // The kubelet's own report since the restart, not a Ready left over from before it;
-    // heartbeats have whole seconds.
-    let since = restarted_at
-        .checked_sub(Duration::from_secs(1))
-        .unwrap_or(restarted_at);
+    // The kubelet's own report since the restart, not a Ready left over from before it:
+    // a heartbeat from the new boot's kubelet, which starts after the new PID 1 (both on
+    // the node's clock; heartbeats have whole seconds, as the start is taken here).
+    let since = pid1_after.timestamp().unwrap_or(restarted_at);
     let last_seen = Mutex::new(None);
     let back = cluster::is_node_ready().and(cluster::has_reported_since(since));
     let up = tokio::time::timeout(
@@ -632,7 +655,7 @@ async fn restart_container_and_wait(
     Some(RebootBaseline {
         boot_id,
         calico: calico_before,
-        ready_since: Some(restarted_at),
+        ready_since: Some(since),
     })
 }
 

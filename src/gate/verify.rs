@@ -86,9 +86,9 @@ async fn clean_up(
                         run_ids.join(", ")
                     )),
                     Err(_) => recorder.note(format!(
-                        "probe pods were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}` and the run ids {}",
+                        "probe pods were not deleted within {CLEANUP_TIMEOUT:?}: `kubectl -n {namespace} delete pod -l '{} in ({})'`",
                         cluster::probes::RUN_LABEL,
-                        run_ids.join(", ")
+                        run_ids.join(",")
                     )),
                 }
             }
@@ -109,9 +109,9 @@ async fn clean_up(
                         run_ids.join(", ")
                     )),
                     Err(_) => recorder.note(format!(
-                        "node shell pods were not deleted within {CLEANUP_TIMEOUT:?}: delete them with `kubectl -n {namespace} delete pod -l {}` and the run ids {}",
+                        "node shell pods were not deleted within {CLEANUP_TIMEOUT:?}: `kubectl -n {namespace} delete pod -l '{} in ({})'`",
                         cluster::probes::RUN_LABEL,
-                        run_ids.join(", ")
+                        run_ids.join(",")
                     )),
                 }
             }

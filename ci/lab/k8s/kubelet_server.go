@@ -222,7 +222,9 @@ func (s *kubeletServer) serveExec(node string, w http.ResponseWriter, r *http.Re
 		return
 	}
 	if !record.Running {
-		http.Error(w, fmt.Sprintf("container not found (%q)", container), http.StatusBadRequest)
+		// As the kubelet's streaming server answers an exec into a container the runtime
+		// no longer has (a pod whose node restarted): 500, not a client error.
+		http.Error(w, fmt.Sprintf("container not found (%q)", container), http.StatusInternalServerError)
 		return
 	}
 	options, err := remotecommandserver.NewOptions(r)
