@@ -811,4 +811,60 @@ mod tests {
             "unknown counts as rebooted: {plan:?}"
         );
     }
+
+    /// A container node restarted with a local command, whose PID 1 reads as `after`
+    /// once the command has run: what the restart wait records.
+    async fn restart_container(
+        after: Option<Result<crate::host::CommandOutput, HostError>>,
+    ) -> (Ledger, String) {
+        const STAT: &str = "1 (systemd) S 0 1 1 0 -1 4194560 41 0 0 0 3 5 0 0 20 0 1 0 123456 1 1\nbtime 1764150000\n";
+        let inventory = Inventory::parse(
+            "transport: node-shell\nnodes:\n  - name: k8s-worker-03\nreboot:\n  command: true {node}\n  runs_on: local\n  node_kind: container\ntimeouts:\n  node_not_ready: 1s\n",
+            std::path::Path::new("/inventory.yaml"),
+        )
+        .expect("an inventory");
+        let mut transport = FakeTransport::default().on("sh -c", Ok(output(STAT, "", 0)));
+        if let Some(after) = after {
+            transport = transport.always("sh -c", after);
+        }
+        let recorder = Recorder::new(
+            NODE,
+            &Quiet,
+            &CheckName::for_verify(true, crate::inventory::NodeKind::Container),
+        );
+        let mut ledger = Ledger {
+            phase: Phase::Preflighted,
+            owed: vec![],
+        };
+        let baseline = reboot_and_wait(
+            &inventory,
+            &CalicoExpectations::hardened_site(),
+            &mocked(api),
+            &transport,
+            NODE,
+            &recorder,
+            &mut ledger,
+        )
+        .await;
+        assert!(baseline.is_none());
+        let (results, _) = recorder.into_parts();
+        (ledger, format!("{results:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_container_node_whose_pid_1_stays_did_not_restart() {
+        const SAME: &str = "1 (systemd) S 0 1 1 0 -1 4194560 41 0 0 0 3 5 0 0 20 0 1 0 123456 1 1\nbtime 1764150000\n";
+        let (ledger, said) = restart_container(Some(Ok(output(SAME, "", 0)))).await;
+        assert_eq!(ledger.phase, Phase::RebootSent);
+        assert!(said.contains("did not restart"), "{said}");
+        assert!(said.contains("NodeRestarted"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn a_container_node_that_cannot_be_read_is_not_said_to_have_stayed_up() {
+        let (ledger, said) = restart_container(Some(Err(connect_refused(NODE)))).await;
+        assert_eq!(ledger.phase, Phase::RebootSent, "it may be restarting");
+        assert!(!said.contains("did not restart"), "{said}");
+        assert!(said.contains("is not known"), "{said}");
+    }
 }
