@@ -370,11 +370,37 @@ impl Cluster {
         namespace: &str,
         run_ids: &[&str],
     ) -> Result<(), ClusterError> {
+        self.delete_shells(namespace, run_ids, None).await
+    }
+
+    /// Deletes a run's shell pods on one node, as soon as the run is done with it: a
+    /// sweep of many nodes does not keep a privileged pod on each until the last is read.
+    ///
+    /// # Errors
+    /// The API refuses the deletion.
+    pub async fn delete_node_shells_on(
+        &self,
+        namespace: &str,
+        run_id: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        self.delete_shells(namespace, &[run_id], Some(node)).await
+    }
+
+    async fn delete_shells(
+        &self,
+        namespace: &str,
+        run_ids: &[&str],
+        node: Option<&str>,
+    ) -> Result<(), ClusterError> {
         let selector = format!(
             "{RUN_LABEL} in ({}),app.kubernetes.io/name={SHELL_POD_APP}",
             run_ids.join(",")
         );
-        let params = ListParams::default().labels(&selector);
+        let mut params = ListParams::default().labels(&selector);
+        if let Some(node) = node {
+            params = params.fields(&format!("spec.nodeName={node}"));
+        }
         match self
             .pods(namespace)
             .delete_collection(&DeleteParams::default().grace_period(1), &params)

@@ -151,12 +151,23 @@ async fn drift_node(
         }
     };
     let checks = drift_checks(&access, node, calico);
-    match tokio::time::timeout(
+    let outcome = tokio::time::timeout(
         deadline,
         recorder.timed("read the node's Calico state", checks),
     )
-    .await
+    .await;
+    if let Some(cluster) = cluster
+        .filter(|_| inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell)
     {
+        // Done with this node: its shell goes now, not when the last node is read (the
+        // sweep's end deletes whatever this could not).
+        let _ = tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            cluster.delete_node_shells_on(&inventory.node_shell.namespace, run_id, node),
+        )
+        .await;
+    }
+    match outcome {
         Ok((results, _)) => results.into_iter().for_each(|r| recorder.record(r)),
         Err(_) => recorder.error_remaining(
             ErrorKind::Timeout,
