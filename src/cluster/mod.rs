@@ -198,6 +198,10 @@ pub struct Cluster {
     /// refusal is the answer (an eviction a disruption budget forbids), where the gate
     /// must see the 429, say what it said, and own the retry and its deadline.
     client_without_retry: Client,
+    /// Namespaces this connection has seen ready for postflight's pods: a run asks once,
+    /// not before every batch of pods. Held while one is being ensured, so two batches
+    /// started together ask once between them. A new run connects anew and asks again.
+    ensured_namespaces: std::sync::Arc<tokio::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Output of a command run in a container through the exec API.
@@ -269,6 +273,7 @@ impl Cluster {
             context,
             client,
             client_without_retry,
+            ensured_namespaces: Default::default(),
         })
     }
 
@@ -279,6 +284,7 @@ impl Cluster {
             server: server.into(),
             context: None,
             client_without_retry: client.clone(),
+            ensured_namespaces: Default::default(),
             client,
         }
     }
@@ -664,6 +670,16 @@ impl Cluster {
     /// The namespace cannot be read, or created for a reason other than a refusal, or a
     /// wait failed.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ClusterError> {
+        let mut ensured = self.ensured_namespaces.lock().await;
+        if ensured.contains(name) {
+            return Ok(());
+        }
+        self.make_namespace_ready(name).await?;
+        ensured.insert(name.to_string());
+        Ok(())
+    }
+
+    async fn make_namespace_ready(&self, name: &str) -> Result<(), ClusterError> {
         let api = Api::<Namespace>::all(self.client.clone());
         if let Some(existing) = api
             .get_opt(name)

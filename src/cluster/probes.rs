@@ -211,27 +211,31 @@ impl Cluster {
         settings: &ProbeSettings,
         run_id: &str,
         requests: &[ProbeRequest],
+        new_run: bool,
     ) -> Result<Vec<(ProbeRequest, String)>, ClusterError> {
         self.ensure_namespace(&settings.namespace).await?;
         // The run's pods that exist already (the preflight's, kept for after the reboot)
-        // are listed in one request rather than refused one by one.
+        // are listed in one request rather than refused one by one; a new run has none.
         let selector = format!("{RUN_LABEL}={run_id}");
         // Pod name → the node it is bound to.
-        let existing: BTreeMap<String, String> = self
-            .pods(&settings.namespace)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(api_error(format!(
-                "listing the probe pods of run {run_id} in {}",
-                settings.namespace
-            )))?
-            .items
-            .into_iter()
-            .filter_map(|pod| {
-                let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
-                pod.metadata.name.map(|name| (name, node))
-            })
-            .collect();
+        let existing: BTreeMap<String, String> = if new_run {
+            BTreeMap::new()
+        } else {
+            self.pods(&settings.namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_error(format!(
+                    "listing the probe pods of run {run_id} in {}",
+                    settings.namespace
+                )))?
+                .items
+                .into_iter()
+                .filter_map(|pod| {
+                    let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
+                    pod.metadata.name.map(|name| (name, node))
+                })
+                .collect()
+        };
         let mut refused = Vec::new();
         let mut missing = Vec::new();
         for request in requests {

@@ -10,6 +10,9 @@ pub struct ProbePlan {
     pub run_id: String,
     pub node: String,
     pub requests: Vec<ProbeRequest>,
+    /// No pod of this run can exist yet (its first batch), so none is looked for before
+    /// creating.
+    pub new_run: bool,
 }
 
 impl ProbePlan {
@@ -28,6 +31,7 @@ impl ProbePlan {
             run_id: run_id.into(),
             node: node.into(),
             requests,
+            new_run: false,
         }
     }
 }
@@ -46,7 +50,7 @@ pub async fn start_probes(
     let settings = &inventory.probe;
     // Bounded by the probe deadline: creating may first wait out a namespace that an
     // earlier run left Terminating.
-    let create = cluster.create_probes(settings, &plan.run_id, &plan.requests);
+    let create = cluster.create_probes(settings, &plan.run_id, &plan.requests, plan.new_run);
     let refused = tokio::time::timeout(inventory.timeouts.probe_ready, create)
         .await
         .map_err(|_| {

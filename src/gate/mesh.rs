@@ -110,6 +110,7 @@ async fn mesh_steps(
                 node: node.clone(),
             })
             .collect(),
+        new_run: true,
     };
     let fleet = run
         .timed("start probe pods", start_probes(&cluster, inventory, &plan))

@@ -16,11 +16,13 @@ pub(super) async fn cluster_problems(
     node: &str,
     run_id: &str,
 ) -> Vec<String> {
-    if let Err(error) = cluster.ping().await {
-        return vec![format!("the API server does not answer: {error}")];
-    }
     let mut problems = Vec::new();
+    // Listing the nodes is also the proof that the API answers: the run pinged it a
+    // moment ago, and one unanswered request says it as well as another.
     match cluster.nodes().await {
+        Err(error) if error.kind() == ErrorKind::Unreachable => {
+            return vec![format!("the API server does not answer: {error}")];
+        }
         Ok(nodes) => {
             for name in inventory.node_names().iter().filter(|n| *n != node) {
                 match nodes
@@ -80,6 +82,7 @@ pub(super) async fn cluster_problems(
         run_id: run_id.into(),
         node: node.into(),
         requests: others,
+        new_run: true,
     };
     let own = ProbePlan {
         run_id: preflight_run.clone(),
@@ -88,6 +91,7 @@ pub(super) async fn cluster_problems(
             name: probe_pod_name(&preflight_run, node, 0),
             node: node.into(),
         }],
+        new_run: true,
     };
     let (kept_fleet, own_fleet) = tokio::join!(
         start_probes(cluster, inventory, &kept),

@@ -350,7 +350,9 @@ async fn verify_steps(
         .into_iter()
         .filter(|n| n != node)
         .collect();
-    let probes = ProbePlan::new(run_id, node, &others);
+    let mut probes = ProbePlan::new(run_id, node, &others);
+    // Without a reboot there was no preflight, whose pods this run would reuse.
+    probes.new_run = !request.reboot;
     let calico_step = recorder.timed(
         "wait for calico-node Ready",
         check_calico(
