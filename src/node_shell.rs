@@ -54,15 +54,10 @@ pub fn shell_pod_name(run_id: &str, node: &str, generation: usize) -> String {
 /// namespaces, with no service account token (nothing in it talks to the API), and a
 /// process that ends by itself after [`SHELL_POD_LIFETIME`].
 pub fn shell_pod(settings: &NodeShellSettings, run_id: &str, node: &str, name: &str) -> Pod {
-    let tolerations = match &settings.tolerations {
-        Some(tolerations) => serde_json::to_value(tolerations).expect("tolerations serialise"),
-        None => serde_json::json!([{"operator": "Exists"}]),
-    };
-    let pull_secrets: Vec<serde_json::Value> = settings
-        .image_pull_secrets
-        .iter()
-        .map(|name| serde_json::json!({ "name": name }))
-        .collect();
+    let (tolerations, pull_secrets) = crate::cluster::probes::placement(
+        settings.tolerations.as_deref(),
+        &settings.image_pull_secrets,
+    );
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -83,15 +83,10 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
         .iter()
         .map(|a| a.replace("{port}", &settings.port.to_string()))
         .collect();
-    let tolerations = match &settings.tolerations {
-        Some(tolerations) => serde_json::to_value(tolerations).expect("tolerations serialise"),
-        None => serde_json::json!([{"operator": "Exists"}]),
-    };
-    let pull_secrets: Vec<serde_json::Value> = settings
-        .image_pull_secrets
-        .iter()
-        .map(|name| serde_json::json!({ "name": name }))
-        .collect();
+    let (tolerations, pull_secrets) = placement(
+        settings.tolerations.as_deref(),
+        &settings.image_pull_secrets,
+    );
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -140,6 +135,24 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
         },
     }))
     .expect("the probe pod spec is a valid Pod")
+}
+
+/// The tolerations and image pull secrets of a pod postflight makes on a node, as pod
+/// spec JSON: the inventory's tolerations, or every taint tolerated when it lists none
+/// (the node under test may still carry one from its reboot).
+pub(crate) fn placement(
+    tolerations: Option<&[k8s_openapi::api::core::v1::Toleration]>,
+    image_pull_secrets: &[String],
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let tolerations = match tolerations {
+        Some(tolerations) => serde_json::to_value(tolerations).expect("tolerations serialise"),
+        None => serde_json::json!([{"operator": "Exists"}]),
+    };
+    let pull_secrets = image_pull_secrets
+        .iter()
+        .map(|name| serde_json::json!({ "name": name }))
+        .collect();
+    (tolerations, pull_secrets)
 }
 
 /// Why a probe pod is not running, in the words its status gives; `None` while it may

@@ -143,12 +143,13 @@ async fn drift_node(
             return recorder.into_report(false, started_at, None);
         }
     };
+    let through_node_shell =
+        inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell;
     // A node shell may first have to start its pod (and pull its image).
-    let deadline = match inventory.transport_of(entry) {
-        crate::inventory::TransportKind::Ssh => inventory.timeouts.ssh * 2,
-        crate::inventory::TransportKind::NodeShell => {
-            inventory.timeouts.ssh * 2 + inventory.timeouts.probe_ready
-        }
+    let deadline = if through_node_shell {
+        inventory.timeouts.ssh * 2 + inventory.timeouts.probe_ready
+    } else {
+        inventory.timeouts.ssh * 2
     };
     let checks = drift_checks(&access, node, calico);
     let outcome = tokio::time::timeout(
@@ -156,9 +157,7 @@ async fn drift_node(
         recorder.timed("read the node's Calico state", checks),
     )
     .await;
-    if let Some(cluster) = cluster
-        .filter(|_| inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell)
-    {
+    if let Some(cluster) = cluster.filter(|_| through_node_shell) {
         // Done with this node: its shell goes now, not when the last node is read (the
         // sweep's end deletes whatever this could not).
         let _ = tokio::time::timeout(

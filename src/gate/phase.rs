@@ -88,28 +88,27 @@ pub enum Cleanup {
 /// cordoned, and the note says so.
 pub fn cleanup_plan(phase: Phase, owed: &[Owed], outcome: &Outcome) -> Vec<Cleanup> {
     let mut plan = Vec::new();
-    let run_ids: Vec<String> = owed
-        .iter()
-        .filter_map(|o| match o {
-            Owed::ProbePods { run_id } => Some(run_id.clone()),
-            _ => None,
-        })
-        .collect();
-    if !run_ids.is_empty() {
-        plan.push(Cleanup::DeleteProbePods { run_ids });
+    let run_ids = |pods_of: fn(&Owed) -> Option<&String>| -> Vec<String> {
+        owed.iter().filter_map(pods_of).cloned().collect()
+    };
+    let probe_runs = run_ids(|o| match o {
+        Owed::ProbePods { run_id } => Some(run_id),
+        _ => None,
+    });
+    if !probe_runs.is_empty() {
+        plan.push(Cleanup::DeleteProbePods {
+            run_ids: probe_runs,
+        });
     }
     // The node shells go whatever the outcome: nothing after the run may need them, and
     // a privileged pod is not left on a node.
-    let shell_run_ids: Vec<String> = owed
-        .iter()
-        .filter_map(|o| match o {
-            Owed::NodeShellPods { run_id } => Some(run_id.clone()),
-            _ => None,
-        })
-        .collect();
-    if !shell_run_ids.is_empty() {
+    let shell_runs = run_ids(|o| match o {
+        Owed::NodeShellPods { run_id } => Some(run_id),
+        _ => None,
+    });
+    if !shell_runs.is_empty() {
         plan.push(Cleanup::DeleteNodeShellPods {
-            run_ids: shell_run_ids,
+            run_ids: shell_runs,
         });
     }
     let rebooted = phase >= Phase::RebootSent;

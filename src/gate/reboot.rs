@@ -342,28 +342,15 @@ async fn reboot_and_wait(
     ledger.phase = Phase::Down;
 
     let back = cluster::is_node_ready().and(cluster::has_boot_id_other_than(&boot_id));
-    let up = tokio::time::timeout(
-        timeouts.node_ready,
-        cluster.wait_for_node(node, back, &last_seen),
-    );
-    let after = match recorder
-        .timed("wait for the node to be Ready on a new boot", up)
-        .await
+    let step = "wait for the node to be Ready on a new boot";
+    let after = match wait_until_back(
+        cluster, inventory, node, back, step, &last_seen, recorder, ledger,
+    )
+    .await
     {
-        Ok(Ok(after)) => {
-            ledger.phase = Phase::Back;
-            after
-        }
-        Ok(Err(refused)) => {
-            recorder.error_remaining(refused.kind(), &refused.to_string());
-            return None;
-        }
-        Err(_) => {
-            let seen = last_seen.lock().expect("last_seen lock").clone();
-            let last = seen.as_ref().map_or(
-                "the node object is gone".into(),
-                cluster::describe_ready_condition,
-            );
+        Comeback::Back(after) => after,
+        Comeback::Refused => return None,
+        Comeback::TimedOut { seen, last } => {
             let message = format!(
                 "the node was not Ready on a new boot within {}; last seen: {last}",
                 humantime::format_duration(timeouts.node_ready)
@@ -593,28 +580,15 @@ async fn restart_container_and_wait(
     let since = pid1_after.timestamp().unwrap_or(restarted_at);
     let last_seen = Mutex::new(None);
     let back = cluster::is_node_ready().and(cluster::has_reported_since(since));
-    let up = tokio::time::timeout(
-        timeouts.node_ready,
-        cluster.wait_for_node(node, back, &last_seen),
-    );
-    let after = match recorder
-        .timed("wait for the node to be Ready after its restart", up)
-        .await
+    let step = "wait for the node to be Ready after its restart";
+    let after = match wait_until_back(
+        cluster, inventory, node, back, step, &last_seen, recorder, ledger,
+    )
+    .await
     {
-        Ok(Ok(after)) => {
-            ledger.phase = Phase::Back;
-            after
-        }
-        Ok(Err(refused)) => {
-            recorder.error_remaining(refused.kind(), &refused.to_string());
-            return None;
-        }
-        Err(_) => {
-            let seen = last_seen.lock().expect("last_seen lock").clone();
-            let last = seen.as_ref().map_or(
-                "the node object is gone".into(),
-                cluster::describe_ready_condition,
-            );
+        Comeback::Back(after) => after,
+        Comeback::Refused => return None,
+        Comeback::TimedOut { last, .. } => {
             recorder.record(CheckResult::new(
                 CheckName::NodeReadyAfterReboot,
                 node,
@@ -657,6 +631,56 @@ async fn restart_container_and_wait(
         calico: calico_before,
         ready_since: Some(since),
     })
+}
+
+/// How a wait for a rebooted node to come back ended.
+enum Comeback {
+    Back(Node),
+    /// The watch was refused (401, 403, 404): said already, the run's checks end.
+    Refused,
+    /// The deadline passed: the node as last seen, and its Ready condition in words.
+    TimedOut {
+        seen: Option<Node>,
+        last: String,
+    },
+}
+
+/// Waits, as the step `step` and within `timeouts.node_ready`, until the node is `back`;
+/// `last_seen` keeps the node as the watch last saw it. A node that is back moves the
+/// run to `Phase::Back`.
+#[allow(clippy::too_many_arguments)]
+async fn wait_until_back(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    node: &str,
+    back: impl Condition<Node>,
+    step: &str,
+    last_seen: &Mutex<Option<Node>>,
+    recorder: &Recorder<'_>,
+    ledger: &mut Ledger,
+) -> Comeback {
+    let up = tokio::time::timeout(
+        inventory.timeouts.node_ready,
+        cluster.wait_for_node(node, back, last_seen),
+    );
+    match recorder.timed(step, up).await {
+        Ok(Ok(after)) => {
+            ledger.phase = Phase::Back;
+            Comeback::Back(after)
+        }
+        Ok(Err(refused)) => {
+            recorder.error_remaining(refused.kind(), &refused.to_string());
+            Comeback::Refused
+        }
+        Err(_) => {
+            let seen = last_seen.lock().expect("last_seen lock").clone();
+            let last = seen.as_ref().map_or(
+                "the node object is gone".into(),
+                cluster::describe_ready_condition,
+            );
+            Comeback::TimedOut { seen, last }
+        }
+    }
 }
 
 fn fail_node_ready(

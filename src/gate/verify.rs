@@ -70,49 +70,14 @@ async fn clean_up(
     for step in plan {
         match step {
             Cleanup::DeleteProbePods { run_ids } => {
-                let Some(cluster) = &state.cluster else {
-                    continue;
-                };
-                let namespace = &inventory.probe.namespace;
-                let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
-                let cleanup = tokio::time::timeout(
-                    CLEANUP_TIMEOUT,
-                    while_unreachable(cluster, || cluster.delete_probes(namespace, &runs)),
-                );
-                match recorder.timed("delete probe pods", cleanup).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => recorder.note(format!(
-                        "probe pods of run {} were not deleted: {error}",
-                        run_ids.join(", ")
-                    )),
-                    Err(_) => recorder.note(format!(
-                        "probe pods were not deleted within {CLEANUP_TIMEOUT:?}: `kubectl -n {namespace} delete pod -l '{} in ({})'`",
-                        cluster::probes::RUN_LABEL,
-                        run_ids.join(",")
-                    )),
+                if let Some(cluster) = &state.cluster {
+                    delete_run_pods(recorder, cluster, inventory, RunPods::Probes, &run_ids).await;
                 }
             }
             Cleanup::DeleteNodeShellPods { run_ids } => {
-                let Some(cluster) = &state.cluster else {
-                    continue;
-                };
-                let namespace = &inventory.node_shell.namespace;
-                let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
-                let cleanup = tokio::time::timeout(
-                    CLEANUP_TIMEOUT,
-                    while_unreachable(cluster, || cluster.delete_node_shells(namespace, &runs)),
-                );
-                match recorder.timed("delete node shell pods", cleanup).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => recorder.note(format!(
-                        "node shell pods of run {} were not deleted: {error}",
-                        run_ids.join(", ")
-                    )),
-                    Err(_) => recorder.note(format!(
-                        "node shell pods were not deleted within {CLEANUP_TIMEOUT:?}: `kubectl -n {namespace} delete pod -l '{} in ({})'`",
-                        cluster::probes::RUN_LABEL,
-                        run_ids.join(",")
-                    )),
+                if let Some(cluster) = &state.cluster {
+                    delete_run_pods(recorder, cluster, inventory, RunPods::NodeShells, &run_ids)
+                        .await;
                 }
             }
             Cleanup::Uncordon { node, note } => {
@@ -153,6 +118,70 @@ async fn clean_up(
                 }
             }
         }
+    }
+}
+
+/// The pods a run makes and its cleanup deletes by run id.
+#[derive(Clone, Copy)]
+enum RunPods {
+    Probes,
+    NodeShells,
+}
+
+impl RunPods {
+    fn what(self) -> &'static str {
+        match self {
+            RunPods::Probes => "probe pods",
+            RunPods::NodeShells => "node shell pods",
+        }
+    }
+
+    fn namespace(self, inventory: &Inventory) -> &str {
+        match self {
+            RunPods::Probes => &inventory.probe.namespace,
+            RunPods::NodeShells => &inventory.node_shell.namespace,
+        }
+    }
+
+    async fn delete(
+        self,
+        cluster: &Cluster,
+        namespace: &str,
+        runs: &[&str],
+    ) -> Result<(), cluster::ClusterError> {
+        match self {
+            RunPods::Probes => cluster.delete_probes(namespace, runs).await,
+            RunPods::NodeShells => cluster.delete_node_shells(namespace, runs).await,
+        }
+    }
+}
+
+/// Deletes the pods these runs made, within the cleanup deadline, and says in the report
+/// how to do it by hand if it could not.
+async fn delete_run_pods(
+    recorder: &Recorder<'_>,
+    cluster: &Cluster,
+    inventory: &Inventory,
+    pods: RunPods,
+    run_ids: &[String],
+) {
+    let (what, namespace) = (pods.what(), pods.namespace(inventory));
+    let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
+    let cleanup = tokio::time::timeout(
+        CLEANUP_TIMEOUT,
+        while_unreachable(cluster, || pods.delete(cluster, namespace, &runs)),
+    );
+    match recorder.timed(&format!("delete {what}"), cleanup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => recorder.note(format!(
+            "{what} of run {} were not deleted: {error}",
+            run_ids.join(", ")
+        )),
+        Err(_) => recorder.note(format!(
+            "{what} were not deleted within {CLEANUP_TIMEOUT:?}: `kubectl -n {namespace} delete pod -l '{} in ({})'`",
+            cluster::probes::RUN_LABEL,
+            run_ids.join(",")
+        )),
     }
 }
 
@@ -245,10 +274,11 @@ async fn verify_steps(
     }
     // Before anything is locked, cordoned or created: a missing permission is one clear
     // error now, not a 403 halfway through a reboot.
+    let entry = inventory.node(node).expect("the node is in the inventory");
+    let through_node_shell =
+        inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell;
     let mut needs = request.needs();
-    if inventory.node(node).is_some_and(|entry| {
-        inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell
-    }) {
+    if through_node_shell {
         needs.push(crate::rbac::Need::NodeShell);
     }
     let accesses = crate::rbac::required(inventory, &needs);
@@ -270,8 +300,7 @@ async fn verify_steps(
     state.ledger.owed.push(Owed::ProbePods {
         run_id: run_id.to_string(),
     });
-    let entry = inventory.node(node).expect("the node is in the inventory");
-    if inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell {
+    if through_node_shell {
         state.ledger.owed.push(Owed::NodeShellPods {
             run_id: run_id.to_string(),
         });
