@@ -10,7 +10,6 @@ use common::*;
 use postflight_lab::Lab;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BASTION: &str = "k8s-worker-01";
@@ -19,15 +18,7 @@ const BEHIND: &str = "k8s-worker-02";
 /// Makes `BASTION` the only way in over SSH, with the lab's CLI; returns the inventory
 /// that jumps through it.
 fn behind_bastion(lab: &Lab) -> PathBuf {
-    let output = Command::new(postflight_lab::lab_binary(None))
-        .args(["bastion", "--name", lab.name(), "--node", BASTION])
-        .output()
-        .expect("postflight-lab runs");
-    assert!(
-        output.status.success(),
-        "postflight-lab bastion: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    lab_cli(lab, &["bastion", "--node", BASTION]);
     let inventory = lab.paths().bastion_inventory();
     let text = std::fs::read_to_string(&inventory).unwrap();
     let bastion_ip = lab.topology().node(BASTION).unwrap().ip;
@@ -138,14 +129,7 @@ fn a_bastion_whose_host_key_is_wrong_or_unknown_is_refused_and_nothing_runs() {
     let lab = lab("pf-bastion-key", 3);
     let inventory = behind_bastion(&lab);
     let state = lab.paths().state_dir.clone();
-    let keygen = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(state.join("impostor"))
-        .output()
-        .unwrap();
-    assert!(keygen.status.success());
-    let impostor = std::fs::read_to_string(state.join("impostor.pub")).unwrap();
-    let impostor: Vec<&str> = impostor.split_whitespace().take(2).collect();
+    let impostor = impostor_key(&state);
     let bastion = format!("root@{}:22", lab.topology().node(BASTION).unwrap().ip);
     let before = boot_id(&lab, BEHIND);
     let reports = tempfile::tempdir().unwrap();
@@ -153,7 +137,7 @@ fn a_bastion_whose_host_key_is_wrong_or_unknown_is_refused_and_nothing_runs() {
     for (file, key, said) in [
         (
             "changed_known_hosts",
-            Some(impostor.join(" ")),
+            Some(impostor.clone()),
             format!("HOST KEY MISMATCH for the bastion {bastion}"),
         ),
         (

@@ -20,22 +20,6 @@ fn inventory_with(lab: &Lab, file: &str, edit: impl FnOnce(String) -> String) ->
     path
 }
 
-/// Runs a `postflight-lab` knob against the lab and returns what it printed.
-fn lab_cli(lab: &Lab, args: &[&str]) -> String {
-    let binary = postflight_lab::lab_binary(None);
-    let output = Command::new(&binary)
-        .args(args)
-        .args(["--name", lab.name()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "postflight-lab {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
     while !condition() {
@@ -147,21 +131,14 @@ fn a_reboot_that_cannot_be_sent_drains_nothing(
     let state = lab.paths().state_dir.clone();
     let inventory = inventory_with(&lab, "unsent.yaml", |text| match why {
         Unreachable::HostKeyChanged => {
-            let keygen = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(state.join("impostor"))
-                .output()
-                .unwrap();
-            assert!(keygen.status.success());
-            let impostor = std::fs::read_to_string(state.join("impostor.pub")).unwrap();
-            let key: Vec<&str> = impostor.split_whitespace().take(2).collect();
+            let key = impostor_key(&state);
             let ip = lab.topology().node(node).unwrap().ip.to_string();
             let real = std::fs::read_to_string(lab.paths().known_hosts()).unwrap();
             let tampered: String = real
                 .lines()
                 .map(|l| {
                     if l.starts_with(&format!("{ip} ")) {
-                        format!("{ip} {}", key.join(" "))
+                        format!("{ip} {key}")
                     } else {
                         l.to_string()
                     }

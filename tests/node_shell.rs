@@ -140,15 +140,7 @@ fn a_lab_reached_only_through_node_shells_is_verified_rebooted_and_swept() {
 
     // Ctrl-C while the node is down: the shells go with the rest of the cleanup.
     let junit = reports.path().join("interrupted.xml");
-    let child = Background::spawn(
-        Command::new(POSTFLIGHT)
-            .arg("--inventory")
-            .arg(&inventory)
-            .args(["verify", "--node", node, "--reboot", "--junit"])
-            .arg(&junit)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let child = spawn_reboot_with(&inventory, node, &junit);
     wait_for_node_down(&lab, node);
     nix_kill(child.id(), "INT");
     let output = child.wait_with_output();

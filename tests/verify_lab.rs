@@ -343,15 +343,7 @@ fn a_host_key_that_does_not_match_is_refused_and_nothing_runs(
     let ip = lab.topology().node(node).unwrap().ip.to_string();
     let state = lab.paths().state_dir.clone();
     let real = std::fs::read_to_string(lab.paths().known_hosts()).unwrap();
-    let other_key = state.join("impostor");
-    let keygen = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other_key)
-        .output()
-        .unwrap();
-    assert!(keygen.status.success());
-    let impostor = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
-    let impostor: Vec<&str> = impostor.split_whitespace().take(2).collect();
+    let impostor = impostor_key(&state);
     let tampered: String = real
         .lines()
         .filter_map(|line| {
@@ -359,7 +351,7 @@ fn a_host_key_that_does_not_match_is_refused_and_nothing_runs(
             let this_node = host == ip || host.starts_with(&format!("[{ip}]"));
             match (this_node, &tampering) {
                 (false, _) => Some(format!("{line}\n")),
-                (true, Tampering::KeyChanged) => Some(format!("{host} {}\n", impostor.join(" "))),
+                (true, Tampering::KeyChanged) => Some(format!("{host} {impostor}\n")),
                 (true, Tampering::NodeUnknown) => None,
             }
         })

@@ -319,13 +319,52 @@ pub fn assert_nothing_left(lab: &Lab, node: &str) {
     assert_no_probe_left(lab);
 }
 
+/// Runs a `postflight-lab` knob against the lab and returns what it printed.
+pub fn lab_cli(lab: &Lab, args: &[&str]) -> String {
+    let binary = postflight_lab::lab_binary(None);
+    let output = Command::new(&binary)
+        .args(args)
+        .args(["--name", lab.name()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "postflight-lab {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A fresh ed25519 public key that no lab host has, as `type base64` (what follows the
+/// host in a known_hosts line), made in `dir`: for a known_hosts entry that must not match.
+pub fn impostor_key(dir: &Path) -> String {
+    let private = dir.join("impostor");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&private)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(keygen.status.success(), "{keygen:?}");
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Starts `postflight verify --reboot` on a node in the background, writing JUnit to
 /// `junit`; for tests that act on the cluster while it waits.
 pub fn spawn_reboot(lab: &Lab, node: &str, junit: &Path) -> Background {
+    spawn_reboot_with(&lab.paths().inventory(), node, junit)
+}
+
+/// As [`spawn_reboot`], with another of the lab's inventories.
+pub fn spawn_reboot_with(inventory: &Path, node: &str, junit: &Path) -> Background {
     Background::spawn(
         Command::new(POSTFLIGHT)
             .arg("--inventory")
-            .arg(lab.paths().inventory())
+            .arg(inventory)
             .args(["verify", "--node", node, "--reboot", "--junit"])
             .arg(junit)
             .stdout(std::process::Stdio::piped())
