@@ -19,6 +19,10 @@ pub const HEALTHY_CALICO_TMPFILES: &str = "d /run/calico 0755 999 999 -\n";
 /// What the OS package ships, and what the incident's update put back.
 pub const PACKAGE_DEFAULT_CALICO_TMPFILES: &str = "d /run/calico 0700 root root -\n";
 
+/// A stock root `.bashrc` in what matters here: nothing for a shell that is not interactive.
+const STOCK_ROOT_BASHRC: &str =
+    "# ~/.bashrc of a lab node's root\ncase $- in *i*) ;; *) return ;; esac\n";
+
 pub struct NodePaths {
     pub dir: PathBuf,
     pub root: PathBuf,
@@ -45,6 +49,11 @@ pub struct NodePaths {
     /// start, which the node's view shows in place of this machine's init (a lab node
     /// has no PID namespace of its own, as the boot ID has no kernel of its own).
     pub pid1_stat: PathBuf,
+    /// The root user's `.bashrc` as a stock node has it. Bash sources `~/.bashrc` for
+    /// every command sshd runs, and a lab node shares this machine's `/root`: a CI
+    /// machine's own `.bashrc` (a pyenv init, say) would otherwise cost every SSH
+    /// command ~80 ms of the lab's CPU, which no real node spends.
+    pub root_bashrc: PathBuf,
 }
 
 impl NodePaths {
@@ -65,6 +74,7 @@ impl NodePaths {
             powered_off_flag: dir.join("powered-off"),
             netns_handle: dir.join("netns"),
             pid1_stat: dir.join("pid1-stat"),
+            root_bashrc: dir.join("root.bashrc"),
             root,
             dir,
         }
@@ -112,10 +122,15 @@ pub fn enter_container_command(
         NodeKind::Machine => String::new(),
         NodeKind::Container => format!("mount --bind {} /proc/1/stat && ", q(&paths.pid1_stat)),
     };
+    // Only a file can be bound over a file: a machine without a root .bashrc needs none.
+    let bashrc = format!(
+        "{{ [ ! -f /root/.bashrc ] || mount --bind {} /root/.bashrc; }} && ",
+        q(&paths.root_bashrc)
+    );
     let script = format!(
         "mount --bind {run} /run && mount --bind {tmpfiles} /etc/tmpfiles.d && \
          mount --bind {boot_id} /proc/sys/kernel/random/boot_id && {pid1}\
-         mount --bind {bin} /usr/local/bin && {volumes}hostname {name} && exec \"$@\"",
+         mount --bind {bin} /usr/local/bin && {bashrc}{volumes}hostname {name} && exec \"$@\"",
         run = q(&paths.run),
         tmpfiles = q(&paths.tmpfiles_dir),
         boot_id = q(&paths.boot_id),
@@ -171,6 +186,7 @@ pub fn provision(
         &paths.tmpfiles_dir.join("sshd.conf"),
         "d /run/sshd 0755 root root -\n",
     )?;
+    write(&paths.root_bashrc, STOCK_ROOT_BASHRC)?;
     if !paths.host_key.exists() {
         system::run_args(
             "ssh-keygen",
