@@ -3,7 +3,8 @@
 //! refuses (429) while a PodDisruptionBudget would be violated. What stays, as with
 //! `kubectl drain --ignore-daemonsets`: DaemonSet pods (their controller would put them
 //! straight back, and calico-node must stay), mirror pods (the kubelet owns them), and
-//! postflight's own node shell, which the run needs to send the reboot.
+//! postflight's own pods: the node shell, which the run needs to send the reboot, and
+//! the probe pods, which ride the reboot out to be probed after it.
 
 use super::{api_error, Cluster, ClusterError};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -36,13 +37,17 @@ pub fn evictable(pod: &Pod) -> bool {
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded") | Some("Failed")
     );
-    let node_shell = pod.metadata.labels.as_ref().is_some_and(|labels| {
-        labels.get("app.kubernetes.io/name").map(String::as_str)
-            == Some(crate::node_shell::SHELL_POD_APP)
+    let postflights_own = pod.metadata.labels.as_ref().is_some_and(|labels| {
+        let app = labels.get("app.kubernetes.io/name").map(String::as_str);
+        [
+            Some(crate::node_shell::SHELL_POD_APP),
+            Some(super::probes::PROBE_APP),
+        ]
+        .contains(&app)
             && labels.get(super::MANAGED_BY_LABEL.0).map(String::as_str)
                 == Some(super::MANAGED_BY_LABEL.1)
     });
-    !owned_by_daemonset && !mirror && !finished && !node_shell
+    !owned_by_daemonset && !mirror && !finished && !postflights_own
 }
 
 impl Cluster {
@@ -133,5 +138,23 @@ mod tests {
             .into(),
         );
         assert!(!evictable(&shell), "the shell that sends the reboot stays");
+        let mut probe = pod(None, false);
+        probe.metadata.labels = Some(
+            [
+                ("app.kubernetes.io/name", "postflight-probe"),
+                ("app.kubernetes.io/managed-by", "postflight"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        assert!(!evictable(&probe), "the probe pods ride the reboot out");
+        let mut lookalike = probe.clone();
+        lookalike
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("app.kubernetes.io/managed-by".into(), "someone-else".into());
+        assert!(evictable(&lookalike), "only postflight's own pods stay");
     }
 }

@@ -8,8 +8,11 @@ use crate::inventory::ProbeSettings;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use std::collections::BTreeMap;
+
+/// The `app.kubernetes.io/name` of every probe pod.
+pub const PROBE_APP: &str = "postflight-probe";
 
 /// The label that ties a probe pod to the run that made it.
 pub const RUN_LABEL: &str = "postflight.io/run";
@@ -38,6 +41,9 @@ pub struct ReadyProbe {
     pub name: String,
     pub node: String,
     pub ip: String,
+    /// The container that answered Ready. A reboot starts a new one in the same pod:
+    /// a pod still showing this one after the reboot has not been seen back yet.
+    pub container: Option<String>,
 }
 
 /// What became of each requested probe pod.
@@ -96,7 +102,7 @@ pub fn probe_pod(settings: &ProbeSettings, run_id: &str, request: &ProbeRequest)
             "labels": {
                 MANAGED_BY_LABEL.0: MANAGED_BY_LABEL.1,
                 RUN_LABEL: run_id,
-                "app.kubernetes.io/name": "postflight-probe",
+                "app.kubernetes.io/name": PROBE_APP,
             },
         },
         "spec": {
@@ -153,6 +159,14 @@ pub(crate) fn placement(
         .map(|name| serde_json::json!({ "name": name }))
         .collect();
     (tolerations, pull_secrets)
+}
+
+/// A pod that will never run again: its phase is final.
+fn pod_ended(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| matches!(phase, "Failed" | "Succeeded"))
 }
 
 /// Why a probe pod is not running, in the words its status gives; `None` while it may
@@ -230,8 +244,9 @@ impl Cluster {
         // The run's pods that exist already (the preflight's, kept for after the reboot)
         // are listed in one request rather than refused one by one; a new run has none.
         let selector = format!("{RUN_LABEL}={run_id}");
-        // Pod name → the node it is bound to.
-        let existing: BTreeMap<String, String> = if new_run {
+        // Pod name → the node it is bound to, and whether it has ended for good (a
+        // kubelet's graceful shutdown marks its pods Failed, and nothing restarts them).
+        let existing: BTreeMap<String, (String, bool)> = if new_run {
             BTreeMap::new()
         } else {
             self.pods(&settings.namespace)
@@ -244,26 +259,57 @@ impl Cluster {
                 .items
                 .into_iter()
                 .filter_map(|pod| {
+                    let ended = pod_ended(&pod);
                     let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
-                    pod.metadata.name.map(|name| (name, node))
+                    pod.metadata.name.map(|name| (name, (node, ended)))
                 })
                 .collect()
         };
         let mut refused = Vec::new();
         let mut missing = Vec::new();
+        let mut ended = Vec::new();
         for request in requests {
             match existing.get(&request.name) {
                 None => missing.push(request),
-                Some(node) if *node == request.node => {}
+                Some((node, true)) if *node == request.node => ended.push(request),
+                Some((node, false)) if *node == request.node => {}
                 // Two node names that a pod name cannot tell apart: never let one node's
                 // pod stand in for another's.
-                Some(node) => refused.push((
+                Some((node, _)) => refused.push((
                     request.clone(),
                     format!(
                         "probe pod {} of this run is bound to {node}, not {}",
                         request.name, request.node
                     ),
                 )),
+            }
+        }
+        // An ended pod is replaced under its own name, so the run's plan still finds it.
+        let api: Api<Pod> = self.pods(&settings.namespace);
+        let replaced = futures::stream::iter(ended)
+            .map(|request| {
+                let api = api.clone();
+                async move {
+                    let gone = api
+                        .delete(&request.name, &DeleteParams::default().grace_period(0))
+                        .await;
+                    match gone {
+                        Ok(_) => Ok(request),
+                        Err(kube::Error::Api(status)) if status.code == 404 => Ok(request),
+                        Err(error) => Err((
+                            request.clone(),
+                            format!("it ended, and deleting it to start it again failed: {error}"),
+                        )),
+                    }
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for outcome in replaced {
+            match outcome {
+                Ok(request) => missing.push(request),
+                Err(refusal) => refused.push(refusal),
             }
         }
         // At once, not one after another: a 50-node plan is 51 round trips otherwise.
@@ -282,41 +328,25 @@ impl Cluster {
         Ok(refused)
     }
 
-    /// Watches this run's probe pods until each is Ready or can no longer start. Pods
-    /// still pending when the caller's deadline cuts this short are reported by
-    /// [`Cluster::probe_fleet_now`].
+    /// Watches this run's probe pods until each of `expected` is Ready (in a container
+    /// not listed in `stale`: one from before a reboot does not count) or can no longer
+    /// start. Pods still pending when the caller's deadline cuts this short are reported
+    /// by [`Cluster::probe_fleet_now`].
     pub async fn wait_for_probes(
         &self,
         namespace: &str,
         run_id: &str,
-        expected: usize,
+        expected: &[String],
+        stale: &[String],
     ) -> Result<ProbeFleet, ClusterError> {
         let config = watcher::Config::default().labels(&format!("{RUN_LABEL}={run_id}"));
-        let api: Api<Pod> = self.pods(namespace);
-        let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
-        let mut stream = watcher(api, config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        loop {
-            match stream.next().await {
-                Some(Ok(pod)) => {
-                    pods.insert(pod.metadata.name.clone().unwrap_or_default(), pod);
-                }
-                Some(Err(error)) => {
-                    self.end_wait_on_refusal("watching the probe pods", &error)
-                        .await?;
-                    continue;
-                }
-                None => std::future::pending::<()>().await,
-            }
-            let settled = pods
-                .values()
-                .filter(|p| (pod_ready(p) && pod_ip(p).is_some()) || hopeless(p).is_some());
-            if pods.len() >= expected && settled.count() == pods.len() {
-                return Ok(fleet_from(namespace, pods.values()));
-            }
-        }
+        self.watch_until(
+            "watching the probe pods",
+            self.pods(namespace),
+            config,
+            |pods| probes_settled(namespace, pods, expected, stale),
+        )
+        .await
     }
 
     /// The probe pods of a run as they are now: Ready ones, and why the others are not.
@@ -328,6 +358,7 @@ impl Cluster {
         namespace: &str,
         run_id: &str,
         requests: &[ProbeRequest],
+        stale: &[String],
     ) -> Result<ProbeFleet, ClusterError> {
         let params = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
         let pods = self
@@ -336,17 +367,22 @@ impl Cluster {
             .await
             .map_err(api_error("listing probe pods"))?
             .items;
-        let mut fleet = fleet_from(namespace, pods.iter());
+        let mut fleet = fleet_from(namespace, pods.iter(), stale);
         for request in requests {
             let listed = pods
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(&request.name));
             let ready = fleet.ready.iter().any(|r| r.name == request.name);
             if !ready && fleet.why_broken(&request.name).is_none() {
-                fleet.broken.push((
-                    request.clone(),
-                    format!("not Ready in time: {}", not_ready_reason(listed)),
-                ));
+                let why = match listed {
+                    Some(pod) if container_id(pod).is_some_and(|c| stale.contains(&c)) => {
+                        "not seen back after the reboot: the pod still shows its container from before it".to_string()
+                    }
+                    listed => not_ready_reason(listed),
+                };
+                fleet
+                    .broken
+                    .push((request.clone(), format!("not Ready in time: {why}")));
             }
         }
         Ok(fleet)
@@ -379,7 +415,38 @@ impl Cluster {
     }
 }
 
-fn fleet_from<'a>(namespace: &str, pods: impl Iterator<Item = &'a Pod>) -> ProbeFleet {
+/// The probe fleet once every expected pod has settled (Ready in a current container,
+/// or unable to start); `None` while one may still come up.
+fn probes_settled(
+    namespace: &str,
+    pods: &[Pod],
+    expected: &[String],
+    stale: &[String],
+) -> Option<ProbeFleet> {
+    let fleet = fleet_from(namespace, pods.iter(), stale);
+    let settled = |name: &String| {
+        fleet.ready.iter().any(|p| p.name == *name) || fleet.why_broken(name).is_some()
+    };
+    expected.iter().all(settled).then_some(fleet)
+}
+
+/// The ID of a pod's (first) container, once it has one.
+fn container_id(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .container_id
+        .clone()
+        .filter(|id| !id.is_empty())
+}
+
+fn fleet_from<'a>(
+    namespace: &str,
+    pods: impl Iterator<Item = &'a Pod>,
+    stale: &[String],
+) -> ProbeFleet {
     let mut fleet = ProbeFleet {
         namespace: namespace.into(),
         ..Default::default()
@@ -391,8 +458,15 @@ fn fleet_from<'a>(namespace: &str, pods: impl Iterator<Item = &'a Pod>) -> Probe
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
-        match (pod_ready(pod), pod_ip(pod), hopeless(pod)) {
-            (true, Some(ip), _) => fleet.ready.push(ReadyProbe { name, node, ip }),
+        let container = container_id(pod);
+        let current = !container.as_ref().is_some_and(|c| stale.contains(c));
+        match (pod_ready(pod) && current, pod_ip(pod), hopeless(pod)) {
+            (true, Some(ip), _) => fleet.ready.push(ReadyProbe {
+                name,
+                node,
+                ip,
+                container,
+            }),
             (_, _, Some(why)) => fleet.broken.push((ProbeRequest { name, node }, why)),
             _ => {}
         }

@@ -13,27 +13,51 @@ pub struct ProbePlan {
     /// No pod of this run can exist yet (its first batch), so none is looked for before
     /// creating.
     pub new_run: bool,
+    /// Containers the node's probe pods ran before its reboot: a pod still showing one
+    /// has not been seen back, whatever its Ready condition says.
+    pub stale: Vec<String>,
 }
 
 impl ProbePlan {
     pub fn new(run_id: &str, node: &str, others: &[String]) -> Self {
-        let mut requests: Vec<ProbeRequest> = (0..2)
-            .map(|index| ProbeRequest {
-                name: probe_pod_name(run_id, node, index),
-                node: node.into(),
-            })
-            .collect();
-        requests.extend(others.iter().map(|other| ProbeRequest {
-            name: probe_pod_name(run_id, other, 0),
-            node: other.clone(),
-        }));
+        Self::with_pairs(run_id, node, others, &[])
+    }
+
+    /// As `new`, with a second pod also on each of `paired` (the nodes a rolling update
+    /// will reboot after this one), so that one set serves every gate of the update.
+    pub fn with_pairs(run_id: &str, node: &str, others: &[String], paired: &[String]) -> Self {
+        let pods_on = |name: &String| {
+            if name == node || paired.contains(name) {
+                2
+            } else {
+                1
+            }
+        };
+        let mut requests: Vec<ProbeRequest> = Vec::new();
+        for name in std::iter::once(&node.to_string()).chain(others) {
+            requests.extend((0..pods_on(name)).map(|index| ProbeRequest {
+                name: probe_pod_name(run_id, name, index),
+                node: name.clone(),
+            }));
+        }
         ProbePlan {
             run_id: run_id.into(),
             node: node.into(),
             requests,
             new_run: false,
+            stale: Vec::new(),
         }
     }
+}
+
+/// Probe pods that one caller keeps across several gates (a rolling update): the first
+/// gate's preflight creates them, every later gate reuses them, and the caller deletes
+/// them when it ends, on every exit.
+#[derive(Debug, Clone)]
+pub struct SharedProbes {
+    pub run_id: String,
+    /// The nodes the caller will reboot: each carries two pods, for same-node probes.
+    pub paired_nodes: Vec<String>,
 }
 
 /// Creates the probe pods and waits (up to the probe deadline) until each is Ready or
@@ -70,11 +94,12 @@ pub async fn start_probes(
         .filter(|r| !refused.iter().any(|(refused, _)| refused.name == r.name))
         .cloned()
         .collect();
-    let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, created.len());
+    let expected: Vec<String> = created.iter().map(|r| r.name.clone()).collect();
+    let wait = cluster.wait_for_probes(&settings.namespace, &plan.run_id, &expected, &plan.stale);
     let mut fleet = match tokio::time::timeout(inventory.timeouts.probe_ready, wait).await {
         Ok(fleet) => fleet.map_err(|e| Unobserved::from(&e))?,
         Err(_) => cluster
-            .probe_fleet_now(&settings.namespace, &plan.run_id, &created)
+            .probe_fleet_now(&settings.namespace, &plan.run_id, &created, &plan.stale)
             .await
             .map_err(|e| Unobserved::from(&e))?,
     };

@@ -111,6 +111,7 @@ async fn mesh_steps(
             })
             .collect(),
         new_run: true,
+        stale: Vec::new(),
     };
     let fleet = run
         .timed("start probe pods", start_probes(&cluster, inventory, &plan))

@@ -59,7 +59,7 @@ mod verify;
 pub use calico::{
     calico_expectations, check_calico, CalicoBaseline, CalicoLookupError, CalicoResults,
 };
-pub use connectivity::{check_connectivity, start_probes, ProbePlan};
+pub use connectivity::{check_connectivity, start_probes, ProbePlan, SharedProbes};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
 pub use mesh::mesh;

@@ -6,22 +6,43 @@
 
 use super::connectivity::mesh_problems;
 use super::*;
-use crate::cluster::probes::probe_pod_name;
 
-/// What the preflight found wrong; empty when the cluster is whole.
+/// The probe pods a gate uses: its own run's, or a set its caller keeps across gates.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProbeScope<'a> {
+    pub run_id: &'a str,
+    /// Nodes other than this one that also get two pods (see `ProbePlan::with_pairs`).
+    pub paired_nodes: &'a [String],
+    /// No pod of this set can exist yet.
+    pub new_run: bool,
+}
+
+/// What the preflight found.
+pub(super) struct Preflight {
+    /// What is wrong; empty when the cluster is whole.
+    pub problems: Vec<String>,
+    /// The containers the node's own probe pods ran before the reboot.
+    pub stale: Vec<String>,
+}
+
+/// Checks the cluster is whole before `node` is rebooted, and starts the run's probe
+/// pods on the way.
 pub(super) async fn cluster_problems(
     cluster: &Cluster,
     inventory: &Inventory,
     calico: &CalicoExpectations,
     node: &str,
-    run_id: &str,
-) -> Vec<String> {
+    probes: ProbeScope<'_>,
+) -> Preflight {
     let mut problems = Vec::new();
     // Listing the nodes is also the proof that the API answers: the run pinged it a
     // moment ago, and one unanswered request says it as well as another.
     match cluster.nodes().await {
         Err(error) if error.kind() == ErrorKind::Unreachable => {
-            return vec![format!("the API server does not answer: {error}")];
+            return Preflight {
+                problems: vec![format!("the API server does not answer: {error}")],
+                stale: Vec::new(),
+            };
         }
         Ok(nodes) => {
             for name in inventory.node_names().iter().filter(|n| *n != node) {
@@ -63,68 +84,49 @@ pub(super) async fn cluster_problems(
     if !problems.is_empty() {
         // The network cannot be whole with a node or calico-node down; probing would
         // only add noise to the refusal.
-        return problems;
+        return Preflight {
+            problems,
+            stale: Vec::new(),
+        };
     }
-    // The other nodes' probe pods carry the run's own id and stay: after the reboot they
-    // are the far ends of the node's cross-node probes, already Ready. Only the node's
-    // own pod is the preflight's, since the reboot takes it down anyway.
-    let preflight_run = preflight_run_id(run_id);
-    let others: Vec<ProbeRequest> = inventory
+    // The run's probe pods are made here, once: the other nodes' are the far ends of the
+    // node's probes after the reboot, and the node's own two ride the reboot out, as any
+    // pod bound to a node does, to be seen back in new containers.
+    let others: Vec<String> = inventory
         .node_names()
-        .iter()
-        .filter(|name| *name != node)
-        .map(|name| ProbeRequest {
-            name: probe_pod_name(run_id, name, 0),
-            node: name.clone(),
-        })
+        .into_iter()
+        .filter(|name| name != node)
         .collect();
-    let kept = ProbePlan {
-        run_id: run_id.into(),
-        node: node.into(),
-        requests: others,
-        new_run: true,
-    };
-    let own = ProbePlan {
-        run_id: preflight_run.clone(),
-        node: node.into(),
-        requests: vec![ProbeRequest {
-            name: probe_pod_name(&preflight_run, node, 0),
-            node: node.into(),
-        }],
-        new_run: true,
-    };
-    let (kept_fleet, own_fleet) = tokio::join!(
-        start_probes(cluster, inventory, &kept),
-        start_probes(cluster, inventory, &own)
-    );
-    match (kept_fleet, own_fleet) {
-        (Ok(mut fleet), Ok(own)) => {
-            fleet.ready.extend(own.ready);
-            fleet.broken.extend(own.broken);
-            // Inventory order, so the preflight's pairs are the same from run to run.
+    let mut plan = ProbePlan::with_pairs(probes.run_id, node, &others, probes.paired_nodes);
+    plan.new_run = probes.new_run;
+    match start_probes(cluster, inventory, &plan).await {
+        Ok(mut fleet) => {
+            let stale = fleet
+                .on_node(node)
+                .iter()
+                .filter_map(|probe| probe.container.clone())
+                .collect();
+            // One pod a node for the mesh, in inventory order, so the preflight's pairs
+            // are the same from run to run.
             let order = inventory.node_names();
+            fleet.ready.sort_by_key(|probe| {
+                (
+                    order.iter().position(|n| *n == probe.node),
+                    probe.name.clone(),
+                )
+            });
             fleet
                 .ready
-                .sort_by_key(|probe| order.iter().position(|n| *n == probe.node));
+                .dedup_by(|later, first| later.node == first.node);
             problems.extend(mesh_problems(cluster, inventory, node, fleet).await);
+            Preflight { problems, stale }
         }
-        (Err(error), _) | (_, Err(error)) => {
-            problems.push(format!("probe pods could not be created: {error}"))
+        Err(error) => {
+            problems.push(format!("probe pods could not be created: {error}"));
+            Preflight {
+                problems,
+                stale: Vec::new(),
+            }
         }
     }
-    if let Err(error) = cluster
-        .delete_probes(&inventory.probe.namespace, &[&preflight_run])
-        .await
-    {
-        problems.push(format!(
-            "the preflight's probe pod was not deleted: {error}"
-        ));
-    }
-    problems
-}
-
-/// The run id the preflight's probe pods carry: the gate's own, marked, so that the
-/// post-reboot probes never count a preflight pod still being deleted.
-pub fn preflight_run_id(run_id: &str) -> String {
-    format!("{run_id}p")
 }

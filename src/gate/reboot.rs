@@ -22,6 +22,8 @@ pub struct RebootBaseline {
     pub calico: CalicoBaseline,
     /// When the node's Ready condition turned True on the new boot.
     pub ready_since: Option<Timestamp>,
+    /// The containers the node's probe pods ran before the reboot.
+    pub probe_containers: Vec<String>,
 }
 
 /// Checks the cluster is whole, reboots a node and waits for it to come back, as
@@ -49,12 +51,16 @@ pub async fn reboot_node(
         transport,
         node,
         &recorder,
-        &run_id,
         RebootOptions {
             calico,
             force: false,
             drain: false,
             ledger: &mut Ledger::default(),
+            probes: preflight::ProbeScope {
+                run_id: &run_id,
+                paired_nodes: &[],
+                new_run: true,
+            },
         },
     )
     .await;
@@ -87,7 +93,6 @@ pub(super) async fn preflight_then_reboot(
     transport: &dyn Transport,
     node: &str,
     recorder: &Recorder<'_>,
-    run_id: &str,
     options: RebootOptions<'_>,
 ) -> Option<RebootBaseline> {
     let RebootOptions {
@@ -95,15 +100,14 @@ pub(super) async fn preflight_then_reboot(
         force,
         drain: drain_first,
         ledger,
+        probes,
     } = options;
     let started = Instant::now();
-    ledger.owed.push(Owed::ProbePods {
-        run_id: preflight::preflight_run_id(run_id),
-    });
-    let problems = recorder
+    // The run's probe pods, made here, are already owed: the caller owes its run's.
+    let preflight::Preflight { problems, stale } = recorder
         .timed(
             "preflight: is the cluster whole?",
-            preflight::cluster_problems(cluster, inventory, calico, node, run_id),
+            preflight::cluster_problems(cluster, inventory, calico, node, probes),
         )
         .await;
     if problems.is_empty() {
@@ -236,10 +240,12 @@ pub(super) async fn preflight_then_reboot(
             }
         }
     }
-    reboot_and_wait(
+    let mut baseline = reboot_and_wait(
         inventory, calico, cluster, transport, node, recorder, ledger,
     )
-    .await
+    .await?;
+    baseline.probe_containers = stale;
+    Some(baseline)
 }
 
 /// How a reboot is prepared.
@@ -251,6 +257,8 @@ pub(super) struct RebootOptions<'a> {
     pub(super) drain: bool,
     /// How far the run got and what it made, for its cleanup.
     pub(super) ledger: &'a mut Ledger,
+    /// The probe pods the preflight starts.
+    pub(super) probes: preflight::ProbeScope<'a>,
 }
 
 /// Records the boot, reboots the node, waits for it to go down and to come back Ready
@@ -380,6 +388,7 @@ async fn reboot_and_wait(
         boot_id,
         calico: calico_before,
         ready_since,
+        probe_containers: Vec::new(),
     })
 }
 
@@ -630,6 +639,7 @@ async fn restart_container_and_wait(
         boot_id,
         calico: calico_before,
         ready_since: Some(since),
+        probe_containers: Vec::new(),
     })
 }
 

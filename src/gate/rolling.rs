@@ -65,6 +65,12 @@ pub async fn rolling(
     after_each_node: &(dyn Fn(&[NodeReport], &RollingSummary) + Sync),
 ) -> Result<(Vec<NodeReport>, RollingSummary), GateError> {
     let order = plan(inventory, request)?;
+    // One set of probe pods for the whole update: the first gate makes it, each later
+    // gate finds its pods already Ready, and it is deleted once, below.
+    let shared = SharedProbes {
+        run_id: new_run_id(),
+        paired_nodes: order.clone(),
+    };
     let mut reports: Vec<NodeReport> = Vec::new();
     let mut stopped_at = None;
     let mut interrupted_between_nodes = false;
@@ -86,7 +92,9 @@ pub async fn rolling(
             allow_protected: request.allow_protected,
             drain: request.drain,
         };
-        let report = verify(inventory, &verify_request, progress, cancel).await?;
+        let report =
+            verify::verify_with_probes(inventory, &verify_request, Some(&shared), progress, cancel)
+                .await?;
         let clean = report.results.iter().all(|r| r.passed()) && !report.interrupted;
         reports.push(report);
         if !clean {
@@ -106,6 +114,16 @@ pub async fn rolling(
             break;
         }
     }
+    if let Some(last) = reports.last_mut() {
+        if let Err(why) = delete_shared_probes(inventory, &shared).await {
+            last.notes.push(format!(
+                "the update's probe pods were not deleted ({why}): `kubectl -n {} delete pod -l {}={}`",
+                inventory.probe.namespace,
+                cluster::probes::RUN_LABEL,
+                shared.run_id
+            ));
+        }
+    }
     let not_started = order.iter().skip(reports.len()).cloned().collect();
     Ok((
         reports,
@@ -116,6 +134,24 @@ pub async fn rolling(
             interrupted_between_nodes,
         },
     ))
+}
+
+/// Deletes the update's probe pods, riding out a short API outage as a gate's own
+/// cleanup does. Runs after every gate, interrupted ones included: nothing of the update
+/// is left behind on any exit that returns.
+async fn delete_shared_probes(inventory: &Inventory, shared: &SharedProbes) -> Result<(), String> {
+    let runs = [shared.run_id.as_str()];
+    let delete = async {
+        let cluster = connect(inventory).await.map_err(|e| e.to_string())?;
+        verify::while_unreachable(&cluster, || {
+            cluster.delete_probes(&inventory.probe.namespace, &runs)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(CLEANUP_TIMEOUT, delete)
+        .await
+        .map_err(|_| format!("no answer within {CLEANUP_TIMEOUT:?}"))?
 }
 
 #[cfg(test)]

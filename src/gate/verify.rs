@@ -18,6 +18,18 @@ pub async fn verify(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
+    verify_with_probes(inventory, request, None, progress, cancel).await
+}
+
+/// As `verify`; with `shared`, the gate uses (and creates if missing) its caller's probe
+/// pods instead of its own, and leaves them for the caller to delete.
+pub(super) async fn verify_with_probes(
+    inventory: &Inventory,
+    request: &VerifyRequest,
+    shared: Option<&SharedProbes>,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<NodeReport, GateError> {
     check_request(inventory, request)?;
     let started_at = Timestamp::now();
     let recorder = Recorder::new(
@@ -30,7 +42,7 @@ pub async fn verify(
     let mut state = RunState::default();
     let lock_lost = state.lock_lost.clone();
     let interrupted = tokio::select! {
-        () = verify_steps(inventory, request, &recorder, &run_id, &mut state) => false,
+        () = verify_steps(inventory, request, shared, &recorder, &run_id, &mut state) => false,
         () = cancel.cancelled() => true,
         // A lapsed lock stops the run where it is: another run may now reboot a node,
         // and this one must not go on to anything else.
@@ -254,6 +266,7 @@ pub(super) fn identify_cluster(run: &mut RunIdentity, cluster: &Cluster) {
 async fn verify_steps(
     inventory: &Inventory,
     request: &VerifyRequest,
+    shared: Option<&SharedProbes>,
     recorder: &Recorder<'_>,
     run_id: &str,
     state: &mut RunState,
@@ -295,11 +308,14 @@ async fn verify_steps(
         }
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     }
-    // From here on the run may create probe pods, which cleanup then owes; the
-    // preflight's carry a run id of their own.
-    state.ledger.owed.push(Owed::ProbePods {
-        run_id: run_id.to_string(),
-    });
+    // From here on the run may create probe pods, which cleanup then owes, unless they
+    // are a set the caller keeps across gates and deletes itself.
+    let probe_run_id = shared.map_or(run_id, |shared| shared.run_id.as_str());
+    if shared.is_none() {
+        state.ledger.owed.push(Owed::ProbePods {
+            run_id: run_id.to_string(),
+        });
+    }
     if through_node_shell {
         state.ledger.owed.push(Owed::NodeShellPods {
             run_id: run_id.to_string(),
@@ -345,11 +361,15 @@ async fn verify_steps(
             transport,
             node,
             recorder,
-            run_id,
             RebootOptions {
                 calico,
                 force: request.force,
                 drain: request.drain,
+                probes: super::preflight::ProbeScope {
+                    run_id: probe_run_id,
+                    paired_nodes: shared.map_or(&[], |shared| shared.paired_nodes.as_slice()),
+                    new_run: shared.is_none(),
+                },
                 ledger: &mut state.ledger,
             },
         )
@@ -379,9 +399,12 @@ async fn verify_steps(
         .into_iter()
         .filter(|n| n != node)
         .collect();
-    let mut probes = ProbePlan::new(run_id, node, &others);
+    let mut probes = ProbePlan::new(probe_run_id, node, &others);
     // Without a reboot there was no preflight, whose pods this run would reuse.
     probes.new_run = !request.reboot;
+    if let Some(baseline) = &baseline {
+        probes.stale = baseline.probe_containers.clone();
+    }
     let calico_step = recorder.timed(
         "wait for calico-node Ready",
         check_calico(
