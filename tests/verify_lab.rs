@@ -55,6 +55,19 @@ fn a_healthy_reboot_passes_every_check() {
         "{}",
         run.describe()
     );
+    // One set of probe pods for the whole run: the node's two rode the reboot out in
+    // new containers rather than being made again after it.
+    let created = pods_created_by_postflight(&lab);
+    assert_eq!(
+        created.len(),
+        6,
+        "one pod a node and a second on {node}: {created:?}"
+    );
+    assert_eq!(
+        created.iter().filter(|name| name.contains(node)).count(),
+        2,
+        "{created:?}"
+    );
     assert_nothing_left(&lab, node);
 }
 
@@ -1040,6 +1053,11 @@ fn a_rolling_update_stops_at_the_first_node_that_fails() {
         "a failed node stays cordoned"
     );
     assert!(stdout.contains("k8s-worker-02 stays cordoned"), "{stdout}");
+    // One set of probe pods for the whole update, made at its first gate (two on each
+    // node it will reboot), reused by the next, and deleted when it stopped.
+    let created = pods_created_by_postflight(&lab);
+    assert_eq!(created.len(), 5 + 3, "{created:?}");
+    assert_no_probe_left(&lab);
 }
 
 /// A permission missing from postflight's RBAC ends the run before it acts: the access

@@ -478,6 +478,67 @@ fn fleet_from<'a>(
 mod tests {
     use super::*;
 
+    fn probe(name: &str, ready: bool, container: Option<&str>, phase: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "w1", "containers": []},
+            "status": {
+                "phase": phase,
+                "podIP": "198.19.0.5",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": [{
+                    "name": "probe", "image": "agnhost", "imageID": "", "ready": ready,
+                    "restartCount": 0, "containerID": container,
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_still_in_its_container_from_before_the_reboot_is_not_back() {
+        let stale = vec!["lab://old".to_string()];
+        let expected = vec!["p".to_string()];
+        // Ready, but in the container the reboot killed: the status is stale.
+        let before = [probe("p", true, Some("lab://old"), "Running")];
+        assert!(probes_settled("ns", &before, &expected, &stale).is_none());
+        // Restarted by the kubelet, not Ready yet.
+        let starting = [probe("p", false, Some("lab://new"), "Running")];
+        assert!(probes_settled("ns", &starting, &expected, &stale).is_none());
+        let back = [probe("p", true, Some("lab://new"), "Running")];
+        let fleet = probes_settled("ns", &back, &expected, &stale).expect("back");
+        assert_eq!(fleet.ready[0].container.as_deref(), Some("lab://new"));
+        // Left Failed by a graceful shutdown: settled, as a pod that cannot start.
+        let ended = [probe("p", false, Some("lab://old"), "Failed")];
+        let fleet = probes_settled("ns", &ended, &expected, &stale).expect("settled");
+        assert_eq!(fleet.why_broken("p"), Some("pod phase Failed"));
+        assert!(pod_ended(&ended[0]));
+        assert!(!pod_ended(&back[0]));
+    }
+
+    #[test]
+    fn the_wait_is_for_every_expected_pod_not_for_a_count() {
+        let expected = vec!["a".to_string(), "b".to_string()];
+        let one = [probe("a", true, Some("c1"), "Running")];
+        assert!(probes_settled("ns", &one, &expected, &[]).is_none());
+        let other_run_lookalike = [
+            probe("a", true, Some("c1"), "Running"),
+            probe("z", true, Some("c2"), "Running"),
+        ];
+        assert!(probes_settled("ns", &other_run_lookalike, &expected, &[]).is_none());
+        let both = [
+            probe("a", true, Some("c1"), "Running"),
+            probe("b", true, Some("c2"), "Running"),
+        ];
+        assert_eq!(
+            probes_settled("ns", &both, &expected, &[])
+                .unwrap()
+                .ready
+                .len(),
+            2
+        );
+    }
+
     #[test]
     fn probe_pods_are_pinned_labelled_and_use_the_inventory_image() {
         let settings = ProbeSettings::default();

@@ -595,6 +595,24 @@ mod tests {
         assert_eq!(names.len(), 4, "{names:?}");
     }
 
+    #[test]
+    fn a_rolling_updates_set_has_two_pods_on_every_node_it_will_reboot() {
+        let others: Vec<String> = ["w1", "w2", "cp"].map(String::from).to_vec();
+        let paired: Vec<String> = ["w3", "w1", "w2"].map(String::from).to_vec();
+        let plan = ProbePlan::with_pairs("abc", "w3", &others, &paired);
+        let nodes: Vec<&str> = plan.requests.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["w3", "w3", "w1", "w1", "w2", "w2", "cp"]);
+        // Every gate of the update names the same pods, whichever node it reboots.
+        let later =
+            ProbePlan::with_pairs("abc", "w1", &["w3", "w2", "cp"].map(String::from), &paired);
+        let names = |plan: &ProbePlan| {
+            let mut names: Vec<String> = plan.requests.iter().map(|r| r.name.clone()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&plan), names(&later));
+    }
+
     fn names(count: usize) -> Vec<String> {
         (0..count).map(|i| format!("node-{i:03}")).collect()
     }

@@ -523,6 +523,36 @@ pub fn count_attribute(dom: &str, attribute: &str, value: &str) -> usize {
 
 /// The API server's own count of requests (`apiserver_request_total`) whose labels
 /// contain every one of `labels`, e.g. `resource="pods"`, `subresource="exec"`.
+/// The pods postflight's ServiceAccount created on the lab, by name, from the API
+/// server's audit log of that account (each request once, however many stages it logged).
+pub fn pods_created_by_postflight(lab: &Lab) -> Vec<String> {
+    let log = lab
+        .paths()
+        .state_dir
+        .join("control-plane/postflight-audit.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut seen = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let reference = &event["objectRef"];
+        let created = event["verb"] == "create"
+            && reference["resource"] == "pods"
+            && reference["subresource"].is_null()
+            && event["responseStatus"]["code"] == 201;
+        if created {
+            seen.insert(
+                event["auditID"].as_str().unwrap_or_default().to_string(),
+                reference["name"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    }
+    let mut names: Vec<String> = seen.into_values().collect();
+    names.sort();
+    names
+}
+
 pub fn api_requests(lab: &Lab, labels: &[&str]) -> f64 {
     kubectl(lab, &["get", "--raw", "/metrics"])
         .lines()
