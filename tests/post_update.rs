@@ -381,7 +381,11 @@ async fn connectivity(target: &'static Target, cluster: &Cluster) -> (CheckResul
     let fleet = gate::start_probes(cluster, inventory, &plan).await;
     let results = gate::check_connectivity(cluster, inventory, &plan, fleet, calico_ready).await;
     if let Err(error) = cluster
-        .delete_probes(&inventory.probe.namespace, &[&plan.run_id])
+        .delete_probes(
+            &inventory.probe.namespace,
+            &[&plan.run_id],
+            plan.requests.len(),
+        )
         .await
     {
         eprintln!(

@@ -223,9 +223,13 @@ fn not_ready_reason(pod: Option<&Pod>) -> String {
     }
 }
 
-/// Probe pods created at once: polite to the API server, and a 50-node plan in a few
-/// round trips.
+/// Probe pods created (or deleted) at once: polite to the API server, and a 50-node plan
+/// in a few round trips.
 const CREATE_CONCURRENCY: usize = 16;
+
+/// Up to this many pods, one deletecollection request deletes them about as fast as
+/// deleting each at once would.
+const DELETE_COLLECTION_UP_TO: usize = 16;
 
 impl Cluster {
     /// Creates the probe pods (in the inventory's probe namespace, created if missing).
@@ -388,8 +392,11 @@ impl Cluster {
         Ok(fleet)
     }
 
-    /// Deletes the probe pods of the given runs (a gate's preflight and post-reboot
-    /// runs), at once: they hold no state worth a grace period.
+    /// Deletes the probe pods of the given runs, at once: they hold no state worth a
+    /// grace period. A small set goes in one deletecollection; a large one pod by pod,
+    /// many at a time, since the API server works through a deletecollection one pod
+    /// after another (`--delete-collection-workers` is 1 by default): 51 pods took 1.6 s
+    /// on the lab that way. `expected_pods` is how many the caller made, to choose.
     ///
     /// # Errors
     /// The API refuses the deletion.
@@ -397,20 +404,52 @@ impl Cluster {
         &self,
         namespace: &str,
         run_ids: &[&str],
+        expected_pods: usize,
     ) -> Result<(), ClusterError> {
         let selector = format!("{RUN_LABEL} in ({})", run_ids.join(","));
         let params = ListParams::default().labels(&selector);
         let api: Api<Pod> = self.pods(namespace);
-        match api
-            .delete_collection(&DeleteParams::default().grace_period(0), &params)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(error) => Err(api_error(format!(
+        let failed = |error| {
+            api_error(format!(
                 "deleting the probe pods of run {}",
                 run_ids.join(", ")
-            ))(error)),
+            ))(error)
+        };
+        let gone = DeleteParams::default().grace_period(0);
+        if expected_pods <= DELETE_COLLECTION_UP_TO {
+            return match api.delete_collection(&gone, &params).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(error) => Err(failed(error)),
+            };
+        }
+        let names: Vec<String> = match api.list_metadata(&params).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter_map(|pod| pod.metadata.name)
+                .collect(),
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(error) => return Err(failed(error)),
+        };
+        let refusals: Vec<kube::Error> = futures::stream::iter(names)
+            .map(|name| {
+                let (api, gone) = (api.clone(), gone.clone());
+                async move {
+                    match api.delete(&name, &gone).await {
+                        Err(kube::Error::Api(status)) if status.code == 404 => None,
+                        Err(error) => Some(error),
+                        Ok(_) => None,
+                    }
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        match refusals.into_iter().next() {
+            None => Ok(()),
+            Some(error) => Err(failed(error)),
         }
     }
 }

@@ -30,7 +30,9 @@ pub async fn mesh(
         let runs = [run_id.as_str()];
         let cleanup = tokio::time::timeout(
             CLEANUP_TIMEOUT,
-            verify::while_unreachable(cluster, || cluster.delete_probes(namespace, &runs)),
+            verify::while_unreachable(cluster, || {
+                cluster.delete_probes(namespace, &runs, nodes.len())
+            }),
         );
         match run.timed("delete probe pods", cleanup).await {
             Ok(Ok(())) => {}

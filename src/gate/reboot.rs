@@ -70,7 +70,7 @@ pub async fn reboot_node(
     let cleanup = tokio::time::timeout(
         CLEANUP_TIMEOUT,
         verify::while_unreachable(cluster, || {
-            cluster.delete_probes(&inventory.probe.namespace, &runs)
+            cluster.delete_probes(&inventory.probe.namespace, &runs, inventory.nodes.len() + 1)
         }),
     );
     if !matches!(cleanup.await, Ok(Ok(()))) {

@@ -144,7 +144,11 @@ async fn delete_shared_probes(inventory: &Inventory, shared: &SharedProbes) -> R
     let delete = async {
         let cluster = connect(inventory).await.map_err(|e| e.to_string())?;
         verify::while_unreachable(&cluster, || {
-            cluster.delete_probes(&inventory.probe.namespace, &runs)
+            cluster.delete_probes(
+                &inventory.probe.namespace,
+                &runs,
+                inventory.nodes.len() + shared.paired_nodes.len(),
+            )
         })
         .await
         .map_err(|e| e.to_string())

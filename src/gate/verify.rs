@@ -160,9 +160,15 @@ impl RunPods {
         cluster: &Cluster,
         namespace: &str,
         runs: &[&str],
+        inventory_nodes: usize,
     ) -> Result<(), cluster::ClusterError> {
         match self {
-            RunPods::Probes => cluster.delete_probes(namespace, runs).await,
+            // A gate's set: a pod on every node, and a second on its own.
+            RunPods::Probes => {
+                cluster
+                    .delete_probes(namespace, runs, inventory_nodes + 1)
+                    .await
+            }
             RunPods::NodeShells => cluster.delete_node_shells(namespace, runs).await,
         }
     }
@@ -181,7 +187,9 @@ async fn delete_run_pods(
     let runs: Vec<&str> = run_ids.iter().map(String::as_str).collect();
     let cleanup = tokio::time::timeout(
         CLEANUP_TIMEOUT,
-        while_unreachable(cluster, || pods.delete(cluster, namespace, &runs)),
+        while_unreachable(cluster, || {
+            pods.delete(cluster, namespace, &runs, inventory.nodes.len())
+        }),
     );
     match recorder.timed(&format!("delete {what}"), cleanup).await {
         Ok(Ok(())) => {}
