@@ -247,9 +247,12 @@ fn spawn(binary: &Path, paths: &ControlPlanePaths, component: &mut Component) ->
         .stdin(Stdio::null())
         .stdout(io_context(log.try_clone(), || "log handle".into())?)
         .stderr(log)
-        // Go sizes its heap to what it sees; the lab's components are small and many
-        // labs share two cores.
-        .env("GOGC", "50")
+        // Two cores carry the whole control plane and every simulated node, and memory
+        // is plentiful: a collection every time the heap doubles (Go's default) left the
+        // API server spending a large share of its CPU in the collector under a 50-node
+        // burst. GOMEMLIMIT bounds each component's heap all the same.
+        .env("GOGC", "200")
+        .env("GOMEMLIMIT", "1GiB")
         .kill_on_drop(true);
     let child = command.spawn().map_err(|source| SystemError::Spawn {
         command: format!("{} {}", binary.display(), component.name),
