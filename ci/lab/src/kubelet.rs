@@ -111,6 +111,9 @@ struct PodWorker {
     stop: watch::Sender<Option<Duration>>,
     task: Mutex<Option<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// When the kubelet took the pod on: its probe workers tick from then, not from when
+    /// a container started.
+    admitted: tokio::time::Instant,
 }
 
 impl PodWorker {
@@ -587,6 +590,7 @@ impl Runtime {
             stop: stop_sender,
             task: Mutex::new(None),
             writer: Mutex::new(None),
+            admitted: tokio::time::Instant::now(),
         });
         let client = self.client(&node.name);
         let writer = {
@@ -1255,9 +1259,20 @@ impl Runtime {
             failures = if passed { 0 } else { failures + 1 };
             ready = passed || (ready && failures < failure_threshold);
             self.set_container_status(&worker, &container_name, |s| s["ready"] = json!(ready));
-            tokio::time::sleep(period).await;
+            // As the kubelet's prober: a container's first probe runs as soon as it is
+            // seen running (the loop's first pass), later ones on the pod's ticker,
+            // which started when the pod was admitted, before its sandbox was made.
+            tokio::time::sleep_until(next_tick(worker.admitted, period)).await;
         }
     }
+}
+
+/// The first tick of a ticker started at `start` with `period` that is after now.
+fn next_tick(start: tokio::time::Instant, period: Duration) -> tokio::time::Instant {
+    let period = period.max(Duration::from_millis(100));
+    let elapsed = start.elapsed();
+    let ticks = elapsed.as_nanos() / period.as_nanos() + 1;
+    start + period * u32::try_from(ticks).unwrap_or(u32::MAX)
 }
 
 /// Makes a pod's `hostPath` volumes of type DirectoryOrCreate that do not exist yet, as
@@ -1692,6 +1707,16 @@ fn http_get_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_tick_from_the_pods_admission_not_from_its_containers_start() {
+        let admitted = tokio::time::Instant::now() - Duration::from_millis(2300);
+        let next = next_tick(admitted, Duration::from_secs(1));
+        assert_eq!(next - admitted, Duration::from_secs(3));
+        let just_admitted = tokio::time::Instant::now();
+        let next = next_tick(just_admitted, Duration::from_secs(1));
+        assert_eq!(next - just_admitted, Duration::from_secs(1));
+    }
 
     fn status(ready: &str, container_ready: bool) -> Value {
         json!({
