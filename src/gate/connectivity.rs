@@ -3,6 +3,8 @@
 
 use super::*;
 
+mod dial_back;
+
 /// The probe pods of one run: two on the node under test (for same-node traffic) and
 /// one on every other node.
 #[derive(Debug, Clone)]
@@ -272,7 +274,13 @@ pub async fn check_connectivity(
             connect_timeout: PROBE_CONNECT_TIMEOUT_WHEN_BROKEN,
         }
     };
-    let outcomes = probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await;
+    // The dial-back fast path only where the network is expected whole: a broken one
+    // would fail the dials too, and only delay the direct probes that name each cut.
+    let outcomes = if calico_ready {
+        dial_back::probe_with_dial_back(cluster, inventory, &fleet.namespace, pairs, tries).await
+    } else {
+        probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await
+    };
     let (same, cross): (Vec<_>, Vec<_>) =
         outcomes.into_iter().partition(|(pair, _)| pair.same_node);
     let verdict =
@@ -364,9 +372,20 @@ pub(super) async fn probe_until_settled(
     pairs: Vec<Pair>,
     tries: Tries,
 ) -> Vec<(Pair, ProbeRun)> {
+    let pairs = pairs.into_iter().map(|p| (p, Vec::new())).collect();
+    probe_until_settled_after(cluster, inventory, namespace, pairs, tries).await
+}
+
+/// `probe_until_settled` for pairs that already failed before (each with what it
+/// said), so that a pair passing now is reported as having needed a retry.
+async fn probe_until_settled_after(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    namespace: &str,
+    mut pending: Vec<(Pair, Vec<String>)>,
+    tries: Tries,
+) -> Vec<(Pair, ProbeRun)> {
     let mut done: Vec<(Pair, ProbeRun)> = Vec::new();
-    let mut pending: Vec<(Pair, Vec<String>)> =
-        pairs.into_iter().map(|p| (p, Vec::new())).collect();
     // The last failure each retried pair saw: if a retry cannot even run, that failure
     // still stands, rather than becoming "could not run".
     let mut last_failure: std::collections::HashMap<(String, String), ProbeOutcome> =
@@ -430,48 +449,30 @@ async fn probe_from_one_pod(
     group: Vec<(Pair, Vec<String>)>,
     connect_timeout: Duration,
 ) -> Vec<(Pair, ProbeRun)> {
-    let settings = &inventory.probe;
     let source = group[0].0.from.name.clone();
     let urls: Vec<String> = group
         .iter()
-        .map(|(pair, _)| probe_url(&pair.to.ip, settings.port))
+        .map(|(pair, _)| probe_url(&pair.to.ip, inventory.probe.port))
         .collect();
-    let argv = client_argv(
-        &settings.client_command,
-        &settings.client_target,
+    let results = match run_client(
+        cluster,
+        inventory,
+        namespace,
+        &source,
         &urls,
         connect_timeout,
         PROBE_ATTEMPT_TIMEOUT,
-    );
-    // The exec gets the client's own limit for each wave of targets it runs at once,
-    // plus time for the API server: a pod with a thousand targets is not cut short.
-    let waves = urls.len().div_ceil(CLIENT_PARALLELISM).max(1) as u32;
-    let exec_deadline = PROBE_ATTEMPT_TIMEOUT * (waves + 2);
-    let exec = tokio::time::timeout(exec_deadline, cluster.exec(namespace, &source, &argv));
-    let failed_exec = |why: String| -> Vec<(Pair, ProbeRun)> {
-        group
-            .iter()
-            .map(|(pair, _)| (pair.clone(), ProbeRun::CouldNotRun(why.clone())))
-            .collect()
+    )
+    .await
+    {
+        Ok(results) => results,
+        Err(why) => {
+            return group
+                .into_iter()
+                .map(|(pair, _)| (pair, ProbeRun::CouldNotRun(why.clone())))
+                .collect()
+        }
     };
-    let output = match exec.await {
-        Err(_) => return failed_exec(format!("exec did not finish within {exec_deadline:?}")),
-        Ok(Err(error)) => return failed_exec(error.to_string()),
-        Ok(Ok(output)) => output,
-    };
-    let results = parse_client_output(&output.stdout, &urls);
-    if results.iter().all(Option::is_none) {
-        let said = output.stderr.trim();
-        return failed_exec(format!(
-            "the probe client printed no result (exit {}){}",
-            output.exit_code,
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(": {said}")
-            }
-        ));
-    }
     group
         .into_iter()
         .zip(urls)
@@ -490,6 +491,56 @@ async fn probe_from_one_pod(
             (pair, ProbeRun::Ran(outcome))
         })
         .collect()
+}
+
+/// The client's result for each URL, in order: the HTTP status or its error, `None`
+/// for a URL it printed nothing about.
+type ClientResults = Vec<Option<Result<u16, String>>>;
+
+/// One exec of the probe client in `source`, reaching every URL at once: one result per
+/// URL, in order (`None` for a URL the client printed nothing about), or why the exec
+/// told nothing at all.
+async fn run_client(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    namespace: &str,
+    source: &str,
+    urls: &[String],
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<ClientResults, String> {
+    let settings = &inventory.probe;
+    let argv = client_argv(
+        &settings.client_command,
+        &settings.client_target,
+        urls,
+        connect_timeout,
+        timeout,
+    );
+    // The exec gets the client's own limit for each wave of targets it runs at once,
+    // plus time for the API server: a pod with a thousand targets is not cut short.
+    let waves = urls.len().div_ceil(CLIENT_PARALLELISM).max(1) as u32;
+    let exec_deadline = timeout * (waves + 2);
+    let exec = tokio::time::timeout(exec_deadline, cluster.exec(namespace, source, &argv));
+    let output = match exec.await {
+        Err(_) => return Err(format!("exec did not finish within {exec_deadline:?}")),
+        Ok(Err(error)) => return Err(error.to_string()),
+        Ok(Ok(output)) => output,
+    };
+    let results = parse_client_output(&output.stdout, urls);
+    if results.iter().all(Option::is_none) {
+        let said = output.stderr.trim();
+        return Err(format!(
+            "the probe client printed no result (exit {}){}",
+            output.exit_code,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {said}")
+            }
+        ));
+    }
+    Ok(results)
 }
 
 /// The client's argv: `{targets}` becomes the per-target words for every URL, and the
@@ -520,8 +571,8 @@ fn client_argv(
 
 /// One result per URL, in order, from lines of `URL STATUS EXIT MESSAGE`; `None` for a
 /// URL the client printed nothing about.
-fn parse_client_output(stdout: &str, urls: &[String]) -> Vec<Option<Result<u16, String>>> {
-    let mut results: Vec<Option<Result<u16, String>>> = vec![None; urls.len()];
+fn parse_client_output(stdout: &str, urls: &[String]) -> ClientResults {
+    let mut results: ClientResults = vec![None; urls.len()];
     for line in stdout.lines() {
         let mut words = line.splitn(4, ' ');
         let (Some(url), Some(status), Some(exit)) = (words.next(), words.next(), words.next())
@@ -617,8 +668,9 @@ pub(super) async fn mesh_problems(
         deadline: Instant::now(),
         connect_timeout: PROBE_CONNECT_TIMEOUT,
     };
-    for (pair, run) in probe_until_settled(cluster, inventory, &fleet.namespace, pairs, tries).await
-    {
+    let outcomes =
+        dial_back::probe_with_dial_back(cluster, inventory, &fleet.namespace, pairs, tries).await;
+    for (pair, run) in outcomes {
         match run {
             ProbeRun::Ran(outcome) if outcome.succeeded() => {}
             ProbeRun::Ran(outcome) => problems.push(outcome.describe()),
