@@ -276,6 +276,7 @@ mod tests {
             } else {
                 format!("198.19.{}.{}", index / 200, index % 200 + 1)
             },
+            container: None,
         }
     }
 
@@ -306,6 +307,18 @@ mod tests {
         let names: Vec<&str> = probes.iter().map(|p| p.node.as_str()).collect();
         let pairs = preflight_pairs(&names, names[3])
             .into_iter()
+            .map(|(from, to)| pair(&probes, from, to))
+            .collect();
+        (probes, pairs)
+    }
+
+    /// Every ordered pair of `nodes` pods: the preflight's set for a small cluster, and
+    /// the planner's largest case.
+    fn full_mesh(nodes: usize) -> (Vec<ReadyProbe>, Vec<Pair>) {
+        let probes: Vec<ReadyProbe> = (0..nodes).map(|i| probe(i, false)).collect();
+        let pairs = (0..nodes)
+            .flat_map(|from| (0..nodes).map(move |to| (from, to)))
+            .filter(|(from, to)| from != to)
             .map(|(from, to)| pair(&probes, from, to))
             .collect();
         (probes, pairs)
@@ -411,7 +424,7 @@ mod tests {
         #[case] nodes: usize,
         #[case] execs_expected: usize,
     ) {
-        let (probes, pairs) = preflight(nodes);
+        let (probes, pairs) = full_mesh(nodes);
         assert_eq!(pairs.len(), nodes * (nodes - 1), "the full mesh");
         let execs = plan_dial_back(&pairs, 8080);
         assert_eq!(execs.len(), execs_expected, "was {nodes}, one per pod");
@@ -567,7 +580,7 @@ mod tests {
 
     #[test]
     fn an_exec_that_told_nothing_leaves_all_its_pairs_to_the_direct_probes() {
-        let (_, pairs) = preflight(50);
+        let (_, pairs) = full_mesh(50);
         let execs = plan_dial_back(&pairs, 8080);
         let mut said = answers(&execs, |_| Some(Ok(200)));
         said[4] = None;
