@@ -727,25 +727,40 @@ impl Runtime {
         let node_netns = self.topology.node_netns(node);
         let pod_netns = self.topology.pod_netns(node, sequence);
         let veth = format!("cali{sequence:08x}");
+        // Calico's pod wiring, except that the route via the link-local gateway covers
+        // the lab's range only: the lab has no default routes anywhere. As Calico does,
+        // every host end of a pod's veth has the MAC ee:ee:ee:ee:ee:ee, which the pod's
+        // neighbour entry for the gateway names.
         let wire = || -> system::Result<()> {
             system::run_args("ip", &["netns", "add", &pod_netns])?;
-            system::netns_sh(
+            system::ip_batch(
                 &node_netns,
                 &format!(
-                    "ip link add {veth} type veth peer name eth0 netns {pod_netns}; ip link set {veth} up; \
-                     sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1; ip route replace {ip}/32 dev {veth}"
+                    "link add {veth} address {CALICO_HOST_MAC} type veth peer name eth0 netns {pod_netns}\n\
+                     link set {veth} up\n\
+                     route replace {ip}/32 dev {veth}\n"
                 ),
             )?;
-            let mac = system::netns_sh(&node_netns, &format!("cat /sys/class/net/{veth}/address"))?;
-            let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
-            // Calico's pod wiring, except that the route via the link-local gateway covers
-            // the lab's range only: the lab has no default routes anywhere.
-            system::netns_sh(
+            system::run_args(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &node_netns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
+                ],
+            )?;
+            system::ip_batch(
                 &pod_netns,
                 &format!(
-                    "ip link set lo up; ip addr add {ip}/32 dev eth0; ip link set eth0 up; \
-                     ip route add 169.254.1.1 dev eth0 scope link; ip route add 198.18.0.0/15 via 169.254.1.1 dev eth0; \
-                     ip neigh replace 169.254.1.1 lladdr {mac} dev eth0 nud permanent"
+                    "link set lo up\n\
+                     addr add {ip}/32 dev eth0\n\
+                     link set eth0 up\n\
+                     route add 169.254.1.1 dev eth0 scope link\n\
+                     route add 198.18.0.0/15 via 169.254.1.1 dev eth0\n\
+                     neigh replace 169.254.1.1 lladdr {CALICO_HOST_MAC} dev eth0 nud permanent\n"
                 ),
             )?;
             Ok(())
@@ -1266,6 +1281,9 @@ impl Runtime {
         }
     }
 }
+
+/// The MAC of the host end of every pod veth, as Calico sets it.
+const CALICO_HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
 /// The first tick of a ticker started at `start` with `period` that is after now.
 fn next_tick(start: tokio::time::Instant, period: Duration) -> tokio::time::Instant {

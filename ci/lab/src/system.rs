@@ -75,6 +75,42 @@ pub fn ip(netns: Option<&str>, args: &[&str]) -> Result<Output> {
     }
 }
 
+/// Runs `ip` commands, one a line as `ip -batch` reads them, in network namespace
+/// `netns`: one process, where a shell running each would spawn one per command (a
+/// 50-node lab starts a burst of pods at once, and every spawn is CPU the nodes share).
+pub fn ip_batch(netns: &str, commands: &str) -> Result<Output> {
+    use std::io::Write;
+    let mut command = Command::new("ip");
+    command
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawn_error = |source| SystemError::Spawn {
+        command: format!(
+            "ip -n {netns} -batch - ({})",
+            commands.trim().replace('\n', "; ")
+        ),
+        source,
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes()).map_err(spawn_error)?;
+    }
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if !output.status.success() {
+        return Err(SystemError::Failed {
+            command: format!(
+                "ip -n {netns} -batch - ({})",
+                commands.trim().replace('\n', "; ")
+            ),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(output)
+}
+
 /// Runs a shell snippet inside a network namespace.
 pub fn netns_sh(netns: &str, script: &str) -> Result<Output> {
     run_args("ip", &["netns", "exec", netns, "sh", "-ec", script])
