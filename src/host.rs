@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HostError {
     #[error("{node}: cannot connect to {address}: {reason}")]
     Connect {
@@ -262,6 +262,175 @@ pub enum RebootOutcome {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Several commands sent to a node as one script, for one round trip instead of one per
+/// command. Each command's output, errors and exit status come back apart, between
+/// lines that carry a boundary its output cannot hold: random and new for every batch,
+/// so not even a file written to forge it can know it in advance.
+pub struct CommandBatch {
+    boundary: String,
+    count: usize,
+}
+
+impl CommandBatch {
+    /// The batch and the script that runs it (POSIX sh; each command's stderr is kept
+    /// apart from its stdout with file descriptors, so nothing is written on the node).
+    pub fn new(commands: &[ShellCommand]) -> (Self, ShellCommand) {
+        use std::hash::{BuildHasher, Hasher};
+        let random = || {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            hasher.finish()
+        };
+        let boundary = format!("postflight-{:016x}{:016x}", random(), random());
+        let mut script = String::new();
+        for (index, command) in commands.iter().enumerate() {
+            let marker = |what: &str| format!("'{boundary} {index} {what}'");
+            script.push_str(&format!(
+                "printf '%s\\n' {out}\n\
+                 {{ err=$( {{ {line}\n}} 2>&1 1>&3 3>&- ); }} 3>&1; status=$?\n\
+                 printf '\\n%s\\n%s\\n%s %s\\n' {err} \"$err\" {status} \"$status\"\n",
+                out = marker("out"),
+                err = marker("err"),
+                status = marker("status"),
+                line = command.render(None),
+            ));
+        }
+        let batch = CommandBatch {
+            boundary,
+            count: commands.len(),
+        };
+        // Under sh whatever the login shell is: the script is POSIX, not fish or csh.
+        (batch, ShellCommand::new("sh").arg("-c").arg(script))
+    }
+
+    /// Each command's output from the script's, in order.
+    ///
+    /// # Errors
+    /// The script's output is not what it prints (it did not run to its end, or was not
+    /// run by a POSIX shell): what is missing.
+    pub fn split(&self, output: &CommandOutput) -> Result<Vec<CommandOutput>, String> {
+        let mut rest = output.stdout.as_str();
+        let mut outputs = Vec::with_capacity(self.count);
+        for index in 0..self.count {
+            let marker = |what: &str| format!("{} {index} {what}", self.boundary);
+            let missing = |what: &str| {
+                format!(
+                    "the batch's output stops before command {} of {}'s {what} (exit {}: {})",
+                    index + 1,
+                    self.count,
+                    output.exit_status,
+                    output.stderr.trim()
+                )
+            };
+            let start = format!("{}\n", marker("out"));
+            rest = rest
+                .strip_prefix(start.as_str())
+                .ok_or_else(|| missing("output"))?;
+            let err_marker = format!("\n{}\n", marker("err"));
+            let (stdout, after) = rest
+                .split_once(err_marker.as_str())
+                .ok_or_else(|| missing("errors"))?;
+            let status_marker = format!("\n{} ", marker("status"));
+            let (stderr, after) = after
+                .split_once(status_marker.as_str())
+                .ok_or_else(|| missing("exit status"))?;
+            let (status, after) = after
+                .split_once('\n')
+                .ok_or_else(|| missing("exit status"))?;
+            let exit_status = status
+                .trim()
+                .parse::<i32>()
+                .map_err(|_| missing("exit status"))?;
+            outputs.push(CommandOutput {
+                stdout: stdout.to_string(),
+                stderr: stderr.to_string(),
+                exit_status,
+            });
+            rest = after;
+        }
+        Ok(outputs)
+    }
+}
+
+/// Runs `commands` as one batch through `run`: one round trip to the node. What keeps
+/// the batch from running at all is each command's error.
+pub async fn run_batched(
+    transport: &dyn Transport,
+    node: &str,
+    commands: &[ShellCommand],
+) -> Vec<Result<CommandOutput, HostError>> {
+    let (batch, script) = CommandBatch::new(commands);
+    match transport
+        .run(&script)
+        .await
+        .map(|output| batch.split(&output))
+    {
+        Ok(Ok(outputs)) => outputs.into_iter().map(Ok).collect(),
+        Ok(Err(why)) => commands
+            .iter()
+            .map(|command| {
+                Err(HostError::Session {
+                    node: node.to_string(),
+                    command: command.render(None),
+                    reason: why.clone(),
+                })
+            })
+            .collect(),
+        Err(error) => commands.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+/// A transport that has already run some commands, in one round trip: each of them is
+/// answered once from what came back; anything else goes to the node as usual.
+pub struct Prefetched<'a> {
+    inner: &'a dyn Transport,
+    answers: std::sync::Mutex<Vec<(ShellCommand, Result<CommandOutput, HostError>)>>,
+}
+
+impl<'a> Prefetched<'a> {
+    pub async fn fetch(inner: &'a dyn Transport, commands: Vec<ShellCommand>) -> Self {
+        let outputs = inner.run_all(&commands).await;
+        Prefetched {
+            inner,
+            answers: std::sync::Mutex::new(commands.into_iter().zip(outputs).collect()),
+        }
+    }
+
+    fn take(&self, command: &ShellCommand) -> Option<Result<CommandOutput, HostError>> {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let position = answers.iter().position(|(asked, _)| asked == command)?;
+        Some(answers.remove(position).1)
+    }
+}
+
+impl Transport for Prefetched<'_> {
+    fn run<'b>(
+        &'b self,
+        command: &'b ShellCommand,
+    ) -> BoxFuture<'b, Result<CommandOutput, HostError>> {
+        match self.take(command) {
+            Some(answer) => Box::pin(std::future::ready(answer)),
+            None => self.inner.run(command),
+        }
+    }
+
+    fn reboot<'b>(
+        &'b self,
+        command: &'b ShellCommand,
+    ) -> BoxFuture<'b, Result<RebootOutcome, HostError>> {
+        self.inner.reboot(command)
+    }
+
+    fn node_restarted(&self) -> BoxFuture<'_, ()> {
+        self.inner.node_restarted()
+    }
+}
+
 /// One way to run commands on a node: SSH, or a node-shell pod through the API.
 pub trait Transport: Send + Sync {
     /// Runs a command and waits for it to finish.
@@ -269,6 +438,20 @@ pub trait Transport: Send + Sync {
         &'a self,
         command: &'a ShellCommand,
     ) -> BoxFuture<'a, Result<CommandOutput, HostError>>;
+    /// Runs several commands, in one round trip where the transport can (SSH and node
+    /// shells send them as one script), each with its own output.
+    fn run_all<'a>(
+        &'a self,
+        commands: &'a [ShellCommand],
+    ) -> BoxFuture<'a, Vec<Result<CommandOutput, HostError>>> {
+        Box::pin(async move {
+            let mut outputs = Vec::with_capacity(commands.len());
+            for command in commands {
+                outputs.push(self.run(command).await);
+            }
+            outputs
+        })
+    }
     /// Runs a command that reboots the node: the connection dropping is success.
     fn reboot<'a>(
         &'a self,
@@ -843,6 +1026,13 @@ impl Transport for SshTransport {
         })
     }
 
+    fn run_all<'a>(
+        &'a self,
+        commands: &'a [ShellCommand],
+    ) -> BoxFuture<'a, Vec<Result<CommandOutput, HostError>>> {
+        Box::pin(run_batched(self, &self.target.node, commands))
+    }
+
     fn reboot<'a>(
         &'a self,
         command: &'a ShellCommand,
@@ -865,6 +1055,82 @@ impl Transport for SshTransport {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    use fake::output;
+
+    /// Runs a batch's script in this machine's sh, as a node's would.
+    fn run_here(script: &ShellCommand) -> CommandOutput {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script.render(None))
+            .output()
+            .unwrap();
+        CommandOutput {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            exit_status: output.status.code().unwrap_or(-1),
+        }
+    }
+
+    #[test]
+    fn a_batch_gives_each_command_its_own_output_errors_and_status() {
+        let commands = [
+            ShellCommand::new("printf").arg("d /run/calico 0755 999 999 -\n"),
+            ShellCommand::new("cat")
+                .arg("--")
+                .arg("/nonexistent/postflight"),
+            // No final newline, an empty line, and a quote: kept exactly.
+            ShellCommand::new("printf").arg("a\n\nb 'c'"),
+            ShellCommand::new("sh")
+                .arg("-c")
+                .arg("echo out; echo err >&2; exit 3"),
+            ShellCommand::new("true"),
+        ];
+        let (batch, script) = CommandBatch::new(&commands);
+        let outputs = batch.split(&run_here(&script)).unwrap();
+        assert_eq!(outputs[0], output("d /run/calico 0755 999 999 -\n", "", 0));
+        assert_eq!(outputs[1].exit_status, 1);
+        assert!(
+            outputs[1].stderr.contains("No such file"),
+            "{:?}",
+            outputs[1]
+        );
+        assert_eq!(outputs[1].stdout, "");
+        assert_eq!(outputs[2], output("a\n\nb 'c'", "", 0));
+        assert_eq!(outputs[3], output("out\n", "err", 3));
+        assert_eq!(outputs[4], output("", "", 0));
+    }
+
+    #[test]
+    fn output_that_mimics_the_batch_cannot_pass_for_another_command() {
+        // A file written to forge the markers cannot know the boundary, made anew for
+        // every batch.
+        let (first, _) = CommandBatch::new(&[ShellCommand::new("true")]);
+        let forged = format!(
+            "x\n{} 0 err\n\n{} 0 status 0\n",
+            first.boundary, first.boundary
+        );
+        let commands = [
+            ShellCommand::new("printf").arg("%s").arg(&forged),
+            ShellCommand::new("printf").arg("second"),
+        ];
+        let (batch, script) = CommandBatch::new(&commands);
+        assert_ne!(batch.boundary, first.boundary);
+        let outputs = batch.split(&run_here(&script)).unwrap();
+        assert_eq!(outputs[0].stdout, forged);
+        assert_eq!(outputs[1].stdout, "second");
+    }
+
+    #[test]
+    fn a_batch_cut_short_is_an_error_not_a_result() {
+        let commands = [ShellCommand::new("true"), ShellCommand::new("true")];
+        let (batch, script) = CommandBatch::new(&commands);
+        let mut whole = run_here(&script);
+        let cut = whole.stdout.len() / 2;
+        whole.stdout.truncate(cut);
+        let why = batch.split(&whole).unwrap_err();
+        assert!(why.contains("stops before command"), "{why}");
+    }
 
     #[tokio::test]
     async fn a_local_command_reports_its_exit_and_is_bounded() {

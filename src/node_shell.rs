@@ -325,6 +325,13 @@ impl Transport for NodeShellTransport {
         Box::pin(self.exec(command))
     }
 
+    fn run_all<'a>(
+        &'a self,
+        commands: &'a [ShellCommand],
+    ) -> BoxFuture<'a, Vec<Result<CommandOutput, HostError>>> {
+        Box::pin(crate::host::run_batched(self, &self.node, commands))
+    }
+
     fn node_restarted(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.forget_pod())
     }

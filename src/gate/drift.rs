@@ -1,7 +1,7 @@
 //! `drift`: every node, without rebooting any, checked for the state that breaks
 //! calico-node at its next boot.
 
-use super::host_state::{command_error, host_error, merged_tmpfiles_command};
+use super::host_state::{command_error, host_check_commands, host_error, merged_tmpfiles_command};
 use super::*;
 
 /// How many nodes the drift check reads at once. Each is one SSH connection to its own
@@ -182,11 +182,16 @@ pub(super) async fn drift_checks(
     node: &str,
     calico: &CalicoExpectations,
 ) -> (Vec<CheckResult>, Findings) {
-    let transport = &*access.transport;
+    let cat_config = merged_tmpfiles_command();
+    // One round trip to the node: everything the checks below read, sent as one batch.
+    let mut wanted = host_check_commands(calico);
+    if !wanted.contains(&cat_config) {
+        wanted.push(cat_config.clone());
+    }
+    let transport = &crate::host::Prefetched::fetch(&*access.transport, wanted).await;
     // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
     let host = check_host(transport, node, calico, Duration::ZERO).await;
     let started = Instant::now();
-    let cat_config = merged_tmpfiles_command();
     // Without a declared entry, the host check already read the merged configuration.
     let merged = match (&calico.tmpfiles, &host.tmpfiles_content) {
         (None, Some(Some(merged))) => Ok(crate::host::CommandOutput {

@@ -36,6 +36,37 @@ async fn run_when_reachable(
     }
 }
 
+/// The run directory's mode and owner, followed through a symlink (/var/run → /run).
+fn run_dir_stat_command(run_dir: &str) -> ShellCommand {
+    ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("stat")
+        .arg("-L")
+        .arg("-c")
+        .arg("%a %u %g")
+        .arg("--")
+        .arg(run_dir)
+}
+
+/// A file's content, with the C locale's error message when it is missing.
+fn cat_command(file: &str) -> ShellCommand {
+    ShellCommand::new("env")
+        .arg("LC_ALL=C")
+        .arg("cat")
+        .arg("--")
+        .arg(file)
+}
+
+/// Every command `check_host` runs on the node, in its order: for a caller that sends
+/// them in one round trip first (see `crate::host::Prefetched`).
+pub fn host_check_commands(calico: &CalicoExpectations) -> Vec<ShellCommand> {
+    let tmpfiles = match &calico.tmpfiles {
+        Some(declared) => cat_command(&declared.file),
+        None => merged_tmpfiles_command(),
+    };
+    vec![tmpfiles, run_dir_stat_command(&calico.run_dir)]
+}
+
 /// Reads the tmpfiles.d file and the run directory's mode and owner on the node. A node
 /// whose sshd is still starting is given `ssh_patience` to accept the connection.
 pub async fn check_host(
@@ -51,14 +82,7 @@ pub async fn check_host(
         None => node_tmpfiles(transport, node, calico, ssh_patience).await,
     };
     let started = Instant::now();
-    let stat = ShellCommand::new("env")
-        .arg("LC_ALL=C")
-        .arg("stat")
-        .arg("-L")
-        .arg("-c")
-        .arg("%a %u %g")
-        .arg("--")
-        .arg(&calico.run_dir);
+    let stat = run_dir_stat_command(&calico.run_dir);
     let (run_dir, run_dir_stat, run_dir_missing) =
         match run_when_reachable(transport, &stat, ssh_patience).await {
             Ok(output) if output.success() => match RunDirStat::parse(&output.stdout) {
@@ -127,11 +151,7 @@ async fn declared_tmpfiles(
     ssh_patience: Duration,
 ) -> (CheckResult, Option<Option<String>>) {
     let started = Instant::now();
-    let cat = ShellCommand::new("env")
-        .arg("LC_ALL=C")
-        .arg("cat")
-        .arg("--")
-        .arg(&declared.file);
+    let cat = cat_command(&declared.file);
     match run_when_reachable(transport, &cat, ssh_patience).await {
         Ok(output) if output.success() => {
             let judgement = judge_tmpfiles(Some(&output.stdout), declared, run_dir);
@@ -392,6 +412,36 @@ mod tests {
 
     fn declared() -> CalicoExpectations {
         CalicoExpectations::hardened_site()
+    }
+
+    #[rstest::rstest]
+    #[case::declared(declared())]
+    #[case::merged(CalicoExpectations { tmpfiles: None, ..declared() })]
+    #[tokio::test]
+    async fn what_the_host_check_reads_can_be_sent_in_one_batch(
+        #[case] calico: CalicoExpectations,
+    ) {
+        let transport = FakeTransport::default()
+            .always(CAT, Ok(output("d /run/calico 0755 999 999 -\n", "", 0)))
+            .always(
+                "env LC_ALL=C systemd-tmpfiles",
+                Ok(output("d /run/calico 0755 999 999 -\n", "", 0)),
+            )
+            .always(STAT, Ok(output("755 999 999\n", "", 0)));
+        let batch = crate::host::Prefetched::fetch(&transport, host_check_commands(&calico)).await;
+        let sent = transport.ran.lock().unwrap().len();
+        let host = check_host(&batch, NODE, &calico, Duration::ZERO).await;
+        assert!(host.run_dir.passed(), "{:?}", host.run_dir);
+        assert!(
+            host.tmpfiles_content.is_some(),
+            "the tmpfiles.d text was read"
+        );
+        assert_eq!(
+            transport.ran.lock().unwrap().len(),
+            sent,
+            "nothing read beyond the batch: {:?}",
+            transport.ran.lock().unwrap()
+        );
     }
 
     #[tokio::test]
