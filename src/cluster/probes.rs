@@ -498,7 +498,9 @@ fn fleet_from<'a>(
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
         let container = container_id(pod);
-        let current = !container.as_ref().is_some_and(|c| stale.contains(c));
+        // A pod on its way out is neither back nor broken: what replaces it will be.
+        let leaving = pod.metadata.deletion_timestamp.is_some();
+        let current = !leaving && !container.as_ref().is_some_and(|c| stale.contains(c));
         match (pod_ready(pod) && current, pod_ip(pod), hopeless(pod)) {
             (true, Some(ip), _) => fleet.ready.push(ReadyProbe {
                 name,
@@ -506,7 +508,7 @@ fn fleet_from<'a>(
                 ip,
                 container,
             }),
-            (_, _, Some(why)) => fleet.broken.push((ProbeRequest { name, node }, why)),
+            (_, _, Some(why)) if !leaving => fleet.broken.push((ProbeRequest { name, node }, why)),
             _ => {}
         }
     }
@@ -553,6 +555,22 @@ mod tests {
         assert_eq!(fleet.why_broken("p"), Some("pod phase Failed"));
         assert!(pod_ended(&ended[0]));
         assert!(!pod_ended(&back[0]));
+    }
+
+    #[test]
+    fn a_pod_being_deleted_is_waited_past_not_counted() {
+        let expected = vec!["p".to_string()];
+        let mut dying = probe("p", true, Some("c1"), "Running");
+        dying.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        assert!(probes_settled("ns", &[dying.clone()], &expected, &[]).is_none());
+        dying.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(
+            probes_settled("ns", &[dying], &expected, &[]).is_none(),
+            "not broken either: its replacement decides"
+        );
     }
 
     #[test]

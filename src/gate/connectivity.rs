@@ -78,10 +78,6 @@ pub async fn start_probes(
     // One deadline for both: creating may first wait out a namespace that an earlier run
     // left Terminating.
     let deadline = tokio::time::Instant::now() + inventory.timeouts.probe_ready;
-    let create = tokio::time::timeout_at(
-        deadline,
-        cluster.create_probes(settings, &plan.run_id, &plan.requests, plan.new_run),
-    );
     let refusals = |created: Result<Result<_, cluster::ClusterError>, _>| {
         created
             .map_err(|_| {
@@ -95,6 +91,17 @@ pub async fn start_probes(
             })?
             .map_err(|e| Unobserved::from(&e))
     };
+    // The namespace first: until an earlier one has finished Terminating, its dying pods
+    // may carry this set's names (a rolling update's set outlives any one gate).
+    refusals(
+        tokio::time::timeout_at(deadline, cluster.ensure_namespace(namespace))
+            .await
+            .map(|ready| ready.map(|()| Vec::<(ProbeRequest, String)>::new())),
+    )?;
+    let create = tokio::time::timeout_at(
+        deadline,
+        cluster.create_probes(settings, &plan.run_id, &plan.requests, plan.new_run),
+    );
     let every_name: Vec<String> = plan.requests.iter().map(|r| r.name.clone()).collect();
     // The watch starts with the creations, not after them: its first list holds the few
     // pods made so far rather than all of them (listing 51 finished pods took 0.7 s on a
