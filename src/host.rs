@@ -262,6 +262,20 @@ pub enum RebootOutcome {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// 64 bits nobody outside this process can predict: std's hasher keys come from the
+/// operating system's randomness, and the clock makes each call differ.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
+}
+
 /// Several commands sent to a node as one script, for one round trip instead of one per
 /// command. Each command's output, errors and exit status come back apart, between
 /// lines that carry a boundary its output cannot hold: random and new for every batch,
@@ -275,18 +289,7 @@ impl CommandBatch {
     /// The batch and the script that runs it (POSIX sh; each command's stderr is kept
     /// apart from its stdout with file descriptors, so nothing is written on the node).
     pub fn new(commands: &[ShellCommand]) -> (Self, ShellCommand) {
-        use std::hash::{BuildHasher, Hasher};
-        let random = || {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos(),
-            );
-            hasher.finish()
-        };
-        let boundary = format!("postflight-{:016x}{:016x}", random(), random());
+        let boundary = format!("postflight-{:016x}{:016x}", random_u64(), random_u64());
         let mut script = String::new();
         for (index, command) in commands.iter().enumerate() {
             let marker = |what: &str| format!("'{boundary} {index} {what}'");

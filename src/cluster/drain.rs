@@ -128,33 +128,23 @@ mod tests {
             "calico-node stays"
         );
         assert!(!evictable(&pod(None, true)));
-        let mut shell = pod(None, false);
-        shell.metadata.labels = Some(
-            [
-                ("app.kubernetes.io/name", "postflight-node-shell"),
-                ("app.kubernetes.io/managed-by", "postflight"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into(),
-        );
+        let labelled = |app: &str, manager: &str| {
+            let mut labelled = pod(None, false);
+            labelled.metadata.labels = Some(
+                [
+                    ("app.kubernetes.io/name", app),
+                    ("app.kubernetes.io/managed-by", manager),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            );
+            labelled
+        };
+        let shell = labelled("postflight-node-shell", "postflight");
         assert!(!evictable(&shell), "the shell that sends the reboot stays");
-        let mut probe = pod(None, false);
-        probe.metadata.labels = Some(
-            [
-                ("app.kubernetes.io/name", "postflight-probe"),
-                ("app.kubernetes.io/managed-by", "postflight"),
-            ]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into(),
-        );
+        let probe = labelled("postflight-probe", "postflight");
         assert!(!evictable(&probe), "the probe pods ride the reboot out");
-        let mut lookalike = probe.clone();
-        lookalike
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("app.kubernetes.io/managed-by".into(), "someone-else".into());
+        let lookalike = labelled("postflight-probe", "someone-else");
         assert!(evictable(&lookalike), "only postflight's own pods stay");
     }
 }

@@ -172,6 +172,27 @@ pub(super) struct Pair {
     pub same_node: bool,
 }
 
+impl Pair {
+    /// What one attempt at this pair found, after the failures of `earlier` attempts.
+    fn outcome(
+        &self,
+        url: String,
+        result: Result<u16, String>,
+        earlier: Vec<String>,
+    ) -> ProbeOutcome {
+        ProbeOutcome {
+            from_node: self.from.node.clone(),
+            from_pod: self.from.name.clone(),
+            to_node: self.to.node.clone(),
+            to_pod: self.to.name.clone(),
+            url,
+            result,
+            attempts: earlier.len() as u32 + 1,
+            earlier_failures: earlier,
+        }
+    }
+}
+
 /// Runs the same-node and cross-node probes. Failed probes are retried until the
 /// connectivity deadline only when calico-node is Ready (routes may still be arriving);
 /// when it is not, the first answer is the verdict — waiting cannot fix it.
@@ -485,16 +506,9 @@ async fn probe_from_one_pod(
         .zip(urls)
         .zip(results)
         .map(|(((pair, earlier), url), result)| {
-            let outcome = ProbeOutcome {
-                from_node: pair.from.node.clone(),
-                from_pod: pair.from.name.clone(),
-                to_node: pair.to.node.clone(),
-                to_pod: pair.to.name.clone(),
-                url,
-                result: result.unwrap_or_else(|| Err("the client printed no result for it".into())),
-                attempts: earlier.len() as u32 + 1,
-                earlier_failures: earlier,
-            };
+            let result =
+                result.unwrap_or_else(|| Err("the client printed no result for it".into()));
+            let outcome = pair.outcome(url, result, earlier);
             (pair, ProbeRun::Ran(outcome))
         })
         .collect()

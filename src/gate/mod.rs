@@ -35,7 +35,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::wait::Condition;
 use kube::runtime::{watcher, WatchStreamExt};
 use phase::{Owed, Phase};
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -176,15 +175,7 @@ impl VerifyRequest {
 /// A short random ID for this run's probe pods: unique enough that two runs never share
 /// a pod, short enough to fit a pod name.
 pub fn new_run_id() -> String {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    hasher.write_u32(std::process::id());
-    format!("{:08x}", hasher.finish() as u32)
+    format!("{:08x}", crate::host::random_u64() as u32)
 }
 
 /// Connects to the cluster the inventory names.

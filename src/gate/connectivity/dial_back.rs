@@ -241,16 +241,7 @@ pub(super) async fn probe_with_dial_back(
     for (pair, verdict) in pairs.into_iter().zip(verdicts) {
         match verdict {
             DialVerdict::Proven { url } => {
-                let outcome = ProbeOutcome {
-                    from_node: pair.from.node.clone(),
-                    from_pod: pair.from.name.clone(),
-                    to_node: pair.to.node.clone(),
-                    to_pod: pair.to.name.clone(),
-                    url,
-                    result: Ok(200),
-                    attempts: 1,
-                    earlier_failures: Vec::new(),
-                };
+                let outcome = pair.outcome(url, Ok(200), Vec::new());
                 done.push((pair, ProbeRun::Ran(outcome)));
             }
             DialVerdict::Direct { earlier } => direct.push((pair, earlier)),
