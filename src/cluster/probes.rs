@@ -557,6 +557,71 @@ mod tests {
         assert!(!pod_ended(&back[0]));
     }
 
+    /// What the mocked API server below was asked, in order.
+    static ASKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    #[tokio::test]
+    async fn a_probe_pod_that_ended_with_its_node_is_deleted_and_made_again() {
+        let cluster = crate::cluster::mock::mocked(|method, path| {
+            ASKED.lock().unwrap().push(format!("{method} {path}"));
+            let pod = |name: &str, node: &str, phase: &str| {
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "postflight-probe"},
+                    "spec": {"nodeName": node, "containers": []},
+                    "status": {"phase": phase},
+                })
+            };
+            match (method, path) {
+                ("GET", "/api/v1/namespaces/postflight-probe") => (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "postflight-probe"}})
+                    .to_string(),
+                ),
+                ("GET", "/api/v1/namespaces/postflight-probe/pods") => (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                    "items": [
+                        // Marked Failed by the kubelet's graceful shutdown.
+                        pod("pf-r1-w1-0", "w1", "Failed"),
+                        pod("pf-r1-w2-0", "w2", "Running"),
+                    ]})
+                    .to_string(),
+                ),
+                ("DELETE", "/api/v1/namespaces/postflight-probe/pods/pf-r1-w1-0") => {
+                    (200, pod("pf-r1-w1-0", "w1", "Failed").to_string())
+                }
+                ("POST", "/api/v1/namespaces/postflight-probe/pods") => {
+                    (201, pod("pf-r1-w1-0", "w1", "Pending").to_string())
+                }
+                _ => (
+                    404,
+                    crate::cluster::mock::status_json(404, "NotFound", "not mocked"),
+                ),
+            }
+        });
+        let requests = ["w1", "w2"].map(|node| ProbeRequest {
+            name: probe_pod_name("r1", node, 0),
+            node: node.into(),
+        });
+        let refused = cluster
+            .create_probes(&ProbeSettings::default(), "r1", &requests, false)
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let asked = ASKED.lock().unwrap().clone();
+        let at = |request: &str| asked.iter().position(|r| r == request);
+        let deleted = at("DELETE /api/v1/namespaces/postflight-probe/pods/pf-r1-w1-0");
+        let created = at("POST /api/v1/namespaces/postflight-probe/pods");
+        assert!(deleted.is_some() && created > deleted, "{asked:?}");
+        assert_eq!(
+            asked.iter().filter(|r| r.starts_with("POST")).count(),
+            1,
+            "the running pod stays as it is: {asked:?}"
+        );
+    }
+
     #[test]
     fn a_pod_being_deleted_is_waited_past_not_counted() {
         let expected = vec!["p".to_string()];
