@@ -669,6 +669,12 @@ impl Cluster {
     /// # Errors
     /// The namespace cannot be read, or created for a reason other than a refusal, or a
     /// wait failed.
+    /// Forgets that `name` was made ready: the next `ensure_namespace` looks again (it
+    /// may have been deleted since).
+    pub async fn forget_namespace(&self, name: &str) {
+        self.ensured_namespaces.lock().await.remove(name);
+    }
+
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ClusterError> {
         let mut ensured = self.ensured_namespaces.lock().await;
         if ensured.contains(name) {

@@ -11,6 +11,9 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::watcher;
 use std::collections::BTreeMap;
 
+/// Why a probe pod that is being deleted under the run cannot serve it.
+pub const PROBE_POD_DELETED: &str = "deleted while the run waited for it";
+
 /// The `app.kubernetes.io/name` of every probe pod.
 pub const PROBE_APP: &str = "postflight-probe";
 
@@ -498,7 +501,6 @@ fn fleet_from<'a>(
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
         let container = container_id(pod);
-        // A pod on its way out is neither back nor broken: what replaces it will be.
         let leaving = pod.metadata.deletion_timestamp.is_some();
         let current = !leaving && !container.as_ref().is_some_and(|c| stale.contains(c));
         match (pod_ready(pod) && current, pod_ip(pod), hopeless(pod)) {
@@ -508,7 +510,12 @@ fn fleet_from<'a>(
                 ip,
                 container,
             }),
-            (_, _, Some(why)) if !leaving => fleet.broken.push((ProbeRequest { name, node }, why)),
+            // Someone is deleting it (most often with its namespace): the caller may
+            // start the set again once the namespace is back.
+            _ if leaving => fleet
+                .broken
+                .push((ProbeRequest { name, node }, PROBE_POD_DELETED.to_string())),
+            (_, _, Some(why)) => fleet.broken.push((ProbeRequest { name, node }, why)),
             _ => {}
         }
     }
@@ -623,19 +630,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_being_deleted_is_waited_past_not_counted() {
+    fn a_pod_being_deleted_is_broken_as_deleted_not_ready() {
         let expected = vec!["p".to_string()];
         let mut dying = probe("p", true, Some("c1"), "Running");
         dying.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-        assert!(probes_settled("ns", &[dying.clone()], &expected, &[]).is_none());
-        dying.status.as_mut().unwrap().phase = Some("Failed".into());
+        let fleet = probes_settled("ns", &[dying.clone()], &expected, &[]).expect("settled");
         assert!(
-            probes_settled("ns", &[dying], &expected, &[]).is_none(),
-            "not broken either: its replacement decides"
+            fleet.ready.is_empty(),
+            "a dying pod is never Ready for the run"
         );
+        assert_eq!(fleet.why_broken("p"), Some(PROBE_POD_DELETED));
+        dying.status.as_mut().unwrap().phase = Some("Failed".into());
+        let fleet = probes_settled("ns", &[dying], &expected, &[]).expect("settled");
+        assert_eq!(fleet.why_broken("p"), Some(PROBE_POD_DELETED));
     }
 
     #[test]

@@ -73,6 +73,25 @@ pub async fn start_probes(
     inventory: &Inventory,
     plan: &ProbePlan,
 ) -> Result<ProbeFleet, Unobserved> {
+    let fleet = start_probes_once(cluster, inventory, plan).await?;
+    let deleted = fleet
+        .broken
+        .iter()
+        .any(|(_, why)| why == cluster::probes::PROBE_POD_DELETED);
+    if !deleted {
+        return Ok(fleet);
+    }
+    // Pods of the set were deleted under the wait, most often with their namespace:
+    // once more, from the namespace up, which waits out its deletion.
+    cluster.forget_namespace(&inventory.probe.namespace).await;
+    start_probes_once(cluster, inventory, plan).await
+}
+
+async fn start_probes_once(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    plan: &ProbePlan,
+) -> Result<ProbeFleet, Unobserved> {
     let settings = &inventory.probe;
     let namespace = settings.namespace.as_str();
     // One deadline for both: creating may first wait out a namespace that an earlier run
