@@ -96,27 +96,12 @@ async fn start_probes_once(
     let namespace = settings.namespace.as_str();
     // One deadline for both: creating may first wait out a namespace that an earlier run
     // left Terminating.
-    let deadline = tokio::time::Instant::now() + inventory.timeouts.probe_ready;
-    let refusals = |created: Result<Result<_, cluster::ClusterError>, _>| {
-        created
-            .map_err(|_| {
-                Unobserved::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the probe namespace {namespace} was not ready for new pods within {}: still Terminating, or deleted and not provisioned again (postflight rbac | kubectl apply -f -)",
-                        humantime::format_duration(inventory.timeouts.probe_ready)
-                    ),
-                )
-            })?
-            .map_err(|e| Unobserved::from(&e))
-    };
+    let probe_ready = inventory.timeouts.probe_ready;
+    let deadline = tokio::time::Instant::now() + probe_ready;
     // The namespace first: until an earlier one has finished Terminating, its dying pods
     // may carry this set's names (a rolling update's set outlives any one gate).
-    refusals(
-        tokio::time::timeout_at(deadline, cluster.ensure_namespace(namespace))
-            .await
-            .map(|ready| ready.map(|()| Vec::<(ProbeRequest, String)>::new())),
-    )?;
+    let namespace_ready = tokio::time::timeout_at(deadline, cluster.ensure_namespace(namespace));
+    in_time(namespace_ready.await, namespace, probe_ready)?;
     let create = tokio::time::timeout_at(
         deadline,
         cluster.create_probes(settings, &plan.run_id, &plan.requests, plan.new_run),
@@ -132,15 +117,14 @@ async fn start_probes_once(
     let (refused, waited) =
         match futures::future::select(std::pin::pin!(create), std::pin::pin!(wait_for_all)).await {
             futures::future::Either::Left((created, wait_for_all)) => {
-                let refused: Vec<(ProbeRequest, String)> = refusals(created)?;
+                let refused: Vec<(ProbeRequest, String)> =
+                    in_time(created, namespace, probe_ready)?;
                 if refused.is_empty() {
                     (refused, wait_for_all.await)
                 } else {
                     // A refused pod never appears: the wait starts again for the others.
-                    let expected: Vec<String> = every_name
-                        .iter()
-                        .filter(|name| !refused.iter().any(|(r, _)| r.name == **name))
-                        .cloned()
+                    let expected: Vec<String> = not_refused(&plan.requests, &refused)
+                        .map(|r| r.name.clone())
                         .collect();
                     let waited = if expected.is_empty() {
                         Ok(Ok(ProbeFleet {
@@ -164,14 +148,11 @@ async fn start_probes_once(
             }
             // Every pod was there and settled before the creations ended (a set kept from an
             // earlier gate): the creations still finish, for their refusals.
-            futures::future::Either::Right((waited, create)) => (refusals(create.await)?, waited),
+            futures::future::Either::Right((waited, create)) => {
+                (in_time(create.await, namespace, probe_ready)?, waited)
+            }
         };
-    let created: Vec<ProbeRequest> = plan
-        .requests
-        .iter()
-        .filter(|r| !refused.iter().any(|(refused, _)| refused.name == r.name))
-        .cloned()
-        .collect();
+    let created: Vec<ProbeRequest> = not_refused(&plan.requests, &refused).cloned().collect();
     let mut fleet = match waited {
         Ok(fleet) => fleet.map_err(|e| Unobserved::from(&e))?,
         Err(_) => cluster
@@ -181,6 +162,36 @@ async fn start_probes_once(
     };
     fleet.broken.extend(refused);
     Ok(fleet)
+}
+
+/// What came of a step bounded by the probe deadline: a deadline passed is the probe
+/// namespace that did not become ready for new pods in time.
+fn in_time<T>(
+    outcome: Result<Result<T, cluster::ClusterError>, tokio::time::error::Elapsed>,
+    namespace: &str,
+    probe_ready: Duration,
+) -> Result<T, Unobserved> {
+    outcome
+        .map_err(|_| {
+            Unobserved::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the probe namespace {namespace} was not ready for new pods within {}: still Terminating, or deleted and not provisioned again (postflight rbac | kubectl apply -f -)",
+                    humantime::format_duration(probe_ready)
+                ),
+            )
+        })?
+        .map_err(|e| Unobserved::from(&e))
+}
+
+/// The requests the API did not refuse.
+fn not_refused<'a>(
+    requests: &'a [ProbeRequest],
+    refused: &'a [(ProbeRequest, String)],
+) -> impl Iterator<Item = &'a ProbeRequest> {
+    requests
+        .iter()
+        .filter(|r| !refused.iter().any(|(refused, _)| refused.name == r.name))
 }
 
 /// One directed probe of the plan.
