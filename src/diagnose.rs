@@ -378,6 +378,30 @@ pub fn diagnose_probes(
     })
 }
 
+/// A node the pod mesh blames while calico-node on it is Ready and its BGP sessions are
+/// Established: Calico's control plane is fine, so what drops the pods' packets is on
+/// the node's datapath — a host firewall's forwarding rules most often (Docker's FORWARD
+/// policy of DROP is the classic), matching the pods' `cali*` interfaces.
+pub fn diagnose_datapath(
+    node: &str,
+    shell: &NodeShell,
+    implicated: &crate::checks::Implicated,
+) -> Diagnosis {
+    Diagnosis {
+        root_cause: format!(
+            "calico-node on {node} is Ready and its BGP sessions are Established, yet {}: the fault is in {node}'s datapath (a host firewall or filter rule dropping forwarded pod traffic on its cali* interfaces), not in Calico's control plane",
+            implicated.describe()
+        ),
+        remediation: vec![
+            shell.run("'{sudo}nft list ruleset; {sudo}iptables -S FORWARD' | grep -nE 'cali|policy|drop|DROP'   # the rule or policy dropping forwarded pod traffic"),
+            shell.run("{sudo}ip -4 route   # each local pod has a /32 route on its cali* interface"),
+        ],
+        prevention: Some(
+            "keep the host firewall baseline from filtering forwarded traffic on cali* interfaces (or set the FORWARD policy to ACCEPT where Docker sets DROP), and run `postflight mesh` nightly".into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,15 +4,64 @@
 mod common;
 use common::*;
 
+/// The pod_mesh verdict of every node, in inventory order.
+fn verdicts(run: &Run) -> Vec<(String, String)> {
+    run.json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["results"][0]["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The nodes the mesh names as at fault, from the JSON, with what it read of each.
+fn at_fault(run: &Run) -> Vec<(String, serde_json::Value)> {
+    run.json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            let result = &n["results"][0];
+            result.get("implicated").map(|i| {
+                assert_eq!(i["node"], n["node"]);
+                (n["node"].as_str().unwrap().to_string(), result.clone())
+            })
+        })
+        .collect()
+}
+
+/// The mesh's metrics say the same as its JSON: 1 for each node at fault, 0 for the rest.
+fn implicated_in_metrics(metrics: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("postflight_mesh_node_implicated{") && l.ends_with("} 1"))
+        .map(|l| {
+            l.split("node=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
-fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
+fn mesh_passes_on_a_healthy_lab_and_names_the_broken_node_and_why() {
     let lab = lab("pf-mesh", 5);
     let inventory = lab.paths().inventory();
     let reports = tempfile::tempdir().unwrap();
     let html = reports.path().join("mesh.html");
     let metrics = reports.path().join("mesh.prom");
-    let extra = |name: &str| {
-        [
+    let mesh = |name: &str| {
+        let args = [
             "mesh".to_string(),
             "--html".into(),
             reports
@@ -26,11 +75,11 @@ fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
                 .join(format!("{name}.prom"))
                 .display()
                 .to_string(),
-        ]
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_postflight(&inventory, &args, reports.path(), name)
     };
-    let args = extra("mesh");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_postflight(&inventory, &args, reports.path(), "mesh");
+    let run = mesh("mesh");
     assert_eq!(run.code(), 0, "{}", run.describe());
     let nodes = run.json["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 5);
@@ -41,18 +90,68 @@ fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
     assert_eq!(pairs.len(), 20, "every ordered pair of 5 nodes");
     assert!(pairs.iter().all(|p| p["passed"] == true), "{pairs:#?}");
     assert_eq!(run.junit_cases().len(), 5);
+    assert!(at_fault(&run).is_empty());
+    assert!(!run.stdout().contains("at fault:"), "{}", run.describe());
     let dom = chromium_dom(&html, None);
     assert_eq!(count_attribute(&dom, "data-state", "passed"), 20, "{dom}");
     assert_eq!(count_attribute(&dom, "data-state", "failed"), 0);
+    assert!(!dom.contains("mesh-attribution"));
     assert_promtool_accepts(&metrics);
+    assert!(implicated_in_metrics(&metrics).is_empty());
     assert_no_probe_left(&lab);
 
-    // The incident on one node: every pair to and from it fails, and only those.
+    // Pod traffic dropped on one node while calico-node stays Ready: that node, and the
+    // datapath, not Calico.
+    let blocked = "k8s-worker-02";
+    lab_cli(&lab, &["block-pod-traffic", "--node", blocked]);
+    let run = mesh("blocked");
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    let failed: Vec<String> = verdicts(&run)
+        .into_iter()
+        .filter(|(_, verdict)| verdict != "passed")
+        .map(|(node, _)| node)
+        .collect();
+    assert_eq!(
+        failed,
+        [blocked],
+        "only the blocked node fails: {}",
+        run.describe()
+    );
+    let named = at_fault(&run);
+    assert_eq!(named.len(), 1, "{}", run.describe());
+    let result = &named[0].1;
+    assert_eq!(result["implicated"]["fault"], "both_ways");
+    let cause = result["diagnosis"]["root_cause"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        cause.contains("datapath") && cause.contains("calico-node on k8s-worker-02 is Ready"),
+        "{cause}"
+    );
+    assert_eq!(
+        implicated_in_metrics(&reports.path().join("blocked.prom")),
+        [blocked]
+    );
+    assert_no_probe_left(&lab);
+
+    // The incident on a second node: both named, each with its own cause.
     let broken = "k8s-worker-03";
     break_like_the_incident(&lab, broken, std::time::Duration::from_secs(90));
-    let args = extra("incident");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = run_postflight(&inventory, &args, reports.path(), "incident");
+    let run = mesh("two");
+    assert_eq!(run.code(), 1, "{}", run.describe());
+    let named: Vec<String> = at_fault(&run).into_iter().map(|(node, _)| node).collect();
+    assert_eq!(named, [blocked, broken], "{}", run.describe());
+    let failed: Vec<String> = verdicts(&run)
+        .into_iter()
+        .filter(|(_, verdict)| verdict != "passed")
+        .map(|(node, _)| node)
+        .collect();
+    assert_eq!(failed, [blocked, broken], "{}", run.describe());
+    lab_cli(&lab, &["block-pod-traffic", "--node", blocked, "--unblock"]);
+
+    // The incident alone: every pair to and from worker-03 fails, and only worker-03
+    // fails pod_mesh, with the incident's root cause and fix.
+    let run = mesh("incident");
     assert_eq!(run.code(), 1, "{}", run.describe());
     let failed: Vec<(String, String)> = run.json["nodes"]
         .as_array()
@@ -74,11 +173,61 @@ fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
             .all(|(from, to)| from == broken || to == broken),
         "{failed:?}"
     );
-    // Each failure is named src → dst with the client's own error.
-    let message = run.message("pod_mesh");
+    let verdicts = verdicts(&run);
+    for (node, verdict) in &verdicts {
+        let expected = if node == broken { "failed" } else { "passed" };
+        assert_eq!(verdict, expected, "{node}: {}", run.describe());
+    }
+    assert_eq!(
+        run.junit_cases()
+            .iter()
+            .filter(|(_, _, outcome)| outcome == "failure")
+            .count(),
+        1,
+        "{:?}",
+        run.junit_cases()
+    );
+    let named = at_fault(&run);
+    assert_eq!(named.len(), 1);
+    let result = &named[0].1;
+    let message = result["message"].as_str().unwrap();
     assert!(
-        message.contains(" → ") && message.contains("curl: ("),
+        message.contains("every pair to and from it fails") && message.contains("curl: ("),
         "{message}"
+    );
+    let summary = result["implicated"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("{broken}: every pair to and from it fails"))
+            && summary.contains("; calico-node ")
+            && summary.contains("root cause: the tmpfiles.d entry for Calico was replaced"),
+        "{summary}"
+    );
+    let fix = result["diagnosis"]["remediation"].to_string();
+    assert!(fix.contains("systemd-tmpfiles --create"), "{fix}");
+    let details = result["details"].to_string();
+    assert!(details.contains("run_dir_permissions: failed"), "{details}");
+    // A healthy node's evidence points at the node at fault.
+    let healthy = &run.json["nodes"][0]["results"][0];
+    assert_eq!(healthy["verdict"], "passed");
+    assert!(
+        healthy["evidence"]
+            .to_string()
+            .contains(&format!("see {broken}'s pod_mesh")),
+        "{healthy:#}"
+    );
+    // The console's closing lines: the counts, then who is at fault (the report files
+    // written follow them).
+    let stdout = run.stdout();
+    let last = stdout
+        .lines()
+        .skip_while(|l| !l.contains(" passed, "))
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with(&format!("at fault: {broken} (")),
+        "{}",
+        run.describe()
     );
     let dom = chromium_dom(
         &reports.path().join("incident.html"),
@@ -86,8 +235,20 @@ fn mesh_passes_on_a_healthy_lab_and_names_every_pair_the_incident_breaks() {
     );
     assert_eq!(count_attribute(&dom, "data-state", "failed"), 8, "{dom}");
     assert_eq!(count_attribute(&dom, "data-state", "passed"), 12);
+    assert_eq!(
+        count_attribute(&dom, "data-implicated", broken),
+        1,
+        "the summary line"
+    );
+    assert_eq!(
+        count_attribute(&dom, "data-implicated", "true"),
+        2,
+        "its row and column"
+    );
     assert!(dom.contains(&format!("data-from=\"{broken}\"")));
-    assert_promtool_accepts(&reports.path().join("incident.prom"));
+    let metrics = reports.path().join("incident.prom");
+    assert_promtool_accepts(&metrics);
+    assert_eq!(implicated_in_metrics(&metrics), [broken]);
     assert_no_probe_left(&lab);
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 mod bgp;
 mod calico;
 mod connectivity;
+mod mesh;
 mod node;
 mod tmpfiles;
 
@@ -20,6 +21,7 @@ pub use crate::expectations::{canonical_run_path, RunDirStat};
 pub use bgp::{judge_bgp, parse_bgp_sessions, BgpSession};
 pub use calico::{judge_calico_ready, judge_crashloop, CalicoObservation};
 pub use connectivity::{flaky_pairs, judge_connectivity, PairResult, ProbeOutcome};
+pub use mesh::{attribute, judge_pod_mesh, Fault, Implicated, MeshAttribution};
 pub use node::{judge_boot_id, judge_node_ready, judge_restart, ProcessStart};
 pub use tmpfiles::{
     effective_tmpfiles_entry, judge_next_boot, judge_node_tmpfiles, judge_run_dir, judge_tmpfiles,
@@ -276,6 +278,18 @@ pub struct CheckResult {
     /// says so rather than showing plain green.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flaky: Vec<String>,
+    /// `pod_mesh` only: the pair matrix names this node as the one at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub implicated: Option<Implication>,
+}
+
+/// A node the mesh blames, as its report says it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Implication {
+    #[serde(flatten)]
+    pub matrix: Implicated,
+    /// One line: the node, what the matrix shows, calico-node's state, the root cause.
+    pub summary: String,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -301,6 +315,7 @@ impl CheckResult {
             error_kind: None,
             pairs: Vec::new(),
             flaky: Vec::new(),
+            implicated: None,
         }
     }
     /// An error verdict for a check that could not run because of `why`.
@@ -347,6 +362,9 @@ impl CheckResult {
             pair.earlier_failures.iter_mut().for_each(bound);
         }
         self.flaky.iter_mut().for_each(bound);
+        if let Some(implication) = &mut self.implicated {
+            bound(&mut implication.summary);
+        }
         self
     }
 

@@ -182,13 +182,30 @@ pub(super) async fn drift_checks(
     node: &str,
     calico: &CalicoExpectations,
 ) -> (Vec<CheckResult>, Findings) {
+    // One round trip to the node: everything the checks read, sent as one batch.
+    let transport =
+        &crate::host::Prefetched::fetch(&*access.transport, drift_commands(calico)).await;
+    drift_checks_on(transport, &access.shell, node, calico).await
+}
+
+/// Everything the drift checks read on a node.
+pub(super) fn drift_commands(calico: &CalicoExpectations) -> Vec<ShellCommand> {
     let cat_config = merged_tmpfiles_command();
-    // One round trip to the node: everything the checks below read, sent as one batch.
     let mut wanted = host_check_commands(calico);
     if !wanted.contains(&cat_config) {
-        wanted.push(cat_config.clone());
+        wanted.push(cat_config);
     }
-    let transport = &crate::host::Prefetched::fetch(&*access.transport, wanted).await;
+    wanted
+}
+
+/// The drift checks over `transport`, which has usually fetched `drift_commands` already.
+pub(super) async fn drift_checks_on(
+    transport: &dyn Transport,
+    shell: &NodeShell,
+    node: &str,
+    calico: &CalicoExpectations,
+) -> (Vec<CheckResult>, Findings) {
+    let cat_config = merged_tmpfiles_command();
     // A node under a drift sweep is up: one connection attempt, no waiting for sshd.
     let host = check_host(transport, node, calico, Duration::ZERO).await;
     let started = Instant::now();
@@ -239,7 +256,7 @@ pub(super) async fn drift_checks(
         run_dir: host.run_dir_stat.clone(),
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
-        ..Findings::new(node, access.shell.clone(), &calico.namespace)
+        ..Findings::new(node, shell.clone(), &calico.namespace)
     };
     let mut tmpfiles = host.tmpfiles;
     let failed = |r: &CheckResult| matches!(r.verdict, Verdict::Failed(_));

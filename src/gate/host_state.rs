@@ -289,15 +289,37 @@ impl NodeNetworkState {
 
 /// Reads `ip -4 route` and `birdcl show protocols` (birdc where birdcl is missing) on
 /// the node. BIRD's socket is Calico's: `bird.ctl` in the run directory.
+/// What `node_network_state` reads, for a caller that fetches it in one round trip
+/// with other commands: both BIRD clients, since which one the node has is not known.
+pub(super) fn network_commands(calico: &CalicoExpectations) -> Vec<ShellCommand> {
+    let mut commands = vec![routes_command()];
+    commands.extend(BIRD_CLIENTS.map(|client| bird_protocols_command(client, calico)));
+    commands
+}
+
+const BIRD_CLIENTS: [&str; 2] = ["birdcl", "birdc"];
+
+fn routes_command() -> ShellCommand {
+    ShellCommand::new("ip").arg("-4").arg("route")
+}
+
+fn bird_socket(calico: &CalicoExpectations) -> String {
+    format!("{}/bird.ctl", calico.run_dir.trim_end_matches('/'))
+}
+
+fn bird_protocols_command(client: &str, calico: &CalicoExpectations) -> ShellCommand {
+    ShellCommand::new(client)
+        .arg("-s")
+        .arg(bird_socket(calico))
+        .arg("show")
+        .arg("protocols")
+}
+
 pub async fn node_network_state(
     transport: &dyn Transport,
     calico: &CalicoExpectations,
 ) -> NodeNetworkState {
-    let socket = format!("{}/bird.ctl", calico.run_dir.trim_end_matches('/'));
-    let routes = match transport
-        .run(&ShellCommand::new("ip").arg("-4").arg("route"))
-        .await
-    {
+    let routes = match transport.run(&routes_command()).await {
         Ok(output) if output.success() => Ok(output.stdout),
         Ok(output) => Err(Unobserved::new(
             ErrorKind::Error,
@@ -309,13 +331,8 @@ pub async fn node_network_state(
         ErrorKind::Error,
         "neither birdcl nor birdc is installed on the node",
     ));
-    for client in ["birdcl", "birdc"] {
-        let command = ShellCommand::new(client)
-            .arg("-s")
-            .arg(&socket)
-            .arg("show")
-            .arg("protocols");
-        bgp = match transport.run(&command).await {
+    for client in BIRD_CLIENTS {
+        bgp = match transport.run(&bird_protocols_command(client, calico)).await {
             Ok(output) if output.success() => Ok(Some(output.stdout)),
             // 127: the shell found no such program; try the other client.
             Ok(output) if output.exit_status == 127 => continue,
@@ -339,7 +356,7 @@ pub async fn node_network_state(
     NodeNetworkState {
         routes,
         bgp,
-        socket,
+        socket: bird_socket(calico),
     }
 }
 

@@ -4,8 +4,14 @@
 //! grows with the number of nodes in execs and only the pairs grow with its square.
 //! A pair that fails is tried once more in a second exec; one that then answers is
 //! flaky, not green.
+//!
+//! The matrix then says who is at fault (`checks::attribute`): only a node it implicates
+//! fails `pod_mesh`, and each such node is read as `diagnose` reads it — calico-node,
+//! the run directory and tmpfiles.d, routes and BGP, one round trip to the node — so
+//! the nightly report carries the root cause and the fix, not one failure per node.
 
 use super::*;
+use crate::checks::MeshAttribution;
 
 /// Checks every ordered pair of nodes' probe pods. Returns one report per node of the
 /// inventory, in its order; the probe pods are deleted on every exit.
@@ -19,10 +25,11 @@ pub async fn mesh(
     let run_id = new_run_id();
     // The run's steps are shared by every node: one recorder times them.
     let run = Recorder::new("mesh", progress, &[]);
+    let began = Instant::now();
     run.identify(|identity| identity.run_id = run_id.clone());
     let mut cluster_used = None;
     let outcome = tokio::select! {
-        outcome = mesh_steps(inventory, &run, &run_id, &nodes, &mut cluster_used) => outcome,
+        outcome = mesh_steps(inventory, &run, progress, began, &run_id, &nodes, &mut cluster_used) => outcome,
         () = cancel.cancelled() => Err(Unobserved::new(ErrorKind::Interrupted, "the run was interrupted")),
     };
     if let Some(cluster) = &cluster_used {
@@ -46,21 +53,39 @@ pub async fn mesh(
         }
     }
     let shared = run.into_report(false, started_at, None);
-    nodes
+    let mut reports: Vec<NodeReport> = nodes
         .iter()
         .map(|node| {
-            let result = match &outcome {
-                Ok(found) => judge_node(node, found),
-                Err(why) => CheckResult::unobserved(CheckName::PodMesh, node, why, Duration::ZERO),
-            };
-            NodeReport {
+            let mut report = NodeReport {
                 node: node.clone(),
-                results: vec![result.bounded()],
                 interrupted: cancel.is_cancelled(),
                 ..shared.clone()
-            }
+            };
+            let result = match &outcome {
+                Ok(found) => {
+                    let reading = found.readings.iter().find(|r| r.node == *node);
+                    if let Some(reading) = reading {
+                        report.steps.extend(reading.steps.iter().cloned());
+                    }
+                    judge_node(node, found, reading)
+                }
+                Err(why) => CheckResult::unobserved(CheckName::PodMesh, node, why, Duration::ZERO),
+            };
+            report.results = vec![result.bounded()];
+            report
         })
-        .collect()
+        .collect();
+    let shells_used = outcome.as_ref().is_ok_and(|found| {
+        found.readings.iter().any(|reading| {
+            inventory.node(&reading.node).is_some_and(|entry| {
+                inventory.transport_of(entry) == crate::inventory::TransportKind::NodeShell
+            })
+        })
+    });
+    if let Some(cluster) = cluster_used.as_ref().filter(|_| shells_used) {
+        super::drift::delete_node_shells(cluster, inventory, &run_id, &mut reports).await;
+    }
+    reports
 }
 
 /// What the mesh found: the fleet, and per source pod its pairs or why its client
@@ -69,11 +94,30 @@ struct MeshFound {
     fleet: ProbeFleet,
     sources: Vec<(ReadyProbe, Result<Vec<ProbeOutcome>, String>)>,
     took: Duration,
+    attribution: MeshAttribution,
+    /// What was read of each implicated node.
+    readings: Vec<Reading>,
 }
+
+/// An implicated node read as `diagnose` reads it: its checks (failed ones carrying the
+/// known root cause) and the steps, placed on the mesh run's timeline.
+struct Reading {
+    node: String,
+    /// How an engineer reaches the node, for the fix commands.
+    shell: NodeShell,
+    results: Vec<CheckResult>,
+    steps: Vec<StepTiming>,
+}
+
+/// More implicated nodes than this are no longer one node's fault: reading each would
+/// cost a round trip per node for a picture the matrix already gives.
+const MAX_NODES_READ: usize = 8;
 
 async fn mesh_steps(
     inventory: &Inventory,
     run: &Recorder<'_>,
+    progress: &dyn Progress,
+    began: Instant,
     run_id: &str,
     nodes: &[String],
     cluster_used: &mut Option<Cluster>,
@@ -125,11 +169,68 @@ async fn mesh_steps(
             probe_every_pair(&cluster, inventory, &fleet),
         )
         .await;
+    let took = started.elapsed();
+    let pairs: Vec<crate::checks::PairResult> = sources
+        .iter()
+        .filter_map(|(_, outcomes)| outcomes.as_ref().ok())
+        .flatten()
+        .map(ProbeOutcome::pair_result)
+        .collect();
+    let attribution = crate::checks::attribute(nodes, &pairs);
+    let readings = if attribution.implicated.is_empty() {
+        Vec::new()
+    } else if attribution.implicated.len() > MAX_NODES_READ {
+        run.note(format!(
+            "{} nodes are implicated, more than the {MAX_NODES_READ} mesh reads: none was read; `postflight diagnose NODE` reads one",
+            attribution.implicated.len()
+        ));
+        Vec::new()
+    } else {
+        let read = attribution.implicated.iter().map(|implicated| {
+            read_implicated(
+                inventory,
+                &cluster,
+                &implicated.node,
+                run_id,
+                progress,
+                began,
+            )
+        });
+        run.timed("read the implicated nodes", futures::future::join_all(read))
+            .await
+    };
     Ok(MeshFound {
         fleet,
         sources,
-        took: started.elapsed(),
+        took,
+        attribution,
+        readings,
     })
+}
+
+/// Reads one implicated node as `diagnose` does.
+async fn read_implicated(
+    inventory: &Inventory,
+    cluster: &Cluster,
+    node: &str,
+    run_id: &str,
+    progress: &dyn Progress,
+    began: Instant,
+) -> Reading {
+    let offset = began.elapsed();
+    let recorder = Recorder::new(node, progress, &super::node_diagnosis::DIAGNOSE_CHECKS);
+    super::node_diagnosis::examine(inventory, node, &recorder, run_id, Ok(cluster)).await;
+    let (results, mut steps) = recorder.into_parts();
+    for step in &mut steps {
+        step.started_after += offset;
+    }
+    let entry = inventory.node(node).expect("the node is in the inventory");
+    Reading {
+        node: node.to_string(),
+        shell: fix_shell(inventory, entry),
+        results,
+        steps,
+    }
 }
 
 /// Every ordered pair of ready probe pods on different nodes, each tried at most twice:
@@ -190,7 +291,7 @@ async fn probe_every_pair(
         .collect()
 }
 
-fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
+fn judge_node(node: &str, found: &MeshFound, reading: Option<&Reading>) -> CheckResult {
     let took = found.took;
     if let Some((_, why)) = found.fleet.broken.iter().find(|(r, _)| r.node == node) {
         return CheckResult::error(
@@ -222,7 +323,6 @@ fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
             )
         }
     };
-    let failed: Vec<&ProbeOutcome> = outcomes.iter().filter(|o| !o.succeeded()).collect();
     let unprobed: Vec<String> = found
         .fleet
         .broken
@@ -234,35 +334,87 @@ fn judge_node(node: &str, found: &MeshFound) -> CheckResult {
             )
         })
         .collect();
-    let verdict = if !failed.is_empty() {
-        Verdict::Failed(format!(
-            "{} of {} pairs from {node} failed: {}",
-            failed.len(),
-            outcomes.len(),
-            failed
-                .iter()
-                .map(|o| format!("{} → {}: {}", o.from_node, o.to_node, o.observed()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-    } else if !unprobed.is_empty() {
-        Verdict::Error(format!(
+    let (verdict, evidence) = crate::checks::judge_pod_mesh(node, outcomes, &found.attribution);
+    let verdict = match verdict {
+        Verdict::Passed if !unprobed.is_empty() => Verdict::Error(format!(
             "{} pairs from {node} could not be probed: {}",
             unprobed.len(),
             unprobed.join("; ")
-        ))
-    } else {
-        Verdict::Passed
+        )),
+        verdict => verdict,
     };
-    let evidence = failed
-        .iter()
-        .map(|o| Evidence::new(o.label(), o.observed(), "HTTP 2xx or 3xx"))
-        .collect();
     let mut result = CheckResult::new(CheckName::PodMesh, node, verdict, evidence, took);
     if matches!(result.verdict, Verdict::Error(_)) {
         result.error_kind = Some(ErrorKind::Error);
     }
     result.pairs = outcomes.iter().map(ProbeOutcome::pair_result).collect();
     result.flaky = crate::checks::flaky_pairs(outcomes);
+    if let Some(implicated) = found.attribution.implicated(node) {
+        let (details, diagnosis, state) = match reading {
+            Some(reading) => what_was_read(reading, implicated),
+            None => (Vec::new(), None, None),
+        };
+        let mut summary = format!("{node}: {}", implicated.describe());
+        if let Some(state) = state {
+            summary.push_str(&format!("; {state}"));
+        }
+        if let Some(diagnosis) = &diagnosis {
+            summary.push_str(&format!("; root cause: {}", diagnosis.root_cause));
+        }
+        result.details = details;
+        result.diagnosis = diagnosis;
+        result.implicated = Some(crate::checks::Implication {
+            matrix: implicated.clone(),
+            summary,
+        });
+    }
     result
+}
+
+/// From what was read of an implicated node: a line per check for the details, the
+/// root cause (a known signature, or else the datapath when calico-node and BGP are
+/// fine), and calico-node's state in a few words.
+fn what_was_read(
+    reading: &Reading,
+    implicated: &crate::checks::Implicated,
+) -> (
+    Vec<String>,
+    Option<crate::checks::Diagnosis>,
+    Option<String>,
+) {
+    let of = |name: CheckName| reading.results.iter().find(|r| r.name == name);
+    let mut details = vec![format!("what was read of {}:", reading.node)];
+    for result in &reading.results {
+        let verdict = match &result.verdict {
+            Verdict::Passed => "passed".to_string(),
+            Verdict::Failed(m) => format!("failed: {m}"),
+            Verdict::Error(m) => format!("could not run: {m}"),
+            Verdict::Skipped(m) => format!("skipped: {m}"),
+        };
+        details.push(format!("{}: {verdict}", result.name));
+        details.extend(result.evidence.iter().map(|e| {
+            format!(
+                "  {}: observed {} | expected {}",
+                e.what, e.observed, e.expected
+            )
+        }));
+    }
+    let failing = |name: CheckName| {
+        of(name).and_then(|r| match &r.verdict {
+            Verdict::Failed(m) => Some(m.clone()),
+            _ => None,
+        })
+    };
+    let calico_ready = of(CheckName::CalicoNodeReady).is_some_and(|r| r.verdict == Verdict::Passed);
+    let state = failing(CheckName::CalicoNodeNotCrashlooping)
+        .or_else(|| failing(CheckName::CalicoNodeReady))
+        .or_else(|| calico_ready.then(|| "calico-node Ready".to_string()));
+    let known = reading.results.iter().find_map(|r| r.diagnosis.clone());
+    let bgp_established =
+        of(CheckName::BgpSessionsEstablished).is_some_and(|r| r.verdict == Verdict::Passed);
+    let diagnosis = known.or_else(|| {
+        (calico_ready && bgp_established)
+            .then(|| diagnose::diagnose_datapath(&reading.node, &reading.shell, implicated))
+    });
+    (details, diagnosis, state)
 }

@@ -1,7 +1,8 @@
 //! `diagnose`: a node as it is, without a reboot or probe pods, with the evidence and
 //! the known root causes.
 
-use super::drift::drift_checks;
+use super::drift::{drift_checks_on, drift_commands};
+use super::host_state::network_commands;
 use super::*;
 
 /// How long `diagnose` lets calico-node's state settle: enough for the first watch
@@ -75,13 +76,26 @@ async fn diagnose_steps(
         recorder.identify(|run| super::verify::identify_cluster(run, cluster));
         *connected = Some(cluster.clone());
     }
+    examine(inventory, node, recorder, run_id, cluster.as_ref()).await;
+}
+
+/// Reads `node` as `diagnose` does — calico-node through the API, the node's files,
+/// routes and BGP sessions — and records the checks, each failed one carrying the known
+/// root cause, if one fits. Without the API, a fully declared inventory still lets the
+/// node itself be read. `mesh` uses it for the nodes its matrix implicates.
+pub(super) async fn examine(
+    inventory: &Inventory,
+    node: &str,
+    recorder: &Recorder<'_>,
+    run_id: &str,
+    cluster: Result<&Cluster, &cluster::ClusterError>,
+) {
     let entry = inventory.node(node).expect("the node is in the inventory");
-    let access = match node_access(inventory, entry, cluster.as_ref().ok(), run_id) {
+    let access = match node_access(inventory, entry, cluster.ok(), run_id) {
         Ok(access) => access,
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     };
-    // Without the API, a fully declared inventory still lets the node itself be read.
-    let calico = match &cluster {
+    let calico = match cluster {
         Ok(cluster) => calico_expectations(cluster, &inventory.calico).await,
         Err(_) if !needs_deployment(&inventory.calico) => {
             resolve(&inventory.calico, &[]).map_err(CalicoLookupError::from)
@@ -94,7 +108,7 @@ async fn diagnose_steps(
     };
     let calico = &calico;
     let cluster_side = async {
-        let cluster = match &cluster {
+        let cluster = match cluster {
             Ok(cluster) => cluster,
             Err(error) => return Err(Unobserved::from(error)),
         };
@@ -108,9 +122,13 @@ async fn diagnose_steps(
         Ok(check_calico(cluster, calico, node, None, since, DIAGNOSE_SNAPSHOT).await)
     };
     let host_side = async {
-        let files = drift_checks(&access, node, calico).await;
+        // One round trip: the files the drift checks read, the routes and BGP.
+        let mut commands = drift_commands(calico);
+        commands.extend(network_commands(calico));
+        let transport = &crate::host::Prefetched::fetch(&*access.transport, commands).await;
+        let files = drift_checks_on(transport, &access.shell, node, calico).await;
         let started = Instant::now();
-        let network = node_network_state(&*access.transport, calico).await;
+        let network = node_network_state(transport, calico).await;
         (files, network, started)
     };
     let (calico_results, (files, network, network_started)) = tokio::join!(
@@ -135,7 +153,7 @@ async fn diagnose_steps(
             }
         }
     }
-    let peers = match &cluster {
+    let peers = match cluster {
         Ok(cluster) => super::host_state::bgp_peers(cluster, inventory, node).await,
         Err(_) => Vec::new(),
     };

@@ -7,7 +7,7 @@
 //! for 1400 px. Everything from the cluster or a node goes through `hostile::for_html`.
 
 use super::{NodeReport, RollingSummary};
-use crate::checks::{PairResult, Verdict};
+use crate::checks::{Implication, PairResult, Verdict};
 use crate::hostile::for_html as escape;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -38,6 +38,8 @@ table.heatmap th { font-weight: 500; font-size: 12px; color: #5b6475; padding: 2
 table.heatmap th.to { writing-mode: vertical-rl; transform: rotate(180deg); height: 120px; text-align: left; }
 table.heatmap td { width: var(--cell); height: var(--cell); padding: 0; border-radius: 3px; text-align: center; color: #fff; font-size: 11px; line-height: var(--cell); }
 .scroll { overflow-x: auto; }
+table.heatmap th.implicated { color: #cf222e; font-weight: 700; } td.cell.implicated { box-shadow: inset 0 0 0 2px #6e1b1b; }
+ul.attribution { color: #6e1b1b; font-weight: 600; }
 td.cell.passed { background: #2da44e; } td.cell.failed { background: #cf222e; } td.cell.flaky { background: #8250df; } td.cell.none { background: #eaeef2; }
 .legend span { margin-right: 14px; } .legend i { display: inline-block; width: 12px; height: 12px; border-radius: 2px; vertical-align: -1px; margin-right: 4px; }
 "#;
@@ -59,7 +61,12 @@ pub fn document(reports: &[NodeReport], rolling: Option<&RollingSummary>, title:
         .flat_map(|r| &r.pairs)
         .collect();
     if !pairs.is_empty() {
-        heat_map(&mut page, &pairs);
+        let implicated: Vec<&Implication> = reports
+            .iter()
+            .flat_map(|r| &r.results)
+            .filter_map(|r| r.implicated.as_ref())
+            .collect();
+        heat_map(&mut page, &pairs, &implicated);
     }
     for node in reports {
         node_section(&mut page, node);
@@ -175,8 +182,9 @@ fn rolling_section(page: &mut String, summary: &RollingSummary, reports: &[NodeR
 }
 
 /// Pod pairs folded to node pairs: a cell is failed if any of its pod pairs failed,
-/// flaky if all passed but one needed a retry.
-fn heat_map(page: &mut String, pairs: &[&PairResult]) {
+/// flaky if all passed but one needed a retry. The rows and columns of nodes the mesh
+/// implicates are marked, and what it found of each is said above the map.
+fn heat_map(page: &mut String, pairs: &[&PairResult], implicated: &[&Implication]) {
     let mut nodes: Vec<&str> = pairs
         .iter()
         .flat_map(|p| [p.from_node.as_str(), p.to_node.as_str()])
@@ -212,27 +220,59 @@ fn heat_map(page: &mut String, pairs: &[&PairResult]) {
         pairs.len(),
         pairs.len()
     );
+    if !implicated.is_empty() {
+        page.push_str("<ul id=\"mesh-attribution\" class=\"attribution\">\n");
+        for implication in implicated {
+            let _ = writeln!(
+                page,
+                "<li data-implicated=\"{}\">{}</li>",
+                escape(&implication.matrix.node),
+                escape(&implication.summary)
+            );
+        }
+        page.push_str("</ul>\n");
+    } else if failed > 0 {
+        page.push_str("<p id=\"mesh-attribution\" class=\"attribution\">No single node is at fault: the failed pairs fit no node's pattern (see each failing node's pod_mesh).</p>\n");
+    }
+    let marked = |node: &str| implicated.iter().any(|i| i.matrix.node == node);
     // Cells shrink with the cluster, so that 64 nodes still fit 1400 px.
     let cell = (1100 / nodes.len().max(1)).clamp(8, 22);
     let _ = write!(
         page,
         "<div class=\"scroll\"><table class=\"heatmap\" style=\"--cell:{cell}px\">\n<tr><th></th>"
     );
+    let mark = |node: &str| {
+        if marked(node) {
+            " implicated\" data-implicated=\"true"
+        } else {
+            ""
+        }
+    };
     for to in &nodes {
-        let _ = write!(page, "<th class=\"to\">{}</th>", escape(to));
+        let _ = write!(page, "<th class=\"to{}\">{}</th>", mark(to), escape(to));
     }
     page.push_str("</tr>\n");
     for from in &nodes {
-        let _ = write!(page, "<tr><th class=\"from\">{}</th>", escape(from));
+        let _ = write!(
+            page,
+            "<tr><th class=\"from{}\">{}</th>",
+            mark(from),
+            escape(from)
+        );
         for to in &nodes {
             match cells.get(&(*from, *to)) {
                 None => page.push_str("<td class=\"cell none\" data-state=\"none\"></td>"),
                 Some(pairs) => {
                     let state = state(pairs);
                     let evidence: Vec<String> = pairs.iter().map(|p| pair_line(p)).collect();
+                    let edge = if marked(from) || marked(to) {
+                        " implicated"
+                    } else {
+                        ""
+                    };
                     let _ = write!(
                         page,
-                        "<td class=\"cell {state}\" data-state=\"{state}\" data-from=\"{}\" data-to=\"{}\" title=\"{}\">{}</td>",
+                        "<td class=\"cell {state}{edge}\" data-state=\"{state}\" data-from=\"{}\" data-to=\"{}\" title=\"{}\">{}</td>",
                         escape(from),
                         escape(to),
                         escape(&evidence.join("\n")),

@@ -168,6 +168,25 @@ pub fn exposition(reports: &[NodeReport], title: &str) -> String {
         pairs,
     );
     family(
+        "postflight_mesh_node_implicated",
+        "gauge",
+        "1 if the pod mesh names the node as the one at fault (its pairs fail both ways, or every pair from or to it), 0 if not.",
+        reports
+            .iter()
+            .flat_map(|node| {
+                node.results
+                    .iter()
+                    .filter(|r| r.name == crate::checks::CheckName::PodMesh)
+                    .map(move |r| {
+                        (
+                            format!(",node=\"{}\"", label(&node.node)),
+                            f64::from(u8::from(r.implicated.is_some())),
+                        )
+                    })
+            })
+            .collect(),
+    );
+    family(
         "postflight_step_duration_seconds",
         "gauge",
         "How long each step of the node's run took.",
@@ -267,6 +286,29 @@ mod tests {
         );
         // A broken file is refused: the check above is not a rubber stamp.
         assert!(!promtool_check("postflight_x{node=\"a} 1\n").0);
+    }
+
+    #[test]
+    fn the_mesh_says_which_node_is_at_fault_for_every_node() {
+        let text = exposition(&crate::report::tests::mesh_reports(), "postflight mesh");
+        let (ok, said) = promtool_check(&text);
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+        let implicated: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("postflight_mesh_node_implicated{"))
+            .collect();
+        assert_eq!(implicated.len(), 3, "{text}");
+        assert!(implicated[0].ends_with("node=\"k8s-w1\"} 0"), "{text}");
+        assert!(
+            implicated[2].starts_with("postflight_mesh_node_implicated{command=\"mesh\",node=\"w3")
+                && implicated[2].ends_with("} 1"),
+            "{text}"
+        );
+        let verify = exposition(&crate::report::tests::sample(), "postflight verify");
+        assert!(
+            !verify.contains("postflight_mesh_node_implicated"),
+            "only mesh has it"
+        );
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
     for node in reports {
         out.push_str(&format!(
             "{}{}\n",
-            node.node,
+            hostile::for_terminal(&node.node),
             if node.rebooted { " (rebooted)" } else { "" }
         ));
         // A run that could not start (the API unreachable, a permission missing) fails
@@ -430,6 +430,20 @@ pub fn console(reports: &[NodeReport], color: bool) -> String {
     out.push_str(&format!(
         "{passed} passed, {failed} failed, {errors} could not run{skipped}\n"
     ));
+    // The mesh's answer to "which node?" closes the output, where a pager's reader
+    // looks first.
+    let implicated: Vec<String> = reports
+        .iter()
+        .flat_map(|r| &r.results)
+        .filter_map(|r| r.implicated.as_ref())
+        .map(|i| format!("{} ({})", i.matrix.node, i.matrix.describe()))
+        .collect();
+    if !implicated.is_empty() {
+        out.push_str(&format!(
+            "at fault: {}\n",
+            hostile::for_terminal(&implicated.join("; "))
+        ));
+    }
     out
 }
 
@@ -540,6 +554,115 @@ pub(super) mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let details = json["nodes"][0]["results"][1]["details"].to_string();
         assert!(details.contains("forged_check"), "kept as data");
+    }
+
+    /// A mesh of three nodes whose third is at fault, its name hostile.
+    pub(super) fn mesh_reports() -> Vec<NodeReport> {
+        use crate::checks::{attribute, judge_pod_mesh, Implication, ProbeOutcome};
+        let nodes = [
+            "k8s-w1".to_string(),
+            "k8s-w2".into(),
+            "w3\u{1b}]0;pwned\u{7}<b>".into(),
+        ];
+        let outcome = |from: &str, to: &str| ProbeOutcome {
+            from_node: from.into(),
+            from_pod: format!("p-{from}"),
+            to_node: to.into(),
+            to_pod: format!("p-{to}"),
+            url: "http://198.19.0.9:8080/".into(),
+            result: if from == nodes[2] || to == nodes[2] {
+                Err("curl: (7) Failed to connect".into())
+            } else {
+                Ok(200)
+            },
+            attempts: 1,
+            earlier_failures: Vec::new(),
+        };
+        let outcomes: Vec<Vec<ProbeOutcome>> = nodes
+            .iter()
+            .map(|from| {
+                nodes
+                    .iter()
+                    .filter(|to| *to != from)
+                    .map(|to| outcome(from, to))
+                    .collect()
+            })
+            .collect();
+        let pairs: Vec<_> = outcomes
+            .iter()
+            .flatten()
+            .map(ProbeOutcome::pair_result)
+            .collect();
+        let attribution = attribute(&nodes, &pairs);
+        let template = sample().remove(0);
+        nodes
+            .iter()
+            .zip(&outcomes)
+            .map(|(node, outcomes)| {
+                let (verdict, evidence) = judge_pod_mesh(node, outcomes, &attribution);
+                let mut result = CheckResult::new(
+                    CheckName::PodMesh,
+                    node,
+                    verdict,
+                    evidence,
+                    Duration::from_millis(300),
+                );
+                result.pairs = outcomes.iter().map(ProbeOutcome::pair_result).collect();
+                result.implicated = attribution.implicated(node).map(|i| Implication {
+                    matrix: i.clone(),
+                    summary: format!(
+                        "{node}: {}; calico-node is in CrashLoopBackOff",
+                        i.describe()
+                    ),
+                });
+                NodeReport {
+                    node: node.clone(),
+                    rebooted: false,
+                    results: vec![result],
+                    ..template.clone()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mesh_names_the_node_at_fault_alike_in_json_console_and_html() {
+        let reports = mesh_reports();
+        let verdicts: Vec<&str> = reports
+            .iter()
+            .map(|r| if r.failed() { "failed" } else { "passed" })
+            .collect();
+        assert_eq!(
+            verdicts,
+            ["passed", "passed", "failed"],
+            "only the node at fault fails"
+        );
+        let json = json_document(&reports);
+        assert_valid(&json);
+        assert_eq!(
+            json["nodes"][2]["results"][0]["implicated"]["fault"],
+            "both_ways"
+        );
+        assert!(json["nodes"][0]["results"][0].get("implicated").is_none());
+        let console = console(&reports, false);
+        let last = console.lines().last().unwrap();
+        assert!(
+            last.starts_with("at fault: w3") && last.contains("every pair to and from it fails"),
+            "{console}"
+        );
+        assert!(!console.contains('\u{1b}'), "escaped for the terminal");
+        let page = html::document(&reports, None, "postflight mesh");
+        assert_eq!(page.matches("<li data-implicated=").count(), 1, "{page}");
+        assert!(page.contains("calico-node is in CrashLoopBackOff"));
+        assert!(
+            page.contains("&lt;b&gt;") && !page.contains('\u{7}'),
+            "escaped for HTML"
+        );
+        assert!(!page.contains('\u{1b}'));
+        // Its row and its column are marked: two headers, and the 4 cells on them.
+        assert_eq!(page.matches("data-implicated=\"true\"").count(), 2);
+        assert_eq!(page.matches("cell failed implicated").count(), 4);
+        assert_eq!(page.matches("cell passed implicated").count(), 0);
     }
 
     fn schema() -> jsonschema::Validator {
