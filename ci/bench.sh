@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark: postflight's scenarios on labs of the given sizes (default 5), one table
 # per size. Release builds. Run as root on the machine the tests run on, e.g.
-#   sudo bash ci/bench.sh 5 20 50
+#   bash ci/bench.sh 5 20 50
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 export POSTFLIGHT_LAB_K8S_BIN

@@ -7,6 +7,7 @@
 #   3. the fix is applied and the node verifies clean across another reboot.
 # Run as root on a fresh Debian/Ubuntu machine; it installs what it needs first.
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 cargo build --workspace --bins --locked --quiet

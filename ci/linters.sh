@@ -13,6 +13,7 @@
 # Needs Go (as ci/setup.sh does) and Debian's python3 with venv (installed if missing,
 # which needs root).
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 started=$SECONDS
 

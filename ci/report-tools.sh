@@ -3,6 +3,7 @@
 # root: xmllint (JUnit against its schemas), Chromium (the HTML report in a real browser),
 # promtool (the metrics file), and the Jenkins xunit plugin's JUnit schema. Idempotent.
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 
 packages=(libxml2-utils chromium prometheus curl python3)
 missing=()

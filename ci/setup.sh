@@ -2,12 +2,8 @@
 # Installs what postflight and its lab need on a fresh Debian/Ubuntu machine, as root.
 # Idempotent: a machine that has everything already is left as it is.
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" != 0 ]; then
-  echo "ci/setup.sh: run as root (the lab creates network namespaces and mounts)" >&2
-  exit 2
-fi
 
 # The real parts the lab is built from (nftables for its firewall knob), and what ssh2's
 # libssh2/OpenSSL build needs.

@@ -3,6 +3,7 @@
 # the cluster suite pointed at a lab the way a user points it at a cluster.
 # Run as root on a fresh Debian/Ubuntu machine: it installs what it needs first.
 set -euo pipefail
+source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 # What the report tests check JUnit, HTML and metrics with (xmllint, Chromium, promtool).

@@ -28,7 +28,7 @@ fn ansible_bin_dir() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "ansible-inventory is neither on PATH nor in {}: install it with \
-                 `sudo bash ci/linters.sh` (or point POSTFLIGHT_LINTERS_BIN at the directory \
+                 `bash ci/linters.sh` (or point POSTFLIGHT_LINTERS_BIN at the directory \
                  it installed it in)",
                 installed.display()
             )

@@ -521,7 +521,7 @@ fn linter_path(name: &str) -> PathBuf {
     let path = bin.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: install the template linters with `sudo bash ci/linters.sh` \
+        "{} is missing: install the template linters with `bash ci/linters.sh` \
          (or point POSTFLIGHT_LINTERS_BIN at the directory it installed them in)",
         path.display()
     );

@@ -242,7 +242,7 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("promtool runs (sudo bash ci/report-tools.sh installs it)");
+            .expect("promtool runs (bash ci/report-tools.sh installs it)");
         child
             .stdin
             .take()

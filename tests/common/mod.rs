@@ -162,7 +162,7 @@ pub fn assert_junit_follows_xunit_schema(junit: &Path) {
         .arg(&schema)
         .arg(junit)
         .output()
-        .expect("xmllint runs (sudo bash ci/report-tools.sh installs it)");
+        .expect("xmllint runs (bash ci/report-tools.sh installs it)");
     assert!(
         output.status.success(),
         "{} rejects {}: {}",
@@ -470,7 +470,7 @@ pub fn chromium_dom(html: &Path, screenshot: Option<&Path>) -> String {
         .arg("--dump-dom")
         .arg(&url)
         .output()
-        .expect("chromium runs (sudo bash ci/report-tools.sh installs it)");
+        .expect("chromium runs (bash ci/report-tools.sh installs it)");
     assert!(
         output.status.success(),
         "chromium: {}",
@@ -504,7 +504,7 @@ pub fn assert_promtool_accepts(metrics: &Path) {
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(metrics).expect("metrics written"))
         .output()
-        .expect("promtool runs (sudo bash ci/report-tools.sh installs it)");
+        .expect("promtool runs (bash ci/report-tools.sh installs it)");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

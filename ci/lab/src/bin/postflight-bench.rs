@@ -2,7 +2,7 @@
 //! table per size — every figure measured in the same run, with the ratio to the node's
 //! own reboot — so the speed targets are shown, never asserted by a timed test.
 //!
-//! `sudo bash ci/bench.sh 5 20 50` builds release binaries and runs it.
+//! `bash ci/bench.sh 5 20 50` builds release binaries and runs it.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
