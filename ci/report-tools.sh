@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/as-root.sh"
 
-packages=(libxml2-utils chromium prometheus curl python3)
+packages=(libxml2-utils chromium prometheus curl python3 man-db)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

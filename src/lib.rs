@@ -11,6 +11,7 @@
 //! Ansible one.
 
 pub mod ansible;
+pub mod build_info;
 pub mod checks;
 pub mod cluster;
 pub mod diagnose;

@@ -184,6 +184,29 @@ enum Command {
         #[command(flatten)]
         reports: ReportFlags,
     },
+    /// Print the version, the git commit, the build date, rustc and the Kubernetes API
+    /// version postflight was built against (the reports carry the same facts).
+    Version {
+        #[arg(long, value_enum, default_value_t)]
+        output: VersionOutput,
+    },
+    /// Print the completion script for SHELL, e.g. `source <(postflight completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, postflight(1) and one for each subcommand, into DIR.
+    Man {
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum VersionOutput {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +349,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         color: cli.color,
     };
     match cli.command {
+        Command::Version { output } => {
+            let build = postflight::build_info::BUILD;
+            match output {
+                VersionOutput::Text => print!("{}", build.text()),
+                VersionOutput::Json => println!("{}", serde_json::to_string_pretty(&build)?),
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "postflight", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { out_dir } => {
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("creating {}", out_dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &out_dir)
+                .with_context(|| format!("writing the man pages into {}", out_dir.display()))?;
+            Ok(0)
+        }
         Command::CheckInventory { file } => {
             let path = file.or(flags.inventory);
             Ok(match load_inventory(path.as_deref()) {

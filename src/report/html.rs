@@ -128,9 +128,11 @@ fn header(page: &mut String, reports: &[NodeReport], title: &str) {
         count("error"),
         count("skipped"),
     );
+    let build = crate::build_info::BUILD;
     let mut facts = vec![format!(
-        "postflight <code>{}</code>",
-        env!("CARGO_PKG_VERSION")
+        "postflight <code>{}</code> (<code>{}</code>)",
+        build.version,
+        escape(build.commit)
     )];
     if let Some(first) = reports.first() {
         facts.push(format!(

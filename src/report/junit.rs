@@ -163,12 +163,12 @@ fn node_suite(
         dialect,
     );
     let run = &node.run;
-    let mut props: Vec<(&str, String)> = vec![
-        ("run_id", run.run_id.clone()),
-        ("postflight_version", env!("CARGO_PKG_VERSION").to_string()),
+    let mut props: Vec<(&str, String)> = vec![("run_id", run.run_id.clone())];
+    props.extend(build_properties());
+    props.extend([
         ("node", node.node.clone()),
         ("rebooted", node.rebooted.to_string()),
-    ];
+    ]);
     let optional = [
         ("api_server", &run.api_server),
         ("context", &run.context),
@@ -343,11 +343,11 @@ fn rolling_suite(
     let run_ids: Vec<&str> = reports.iter().map(|r| r.run.run_id.as_str()).collect();
     properties(
         &mut xml,
-        &[
-            ("run_ids", run_ids.join(" ")),
-            ("postflight_version", env!("CARGO_PKG_VERSION").to_string()),
-            ("order", summary.order.join(" ")),
-        ],
+        &[("run_ids", run_ids.join(" "))]
+            .into_iter()
+            .chain(build_properties())
+            .chain([("order", summary.order.join(" "))])
+            .collect::<Vec<_>>(),
     );
     for node in &summary.order {
         let name = attribute(node);
@@ -442,6 +442,14 @@ fn escape(raw: &str, in_attribute: bool) -> String {
         }
     }
     out
+}
+
+/// What built this binary, as suite properties (`postflight version` says the same).
+fn build_properties() -> impl Iterator<Item = (&'static str, String)> {
+    crate::build_info::BUILD
+        .properties()
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
 }
 
 #[cfg(test)]
@@ -595,6 +603,10 @@ mod tests {
             .collect();
         assert_eq!(properties["run_id"], "0badc0de");
         assert_eq!(properties["postflight_version"], env!("CARGO_PKG_VERSION"));
+        let build = crate::build_info::BUILD;
+        assert_eq!(properties["postflight_commit"], build.commit);
+        assert_eq!(properties["rustc"], build.rustc);
+        assert_eq!(properties["kubernetes_api"], build.kubernetes_api);
         assert_eq!(properties["api_server"], "https://198.18.0.1:6443/");
         assert_eq!(properties["context"], "lab");
         assert_eq!(

@@ -282,6 +282,7 @@ pub fn json_document(reports: &[NodeReport]) -> serde_json::Value {
     serde_json::json!({
         "schema_version": JSON_SCHEMA_VERSION,
         "postflight_version": env!("CARGO_PKG_VERSION"),
+        "build": crate::build_info::BUILD,
         "nodes": reports,
         "exit_code": exit_code(reports),
     })
