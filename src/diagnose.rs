@@ -2,100 +2,10 @@
 //! the exact commands that fix it. A signature matches on evidence already collected
 //! (log lines, `stat` of the run directory, the tmpfiles.d file); nothing here does I/O.
 
-use crate::checks::RunDirStat;
-use crate::expectations::CalicoExpectations;
-use crate::inventory::SshTarget;
-
-/// How an engineer reaches a node from their own shell, for the remediation commands:
-/// the inventory's SSH destination (user, host and port, which need not resolve from the
-/// node's Kubernetes name), with sudo unless they log in as root; or, for a node reached
-/// through a node shell, `kubectl debug node/…` with the host's root at /host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeShell {
-    prefix: String,
-    sudo: &'static str,
-    /// `kubectl debug` runs a program, not a line for a remote shell: a quoted line
-    /// needs an `sh -c` in front of it there.
-    runs_program: bool,
-}
-
-impl NodeShell {
-    pub fn of(target: &SshTarget) -> Self {
-        // Through the same bastion postflight used: the node may not be reachable
-        // from the engineer's shell any other way.
-        let jump = match &target.jump {
-            Some(jump) => format!("-J {} ", shell_word(&jump.to_string())),
-            None => String::new(),
-        };
-        let port = if target.port == 22 {
-            String::new()
-        } else {
-            format!("-p {} ", target.port)
-        };
-        NodeShell {
-            prefix: format!(
-                "ssh {jump}{port}{}",
-                shell_word(&format!("{}@{}", target.user, target.host))
-            ),
-            sudo: if target.user == "root" { "" } else { "sudo " },
-            runs_program: false,
-        }
-    }
-
-    /// A node without SSH: a debugging pod in the host's namespaces, as the node-shell
-    /// transport uses, with the host's root filesystem at /host. It goes into the
-    /// node-shell namespace, the one where Pod Security lets it run; kubectl leaves it
-    /// there (`kubectl -n NAMESPACE delete pod node-debugger-…` when done).
-    pub fn kubectl_debug(node: &str, image: &str, namespace: &str) -> Self {
-        NodeShell {
-            prefix: format!(
-                "kubectl -n {} debug {} -i --quiet --profile=sysadmin --image={} -- chroot /host",
-                shell_word(namespace),
-                shell_word(&format!("node/{node}")),
-                shell_word(image)
-            ),
-            sudo: "",
-            runs_program: true,
-        }
-    }
-
-    /// `remote` as one command line to paste; `{sudo}` in it marks where root is needed.
-    fn run(&self, remote: &str) -> String {
-        let remote = remote.replace("{sudo}", self.sudo);
-        let quoted = remote.starts_with('"') || remote.starts_with('\'');
-        if self.runs_program && quoted {
-            format!("{} sh -c {remote}", self.prefix)
-        } else {
-            format!("{} {remote}", self.prefix)
-        }
-    }
-
-    /// Writes the tmpfiles.d line calico-node needs into `file`, then applies it.
-    fn restore_tmpfiles(&self, expected: &CalicoExpectations, file: &str) -> [String; 2] {
-        [
-            self.run(&format!(
-                "\"echo '{}' | {{sudo}}tee {file}\"",
-                expected.tmpfiles_line()
-            )),
-            self.recreate_run_dir(file),
-        ]
-    }
-
-    fn recreate_run_dir(&self, file: &str) -> String {
-        self.run(&format!("{{sudo}}systemd-tmpfiles --create {file}"))
-    }
-}
-
-/// A word for the engineer's shell: bare when nothing in it means anything to a shell (a
-/// `user@host:port` does not), quoted otherwise.
-fn shell_word(word: &str) -> String {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b"@:._-/=,+%".contains(&b);
-    if !word.is_empty() && word.bytes().all(plain) {
-        word.to_string()
-    } else {
-        shell_escape::unix::escape(word.into()).into_owned()
-    }
-}
+use crate::checks::{RunDirStat, TmpfilesEntry};
+use crate::expectations::{canonical_run_path, CalicoExpectations};
+pub use crate::fix::NodeShell;
+use crate::fix::{whole_line_pattern, Command, Fix};
 
 /// Log lines with which calico-node tells it cannot start; seeing one ends the wait for
 /// calico-node Ready at once.
@@ -131,6 +41,9 @@ pub struct Findings {
     pub run_dir_missing: bool,
     /// Some(None): the file does not exist.
     pub tmpfiles_content: Option<Option<String>>,
+    /// `systemd-tmpfiles --cat-config`, where it was read beside a declared file: the
+    /// other files, one of which may override the declared entry.
+    pub merged_tmpfiles: Option<String>,
 }
 
 impl Findings {
@@ -145,29 +58,216 @@ impl Findings {
             run_dir: None,
             run_dir_missing: false,
             tmpfiles_content: None,
+            merged_tmpfiles: None,
         }
     }
 }
 
-/// The tmpfiles.d verdict the findings carry, and the file a fix writes: the declared
-/// file, or the one the node's own entry came from.
-fn tmpfiles_state(findings: &Findings, expected: &CalicoExpectations) -> (bool, String) {
-    use crate::checks::{effective_tmpfiles_entry, judge_node_tmpfiles, judge_tmpfiles, Verdict};
+/// How the node's tmpfiles.d configuration is put right without losing an entry that
+/// was not found wrong: the wanted line goes into the fix's own file (the declared one,
+/// or the run directory's own), and each line that contradicts it is taken out of the
+/// file it is in, that line and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TmpfilesRepair {
+    /// The entry's file; the wanted line goes in when `add`.
+    file: String,
+    add: bool,
+    /// Each contradicting line as its file has it, and that file (None: the merged
+    /// configuration did not say which).
+    remove: Vec<(Option<String>, String)>,
+    /// The file whose entry makes the directory once the fix is done.
+    effective: String,
+}
+
+/// Directory entries for the run directory, as systemd-tmpfiles would apply them.
+fn run_dir_entries(text: &str, expected: &CalicoExpectations) -> Vec<TmpfilesEntry> {
+    let run_dir = canonical_run_path(&expected.run_dir);
+    crate::checks::parse_tmpfiles(text)
+        .into_iter()
+        .filter(|e| {
+            canonical_run_path(&e.path) == run_dir
+                && matches!(e.kind.trim_end_matches('!'), "d" | "D" | "v" | "q" | "Q")
+        })
+        .collect()
+}
+
+/// Whether the tmpfiles.d configuration the findings carry is wrong, and its repair.
+fn tmpfiles_repair(
+    findings: &Findings,
+    expected: &CalicoExpectations,
+) -> Option<(bool, TmpfilesRepair)> {
+    use crate::checks::{judge_node_tmpfiles, judge_tmpfiles, Verdict};
+    let own = expected.tmpfiles_file();
     match (&findings.tmpfiles_content, &expected.tmpfiles) {
-        (Some(Some(content)), Some(declared)) => (
-            judge_tmpfiles(Some(content), declared, &expected.run_dir).0 != Verdict::Passed,
-            declared.file.clone(),
-        ),
-        (Some(None), Some(declared)) => (true, declared.file.clone()),
-        (Some(Some(merged)), None) => {
-            let source = effective_tmpfiles_entry(merged, &expected.run_dir).and_then(|e| e.source);
-            (
-                matches!(judge_node_tmpfiles(merged, expected).0, Verdict::Failed(_)),
-                expected.tmpfiles_file(source.as_deref()),
-            )
+        (Some(content), Some(declared)) => {
+            let want = declared
+                .line
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mine = content
+                .as_deref()
+                .map(crate::checks::parse_tmpfiles)
+                .unwrap_or_default();
+            // The other files: whatever they say about the directory contradicts the
+            // declared entry, whether it comes before it (and wins) or after.
+            let others: Vec<TmpfilesEntry> = findings
+                .merged_tmpfiles
+                .as_deref()
+                .map(|m| run_dir_entries(m, expected))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.source.as_deref() != Some(own.as_str()) && e.line != want)
+                .collect();
+            // In the declared file, any other line for the directory contradicts it.
+            let contradicting: Vec<&TmpfilesEntry> = mine
+                .iter()
+                .filter(|e| {
+                    canonical_run_path(&e.path) == canonical_run_path(&expected.run_dir)
+                        && e.line != want
+                })
+                .collect();
+            let wrong = judge_tmpfiles(content.as_deref(), declared, &expected.run_dir).0
+                != Verdict::Passed
+                || !others.is_empty();
+            let mut remove: Vec<(Option<String>, String)> = contradicting
+                .into_iter()
+                .map(|e| (Some(own.clone()), e.raw.clone()))
+                .collect();
+            remove.extend(others.into_iter().map(|e| (e.source, e.raw)));
+            Some((
+                wrong,
+                TmpfilesRepair {
+                    add: !mine.iter().any(|e| e.line == want),
+                    file: own.clone(),
+                    remove,
+                    effective: own,
+                },
+            ))
         }
-        _ => (false, expected.tmpfiles_file(None)),
+        (Some(Some(merged)), None) => {
+            let wrong = matches!(judge_node_tmpfiles(merged, expected).0, Verdict::Failed(_));
+            let entries = run_dir_entries(merged, expected);
+            let good = |e: &TmpfilesEntry| {
+                e.stat()
+                    .is_ok_and(|stat| expected.judge_access(&stat).is_ok())
+            };
+            let first_good = entries.iter().find(|e| good(e));
+            Some((
+                wrong,
+                TmpfilesRepair {
+                    add: first_good.is_none(),
+                    effective: first_good
+                        .and_then(|e| e.source.clone())
+                        .unwrap_or_else(|| own.clone()),
+                    file: own,
+                    remove: entries
+                        .iter()
+                        .filter(|e| !good(e))
+                        .map(|e| (e.source.clone(), e.raw.clone()))
+                        .collect(),
+                },
+            ))
+        }
+        _ => None,
     }
+}
+
+impl TmpfilesRepair {
+    /// What is wrong with the configuration, in words.
+    fn describe(&self, expected: &CalicoExpectations) -> String {
+        let mut said = Vec::new();
+        if self.add {
+            said.push(format!(
+                "{} no longer has `{}`",
+                self.file,
+                expected.tmpfiles_line()
+            ));
+        }
+        for (file, line) in &self.remove {
+            let line = line.trim();
+            said.push(match file {
+                Some(file) if *file == self.file => format!("{file} has `{line}` instead"),
+                Some(file) => format!(
+                    "{file} has an entry for {} of its own, `{line}`",
+                    expected.run_dir
+                ),
+                None => format!(
+                    "a tmpfiles.d file has an entry for {} of its own, `{line}`",
+                    expected.run_dir
+                ),
+            });
+        }
+        said.join("; ")
+    }
+
+    /// Each contradicting line taken out of its file (sed deletes that exact line), the
+    /// wanted line appended to the entry's file, then the directory made as it says.
+    fn fixes(&self, shell: &NodeShell, expected: &CalicoExpectations) -> Vec<Fix> {
+        let append = || {
+            Command::new("tee")
+                .arg("-a")
+                .operands([self.file.as_str()])
+                .as_root()
+                .fed([expected.tmpfiles_line()])
+        };
+        let mut files: Vec<&str> = Vec::new();
+        for (file, _) in &self.remove {
+            if let Some(file) = file.as_deref().filter(|f| !files.contains(f)) {
+                files.push(file);
+            }
+        }
+        let mut fixes = Vec::new();
+        for file in &files {
+            let mut sed = Command::new("sed").arg("-i");
+            for (_, line) in self
+                .remove
+                .iter()
+                .filter(|(f, _)| f.as_deref() == Some(file))
+            {
+                sed = sed.arg("-e").arg(format!("{}d", whole_line_pattern(line)));
+            }
+            let mut commands = vec![sed.operands([*file]).as_root()];
+            if self.add && *file == self.file {
+                commands.push(append());
+            }
+            fixes.push(Fix::on(shell, commands));
+        }
+        for (_, line) in self.remove.iter().filter(|(f, _)| f.is_none()) {
+            fixes.push(Fix::note(format!(
+                "take the line {} out of the tmpfiles.d file that has it (systemd-tmpfiles --cat-config shows which)",
+                line.trim()
+            )));
+        }
+        if self.add && !files.contains(&self.file.as_str()) {
+            fixes.push(Fix::on(shell, [append()]));
+        }
+        fixes.push(Fix::on(
+            shell,
+            [Command::new("systemd-tmpfiles")
+                .arg("--create")
+                .operands([self.effective.as_str()])
+                .as_root()],
+        ));
+        fixes
+    }
+}
+
+/// Deletes the calico-node pod of the node, so its DaemonSet starts it again on the
+/// repaired directory.
+fn delete_calico_pod(findings: &Findings, expected: &CalicoExpectations) -> Fix {
+    let kubectl = Command::new("kubectl").args(["-n", &findings.calico_namespace]);
+    Fix::here([match &findings.calico_pod {
+        Some(pod) => kubectl.args(["delete", "pod"]).operands([pod.as_str()]),
+        None => kubectl.args([
+            "delete",
+            "pod",
+            "-l",
+            &expected.selector,
+            "--field-selector",
+            &format!("spec.nodeName={}", findings.node),
+        ]),
+    }])
 }
 
 pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
@@ -179,35 +279,28 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
     let permission_denied = findings
         .fatal_log_line
         .as_ref()
-        .is_some_and(|l| l.contains("permission denied"));
-    let (tmpfiles_clobbered, file) = tmpfiles_state(findings, expected);
-    let node = &findings.node;
+        .is_some_and(|l| l.to_ascii_lowercase().contains("permission denied"));
+    let repair = tmpfiles_repair(findings, expected).filter(|(wrong, _)| *wrong);
     let shell = &findings.shell;
-    let delete_pod = match &findings.calico_pod {
-        Some(pod) => format!("kubectl -n {} delete pod {pod}", findings.calico_namespace),
-        None => format!(
-            "kubectl -n {} delete pod -l {} --field-selector spec.nodeName={node}",
-            findings.calico_namespace, expected.selector
-        ),
-    };
     let observed = findings
         .run_dir
         .as_ref()
         .map(|s| s.to_string())
         .unwrap_or_else(|| "missing".into());
-    if (permission_denied || run_dir_wrong) && tmpfiles_clobbered {
+    if let (true, Some((_, repair))) = (permission_denied || run_dir_wrong, &repair) {
         return Some(Diagnosis {
             root_cause: format!(
-                "the tmpfiles.d entry for Calico was replaced (package update?): {file} no longer has `{}`, so at boot systemd-tmpfiles made {} as {observed} and calico-node ({}) cannot use it",
-                expected.tmpfiles_line(), expected.run_dir, expected.user()
+                "the tmpfiles.d entry for Calico was replaced (package update?): {}, so at boot systemd-tmpfiles made {} as {observed} and calico-node ({}) cannot use it",
+                repair.describe(expected), expected.run_dir, expected.user()
             ),
             remediation: [
-                shell.restore_tmpfiles(expected, &file).to_vec(),
-                vec![delete_pod],
+                repair.fixes(shell, expected),
+                vec![delete_calico_pod(findings, expected)],
             ]
             .concat(),
             prevention: Some(format!(
-                "put {file} into node provisioning (configuration management owns it, the OS package does not), and run `postflight drift` before every rolling update: every node updated with the same package carries the same fault until its next reboot"
+                "put {} into node provisioning (configuration management owns it, the OS package does not), and run `postflight drift` before every rolling update: every node updated with the same package carries the same fault until its next reboot",
+                repair.file
             )),
         });
     }
@@ -220,11 +313,15 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
                 expected.wanted()
             ),
             remediation: vec![
-                shell.run(&format!(
-                    "{{sudo}}install -d -m 0{} -o {} -g {} {}",
-                    want.mode, want.uid, want.gid, expected.run_dir
-                )),
-                delete_pod,
+                Fix::on(
+                    shell,
+                    [Command::new("install")
+                        .args(["-d", "-m", &format!("0{}", want.mode)])
+                        .args(["-o", &want.uid.to_string(), "-g", &want.gid.to_string()])
+                        .operands([expected.run_dir.as_str()])
+                        .as_root()],
+                ),
+                delete_calico_pod(findings, expected),
             ],
             prevention: Some("find what changes the directory's mode or owner after boot (a hardening script, a security agent)".into()),
         });
@@ -235,15 +332,17 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
 /// The incident's time bomb on a node that has not rebooted yet: its tmpfiles.d entry
 /// is wrong, so the next boot makes the run directory unusable for calico-node.
 pub fn diagnose_drift(findings: &Findings, expected: &CalicoExpectations) -> Option<Diagnosis> {
-    findings.tmpfiles_content.as_ref()?;
+    let (_, repair) = tmpfiles_repair(findings, expected)?;
     let node = &findings.node;
-    let (_, file) = tmpfiles_state(findings, expected);
+    let what = repair.describe(expected);
+    let file = &repair.file;
     Some(Diagnosis {
         root_cause: format!(
-            "{file} on {node} will not recreate {} as calico-node needs it (package update?): the node works now and breaks at its next reboot",
-            expected.run_dir
+            "{file} on {node} will not recreate {} as calico-node needs it (package update?){}: the node works now and breaks at its next reboot",
+            expected.run_dir,
+            if what.is_empty() { String::new() } else { format!(": {what}") }
         ),
-        remediation: findings.shell.restore_tmpfiles(expected, &file).to_vec(),
+        remediation: repair.fixes(&findings.shell, expected),
         prevention: Some(format!(
             "put {file} into node provisioning, so that an OS package cannot replace it unnoticed, and keep `postflight drift` in the rolling update before each reboot"
         )),
@@ -289,12 +388,37 @@ pub fn diagnose_bgp(
         .map(|s| format!("{} ({})", s.name, format!("{} {}", s.state, s.info).trim()))
         .collect();
     let socket = format!("{}/bird.ctl", expected.run_dir.trim_end_matches('/'));
-    let firewall = "'{sudo}iptables -S; {sudo}nft list ruleset' | grep -w 179   # a firewall dropping BGP (TCP 179)?";
-    let logs = |on: &str| {
-        format!(
-            "kubectl -n {} logs -l {} --field-selector spec.nodeName={on} --tail 50",
-            expected.namespace, expected.selector
+    let birdcl = |what: &[&str]| {
+        Command::new("birdcl")
+            .args(["-s", &socket])
+            .args(what.iter().copied())
+            .as_root()
+    };
+    // The firewall's rules are read on the node, and searched on the engineer's side.
+    let firewall = |shell: &NodeShell| {
+        Fix::on(
+            shell,
+            [
+                Command::new("iptables").arg("-S").as_root(),
+                Command::new("nft").args(["list", "ruleset"]).as_root(),
+            ],
         )
+        .keep_going()
+        .filtered(Command::new("grep").args(["-w", "179"]))
+        .commented("a firewall dropping BGP (TCP 179)?")
+    };
+    let logs = |on: &str| {
+        Fix::here([Command::new("kubectl").args([
+            "-n",
+            &expected.namespace,
+            "logs",
+            "-l",
+            &expected.selector,
+            "--field-selector",
+            &format!("spec.nodeName={on}"),
+            "--tail",
+            "50",
+        ])])
     };
     let culprits: Vec<&BgpPeer> = down
         .iter()
@@ -306,11 +430,13 @@ pub fn diagnose_bgp(
         let names: Vec<&str> = culprits.iter().map(|p| p.node.as_str()).collect();
         let mut remediation = Vec::new();
         for peer in &culprits {
-            remediation.push(peer.shell.run(firewall));
-            remediation.push(peer.shell.run(&format!(
-                "{{sudo}}birdcl -s {socket} show protocols   # does {} see its session to {node} down too?",
-                peer.node
-            )));
+            remediation.push(firewall(&peer.shell));
+            remediation.push(
+                Fix::on(&peer.shell, [birdcl(&["show", "protocols"])]).commented(format!(
+                    "does {} see its session to {node} down too?",
+                    peer.node
+                )),
+            );
             remediation.push(logs(&peer.node));
         }
         return Some(Diagnosis {
@@ -335,8 +461,9 @@ pub fn diagnose_bgp(
             described.join(", ")
         ),
         remediation: vec![
-            shell.run(&format!("{{sudo}}birdcl -s {socket} show protocols all   # why each session is down")),
-            shell.run(firewall),
+            Fix::on(shell, [birdcl(&["show", "protocols", "all"])])
+                .commented("why each session is down"),
+            firewall(shell),
             logs(node),
         ],
         prevention: Some(
@@ -367,12 +494,14 @@ pub fn diagnose_probes(
             why.join("; ")
         )
     };
+    let kubectl = || Command::new("kubectl").args(["-n", namespace]);
     Some(Diagnosis {
         root_cause,
         remediation: vec![
-            format!("kubectl -n {namespace} get events --sort-by=.lastTimestamp | tail -20"),
-            format!("kubectl -n {namespace} describe pods"),
-            format!("if the cluster cannot reach registry.k8s.io, mirror {image} and set probe.image in the inventory"),
+            Fix::here([kubectl().args(["get", "events", "--sort-by=.lastTimestamp"])])
+                .filtered(Command::new("tail").arg("-20")),
+            Fix::here([kubectl().args(["describe", "pods"])]),
+            Fix::note(format!("if the cluster cannot reach registry.k8s.io, mirror {image} and set probe.image in the inventory")),
         ],
         prevention: Some("keep the probe image in the cluster's own registry, next to the images the nodes run".into()),
     })
@@ -393,8 +522,19 @@ pub fn diagnose_datapath(
             implicated.describe()
         ),
         remediation: vec![
-            shell.run("'{sudo}nft list ruleset; {sudo}iptables -S FORWARD' | grep -nE 'cali|policy|drop|DROP'   # the rule or policy dropping forwarded pod traffic"),
-            shell.run("{sudo}ip -4 route   # each local pod has a /32 route on its cali* interface"),
+            // The rules are read on the node, and searched on the engineer's side.
+            Fix::on(
+                shell,
+                [
+                    Command::new("nft").args(["list", "ruleset"]).as_root(),
+                    Command::new("iptables").args(["-S", "FORWARD"]).as_root(),
+                ],
+            )
+            .keep_going()
+            .filtered(Command::new("grep").args(["-nE", "cali|policy|drop|DROP"]))
+            .commented("the rule or policy dropping forwarded pod traffic"),
+            Fix::on(shell, [Command::new("ip").args(["-4", "route"]).as_root()])
+                .commented("each local pod has a /32 route on its own cali interface"),
         ],
         prevention: Some(
             "keep the host firewall baseline from filtering forwarded traffic on cali* interfaces (or set the FORWARD policy to ACCEPT where Docker sets DROP), and run `postflight mesh` nightly".into(),
@@ -405,7 +545,9 @@ pub fn diagnose_datapath(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::JumpHost;
+    use crate::expectations::{CalicoUser, RunDirAccess, TmpfilesDeclaration};
+    use crate::fix::paste::{assert_pastes_as_intended, Paste};
+    use crate::inventory::{JumpHost, SshTarget};
 
     fn shell(user: &str, port: u16) -> NodeShell {
         NodeShell::of(&SshTarget {
@@ -420,43 +562,60 @@ mod tests {
         })
     }
 
+    fn rendered(diagnosis: &Diagnosis) -> Vec<String> {
+        diagnosis.remediation.iter().map(Fix::render).collect()
+    }
+
+    /// The incident's log line, as the incident report has it.
+    const INCIDENT_LOG: &str = "2026-12-01 10:00:00.000 [INFO][1] startup/startup.go 100: Early log level set to info\n2026-12-01 10:00:00.100 [FATAL][1] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico\n";
+
+    fn incident(shell: NodeShell) -> Findings {
+        Findings {
+            calico_pod: Some("calico-node-x1".into()),
+            fatal_log_line: fatal_calico_log_line(INCIDENT_LOG),
+            run_dir: RunDirStat::parse("700 0 0"),
+            tmpfiles_content: Some(Some(
+                "# kept by the site\nx /run/calico/keep - - - -\nd /run/calico 0700 root root -\n"
+                    .into(),
+            )),
+            ..Findings::new("k8s-worker-03", shell, "kube-system")
+        }
+    }
+
     #[test]
     fn a_node_without_ssh_is_fixed_through_kubectl_debug() {
         let shell =
             NodeShell::kubectl_debug("k8s-worker-03", "busybox:1.37.0", "postflight-node-shell");
+        let diagnosis =
+            diagnose(&incident(shell), &CalicoExpectations::default()).expect("a diagnosis");
         let prefix = "kubectl -n postflight-node-shell debug node/k8s-worker-03 -i --quiet --profile=sysadmin --image=busybox:1.37.0 -- chroot /host";
         assert_eq!(
-            shell.run("{sudo}systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"),
-            format!("{prefix} systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf")
-        );
-        // A quoted line is a shell's, and chroot runs programs: it gets one.
-        assert_eq!(
-            shell.run("\"echo 'd /run/calico' | {sudo}tee /etc/tmpfiles.d/calico.conf\""),
-            format!("{prefix} sh -c \"echo 'd /run/calico' | tee /etc/tmpfiles.d/calico.conf\"")
+            rendered(&diagnosis)[..2],
+            [
+                // Several commands are a shell's, and chroot runs programs: they get one.
+                format!(
+                    r#"{prefix} sh -c "sed -i -e '\\#^d /run/calico 0700 root root -\$#d' /etc/tmpfiles.d/calico.conf && printf '%s\\n' 'd /run/calico 0755 999 999 -' | tee -a /etc/tmpfiles.d/calico.conf""#
+                ),
+                format!("{prefix} systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"),
+            ]
         );
     }
 
     #[test]
     fn the_incident_is_named_with_its_fix_and_prevention() {
-        let findings = Findings {
-            calico_pod: Some("calico-node-x1".into()),
-            fatal_log_line: fatal_calico_log_line("start\n[FATAL] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico\n"),
-            run_dir: RunDirStat::parse("700 0 0"),
-            tmpfiles_content: Some(Some("d /run/calico 0700 root root -\n".into())),
-            ..Findings::new("k8s-worker-03", shell("ops", 22), "kube-system")
-        };
-        let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
+        let diagnosis = diagnose(&incident(shell("ops", 22)), &CalicoExpectations::default())
+            .expect("a diagnosis");
         assert!(
             diagnosis
                 .root_cause
-                .contains("tmpfiles.d entry for Calico was replaced"),
+                .contains("tmpfiles.d entry for Calico was replaced (package update?): /etc/tmpfiles.d/calico.conf no longer has `d /run/calico 0755 999 999 -`; /etc/tmpfiles.d/calico.conf has `d /run/calico 0700 root root -` instead"),
             "{}",
             diagnosis.root_cause
         );
         assert_eq!(
-            diagnosis.remediation,
+            rendered(&diagnosis),
             [
-                "ssh ops@10.20.0.13 \"echo 'd /run/calico 0755 999 999 -' | sudo tee /etc/tmpfiles.d/calico.conf\"",
+                r#"ssh ops@10.20.0.13 "sudo sed -i -e '\\#^d /run/calico 0700 root root -\$#d' /etc/tmpfiles.d/calico.conf && printf '%s\\n' 'd /run/calico 0755 999 999 -' | sudo tee -a /etc/tmpfiles.d/calico.conf""#,
                 "ssh ops@10.20.0.13 sudo systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
                 "kubectl -n kube-system delete pod calico-node-x1",
             ]
@@ -464,10 +623,144 @@ mod tests {
         assert!(diagnosis.prevention.unwrap().contains("provisioning"));
     }
 
+    /// An engineer's ssh that runs the remote command on this machine, as root would.
+    fn local_ssh() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = dir.path().join("ssh");
+        std::fs::write(
+            &ssh,
+            "#!/bin/sh\nwhile :; do case \"$1\" in -J|-p) shift 2;; --) shift; break;; *) break;; esac; done\nshift\nexec /bin/sh -c \"$*\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_fix_keeps_every_entry_it_did_not_find_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("calico $(touch PWNED) 'x'.conf");
+        let kept = "# kept by the site\nx /run/calico/keep - - - -\n";
+        std::fs::write(&file, format!("{kept}d  /run/calico 0700 root root -\n")).unwrap();
+        let expected = CalicoExpectations {
+            tmpfiles: Some(TmpfilesDeclaration {
+                file: file.display().to_string(),
+                line: "d /run/calico 0755 999 999 -".into(),
+            }),
+            ..CalicoExpectations::default()
+        };
+        let findings = Findings {
+            tmpfiles_content: Some(Some(std::fs::read_to_string(&file).unwrap())),
+            ..incident(shell("root", 22))
+        };
+        let diagnosis = diagnose(&findings, &expected).expect("a diagnosis");
+        let ssh = local_ssh();
+        let edit = diagnosis.remediation[0].render();
+        let status = std::process::Command::new("sh")
+            .args(["-c", &edit])
+            .current_dir(dir.path())
+            .env("PATH", format!("{}:/usr/bin:/bin", ssh.path().display()))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{edit}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{kept}d /run/calico 0755 999 999 -\n"),
+            "{edit}"
+        );
+        assert!(!dir.path().join("PWNED").exists());
+    }
+
+    /// calico-node as a hardened DaemonSet runs it (uid 999), with no entry declared.
+    fn undeclared() -> CalicoExpectations {
+        CalicoExpectations {
+            access: RunDirAccess::UsableBy(CalicoUser {
+                uid: 999,
+                gid: Some(999),
+                source: "runAsUser of DaemonSet kube-system/calico-node".into(),
+            }),
+            tmpfiles: None,
+            ..CalicoExpectations::default()
+        }
+    }
+
+    const ADVERSARY: &str = "/etc/tmpfiles.d/00-$(touch${IFS}PWNED)`id`';x.conf";
+
+    #[test]
+    fn a_file_that_overrides_the_entry_is_named_with_its_line_and_left_otherwise_alone() {
+        let merged = format!(
+            "# {ADVERSARY}\nd /run/calico 0700 root root -\nd /run/other 0755 - - -\n\n# /etc/tmpfiles.d/calico.conf\nd /run/calico 0755 999 999 -\n"
+        );
+        let findings = Findings {
+            tmpfiles_content: Some(Some(merged)),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&findings, &undeclared()).expect("a diagnosis");
+        assert!(
+            diagnosis.root_cause.contains(&format!(
+                "{ADVERSARY} has an entry for /var/run/calico of its own, `d /run/calico 0700 root root -`"
+            )),
+            "{}",
+            diagnosis.root_cause
+        );
+        let edit = &diagnosis.remediation[0].commands;
+        assert_eq!(
+            edit[0].argv,
+            [
+                "sed",
+                "-i",
+                "-e",
+                "\\#^d /run/calico 0700 root root -$#d",
+                ADVERSARY
+            ]
+        );
+        assert_eq!(edit.len(), 1, "nothing is written into the file: {edit:?}");
+        assert_eq!(
+            diagnosis.remediation[1].commands[0].argv,
+            [
+                "systemd-tmpfiles",
+                "--create",
+                "/etc/tmpfiles.d/calico.conf"
+            ],
+            "calico.conf's own entry is the one applied"
+        );
+        assert!(rendered(&diagnosis).iter().all(|f| !f.contains("tee")));
+        let paste = Paste::new();
+        for fix in &diagnosis.remediation {
+            assert_pastes_as_intended(&paste, fix);
+        }
+    }
+
+    #[test]
+    fn without_any_good_entry_the_line_goes_into_calicos_own_file() {
+        let merged = "# /usr/lib/tmpfiles.d/hardening.conf\nd /run/calico 0700 - - -\n";
+        let findings = Findings {
+            tmpfiles_content: Some(Some(merged.into())),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&findings, &undeclared()).expect("a diagnosis");
+        let fixes = rendered(&diagnosis);
+        assert_eq!(
+            fixes[..3],
+            [
+                r#"ssh ops@10.20.0.13 sudo sed -i -e "'\\#^d /run/calico 0700 - - -\$#d'" /usr/lib/tmpfiles.d/hardening.conf"#,
+                r#"ssh ops@10.20.0.13 "printf '%s\\n' 'd /run/calico 0755 999 999 -' | sudo tee -a /etc/tmpfiles.d/calico.conf""#,
+                "ssh ops@10.20.0.13 sudo systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
+            ]
+        );
+    }
+
     #[test]
     fn remediation_reaches_the_node_as_the_inventory_does() {
+        let diagnosis = diagnose(
+            &incident(shell("root", 2222)),
+            &CalicoExpectations::default(),
+        )
+        .expect("a diagnosis");
         assert_eq!(
-            shell("root", 2222).recreate_run_dir("/etc/tmpfiles.d/calico.conf"),
+            rendered(&diagnosis)[1],
             "ssh -p 2222 root@10.20.0.13 systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf",
             "root needs no sudo; a port other than 22 is named"
         );
@@ -493,8 +786,13 @@ mod tests {
             host: "bastion.example.com".into(),
             port: 22,
         };
+        let diagnosis = diagnose(
+            &incident(shell_through(bastion, 2222)),
+            &CalicoExpectations::default(),
+        )
+        .expect("a diagnosis");
         assert_eq!(
-            shell_through(bastion, 2222).recreate_run_dir("/etc/tmpfiles.d/calico.conf"),
+            rendered(&diagnosis)[1],
             "ssh -J jump@bastion.example.com:22 -p 2222 ops@10.20.0.13 sudo systemd-tmpfiles --create /etc/tmpfiles.d/calico.conf"
         );
         let ipv6 = JumpHost {
@@ -502,33 +800,162 @@ mod tests {
             host: "fd00::1".into(),
             port: 2200,
         };
-        let line = shell_through(ipv6, 22).recreate_run_dir("/etc/tmpfiles.d/calico.conf");
+        let diagnosis = diagnose(
+            &incident(shell_through(ipv6, 22)),
+            &CalicoExpectations::default(),
+        )
+        .expect("a diagnosis");
+        let line = &rendered(&diagnosis)[1];
         assert!(
             line.starts_with("ssh -J 'jump@[fd00::1]:2200' ops@10.20.0.13 "),
             "brackets are quoted for the shell: {line}"
         );
+        assert_pastes_as_intended(&Paste::new(), &diagnosis.remediation[1]);
+    }
+
+    /// Every diagnosis postflight can make, with every value a node or the cluster
+    /// supplies made hostile, through every way onto a node.
+    fn every_hostile_diagnosis() -> Vec<Diagnosis> {
+        let hostile = "$(touch PWNED)`touch PWNED`;touch PWNED;'\"${IFS}\n-x";
+        let shells = [
+            NodeShell::Ssh {
+                options: vec!["-J".into(), format!("j{hostile}@bastion:22")],
+                destination: format!("o{hostile}@10.20.0.13"),
+                root: false,
+            },
+            NodeShell::Ssh {
+                options: vec![],
+                destination: format!("-root{hostile}"),
+                root: true,
+            },
+            NodeShell::kubectl_debug(hostile, hostile, hostile),
+        ];
+        let line = "d /run/calico 0700 root root - $(touch PWNED) `id` ';' \"x\" ${IFS}";
+        let declared = CalicoExpectations {
+            namespace: format!("-kube{hostile}"),
+            selector: format!("k8s-app={hostile}"),
+            tmpfiles: Some(TmpfilesDeclaration {
+                file: format!("/etc/tmpfiles.d/{hostile}.conf"),
+                line: "d /run/calico 0755 999 999 -".into(),
+            }),
+            ..CalicoExpectations::default()
+        };
+        let undeclared = CalicoExpectations {
+            namespace: declared.namespace.clone(),
+            selector: declared.selector.clone(),
+            ..undeclared()
+        };
+        let strange_dir = CalicoExpectations {
+            run_dir: format!("/var/run/calico{hostile}"),
+            ..declared.clone()
+        };
+        let mut diagnoses = Vec::new();
+        for shell in &shells {
+            let base = Findings {
+                calico_pod: Some(format!("-calico-node{hostile}")),
+                calico_namespace: declared.namespace.clone(),
+                fatal_log_line: Some("permission denied".into()),
+                run_dir: RunDirStat::parse("700 0 0"),
+                ..Findings::new(&format!("node{hostile}"), shell.clone(), "")
+            };
+            let cases = [
+                // The declared file has a wrong line, and the adversary's file overrides it.
+                (
+                    Findings {
+                        tmpfiles_content: Some(Some(format!("{line}\n"))),
+                        merged_tmpfiles: Some(format!("# {ADVERSARY}\n{line}\n")),
+                        ..base.clone()
+                    },
+                    &declared,
+                ),
+                // The declared file is missing, and the pod is not known.
+                (
+                    Findings {
+                        tmpfiles_content: Some(None),
+                        calico_pod: None,
+                        ..base.clone()
+                    },
+                    &declared,
+                ),
+                // Nothing declared: the adversary's file has the entry, calico.conf none.
+                (
+                    Findings {
+                        tmpfiles_content: Some(Some(format!("# {ADVERSARY}\n{line}\n"))),
+                        ..base.clone()
+                    },
+                    &undeclared,
+                ),
+                // The entry is right and the directory is not.
+                (
+                    Findings {
+                        tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+                        ..base.clone()
+                    },
+                    &declared,
+                ),
+                (base.clone(), &strange_dir),
+            ];
+            for (findings, expected) in &cases {
+                diagnoses.extend(diagnose(findings, expected));
+                diagnoses.extend(diagnose_drift(findings, expected));
+            }
+            let peer = |address: &str| BgpPeer {
+                node: format!("peer{hostile}"),
+                address: address.parse().unwrap(),
+                shell: shell.clone(),
+            };
+            let peers = [peer("10.20.0.11"), peer("10.20.0.12"), peer("10.20.0.14")];
+            let all_down = SHOW_PROTOCOLS.replace("up     17:43:08.495  Established", "start");
+            for protocols in [SHOW_PROTOCOLS, all_down.as_str()] {
+                diagnoses.extend(diagnose_bgp(
+                    &base.node,
+                    shell,
+                    protocols,
+                    &peers,
+                    &strange_dir,
+                ));
+            }
+        }
+        diagnoses.extend(diagnose_probes(
+            "n",
+            hostile,
+            hostile,
+            &["ErrImagePull".into()],
+        ));
+        for shell in &shells {
+            diagnoses.push(diagnose_datapath(
+                hostile,
+                shell,
+                &crate::checks::Implicated {
+                    node: hostile.into(),
+                    fault: crate::checks::Fault::BothWays,
+                    failed_out: 1,
+                    probed_out: 1,
+                    failed_in: 1,
+                    probed_in: 1,
+                    or_else: vec![hostile.into()],
+                },
+            ));
+        }
+        diagnoses
     }
 
     #[test]
-    fn a_pasted_jump_command_reaches_ssh_as_these_words() {
-        let bastion = JumpHost {
-            user: "jump".into(),
-            host: "fd00::1".into(),
-            port: 2200,
-        };
-        let line = shell_through(bastion, 22).run("true");
-        let words = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "printf '%s\\n' {}",
-                line.trim_start_matches("ssh ")
-            ))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(words.stdout).unwrap(),
-            "-J\njump@[fd00::1]:2200\nops@10.20.0.13\ntrue\n"
-        );
+    fn every_fix_postflight_prints_pastes_as_exactly_its_words_whatever_the_node_says() {
+        let diagnoses = every_hostile_diagnosis();
+        // 3 shells × (4 host-state diagnoses, each twice but one, + 2 BGP + 1 datapath)
+        // + probes.
+        assert_eq!(diagnoses.len(), 3 * (4 * 2 + 1 + 2 + 1) + 1);
+        let paste = Paste::new();
+        let mut fixes = 0;
+        for diagnosis in &diagnoses {
+            assert!(!diagnosis.remediation.is_empty(), "{diagnosis:?}");
+            for fix in &diagnosis.remediation {
+                assert_pastes_as_intended(&paste, fix);
+                fixes += 1;
+            }
+        }
+        assert!(fixes > 60, "{fixes}");
     }
 
     const SHOW_PROTOCOLS: &str = "BIRD 2.0.12 ready.\nName       Proto      Table      State  Since         Info\n\
@@ -584,18 +1011,11 @@ mod tests {
             "{}",
             diagnosis.root_cause
         );
+        let fixes = rendered(&diagnosis);
+        assert!(fixes[0].starts_with("ssh ops@10.20.0.12 "), "{fixes:?}");
         assert!(
-            diagnosis.remediation[0].starts_with("ssh ops@10.20.0.12 "),
-            "{:?}",
-            diagnosis.remediation
-        );
-        assert!(
-            diagnosis
-                .remediation
-                .iter()
-                .all(|c| !c.contains("10.20.0.13")),
-            "nothing points at the node under test: {:?}",
-            diagnosis.remediation
+            fixes.iter().all(|c| !c.contains("10.20.0.13")),
+            "nothing points at the node under test: {fixes:?}"
         );
     }
 
@@ -613,7 +1033,7 @@ mod tests {
             "{}",
             diagnosis.root_cause
         );
-        assert!(diagnosis.remediation[0].starts_with("ssh ops@10.20.0.13 "));
+        assert!(rendered(&diagnosis)[0].starts_with("ssh ops@10.20.0.13 "));
     }
 
     #[test]

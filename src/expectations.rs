@@ -189,13 +189,13 @@ impl CalicoExpectations {
         }
     }
 
-    /// The tmpfiles.d file the fix writes: the declared one, else the one the node's entry
-    /// came from, else Calico's usual file.
-    pub fn tmpfiles_file(&self, found_in: Option<&str>) -> String {
-        match (&self.tmpfiles, found_in) {
-            (Some(declared), _) => declared.file.clone(),
-            (None, Some(file)) => file.to_string(),
-            (None, None) => DEFAULT_TMPFILES_FILE.into(),
+    /// The tmpfiles.d file the fix writes: the declared one, else the run directory's own
+    /// (Calico's usual file). An entry found in any other file is never written over:
+    /// it belongs to whatever put it there, and the fix names the line to take out.
+    pub fn tmpfiles_file(&self) -> String {
+        match &self.tmpfiles {
+            Some(declared) => declared.file.clone(),
+            None => DEFAULT_TMPFILES_FILE.into(),
         }
     }
 
@@ -543,11 +543,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(resolved.tmpfiles_line(), "d /run/calico 0755 999 999 -");
-        assert_eq!(resolved.tmpfiles_file(None), "/etc/tmpfiles.d/calico.conf");
-        assert_eq!(
-            resolved.tmpfiles_file(Some("/etc/tmpfiles.d/10-site.conf")),
-            "/etc/tmpfiles.d/10-site.conf"
-        );
+        assert_eq!(resolved.tmpfiles_file(), "/etc/tmpfiles.d/calico.conf");
     }
 
     #[rstest]

@@ -5,7 +5,8 @@
 //! Data flows one way: [`inventory`] → [`gate`] (which orders actions against the
 //! cluster through [`cluster`] and on the hosts through [`host`]: SSH, or a
 //! [`node_shell`] pod) → verdicts with
-//! evidence from [`checks`] and root-cause hints from [`diagnose`] → [`report`].
+//! evidence from [`checks`] and root-cause hints from [`diagnose`], whose fix commands
+//! are data that [`fix`] renders → [`report`].
 //! [`rbac`] holds every permission postflight uses: the manifest it prints and the
 //! access review a run makes before it acts. [`ansible`] writes an inventory from an
 //! Ansible one.
@@ -16,6 +17,7 @@ pub mod checks;
 pub mod cluster;
 pub mod diagnose;
 pub mod expectations;
+pub mod fix;
 pub mod gate;
 pub mod host;
 pub mod hostile;

@@ -33,7 +33,7 @@ pub use tmpfiles::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnosis {
     pub root_cause: String,
-    pub remediation: Vec<String>,
+    pub remediation: Vec<crate::fix::Fix>,
     pub prevention: Option<String>,
 }
 

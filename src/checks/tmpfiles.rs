@@ -72,7 +72,10 @@ pub struct TmpfilesEntry {
     pub mode: String,
     pub user: String,
     pub group: String,
+    /// The line with its fields' whitespace normalised, as entries are compared.
     pub line: String,
+    /// The line exactly as the file has it, for a fix that removes it and nothing else.
+    pub raw: String,
     pub source: Option<String>,
 }
 
@@ -100,6 +103,7 @@ pub fn parse_tmpfiles(text: &str) -> Vec<TmpfilesEntry> {
             user: field(3),
             group: field(4),
             line: normalise(line),
+            raw: raw.to_string(),
             source: source.clone(),
         });
     }

@@ -218,6 +218,11 @@ pub(super) async fn drift_checks_on(
         }),
         _ => transport.run(&cat_config).await,
     };
+    // Beside a declared file, the other files: one of them may override its entry.
+    let merged_tmpfiles = match (&calico.tmpfiles, &merged) {
+        (Some(_), Ok(output)) if output.success() => Some(output.stdout.clone()),
+        _ => None,
+    };
     let mut next_boot = match merged {
         Ok(output) if output.success() => check_result(
             CheckName::RunDirAfterNextBoot,
@@ -238,7 +243,7 @@ pub(super) async fn drift_checks_on(
                     "`systemd-tmpfiles --cat-config` failed (exit {}: {}); judged from {} alone, other tmpfiles.d files may override it",
                     output.exit_status,
                     output.stderr.trim(),
-                    calico.tmpfiles_file(None)
+                    calico.tmpfiles_file()
                 ));
                 result
             }
@@ -256,6 +261,7 @@ pub(super) async fn drift_checks_on(
         run_dir: host.run_dir_stat.clone(),
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
+        merged_tmpfiles,
         ..Findings::new(node, shell.clone(), &calico.namespace)
     };
     let mut tmpfiles = host.tmpfiles;

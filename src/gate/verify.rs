@@ -443,6 +443,7 @@ async fn verify_steps(
         run_dir: host.run_dir_stat.clone(),
         run_dir_missing: host.run_dir_missing,
         tmpfiles_content: host.tmpfiles_content.clone(),
+        merged_tmpfiles: None,
     };
     let connectivity = recorder.timed(
         "probe pod connectivity",

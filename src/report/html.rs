@@ -431,7 +431,14 @@ fn node_section(page: &mut String, node: &NodeReport) {
                 let _ = write!(
                     fix,
                     "<pre class=\"fix\">{}</pre>",
-                    escape(&diagnosis.remediation.join("\n"))
+                    escape(
+                        &diagnosis
+                            .remediation
+                            .iter()
+                            .map(crate::fix::Fix::render)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
                 );
             }
             if let Some(prevention) = &diagnosis.prevention {
