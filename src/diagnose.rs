@@ -7,25 +7,240 @@ use crate::expectations::{canonical_run_path, CalicoExpectations};
 pub use crate::fix::NodeShell;
 use crate::fix::{whole_line_pattern, Command, Fix};
 
-/// Log lines with which calico-node tells it cannot start; seeing one ends the wait for
-/// calico-node Ready at once.
-const FATAL_CALICO_LOG_MARKERS: &[&str] = &[
-    "permission denied on /var/run/calico",
-    "permission denied on /run/calico",
-    "Failed to initialize BIRD",
-];
-
 pub use crate::checks::Diagnosis;
 
-/// The first known fatal line in a calico-node log.
+/// A failure calico-node (or a part of Calico) states about itself, known by what real
+/// Calico prints, each with the root cause it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signature {
+    /// calico-node's user cannot use the run directory: the incident. Its report's own
+    /// wording, BIRD's `Cannot create control socket …: Permission denied`, and the
+    /// readiness probe's `connect: permission denied` on the control socket.
+    RunDirDenied,
+    /// BIRD's `Cannot create control socket …: Address in use`: a socket left from before
+    /// the reboot, or another BIRD still running (projectcalico/calico #3399).
+    SocketInUse,
+    /// The readiness probe's `unable to connect to BIRDv4 socket … connection refused`:
+    /// BIRD is not running in calico-node (projectcalico/calico #9638, #6860).
+    BirdNotRunning,
+    /// Non-privileged mode's init container: `Unable to chown /var/lib/calico/`
+    /// (projectcalico/calico #7653).
+    ChownFailed,
+    /// The CNI plugin's `stat /var/lib/calico/nodename: no such file or directory`:
+    /// calico-node has not written its nodename, so it is not running on the node
+    /// (rancher/elemental #218).
+    NoNodename,
+}
+
+/// Who said a line: calico-node at an error level, BIRD itself, the readiness or
+/// liveness probe (from the pod's events), or the CNI plugin (a pod's sandbox events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaker {
+    Calico,
+    Bird,
+    Probe,
+    Cni,
+}
+
+/// The signatures, and who must say them: a marker counts only in a line of its own
+/// speaker, so an INFO line or an env value echoed at startup never matches.
+const SIGNATURES: &[(Speaker, &str, Signature)] = &[
+    // The incident report's own wording.
+    (
+        Speaker::Calico,
+        "permission denied on /var/run/calico",
+        Signature::RunDirDenied,
+    ),
+    (
+        Speaker::Calico,
+        "permission denied on /run/calico",
+        Signature::RunDirDenied,
+    ),
+    (
+        Speaker::Calico,
+        "Failed to initialize BIRD",
+        Signature::RunDirDenied,
+    ),
+    (
+        Speaker::Calico,
+        "Unable to chown /var/lib/calico",
+        Signature::ChownFailed,
+    ),
+    (
+        Speaker::Bird,
+        "Cannot create control socket",
+        Signature::SocketInUse,
+    ),
+    (
+        Speaker::Probe,
+        "unable to connect to BIRDv4 socket",
+        Signature::BirdNotRunning,
+    ),
+    (
+        Speaker::Probe,
+        "unable to connect to BIRDv6 socket",
+        Signature::BirdNotRunning,
+    ),
+    (
+        Speaker::Cni,
+        "stat /var/lib/calico/nodename: no such file or directory",
+        Signature::NoNodename,
+    ),
+];
+
+/// What a line from `speaker` says, if it is a known signature. A control socket that
+/// is refused for permission is the incident's, whoever says it.
+fn signature_in(speaker: Speaker, line: &str) -> Option<Signature> {
+    let (_, _, signature) = SIGNATURES
+        .iter()
+        .find(|(who, marker, _)| *who == speaker && line.contains(marker))?;
+    let denied = line.to_ascii_lowercase().contains("permission denied");
+    Some(match signature {
+        Signature::SocketInUse | Signature::BirdNotRunning if denied => Signature::RunDirDenied,
+        Signature::SocketInUse if !line.contains("Address in use") => Signature::BirdNotRunning,
+        other => *other,
+    })
+}
+
+/// The signature a reported line carries (a line `fatal_calico_log_line`,
+/// `fatal_probe_event` or `cni_failure` returned).
+pub fn signature_of(line: &str) -> Option<Signature> {
+    [Speaker::Calico, Speaker::Bird, Speaker::Probe, Speaker::Cni]
+        .into_iter()
+        .find_map(|speaker| signature_in(speaker, line))
+}
+
+/// Whether a calico-node log line is calico-node's own at FATAL, ERROR or PANIC level:
+/// Calico's format (`2026-12-01 10:00:00.000 [FATAL][1] file.go 12: …`, the level the
+/// first bracket after the timestamp) or logrus' (`level=fatal` as a key of its own,
+/// not inside a quoted value).
+fn at_error_level(line: &str) -> bool {
+    let error = |level: &str| {
+        ["fatal", "error", "panic"]
+            .iter()
+            .any(|l| level.eq_ignore_ascii_case(l))
+    };
+    if let Some(open) = line.find('[') {
+        let timestamp = &line[..open];
+        if timestamp
+            .chars()
+            .all(|c| c.is_ascii_digit() || " -:.TZ+".contains(c))
+        {
+            let level = line[open + 1..].split(']').next().unwrap_or_default();
+            return error(level);
+        }
+    }
+    logfmt_value(line, "level").is_some_and(error)
+}
+
+/// The value of `key` in a logfmt line (`time="…" level=fatal msg="…"`), reading quoted
+/// values whole, so a `level=fatal` inside one is not a key.
+fn logfmt_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let end = rest.find(['=', ' ']).unwrap_or(rest.len());
+        let name = &rest[..end];
+        rest = &rest[end..];
+        let value = match rest.strip_prefix('=') {
+            Some(after) if after.starts_with('"') => {
+                let body = &after[1..];
+                let mut close = None;
+                let mut escaped = false;
+                for (i, c) in body.char_indices() {
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '"' => {
+                            close = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let close = close?;
+                rest = &body[close + 1..];
+                &body[..close]
+            }
+            Some(after) => {
+                let end = after.find(' ').unwrap_or(after.len());
+                rest = &after[end..];
+                &after[..end]
+            }
+            None => "",
+        };
+        if name == key {
+            return Some(value);
+        }
+        rest = rest.trim_start();
+    }
+    None
+}
+
+/// BIRD's own line, as it prints it in calico-node's log: `bird: …`.
+fn bird_line(line: &str) -> bool {
+    line.trim_start().starts_with("bird: ")
+}
+
+/// The last known fatal line in a calico-node log (the log of the container's last
+/// run): a signature in calico-node's own line at FATAL, ERROR or PANIC level, or in
+/// BIRD's own. The last, because what a dying container says last is why it died.
 pub fn fatal_calico_log_line(log: &str) -> Option<String> {
     log.lines()
+        .rev()
         .find(|line| {
-            FATAL_CALICO_LOG_MARKERS
-                .iter()
-                .any(|marker| line.contains(marker))
+            (at_error_level(line) && signature_in(Speaker::Calico, line).is_some())
+                || (bird_line(line) && signature_in(Speaker::Bird, line).is_some())
         })
         .map(|l| l.trim().to_string())
+}
+
+/// A probe failure as the kubelet reports it in a pod's event (reason `Unhealthy`):
+/// the message, and when it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeEvent {
+    pub message: String,
+    pub last_seen: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// The newest known signature among calico-node's probe failures since `since` (the
+/// start of its current container): only the probe's own output counts, the text after
+/// the kubelet's `Readiness probe failed: ` (or `Liveness …`), and it must be Calico's
+/// `calico/node is not ready: BIRD is not ready: …`.
+pub fn fatal_probe_event(
+    events: &[ProbeEvent],
+    since: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
+    let mut recent: Vec<&ProbeEvent> = events
+        .iter()
+        .filter(|e| match (since, e.last_seen) {
+            (Some(since), Some(seen)) => seen >= since,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .collect();
+    recent.sort_by_key(|e| e.last_seen);
+    recent
+        .into_iter()
+        .rev()
+        .find(|e| {
+            let output = ["Readiness probe failed: ", "Liveness probe failed: "]
+                .iter()
+                .find_map(|p| e.message.strip_prefix(p));
+            output.is_some_and(|o| {
+                o.trim_start()
+                    .starts_with("calico/node is not ready: BIRD is not ready:")
+                    && signature_in(Speaker::Probe, o).is_some()
+            })
+        })
+        .map(|e| e.message.trim().to_string())
+}
+
+/// The CNI plugin's known failure in why a pod did not start (a sandbox event's message
+/// or a waiting reason), for the node whose pods it could not wire.
+pub fn cni_failure(why: &[String]) -> Option<&str> {
+    why.iter()
+        .map(String::as_str)
+        .find(|w| signature_in(Speaker::Cni, w).is_some())
 }
 
 /// What the diagnosis can use; each piece is optional because collection may fail.
@@ -276,10 +491,8 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
             .run_dir
             .as_ref()
             .is_some_and(|s| expected.judge_access(s).is_err());
-    let permission_denied = findings
-        .fatal_log_line
-        .as_ref()
-        .is_some_and(|l| l.to_ascii_lowercase().contains("permission denied"));
+    let signature = findings.fatal_log_line.as_deref().and_then(signature_of);
+    let permission_denied = signature == Some(Signature::RunDirDenied);
     let repair = tmpfiles_repair(findings, expected).filter(|(wrong, _)| *wrong);
     let shell = &findings.shell;
     let observed = findings
@@ -326,7 +539,109 @@ pub fn diagnose(findings: &Findings, expected: &CalicoExpectations) -> Option<Di
             prevention: Some("find what changes the directory's mode or owner after boot (a hardening script, a security agent)".into()),
         });
     }
-    None
+    let line = findings.fatal_log_line.as_deref().unwrap_or_default();
+    signature.and_then(|signature| diagnose_signature(signature, line, findings, expected))
+}
+
+/// BIRD's control socket, in calico-node's run directory.
+fn bird_socket(expected: &CalicoExpectations) -> String {
+    format!("{}/bird.ctl", expected.run_dir.trim_end_matches('/'))
+}
+
+/// calico-node's own words, where the host state the checks read is right.
+fn diagnose_signature(
+    signature: Signature,
+    line: &str,
+    findings: &Findings,
+    expected: &CalicoExpectations,
+) -> Option<Diagnosis> {
+    let node = &findings.node;
+    let shell = &findings.shell;
+    let socket = bird_socket(expected);
+    let logs = || {
+        let kubectl = Command::new("kubectl").args(["-n", &findings.calico_namespace, "logs"]);
+        Fix::here([match &findings.calico_pod {
+            Some(pod) => kubectl.operands([pod.as_str()]).args(["--tail", "100"]),
+            None => kubectl.args([
+                "-l",
+                &expected.selector,
+                "--field-selector",
+                &format!("spec.nodeName={node}"),
+                "--tail",
+                "100",
+            ]),
+        }])
+    };
+    match signature {
+        Signature::SocketInUse => Some(Diagnosis {
+            root_cause: format!(
+                "BIRD cannot create its control socket {socket} on {node}: it is in use, by a socket file left from before the reboot (the run directory outlived the boot, so it is not on /run's tmpfs) or by another BIRD still running (calico-node said: {line})"
+            ),
+            remediation: vec![
+                Fix::on(shell, [Command::new("pgrep").args(["-a", "bird"])])
+                    .commented("another BIRD still running? stop it first"),
+                Fix::on(
+                    shell,
+                    [Command::new("rm").arg("-f").operands([socket.as_str()]).as_root()],
+                )
+                .commented("only when no BIRD runs: the socket is left from before the reboot"),
+                delete_calico_pod(findings, expected),
+            ],
+            prevention: Some(format!(
+                "keep {} on /run (a tmpfs), so that every boot starts without a socket in it",
+                expected.run_dir
+            )),
+        }),
+        Signature::BirdNotRunning => Some(Diagnosis {
+            root_cause: format!(
+                "calico-node's readiness probe cannot reach BIRD on its control socket {socket} on {node}: BIRD is not running in calico-node (it did not start, or died), so no routes are exchanged; BIRD's own error is in calico-node's log (the probe said: {line})"
+            ),
+            remediation: vec![
+                logs().filtered(Command::new("grep").args(["-i", "bird"])),
+                Fix::on(
+                    shell,
+                    [Command::new("birdcl")
+                        .args(["-s", &socket, "show", "status"])
+                        .as_root()],
+                )
+                .commented("does BIRD answer on the node?"),
+            ],
+            prevention: None,
+        }),
+        Signature::ChownFailed => {
+            let want = expected.wanted_stat();
+            Some(Diagnosis {
+                root_cause: format!(
+                    "calico-node runs non-privileged, and its init container could not chown /var/lib/calico/ on {node} to calico-node's user ({}): calico-node cannot write its state there (it said: {line})",
+                    expected.user()
+                ),
+                remediation: vec![
+                    Fix::on(
+                        shell,
+                        [Command::new("stat")
+                            .args(["-c", "%a %u %g", "/var/lib/calico"])
+                            .as_root()],
+                    )
+                    .commented("who owns it now?"),
+                    Fix::on(
+                        shell,
+                        [Command::new("chown")
+                            .arg("-R")
+                            .arg(format!("{}:{}", want.uid, want.gid))
+                            .operands(["/var/lib/calico"])
+                            .as_root()],
+                    ),
+                    delete_calico_pod(findings, expected),
+                ],
+                prevention: Some(
+                    "give the init container of non-privileged mode what Calico's manifest gives it (it runs as root with CAP_CHOWN), or provision /var/lib/calico owned by calico-node's user"
+                        .into(),
+                ),
+            })
+        }
+        // Diagnosed where the CNI plugin says it: the probe pods it could not wire.
+        Signature::RunDirDenied | Signature::NoNodename => None,
+    }
 }
 
 /// The incident's time bomb on a node that has not rebooted yet: its tmpfiles.d entry
@@ -387,7 +702,7 @@ pub fn diagnose_bgp(
         .iter()
         .map(|s| format!("{} ({})", s.name, format!("{} {}", s.state, s.info).trim()))
         .collect();
-    let socket = format!("{}/bird.ctl", expected.run_dir.trim_end_matches('/'));
+    let socket = bird_socket(expected);
     let birdcl = |what: &[&str]| {
         Command::new("birdcl")
             .args(["-s", &socket])
@@ -482,6 +797,29 @@ pub fn diagnose_probes(
 ) -> Option<Diagnosis> {
     if why.is_empty() {
         return None;
+    }
+    if let Some(said) = cni_failure(why) {
+        return Some(Diagnosis {
+            root_cause: format!(
+                "the CNI plugin cannot wire pods on {node}: calico-node has not written /var/lib/calico/nodename there, so it is not running on {node} (or has not started, or does not mount /var/lib/calico); the pod network of {node} was not tested ({said})"
+            ),
+            remediation: vec![
+                Fix::here([Command::new("kubectl").args([
+                    "get",
+                    "pods",
+                    "-A",
+                    "-o",
+                    "wide",
+                    "--field-selector",
+                    &format!("spec.nodeName={node}"),
+                ])])
+                .commented("is calico-node there, and Running?"),
+                Fix::here([Command::new("kubectl").args(["get", "daemonsets", "-A"])])
+                    .filtered(Command::new("grep").arg("calico-node"))
+                    .commented("does its DaemonSet schedule on this node?"),
+            ],
+            prevention: Some("keep calico-node's DaemonSet tolerating every node taint, so that it runs on every node pods are scheduled to".into()),
+        });
     }
     let image_trouble = why
         .iter()
@@ -813,6 +1151,205 @@ mod tests {
         assert_pastes_as_intended(&Paste::new(), &diagnosis.remediation[1]);
     }
 
+    const BIRD_DENIED: &str =
+        "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied";
+    const BIRD_IN_USE: &str =
+        "bird: Cannot create control socket /var/run/calico/bird.ctl: Address in use";
+    const PROBE_REFUSED: &str = "Readiness probe failed: calico/node is not ready: BIRD is not ready: Error querying BIRD: unable to connect to BIRDv4 socket: dial unix /var/run/calico/bird.ctl: connect: connection refused";
+    const PROBE_DENIED: &str = "Readiness probe failed: calico/node is not ready: BIRD is not ready: Error querying BIRD: unable to connect to BIRDv4 socket: dial unix /var/run/calico/bird.ctl: connect: permission denied";
+    const CNI_NODENAME: &str = "FailedCreatePodSandBox: Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox \"0f3c\": plugin type=\"calico\" failed (add): stat /var/lib/calico/nodename: no such file or directory: check that the calico/node container is running and has mounted /var/lib/calico/";
+
+    #[rstest::rstest]
+    #[case::incident_report("2026-12-01 10:00:00.100 [FATAL][1] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico", Signature::RunDirDenied)]
+    #[case::lab_stand_in("2026-12-02T05:46:39.123456789Z [FATAL][1] Failed to initialize BIRD: could not load existing routes — permission denied on /var/run/calico", Signature::RunDirDenied)]
+    #[case::logrus("time=\"2026-12-01T10:00:00Z\" level=fatal msg=\"Failed to initialize BIRD: permission denied on /run/calico\"", Signature::RunDirDenied)]
+    #[case::bird_denied(BIRD_DENIED, Signature::RunDirDenied)]
+    #[case::bird_in_use(BIRD_IN_USE, Signature::SocketInUse)]
+    #[case::chown("2026-12-01 10:00:00.000 [ERROR][1] hostpath-init/init.go 60: Unable to chown /var/lib/calico/: operation not permitted", Signature::ChownFailed)]
+    #[case::chown_fatal(
+        "2026-12-01 10:00:00.000 [FATAL][1] Unable to chown /var/lib/calico/",
+        Signature::ChownFailed
+    )]
+    fn real_calicos_fatal_lines_are_recognised(#[case] line: &str, #[case] signature: Signature) {
+        let log = format!("2026-12-01 10:00:00.000 [INFO][1] startup/startup.go 100: Early log level set to info\n{line}\n");
+        assert_eq!(fatal_calico_log_line(&log).as_deref(), Some(line));
+        assert_eq!(signature_of(line), Some(signature));
+    }
+
+    #[rstest::rstest]
+    #[case::info_line("2026-12-01 10:00:00.000 [INFO][1] startup/startup.go 100: env CALICO_NOTE=permission denied on /var/run/calico")]
+    #[case::warning("2026-12-01 10:00:00.000 [WARNING][1] Failed to initialize BIRD: permission denied on /var/run/calico")]
+    #[case::bare_env_echo(
+        "CALICO_NOTE=[FATAL] Failed to initialize BIRD: permission denied on /var/run/calico"
+    )]
+    #[case::level_inside_a_value("time=\"2026-12-01T10:00:00Z\" level=info msg=\"level=fatal permission denied on /var/run/calico\"")]
+    #[case::bird_echoed_at_info("2026-12-01 10:00:00.000 [INFO][1] env NOTE=bird: Cannot create control socket /var/run/calico/bird.ctl: Address in use")]
+    #[case::bird_info("bird: Mesh_10_20_0_12: State changed to up")]
+    fn a_marker_outside_calicos_own_error_lines_does_not_count(#[case] line: &str) {
+        assert_eq!(fatal_calico_log_line(line), None, "{line}");
+    }
+
+    #[test]
+    fn the_reported_line_is_the_last_fatal_one_not_an_echo_before_it() {
+        // The adversary's case: a DaemonSet env value echoed at startup, then the real
+        // FATAL line. The echo once made the diagnosis "something changed it after boot".
+        let log = format!(
+            "2026-12-01 10:00:00.000 [INFO][1] startup/startup.go 100: CALICO_NOTE=permission denied on /var/run/calico\n\
+             2026-12-01 10:00:01.000 [ERROR][1] Failed to initialize BIRD: could not load existing routes — permission denied on /run/calico\n\
+             {BIRD_IN_USE}\n\
+             2026-12-01 10:00:02.000 [INFO][1] shutting down\n"
+        );
+        assert_eq!(fatal_calico_log_line(&log).as_deref(), Some(BIRD_IN_USE));
+        let findings = Findings {
+            fatal_log_line: fatal_calico_log_line(&log),
+            run_dir: RunDirStat::parse("755 999 999"),
+            tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
+        assert!(
+            diagnosis.root_cause.contains("it is in use")
+                && !diagnosis.root_cause.contains("changed it after boot"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert!(rendered(&diagnosis)[1].contains("rm -f /var/run/calico/bird.ctl"));
+    }
+
+    #[test]
+    fn an_echoed_marker_alone_diagnoses_nothing() {
+        let log = "2026-12-01 10:00:00.000 [INFO][1] startup/startup.go 100: CALICO_NOTE=permission denied on /var/run/calico\n";
+        let findings = Findings {
+            fatal_log_line: fatal_calico_log_line(log),
+            run_dir: RunDirStat::parse("755 999 999"),
+            tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+            ..incident(shell("ops", 22))
+        };
+        assert_eq!(findings.fatal_log_line, None);
+        assert_eq!(diagnose(&findings, &CalicoExpectations::default()), None);
+    }
+
+    fn at(seconds: i64) -> Option<k8s_openapi::jiff::Timestamp> {
+        Some(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap())
+    }
+
+    fn event(message: &str, seconds: i64) -> ProbeEvent {
+        ProbeEvent {
+            message: message.into(),
+            last_seen: at(seconds),
+        }
+    }
+
+    #[rstest::rstest]
+    #[case::refused(PROBE_REFUSED, Signature::BirdNotRunning)]
+    #[case::denied(PROBE_DENIED, Signature::RunDirDenied)]
+    #[case::liveness(&PROBE_REFUSED.replace("Readiness", "Liveness"), Signature::BirdNotRunning)]
+    fn a_probe_that_cannot_reach_birds_socket_is_recognised_from_events(
+        #[case] message: &str,
+        #[case] signature: Signature,
+    ) {
+        let line = fatal_probe_event(&[event(message, 10)], at(0));
+        assert_eq!(line.as_deref(), Some(message));
+        assert_eq!(signature_of(message), Some(signature));
+    }
+
+    #[test]
+    fn only_the_probes_own_output_since_the_container_started_counts_and_the_newest_wins() {
+        let before_start = event(PROBE_DENIED, -5);
+        assert_eq!(fatal_probe_event(&[before_start], at(0)), None);
+        let not_calicos = event(
+            "Readiness probe failed: HTTP probe failed: note=unable to connect to BIRDv4 socket: permission denied",
+            10,
+        );
+        assert_eq!(fatal_probe_event(&[not_calicos], at(0)), None);
+        let not_a_probe = event(
+            "Created container calico-node: calico/node is not ready: BIRD is not ready: unable to connect to BIRDv4 socket",
+            10,
+        );
+        assert_eq!(fatal_probe_event(&[not_a_probe], at(0)), None);
+        let newest = fatal_probe_event(&[event(PROBE_DENIED, 30), event(PROBE_REFUSED, 20)], at(0));
+        assert_eq!(newest.as_deref(), Some(PROBE_DENIED));
+    }
+
+    #[test]
+    fn a_probe_refused_by_bird_sends_the_engineer_to_birds_own_error() {
+        let findings = Findings {
+            fatal_log_line: Some(PROBE_REFUSED.into()),
+            run_dir: RunDirStat::parse("755 999 999"),
+            tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
+        assert!(
+            diagnosis
+                .root_cause
+                .contains("BIRD is not running in calico-node"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert_eq!(
+            rendered(&diagnosis)[0],
+            "kubectl -n kube-system logs calico-node-x1 --tail 100 | grep -i bird"
+        );
+        // The same probe refused for permission is the incident.
+        let denied = Findings {
+            fatal_log_line: Some(PROBE_DENIED.into()),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&denied, &CalicoExpectations::default()).expect("a diagnosis");
+        assert!(diagnosis
+            .root_cause
+            .contains("tmpfiles.d entry for Calico was replaced"));
+    }
+
+    #[test]
+    fn a_failed_chown_of_non_privileged_mode_is_named() {
+        let findings = Findings {
+            fatal_log_line: Some(
+                "2026-12-01 10:00:00.000 [ERROR][1] Unable to chown /var/lib/calico/".into(),
+            ),
+            run_dir: RunDirStat::parse("755 999 999"),
+            tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+            ..incident(shell("ops", 22))
+        };
+        let diagnosis = diagnose(&findings, &CalicoExpectations::default()).expect("a diagnosis");
+        assert!(
+            diagnosis.root_cause.contains("non-privileged"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert_eq!(
+            rendered(&diagnosis)[1],
+            "ssh ops@10.20.0.13 sudo chown -R 999:999 /var/lib/calico"
+        );
+    }
+
+    #[test]
+    fn the_cni_plugin_without_a_nodename_means_calico_node_is_not_running_there() {
+        let diagnosis = diagnose_probes(
+            "k8s-worker-03",
+            "postflight-probe",
+            "agnhost",
+            &[
+                "not Ready in time: container waiting: ContainerCreating".into(),
+                CNI_NODENAME.into(),
+            ],
+        )
+        .expect("a diagnosis");
+        assert!(
+            diagnosis
+                .root_cause
+                .contains("calico-node has not written /var/lib/calico/nodename there, so it is not running on k8s-worker-03"),
+            "{}",
+            diagnosis.root_cause
+        );
+        assert_eq!(signature_of(CNI_NODENAME), Some(Signature::NoNodename));
+        assert_eq!(
+            rendered(&diagnosis)[0],
+            "kubectl get pods -A -o wide --field-selector spec.nodeName=k8s-worker-03   # is calico-node there, and Running?"
+        );
+    }
+
     /// Every diagnosis postflight can make, with every value a node or the cluster
     /// supplies made hostile, through every way onto a node.
     fn every_hostile_diagnosis() -> Vec<Diagnosis> {
@@ -895,6 +1432,25 @@ mod tests {
                 ),
                 (base.clone(), &strange_dir),
             ];
+            let healthy = Findings {
+                run_dir: RunDirStat::parse("755 999 999"),
+                tmpfiles_content: Some(Some("d /run/calico 0755 999 999 -\n".into())),
+                ..base.clone()
+            };
+            for said in [
+                BIRD_IN_USE.to_string(),
+                PROBE_REFUSED.to_string(),
+                "[ERROR][1] Unable to chown /var/lib/calico/".to_string(),
+            ] {
+                for calico_pod in [healthy.calico_pod.clone(), None] {
+                    let findings = Findings {
+                        fatal_log_line: Some(said.clone()),
+                        calico_pod,
+                        ..healthy.clone()
+                    };
+                    diagnoses.extend(diagnose(&findings, &strange_dir));
+                }
+            }
             for (findings, expected) in &cases {
                 diagnoses.extend(diagnose(findings, expected));
                 diagnoses.extend(diagnose_drift(findings, expected));
@@ -922,6 +1478,12 @@ mod tests {
             hostile,
             &["ErrImagePull".into()],
         ));
+        diagnoses.extend(diagnose_probes(
+            hostile,
+            hostile,
+            hostile,
+            &[CNI_NODENAME.into()],
+        ));
         for shell in &shells {
             diagnoses.push(diagnose_datapath(
                 hostile,
@@ -943,9 +1505,9 @@ mod tests {
     #[test]
     fn every_fix_postflight_prints_pastes_as_exactly_its_words_whatever_the_node_says() {
         let diagnoses = every_hostile_diagnosis();
-        // 3 shells × (4 host-state diagnoses, each twice but one, + 2 BGP + 1 datapath)
-        // + probes.
-        assert_eq!(diagnoses.len(), 3 * (4 * 2 + 1 + 2 + 1) + 1);
+        // 3 shells × (4 host-state diagnoses, each twice but one, + 3 signatures with
+        // and without the pod's name + 2 BGP + 1 datapath) + 2 for probes.
+        assert_eq!(diagnoses.len(), 3 * (4 * 2 + 1 + 3 * 2 + 2 + 1) + 2);
         let paste = Paste::new();
         let mut fixes = 0;
         for diagnosis in &diagnoses {

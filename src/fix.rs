@@ -405,6 +405,10 @@ pub(crate) mod paste {
         "grep",
         "tail",
         "ip",
+        "pgrep",
+        "rm",
+        "stat",
+        "chown",
         "sh",
     ];
 

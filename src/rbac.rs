@@ -97,6 +97,16 @@ pub const PERMISSIONS: &[Permission] = &[
     },
     Permission {
         group: "",
+        resource: "events",
+        subresource: None,
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        named: None,
+        need: Need::Verify,
+        why: "calico-node's probe failures (Unhealthy events): a readiness probe that cannot reach BIRD's control socket ends the wait at once.",
+    },
+    Permission {
+        group: "",
         resource: "pods",
         subresource: Some("eviction"),
         verbs: &["create"],
