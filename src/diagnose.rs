@@ -91,6 +91,11 @@ const SIGNATURES: &[(Speaker, &str, Signature)] = &[
 /// What a line from `speaker` says, if it is a known signature. A control socket that
 /// is refused for permission is the incident's, whoever says it.
 fn signature_in(speaker: Speaker, line: &str) -> Option<Signature> {
+    // The CNI plugin's words follow the kubelet's `plugin type="calico" failed`.
+    let line = match speaker {
+        Speaker::Cni => line.split_once("plugin type=\"calico\" failed")?.1,
+        _ => line,
+    };
     let (_, _, signature) = SIGNATURES
         .iter()
         .find(|(who, marker, _)| *who == speaker && line.contains(marker))?;
@@ -1344,6 +1349,9 @@ mod tests {
             diagnosis.root_cause
         );
         assert_eq!(signature_of(CNI_NODENAME), Some(Signature::NoNodename));
+        let not_the_plugins =
+            "not Ready in time: note=stat /var/lib/calico/nodename: no such file or directory";
+        assert_eq!(cni_failure(&[not_the_plugins.into()]), None);
         assert_eq!(
             rendered(&diagnosis)[0],
             "kubectl get pods -A -o wide --field-selector spec.nodeName=k8s-worker-03   # is calico-node there, and Running?"

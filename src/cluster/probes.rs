@@ -6,7 +6,7 @@
 use super::{api_error, pod_ip, pod_ready, Cluster, ClusterError, MANAGED_BY_LABEL};
 use crate::inventory::ProbeSettings;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::watcher;
 use std::collections::BTreeMap;
@@ -375,6 +375,14 @@ impl Cluster {
             .map_err(api_error("listing probe pods"))?
             .items;
         let mut fleet = fleet_from(namespace, pods.iter(), stale);
+        let unready = requests.iter().any(|r| {
+            !fleet.ready.iter().any(|p| p.name == r.name) && fleet.why_broken(&r.name).is_none()
+        });
+        let sandboxes = if unready {
+            self.sandbox_failures(namespace).await
+        } else {
+            BTreeMap::new()
+        };
         for request in requests {
             let listed = pods
                 .iter()
@@ -387,12 +395,42 @@ impl Cluster {
                     }
                     listed => not_ready_reason(listed),
                 };
+                // A pod the kubelet could not wire says why only in its events: most
+                // often the CNI plugin's own error.
+                let why = match sandboxes.get(&request.name) {
+                    Some(failure) => format!("{why}; FailedCreatePodSandBox: {failure}"),
+                    None => why,
+                };
                 fleet
                     .broken
                     .push((request.clone(), format!("not Ready in time: {why}")));
             }
         }
         Ok(fleet)
+    }
+
+    /// The newest sandbox failure the kubelet reported for each pod of `namespace`, by
+    /// pod name. Evidence only: when the events cannot be read there is none.
+    async fn sandbox_failures(&self, namespace: &str) -> BTreeMap<String, String> {
+        let params = ListParams::default().fields("reason=FailedCreatePodSandBox");
+        let Ok(events) = Api::<Event>::namespaced(self.client().clone(), namespace)
+            .list(&params)
+            .await
+        else {
+            return BTreeMap::new();
+        };
+        let mut newest: BTreeMap<String, (Option<k8s_openapi::jiff::Timestamp>, String)> =
+            BTreeMap::new();
+        for event in events.items {
+            let (Some(pod), Some(message)) = (event.involved_object.name, event.message) else {
+                continue;
+            };
+            let seen = event.last_timestamp.map(|t| t.0);
+            if newest.get(&pod).is_none_or(|(at, _)| seen >= *at) {
+                newest.insert(pod, (seen, message));
+            }
+        }
+        newest.into_iter().map(|(pod, (_, m))| (pod, m)).collect()
     }
 
     /// Deletes the probe pods of the given runs, at once: they hold no state worth a
@@ -627,6 +665,59 @@ mod tests {
             1,
             "the running pod stays as it is: {asked:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_probe_pod_the_cni_plugin_could_not_wire_says_why_from_its_events() {
+        let cluster = crate::cluster::mock::mocked(|method, path| {
+            match (method, path) {
+            ("GET", "/api/v1/namespaces/postflight-probe/pods") => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                "items": [{
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "pf-r1-w1-0", "namespace": "postflight-probe"},
+                    "spec": {"nodeName": "w1", "containers": []},
+                    "status": {"phase": "Pending", "containerStatuses": [{"name": "probe",
+                        "image": "agnhost", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+                }]})
+                .to_string(),
+            ),
+            ("GET", "/api/v1/namespaces/postflight-probe/events") => (
+                200,
+                serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {},
+                "items": [
+                    {"metadata": {"name": "e1"}, "reason": "FailedCreatePodSandBox",
+                     "involvedObject": {"kind": "Pod", "name": "pf-r1-w1-0"},
+                     "lastTimestamp": "2026-12-01T10:00:00Z", "message": "older"},
+                    {"metadata": {"name": "e2"}, "reason": "FailedCreatePodSandBox",
+                     "involvedObject": {"kind": "Pod", "name": "pf-r1-w1-0"},
+                     "lastTimestamp": "2026-12-01T10:00:09Z",
+                     "message": "Failed to create pod sandbox: plugin type=\"calico\" failed (add): stat /var/lib/calico/nodename: no such file or directory"},
+                ]})
+                .to_string(),
+            ),
+            _ => (
+                404,
+                crate::cluster::mock::status_json(404, "NotFound", "not mocked"),
+            ),
+        }
+        });
+        let request = ProbeRequest {
+            name: "pf-r1-w1-0".into(),
+            node: "w1".into(),
+        };
+        let fleet = cluster
+            .probe_fleet_now("postflight-probe", "r1", &[request], &[])
+            .await
+            .unwrap();
+        let why = fleet.why_broken("pf-r1-w1-0").expect("not ready");
+        assert_eq!(
+            why,
+            "not Ready in time: container waiting: ContainerCreating; FailedCreatePodSandBox: Failed to create pod sandbox: plugin type=\"calico\" failed (add): stat /var/lib/calico/nodename: no such file or directory"
+        );
+        assert!(crate::diagnose::cni_failure(&[why.to_string()]).is_some());
     }
 
     #[test]
