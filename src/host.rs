@@ -851,6 +851,17 @@ impl SshTransport {
         }
     }
 
+    /// The deadline passed before the command was sent (the connection took it all, or
+    /// an earlier command to the node did): nothing ran, which a reboot must not take
+    /// for the machine going down.
+    fn not_sent_in_time(&self) -> HostError {
+        HostError::Connect {
+            node: self.target.node.clone(),
+            address: self.address(),
+            reason: format!("not sent: its deadline of {:?} passed first", self.timeout),
+        }
+    }
+
     /// A new connection and a channel on it.
     fn fresh_channel(
         &self,
@@ -875,7 +886,7 @@ impl SshTransport {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if Instant::now() >= deadline {
-            return Err(self.timeout_error(line));
+            return Err(self.not_sent_in_time());
         }
         let (connection, mut channel) = match kept.take() {
             // A kept session may have died with the node (a reboot closes it): one fresh
@@ -895,7 +906,7 @@ impl SshTransport {
         };
         if arm(&connection.session, deadline).is_none() {
             hang_up(connection, channel);
-            return Err(self.timeout_error(line));
+            return Err(self.not_sent_in_time());
         }
         // A failed exec may still have reached the node (a reboot that kills sshd before
         // it answers): a session error, never a connection that was not made.
