@@ -1483,6 +1483,19 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_exec_stream_is_capped_while_it_is_read() {
+        use tokio::io::AsyncReadExt;
+        let flood = tokio::io::repeat(b'y').take(8 * 1024 * 1024);
+        let output = read_capped(Some(flood), 1000).await.unwrap();
+        assert!(output.was_cut());
+        assert!(output
+            .into_text()
+            .ends_with("… [output cut at 1000 bytes: 8387608 more bytes not shown]"));
+        let none = read_capped(None::<tokio::io::Empty>, 10).await.unwrap();
+        assert_eq!(none.into_text(), "");
+    }
+
     /// A command's output as a node might send it: `chunk` on each stream it floods, until
     /// `total` bytes (forever when none), then its end.
     struct Flood {

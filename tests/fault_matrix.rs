@@ -954,6 +954,7 @@ fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits(
                 .unwrap(),
         )
         .unwrap();
+    eprintln!("the run ended {stalled_for:?} after the stall began (timeouts.ssh: 8s)");
     assert!(
         stalled_for < Duration::from_secs(8 + 6),
         "ended {stalled_for:?} after the stall began: {describe}"
@@ -992,6 +993,7 @@ fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits(
     nix_kill(child.id(), "INT");
     let output = ends_within(child, Duration::from_secs(10));
     let took = interrupted.elapsed();
+    eprintln!("Ctrl-C during the stall: exited after {took:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(
