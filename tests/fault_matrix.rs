@@ -863,7 +863,8 @@ fn ends_within(child: Background, limit: Duration) -> std::process::Output {
 /// the reboot lock. With `--reboot --drain`, the host check that runs it ends in error at
 /// `timeouts.ssh` however much it prints, with postflight's memory bounded; the node
 /// command is ended with its channel; the Lease is released and the run exits. And Ctrl-C
-/// during such a stall ends the process within 2 s, its report written.
+/// during such a stall ends the process within 2 s, its report written; and `drift`
+/// over such a node exits once its report is written.
 #[test]
 fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits() {
     let lab = lab("pf-stall", 3);
@@ -1012,6 +1013,37 @@ fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits(
         alive(&alive_marker).unwrap(),
         last,
         "the node's stat still runs"
+    );
+
+    // drift reads every node in one batch each: the stalled one errs at its deadline,
+    // and the process exits once its report is written, its SSH worker or not.
+    std::fs::remove_file(&json).unwrap();
+    let started = std::time::Instant::now();
+    let child = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(with_ssh_timeout("short-ssh.yaml", "8s"))
+            .args(["drift", "--json"])
+            .arg(&json)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let output = ends_within(child, Duration::from_secs(60));
+    eprintln!(
+        "drift with one stalled node: exited after {:?}",
+        started.elapsed()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("drift's report")).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{report}");
+    let stalled = report["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == node))
+        .expect("the stalled node is reported");
+    assert!(
+        stalled.to_string().contains("did not finish within 8s"),
+        "{stalled}"
     );
     std::fs::remove_file(&stat).unwrap();
     assert_nothing_left(&lab, node);
