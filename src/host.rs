@@ -13,10 +13,10 @@ use nix::poll::{PollFd, PollFlags};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HostError {
@@ -157,7 +157,10 @@ impl HostError {
 }
 
 /// Runs an operator's command line on this machine, for a node that another system
-/// restarts (`docker restart NODE` for kind), within `timeout`; killed if it overruns.
+/// restarts (`docker restart NODE` for kind), within `timeout` from start to exit. Its
+/// output is capped as it is read ([`crate::hostile::MAX_STREAM_BYTES`] per stream). It
+/// runs in a process group of its own, which is killed whole if it overruns or the run
+/// is cancelled: a shell's children cannot keep it alive.
 ///
 /// # Errors
 /// It could not be started, or did not finish in time.
@@ -166,28 +169,87 @@ pub async fn run_local(
     line: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, HostError> {
-    let child = tokio::process::Command::new("sh")
+    let local_error = |reason: String| HostError::Local {
+        node: node.to_string(),
+        command: line.to_string(),
+        reason,
+    };
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(line)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
-        Ok(Ok(output)) => Ok(CommandOutput {
-            stdout: crate::hostile::lossy(output.stdout),
-            stderr: crate::hostile::lossy(output.stderr),
-            exit_status: output.status.code().unwrap_or(-1),
-        }),
-        Ok(Err(error)) => Err(HostError::Local {
-            node: node.to_string(),
-            command: line.to_string(),
-            reason: error.to_string(),
-        }),
+        .spawn()
+        .map_err(|e| local_error(e.to_string()))?;
+    let mut group = KillGroupOnDrop(child.id());
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let finished = async {
+        let limit = crate::hostile::MAX_STREAM_BYTES;
+        let (stdout, stderr, status) = tokio::join!(
+            read_capped(stdout, limit),
+            read_capped(stderr, limit),
+            child.wait()
+        );
+        let status = status?;
+        Ok::<_, std::io::Error>(CommandOutput {
+            stdout: stdout?.into_text(),
+            stderr: stderr?.into_text(),
+            exit_status: status.code().unwrap_or(-1),
+        })
+    };
+    match tokio::time::timeout(timeout, finished).await {
+        Ok(Ok(output)) => {
+            // It ended by itself: what it started to outlive it is the operator's.
+            group.0 = None;
+            Ok(output)
+        }
+        Ok(Err(error)) => Err(local_error(error.to_string())),
         Err(_) => Err(HostError::Timeout {
             node: node.to_string(),
             command: line.to_string(),
             timeout,
         }),
+    }
+}
+
+/// A local command's process group, killed (SIGKILL, every process in it) when this is
+/// dropped: at its deadline, or when the future running it is dropped (Ctrl-C).
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping at most `limit` bytes of it (the rest is counted,
+/// not kept). A stream that is not there reads as empty.
+///
+/// # Errors
+/// Reading failed.
+pub async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    reader: Option<R>,
+    limit: usize,
+) -> std::io::Result<crate::hostile::CappedOutput> {
+    use tokio::io::AsyncReadExt;
+    let mut output = crate::hostile::CappedOutput::new(limit);
+    let Some(mut reader) = reader else {
+        return Ok(output);
+    };
+    let mut buffer = vec![0; 32 * 1024];
+    loop {
+        match reader.read(&mut buffer).await? {
+            0 => return Ok(output),
+            read => output.push(&buffer[..read]),
+        }
     }
 }
 
@@ -470,6 +532,12 @@ pub trait Transport: Send + Sync {
 /// SSH to one node. Its clones share one session: a run's commands to a node go over
 /// one connection, each in a channel of its own, instead of a handshake and key
 /// authentication per command.
+///
+/// Each command has one deadline, `timeout` from when it is asked for to its exit status,
+/// whatever it prints meanwhile: a command that keeps printing cannot keep a run (and the
+/// reboot lock it holds) forever. Its output is capped as it is read
+/// ([`crate::hostile::MAX_STREAM_BYTES`] per stream). At the deadline its channel is
+/// closed and its session disconnected, and the blocking worker returns.
 #[derive(Clone)]
 pub struct SshTransport {
     target: SshTarget,
@@ -478,7 +546,14 @@ pub struct SshTransport {
     /// after anything went wrong on it (a reboot, a timeout), so the next reconnects.
     /// Behind a bastion, the bastion's session lives in the thread that carries this
     /// one's stream, and ends when this one is dropped.
-    session: std::sync::Arc<std::sync::Mutex<Option<ssh2::Session>>>,
+    session: std::sync::Arc<std::sync::Mutex<Option<Connection>>>,
+}
+
+/// An SSH session and a second handle on the socket it runs on, to wait on while the
+/// session does not block.
+struct Connection {
+    session: ssh2::Session,
+    socket: OwnedFd,
 }
 
 /// What a host key check against known_hosts found.
@@ -486,6 +561,48 @@ enum HostKey {
     Known,
     Unknown,
     Changed,
+}
+
+/// How long closing a channel and disconnecting may each take once a deadline has
+/// passed: a node that stopped answering is not waited for.
+const HANG_UP_GRACE_MS: u32 = 500;
+/// How much longer than its deadline the run waits for an SSH worker before it answers
+/// for it: the worker's own hang-up, and a margin. Only a libssh2 call no timeout
+/// reaches (a stuck ssh-agent) ever needs it.
+const WORKER_GRACE: Duration = Duration::from_secs(2);
+/// The longest a command's reader sleeps without looking again: only a safety net, since
+/// the socket wakes it.
+const DRAIN_WAIT_MAX: Duration = Duration::from_millis(100);
+
+/// What is left of `deadline`, as the timeout of the session's next blocking call; none
+/// when it has passed. Never 0, which libssh2 reads as "no timeout".
+fn arm(session: &ssh2::Session, deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    session.set_timeout(left.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+    Some(left)
+}
+
+/// libssh2's LIBSSH2_ERROR_TIMEOUT: a blocking call's timeout ran out.
+const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+
+fn timed_out(error: &ssh2::Error) -> bool {
+    error.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT)
+}
+
+/// Ends a command whose deadline passed: its channel is closed and the session
+/// disconnected, each with a short grace, so that the node's sshd ends the command, then
+/// both are freed (the socket with them).
+fn hang_up(connection: Connection, mut channel: ssh2::Channel) {
+    let session = &connection.session;
+    session.set_blocking(true);
+    session.set_timeout(HANG_UP_GRACE_MS);
+    let _ = channel.close();
+    let _ = session.disconnect(None, "postflight: the command's deadline passed", None);
+    drop(channel);
+    drop(connection);
 }
 
 impl SshTransport {
@@ -513,52 +630,64 @@ impl SshTransport {
         }
     }
 
-    fn tcp_connect(&self, host: &str, port: u16) -> Result<TcpStream, String> {
+    fn tcp_connect(&self, host: &str, port: u16, deadline: Instant) -> Result<TcpStream, String> {
         let address = (host, port)
             .to_socket_addrs()
             .map_err(|e| e.to_string())?
             .next()
             .ok_or_else(|| "no address".to_string())?;
-        TcpStream::connect_timeout(&address, self.timeout).map_err(|e| e.to_string())
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("not connected within {:?}", self.timeout));
+        }
+        TcpStream::connect_timeout(&address, left).map_err(|e| e.to_string())
     }
 
-    /// A session on `stream` with its handshake done, and this transport's timeout for
-    /// every blocking call on it.
-    fn handshake<S: std::os::fd::AsRawFd + 'static>(
+    /// A session on `stream` with its handshake done, every blocking call on it bounded
+    /// by what is left of `deadline`.
+    fn handshake<S: std::os::fd::AsRawFd + AsFd + 'static>(
         &self,
         stream: S,
-    ) -> Result<ssh2::Session, String> {
+        deadline: Instant,
+    ) -> Result<Connection, String> {
+        let socket = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
         let mut session = ssh2::Session::new().map_err(|e| e.to_string())?;
-        session.set_timeout(self.timeout.as_millis().min(u32::MAX as u128) as u32);
+        if arm(&session, deadline).is_none() {
+            return Err(format!("not connected within {:?}", self.timeout));
+        }
         session.set_tcp_stream(stream);
         session
             .handshake()
             .map_err(|e| format!("SSH handshake: {e}"))?;
-        Ok(session)
+        Ok(Connection { session, socket })
     }
 
     /// Connects, verifies the host key (the bastion's too), authenticates. Nothing runs
     /// before this passes.
-    fn connect(&self) -> Result<ssh2::Session, HostError> {
+    fn connect(&self, deadline: Instant) -> Result<Connection, HostError> {
         let target = &self.target;
         let connect_error = |reason: String| HostError::Connect {
             node: target.node.clone(),
             address: self.address(),
             reason,
         };
-        let session = match &target.jump {
+        let connection = match &target.jump {
             None => {
                 let tcp = self
-                    .tcp_connect(&target.host, target.port)
+                    .tcp_connect(&target.host, target.port, deadline)
                     .map_err(connect_error)?;
-                self.handshake(tcp).map_err(connect_error)?
+                self.handshake(tcp, deadline).map_err(connect_error)?
             }
             Some(jump) => {
-                let tunnel = self.open_tunnel(jump)?;
-                self.handshake(tunnel).map_err(connect_error)?
+                let tunnel = self.open_tunnel(jump, deadline)?;
+                self.handshake(tunnel, deadline).map_err(connect_error)?
             }
         };
-        match self.check_host_key(&session, &target.host, target.port)? {
+        let session = &connection.session;
+        match self.check_host_key(session, &target.host, target.port)? {
             HostKey::Known => {}
             HostKey::Changed => {
                 return Err(HostError::HostKeyMismatch {
@@ -575,20 +704,20 @@ impl SshTransport {
                 })
             }
         }
-        self.authenticate(&session, &target.user)
+        self.authenticate(session, &target.user)
             .map_err(|reason| HostError::Authentication {
                 node: target.node.clone(),
                 user: target.user.clone(),
                 reason,
             })?;
-        Ok(session)
+        Ok(connection)
     }
 
     /// Logs into the bastion (its host key verified first) and opens a channel from it
     /// to the node's SSH port. The returned socket carries the node's SSH stream: a
     /// thread moves it through the channel, and it owns the bastion's session, which
     /// ends when the node's session closes that socket (or the bastion the channel).
-    fn open_tunnel(&self, jump: &JumpHost) -> Result<UnixStream, HostError> {
+    fn open_tunnel(&self, jump: &JumpHost, deadline: Instant) -> Result<UnixStream, HostError> {
         let target = &self.target;
         let bastion = jump.to_string();
         let bastion_error = |reason: String| HostError::BastionConnect {
@@ -597,11 +726,10 @@ impl SshTransport {
             reason,
         };
         let tcp = self
-            .tcp_connect(&jump.host, jump.port)
+            .tcp_connect(&jump.host, jump.port, deadline)
             .map_err(bastion_error)?;
-        // libssh2 keeps the socket; the pump waits on this second handle to it.
-        let socket = tcp.try_clone().map_err(|e| bastion_error(e.to_string()))?;
-        let session = self.handshake(tcp).map_err(bastion_error)?;
+        let Connection { session, socket } =
+            self.handshake(tcp, deadline).map_err(bastion_error)?;
         match self.check_host_key(&session, &jump.host, jump.port)? {
             HostKey::Known => {}
             HostKey::Changed => {
@@ -652,7 +780,8 @@ impl SshTransport {
     }
 
     /// Checks the key a server presented for `host:port` against the inventory's
-    /// known_hosts.
+    /// known_hosts, read whole (bounded: it must be a regular file of a sane size) and
+    /// line by line as libssh2 would read the file.
     fn check_host_key(
         &self,
         session: &ssh2::Session,
@@ -665,12 +794,16 @@ impl SshTransport {
             known_hosts: target.known_hosts.display().to_string(),
             reason,
         };
+        let text = crate::local_file::read_text(&target.known_hosts, "known_hosts")
+            .map_err(|e| known_hosts_error(e.problem.to_string()))?;
         let mut known_hosts = session
             .known_hosts()
             .map_err(|e| known_hosts_error(e.to_string()))?;
-        known_hosts
-            .read_file(&target.known_hosts, ssh2::KnownHostFileKind::OpenSSH)
-            .map_err(|e| known_hosts_error(e.to_string()))?;
+        for (index, line) in text.lines().enumerate() {
+            known_hosts
+                .read_str(line, ssh2::KnownHostFileKind::OpenSSH)
+                .map_err(|e| known_hosts_error(format!("line {}: {e}", index + 1)))?;
+        }
         let (key, _) = session
             .host_key()
             .ok_or_else(|| known_hosts_error("the server sent no host key".into()))?;
@@ -681,12 +814,17 @@ impl SshTransport {
         })
     }
 
-    /// Logs in as `user` with the node's identity file, or else the ssh-agent's keys.
+    /// Logs in as `user` with the node's identity file (a regular file of a sane size),
+    /// or else the ssh-agent's keys.
     fn authenticate(&self, session: &ssh2::Session, user: &str) -> Result<(), String> {
         match &self.target.identity_file {
-            Some(identity) => session
-                .userauth_pubkey_file(user, None, identity, None)
-                .map_err(|e| format!("key {}: {e}", identity.display()))?,
+            Some(identity) => {
+                crate::local_file::read(identity, "key")
+                    .map_err(|e| format!("key {}: {}", identity.display(), e.problem))?;
+                session
+                    .userauth_pubkey_file(user, None, identity, None)
+                    .map_err(|e| format!("key {}: {e}", identity.display()))?
+            }
             None => session
                 .userauth_agent(user)
                 .map_err(|e| format!("ssh-agent: {e}"))?,
@@ -705,63 +843,117 @@ impl SshTransport {
         }
     }
 
-    /// Blocking: exec one command and collect its output, or learn that the channel broke
-    /// after the command was sent (what a reboot looks like).
-    fn exec_blocking(&self, line: &str) -> Result<Execution, HostError> {
-        // One command at a time per node: libssh2 sessions are not for concurrent use.
-        let mut kept = self.session.lock().expect("ssh session lock");
-        let (session, mut channel) = match kept.take() {
+    fn timeout_error(&self, command: &str) -> HostError {
+        HostError::Timeout {
+            node: self.target.node.clone(),
+            command: command.to_string(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The deadline passed before the command was sent (the connection took it all, or
+    /// an earlier command to the node did): nothing ran, which a reboot must not take
+    /// for the machine going down.
+    fn not_sent_in_time(&self) -> HostError {
+        HostError::Connect {
+            node: self.target.node.clone(),
+            address: self.address(),
+            reason: format!("not sent: its deadline of {:?} passed first", self.timeout),
+        }
+    }
+
+    /// A new connection and a channel on it.
+    fn fresh_channel(
+        &self,
+        line: &str,
+        deadline: Instant,
+    ) -> Result<(Connection, ssh2::Channel), HostError> {
+        let connection = self.connect(deadline)?;
+        let channel = connection
+            .session
+            .channel_session()
+            .map_err(|e| self.session_error(line, e))?;
+        Ok((connection, channel))
+    }
+
+    /// Blocking: exec one command and collect its output by `deadline`, or learn that the
+    /// channel broke after the command was sent (what a reboot looks like).
+    fn exec_blocking(&self, line: &str, deadline: Instant) -> Result<Execution, HostError> {
+        // One command at a time per node: libssh2 sessions are not for concurrent use. A
+        // command that waited here for another spent its own deadline waiting.
+        let mut kept = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Instant::now() >= deadline {
+            return Err(self.not_sent_in_time());
+        }
+        let (connection, mut channel) = match kept.take() {
             // A kept session may have died with the node (a reboot closes it): one fresh
             // connection then, verified and authenticated like the first. Only opening
             // the channel is retried: nothing has been sent to the node yet.
-            Some(session) => match session.channel_session() {
-                Ok(channel) => (session, channel),
-                Err(_) => {
-                    let session = self.connect()?;
-                    let channel = session
-                        .channel_session()
-                        .map_err(|e| self.session_error(line, e))?;
-                    (session, channel)
+            Some(connection) => {
+                arm(&connection.session, deadline);
+                match connection.session.channel_session() {
+                    Ok(channel) => (connection, channel),
+                    Err(_) => {
+                        drop(connection);
+                        self.fresh_channel(line, deadline)?
+                    }
                 }
-            },
-            None => {
-                let session = self.connect()?;
-                let channel = session
-                    .channel_session()
-                    .map_err(|e| self.session_error(line, e))?;
-                (session, channel)
             }
+            None => self.fresh_channel(line, deadline)?,
         };
+        if arm(&connection.session, deadline).is_none() {
+            hang_up(connection, channel);
+            return Err(self.not_sent_in_time());
+        }
         // A failed exec may still have reached the node (a reboot that kills sshd before
         // it answers): a session error, never a connection that was not made.
-        channel
-            .exec(line)
-            .map_err(|e| self.session_error(line, e))?;
-        // As bytes: a node's files and tools may print anything, and invalid UTF-8 must
-        // not turn a finished command into a broken connection.
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let read = channel
-            .read_to_end(&mut stdout)
-            .and_then(|_| channel.stderr().read_to_end(&mut stderr));
-        let (stdout, stderr) = (crate::hostile::lossy(stdout), crate::hostile::lossy(stderr));
-        if let Err(e) = read {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                return Err(HostError::Timeout {
-                    node: self.target.node.clone(),
-                    command: line.into(),
-                    timeout: self.timeout,
-                });
+        if let Err(error) = channel.exec(line) {
+            if timed_out(&error) {
+                hang_up(connection, channel);
+                return Err(self.timeout_error(line));
             }
-            return Ok(Execution::Dropped(e.to_string()));
+            return Err(self.session_error(line, error));
         }
-        if let Err(e) = channel.wait_close() {
-            return Ok(Execution::Dropped(e.to_string()));
+        // Both streams at once, without blocking: read one after the other, a command
+        // that fills stderr while stdout waits would pile up in libssh2's queue.
+        connection.session.set_blocking(false);
+        let drained = drain(
+            &mut SshOutput {
+                session: &connection.session,
+                channel: &mut channel,
+                socket: connection.socket.as_fd(),
+            },
+            deadline,
+            crate::hostile::MAX_STREAM_BYTES,
+        );
+        connection.session.set_blocking(true);
+        let (stdout, stderr) = match drained {
+            Drained::Finished { stdout, stderr } => (stdout.into_text(), stderr.into_text()),
+            Drained::DeadlinePassed => {
+                hang_up(connection, channel);
+                return Err(self.timeout_error(line));
+            }
+            Drained::Broken(reason) => return Ok(Execution::Dropped(reason)),
+        };
+        if arm(&connection.session, deadline).is_none() {
+            hang_up(connection, channel);
+            return Err(self.timeout_error(line));
+        }
+        if let Err(error) = channel.wait_close() {
+            if timed_out(&error) {
+                hang_up(connection, channel);
+                return Err(self.timeout_error(line));
+            }
+            return Ok(Execution::Dropped(error.to_string()));
         }
         match channel.exit_status() {
             Ok(exit_status) => {
+                drop(channel);
                 // Only a session that just carried a whole command is kept for the next.
-                *kept = Some(session);
+                *kept = Some(connection);
                 Ok(Execution::Finished(CommandOutput {
                     stdout,
                     stderr,
@@ -770,6 +962,99 @@ impl SshTransport {
             }
             Err(e) => Ok(Execution::Dropped(e.to_string())),
         }
+    }
+}
+
+/// Where a command's output comes from, as [`drain`] reads it: two streams whose reads
+/// never block, and a way to wait for more.
+trait OutputSource {
+    /// What is there of stdout, or of stderr: `WouldBlock` when nothing is yet. 0 bytes
+    /// is no end by itself (see `ended`).
+    fn read(&mut self, stderr: bool, buffer: &mut [u8]) -> std::io::Result<usize>;
+    /// The command's side has sent its end, and nothing of it is left unread.
+    fn ended(&self) -> bool;
+    /// Waits, at most `wait`, until more may be read.
+    fn wait(&self, wait: Duration);
+}
+
+/// How reading a command's output ended.
+#[derive(Debug)]
+enum Drained {
+    Finished {
+        stdout: crate::hostile::CappedOutput,
+        stderr: crate::hostile::CappedOutput,
+    },
+    /// The deadline passed first.
+    DeadlinePassed,
+    /// The connection broke: what was said.
+    Broken(String),
+}
+
+/// Reads both streams of a command to their end, each capped at `limit` as it is read,
+/// by `deadline` however much keeps coming.
+fn drain(source: &mut impl OutputSource, deadline: Instant, limit: usize) -> Drained {
+    let mut stdout = crate::hostile::CappedOutput::new(limit);
+    let mut stderr = crate::hostile::CappedOutput::new(limit);
+    let mut buffer = vec![0; 32 * 1024];
+    loop {
+        let mut moved = false;
+        for (is_stderr, sink) in [(false, &mut stdout), (true, &mut stderr)] {
+            match source.read(is_stderr, &mut buffer) {
+                Ok(0) => {}
+                Ok(read) => {
+                    sink.push(&buffer[..read]);
+                    moved = true;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Drained::Broken(e.to_string()),
+            }
+        }
+        if !moved && source.ended() {
+            return Drained::Finished { stdout, stderr };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Drained::DeadlinePassed;
+        }
+        if !moved {
+            source.wait(left.min(DRAIN_WAIT_MAX));
+        }
+    }
+}
+
+/// A command's channel, in a session that does not block.
+struct SshOutput<'a> {
+    session: &'a ssh2::Session,
+    channel: &'a mut ssh2::Channel,
+    socket: BorrowedFd<'a>,
+}
+
+impl OutputSource for SshOutput<'_> {
+    fn read(&mut self, stderr: bool, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if stderr {
+            self.channel.stderr().read(buffer)
+        } else {
+            self.channel.read(buffer)
+        }
+    }
+    fn ended(&self) -> bool {
+        // libssh2 masks the end while data of either stream waits to be read.
+        self.channel.eof()
+    }
+    fn wait(&self, wait: Duration) {
+        // A window adjustment that could not be sent waits for room to write.
+        let events = match self.session.block_directions() {
+            ssh2::BlockDirections::Outbound => PollFlags::POLLOUT,
+            ssh2::BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
+            ssh2::BlockDirections::Inbound | ssh2::BlockDirections::None => PollFlags::POLLIN,
+        };
+        let mut sockets = [PollFd::new(self.socket, events)];
+        let wait = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut sockets, wait);
     }
 }
 
@@ -797,7 +1082,7 @@ struct BastionChannel {
     /// Dropped after the channel, as libssh2 frees them.
     channel: ssh2::Channel,
     session: ssh2::Session,
-    socket: TcpStream,
+    socket: OwnedFd,
 }
 
 impl Read for BastionChannel {
@@ -998,17 +1283,24 @@ fn pump(mut tunnel: impl TunnelEnd, mut node: UnixStream) {
 
 impl SshTransport {
     /// Runs the command on a blocking thread, since libssh2 blocks; returns the line as
-    /// sent, for error messages.
+    /// sent, for error messages. The deadline starts now: waiting for a worker thread, or
+    /// for an earlier command to the node, counts against it.
     async fn exec_off_thread(
         &self,
         command: &ShellCommand,
     ) -> (String, Result<Execution, HostError>) {
         let line = command.render(self.target.become_method);
+        let deadline = Instant::now() + self.timeout;
         let transport = self.clone();
         let sent = line.clone();
-        let result = tokio::task::spawn_blocking(move || transport.exec_blocking(&line))
-            .await
-            .expect("ssh worker does not panic");
+        let worker = tokio::task::spawn_blocking(move || transport.exec_blocking(&line, deadline));
+        // The worker returns by itself at the deadline; this is the net under it, for a
+        // libssh2 call that no timeout reaches. A worker left behind holds nothing the
+        // run needs, and the process does not wait for it at exit.
+        let result = match tokio::time::timeout(self.timeout + WORKER_GRACE, worker).await {
+            Ok(joined) => joined.expect("ssh worker does not panic"),
+            Err(_) => Err(self.timeout_error(&sent)),
+        };
         (sent, result)
     }
 }
@@ -1146,6 +1438,143 @@ mod tests {
         );
         let late = run_local("n1", "sleep 5", Duration::from_millis(100)).await;
         assert!(matches!(late, Err(HostError::Timeout { .. })), "{late:?}");
+    }
+
+    #[tokio::test]
+    async fn a_local_command_that_prints_forever_ends_at_its_deadline_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let late = dir.path().join("late");
+        // A child that outlives the shell's deadline, and a loop that keeps printing.
+        let line = format!(
+            "(sleep 1; touch {}) & while :; do echo still going; done",
+            late.display()
+        );
+        let started = std::time::Instant::now();
+        let result = run_local("n1", &line, Duration::from_millis(300)).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(HostError::Timeout { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_millis(800), "took {took:?}");
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(!late.exists(), "the command's process group was killed");
+    }
+
+    #[tokio::test]
+    async fn a_local_commands_output_is_capped_per_stream_while_it_is_read() {
+        let limit = crate::hostile::MAX_STREAM_BYTES;
+        let line = format!(
+            "head -c {} /dev/zero | tr '\\0' o; head -c {} /dev/zero | tr '\\0' e >&2; echo done >&2",
+            limit * 3,
+            limit + 5
+        );
+        let output = run_local("n1", &line, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(output.exit_status, 0);
+        let marker =
+            |more: usize| format!("… [output cut at {limit} bytes: {more} more bytes not shown]");
+        assert!(output.stdout.ends_with(&marker(limit * 2)), "stdout cut");
+        assert_eq!(output.stdout.len(), limit + marker(limit * 2).len());
+        assert!(
+            output.stderr.ends_with(&marker(5 + "done\n".len())),
+            "stderr cut on its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exec_stream_is_capped_while_it_is_read() {
+        use tokio::io::AsyncReadExt;
+        let flood = tokio::io::repeat(b'y').take(8 * 1024 * 1024);
+        let output = read_capped(Some(flood), 1000).await.unwrap();
+        assert!(output.was_cut());
+        assert!(output
+            .into_text()
+            .ends_with("… [output cut at 1000 bytes: 8387608 more bytes not shown]"));
+        let none = read_capped(None::<tokio::io::Empty>, 10).await.unwrap();
+        assert_eq!(none.into_text(), "");
+    }
+
+    /// A command's output as a node might send it: `chunk` on each stream it floods, until
+    /// `total` bytes (forever when none), then its end.
+    struct Flood {
+        stdout: bool,
+        stderr: bool,
+        chunk: usize,
+        total: Option<usize>,
+        sent: usize,
+        waits: std::cell::Cell<usize>,
+    }
+
+    impl Flood {
+        fn new(stdout: bool, stderr: bool, total: Option<usize>) -> Self {
+            Flood {
+                stdout,
+                stderr,
+                chunk: 16 * 1024,
+                total,
+                sent: 0,
+                waits: Default::default(),
+            }
+        }
+    }
+
+    impl OutputSource for Flood {
+        fn read(&mut self, stderr: bool, buffer: &mut [u8]) -> std::io::Result<usize> {
+            let floods = if stderr { self.stderr } else { self.stdout };
+            let left = self.total.map_or(usize::MAX, |total| total - self.sent);
+            if !floods || left == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let read = self.chunk.min(buffer.len()).min(left);
+            buffer[..read].fill(b'y');
+            self.sent += read;
+            Ok(read)
+        }
+        fn ended(&self) -> bool {
+            self.total.is_some_and(|total| self.sent == total)
+        }
+        fn wait(&self, wait: Duration) {
+            self.waits.set(self.waits.get() + 1);
+            std::thread::sleep(wait);
+        }
+    }
+
+    #[test]
+    fn output_that_never_ends_is_cut_at_the_deadline_however_fast_it_comes() {
+        let mut flood = Flood::new(true, true, None);
+        let started = std::time::Instant::now();
+        let drained = drain(&mut flood, started + Duration::from_millis(200), 1024);
+        assert!(matches!(drained, Drained::DeadlinePassed), "{drained:?}");
+        assert!(started.elapsed() < Duration::from_millis(400));
+        assert!(flood.sent > 1024 * 1024, "it kept reading: {}", flood.sent);
+    }
+
+    #[test]
+    fn a_node_that_goes_silent_is_waited_on_not_spun_on() {
+        let mut silent = Flood::new(false, false, None);
+        let started = std::time::Instant::now();
+        let drained = drain(&mut silent, started + Duration::from_millis(350), 1024);
+        assert!(matches!(drained, Drained::DeadlinePassed), "{drained:?}");
+        assert!(silent.waits.get() <= 5, "{} waits", silent.waits.get());
+    }
+
+    #[test]
+    fn a_finished_command_keeps_the_start_of_each_stream_and_says_it_was_cut() {
+        let mut flood = Flood::new(false, true, Some(100_000));
+        let far = std::time::Instant::now() + Duration::from_secs(10);
+        let Drained::Finished { stdout, stderr } = drain(&mut flood, far, 1000) else {
+            panic!("it finished");
+        };
+        assert_eq!(stdout.into_text(), "");
+        assert_eq!(
+            stderr.into_text(),
+            format!(
+                "{}… [output cut at 1000 bytes: 99000 more bytes not shown]",
+                "y".repeat(1000)
+            )
+        );
     }
 
     fn through_sh(line: &str) -> String {

@@ -18,6 +18,67 @@ pub fn lossy(bytes: Vec<u8>) -> String {
     }
 }
 
+/// The most of each stream (stdout, stderr) of one command that postflight keeps while it
+/// reads it: a few times what the largest real output takes (a node's merged tmpfiles.d
+/// configuration, its routing table in a big cluster), so that a node printing forever
+/// (`yes` in place of `stat`) costs this much memory and no more.
+pub const MAX_STREAM_BYTES: usize = 1024 * 1024;
+
+/// One output stream as it is read: the first `limit` bytes are kept, the rest only
+/// counted, so memory is bounded however much the other end writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CappedOutput {
+    kept: Vec<u8>,
+    limit: usize,
+    /// Bytes read past the limit and thrown away.
+    dropped: u64,
+}
+
+impl CappedOutput {
+    pub fn new(limit: usize) -> Self {
+        CappedOutput {
+            kept: Vec::new(),
+            limit,
+            dropped: 0,
+        }
+    }
+
+    /// Takes in what was just read.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let room = self.limit.saturating_sub(self.kept.len());
+        let (keep, drop) = bytes.split_at(room.min(bytes.len()));
+        self.kept.extend_from_slice(keep);
+        self.dropped += drop.len() as u64;
+    }
+
+    /// Whether anything was thrown away.
+    pub fn was_cut(&self) -> bool {
+        self.dropped > 0
+    }
+
+    /// The stream as text ([`lossy`]); when it was cut, ended at a character boundary and
+    /// followed by a marker saying so and how much was left out.
+    pub fn into_text(self) -> String {
+        if !self.was_cut() {
+            return lossy(self.kept);
+        }
+        let mut kept = self.kept;
+        // A character split by the cut is not shown as U+FFFD: it belongs to what was cut.
+        let mut dropped = self.dropped;
+        if let Err(invalid) = std::str::from_utf8(&kept) {
+            if invalid.error_len().is_none() {
+                dropped += (kept.len() - invalid.valid_up_to()) as u64;
+                kept.truncate(invalid.valid_up_to());
+            }
+        }
+        format!(
+            "{}… [output cut at {} bytes: {dropped} more bytes not shown]",
+            lossy(kept),
+            self.limit
+        )
+    }
+}
+
 /// At most `limit` bytes of `text`, cut at a character boundary, with a marker naming
 /// how many bytes were left out.
 pub fn truncate(text: &str, limit: usize) -> Cow<'_, str> {
@@ -153,6 +214,41 @@ mod tests {
         #[case] expected: &str,
     ) {
         assert_eq!(truncate(text, limit), expected);
+    }
+
+    #[test]
+    fn a_capped_stream_keeps_its_start_and_counts_the_rest() {
+        let mut stream = CappedOutput::new(8);
+        for _ in 0..1000 {
+            stream.push(b"y\n");
+        }
+        assert!(stream.was_cut());
+        assert!(stream.kept.capacity() <= 64, "memory stays bounded");
+        assert_eq!(
+            stream.into_text(),
+            "y\ny\ny\ny\n… [output cut at 8 bytes: 1992 more bytes not shown]"
+        );
+        let mut short = CappedOutput::new(8);
+        short.push(b"ok\n");
+        assert!(!short.was_cut());
+        assert_eq!(short.into_text(), "ok\n");
+    }
+
+    #[test]
+    fn a_cut_inside_a_character_drops_the_whole_character() {
+        let mut stream = CappedOutput::new(3);
+        stream.push("aéé".as_bytes());
+        assert_eq!(
+            stream.into_text(),
+            "aé… [output cut at 3 bytes: 2 more bytes not shown]"
+        );
+        let mut stream = CappedOutput::new(2);
+        stream.push("aé".as_bytes());
+        stream.push(b"z");
+        assert_eq!(
+            stream.into_text(),
+            "a… [output cut at 2 bytes: 3 more bytes not shown]"
+        );
     }
 
     #[test]

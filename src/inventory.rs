@@ -195,6 +195,11 @@ impl TryFrom<String> for JumpSetting {
             Some((user, address)) => (Some(user), address),
             None => (None, text),
         };
+        // `user:password@host`: postflight logs in with keys only, and a password has no
+        // business in an inventory or in an error message: it is not repeated.
+        if user.is_some_and(|user| user.contains(':')) {
+            return Err("jump: `user:password@host` carries a password, which postflight never uses (it logs in with keys only); write `user@host` and give the key in ssh.identity_file or the ssh-agent".into());
+        }
         if let Some(user) = user {
             // What a login name is (POSIX portable filename characters), and nothing
             // `ssh -J` in a pasted fix command could read as an option.
@@ -529,6 +534,15 @@ impl Default for Timeouts {
     }
 }
 
+/// The shortest deadline an inventory may give: a wait, an SSH command or the lock's
+/// duration. Below it, a deadline decides at random (a `1ns` SSH timeout fails every
+/// command), never about the node.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest: a day. A node that has not come back, a drain or a lock wait after a day
+/// is for a person to look at; and the reboot lock (`lock.duration`, what a killed run
+/// keeps others out for) must not outlast the work it protects by years.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// DNS-1123 subdomain, what Kubernetes accepts as a node name.
 pub(crate) fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
@@ -551,9 +565,11 @@ impl Inventory {
     /// Unreadable file, YAML syntax, unknown fields, wrong types, and invalid values, each
     /// with the file, line and column.
     pub fn load(file: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(file).map_err(|source| InventoryError::Read {
-            file: file.into(),
-            source,
+        let text = crate::local_file::read_text(file, "the inventory").map_err(|error| {
+            InventoryError::Read {
+                file: file.into(),
+                source: std::io::Error::other(error.problem.to_string()),
+            }
         })?;
         Self::parse(&text, file)
     }
@@ -705,6 +721,24 @@ impl Inventory {
                 format!("{key} is 0s: a wait that cannot succeed; give it a duration > 0"),
             ));
         }
+        for (key, duration) in durations {
+            let (bound, side, why) = if duration < MIN_TIMEOUT {
+                (MIN_TIMEOUT, "under the floor", "no step of a run can be judged in less, and a sub-second deadline only fails at random")
+            } else if duration > MAX_TIMEOUT {
+                (MAX_TIMEOUT, "over the ceiling", "no step of a run takes longer, and the reboot lock must not be held for longer than the work it protects")
+            } else {
+                continue;
+            };
+            return Err(self.located(
+                text,
+                key,
+                format!(
+                    "{key} is {}: {side} of {} ({why})",
+                    humantime::format_duration(duration),
+                    humantime::format_duration(bound)
+                ),
+            ));
+        }
         if self.lock.duration < self.timeouts.node_ready {
             return Err(self.located(
                 text,
@@ -766,6 +800,60 @@ impl Inventory {
                 "ssh",
                 "ssh.known_hosts is required: every node's host key is verified against it, and there is no fallback".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The files this inventory names that a run reads when it starts: known_hosts
+    /// (which must exist when any node is reached over SSH), every identity file, and
+    /// the kubeconfig. Each one that is there must be a regular file of a sane size (see
+    /// [`crate::local_file`]); a missing identity file or kubeconfig may be meant for
+    /// another machine (the CI runner), and is left for the run to report.
+    ///
+    /// # Errors
+    /// The first file that breaks this, with the setting that names it.
+    pub fn check_files(&self) -> Result<(), InventoryError> {
+        let unusable = |message: String| InventoryError::Unlocated {
+            file: self.file.clone(),
+            message,
+        };
+        let ssh_targets: Vec<SshTarget> = self
+            .nodes
+            .iter()
+            .filter_map(|node| self.ssh_target(node))
+            .collect();
+        if !ssh_targets.is_empty() {
+            match crate::local_file::read(&self.ssh.known_hosts, "ssh.known_hosts") {
+                Err(error) if error.missing() => {
+                    return Err(unusable(format!(
+                        "ssh.known_hosts {} does not exist: host keys could not be verified",
+                        self.ssh.known_hosts.display()
+                    )))
+                }
+                Err(error) => return Err(unusable(error.to_string())),
+                Ok(_) => {}
+            }
+        }
+        let identities = ssh_targets
+            .iter()
+            .filter_map(|target| target.identity_file.as_ref().map(|f| (target, f)));
+        let mut checked = HashSet::new();
+        for (target, identity) in identities {
+            if !checked.insert(identity) {
+                continue;
+            }
+            match crate::local_file::read(identity, "identity_file") {
+                Err(error) if !error.missing() => {
+                    return Err(unusable(format!("node {}: {error}", target.node)))
+                }
+                _ => {}
+            }
+        }
+        if let Some(kubeconfig) = &self.cluster.kubeconfig {
+            match crate::local_file::read(kubeconfig, "cluster.kubeconfig") {
+                Err(error) if !error.missing() => return Err(unusable(error.to_string())),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -873,6 +961,74 @@ mod tests {
         assert_eq!(valid_host(host), valid, "{host}");
     }
 
+    #[test]
+    fn a_password_in_a_jump_is_refused_and_never_repeated() {
+        for text in [
+            "ssh:\n  known_hosts: k\n  jump: \"admin:SEKRIT@bastion:2222\"\nnodes:\n  - name: a\n    host: h\n",
+            "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\n    jump: \"admin:SE@KRIT@bastion\"\n",
+        ] {
+            let error = Inventory::parse(text, Path::new("inv.yaml")).unwrap_err().to_string();
+            assert!(error.contains("carries a password"), "{error}");
+            assert!(!error.contains("SEKRIT") && !error.contains("KRIT"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_timeouts_bounds_are_accepted_themselves() {
+        let text = "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\ntimeouts:\n  ssh: 1s\n  drain: 24h\nlock:\n  duration: 24h\n  wait: 1s\n";
+        let inventory = Inventory::parse(text, Path::new("inv.yaml")).unwrap();
+        assert_eq!(inventory.timeouts.ssh, MIN_TIMEOUT);
+        assert_eq!(inventory.lock.duration, MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn check_files_names_a_known_hosts_that_is_a_directory_or_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory_at = |known_hosts: &str, identity: &str| {
+            let text = format!(
+                "ssh:\n  known_hosts: {known_hosts}\n  identity_file: {identity}\nnodes:\n  - name: a\n    host: h\n"
+            );
+            Inventory::parse(&text, &dir.path().join("inv.yaml")).unwrap()
+        };
+        std::fs::create_dir(dir.path().join("khdir")).unwrap();
+        std::fs::write(dir.path().join("known_hosts"), "").unwrap();
+        let error = inventory_at("khdir", "id")
+            .check_files()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ssh.known_hosts")
+                && error.contains("khdir: not a regular file (a directory)"),
+            "{error}"
+        );
+        let error = inventory_at("gone", "id")
+            .check_files()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gone does not exist"), "{error}");
+        let error = inventory_at("known_hosts", "/dev/zero")
+            .check_files()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("node a: identity_file /dev/zero: not a regular file"),
+            "{error}"
+        );
+        // An identity file kept on another machine (the CI runner) is not this one's to refuse.
+        assert!(inventory_at("known_hosts", "missing-id")
+            .check_files()
+            .is_ok());
+    }
+
+    #[test]
+    fn an_inventory_that_is_not_a_file_is_refused_without_reading_it() {
+        let error = Inventory::load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "/dev/zero: cannot read the inventory: not a regular file (a character device); give the path of the file itself"
+        );
+    }
+
     #[rstest]
     #[case::unknown_field(
         "nodes:\n  - name: a\n    host: h\n    hots: x\n",
@@ -978,6 +1134,36 @@ mod tests {
         6,
         11,
         "is not a login name"
+    )]
+    #[case::jump_with_password(
+        "ssh:\n  known_hosts: k\n  jump: \"admin:SEKRIT@bastion\"\nnodes:\n  - name: a\n    host: h\n",
+        3,
+        9,
+        "carries a password, which postflight never uses"
+    )]
+    #[case::sub_second_ssh(
+        "nodes:\n  - name: a\n    host: h\ntimeouts:\n  ssh: 1ns\n",
+        5,
+        3,
+        "timeouts.ssh is 1ns: under the floor of 1s"
+    )]
+    #[case::fractional_second(
+        "nodes:\n  - name: a\n    host: h\ntimeouts:\n  node_ready: 0.0001s\n",
+        5,
+        3,
+        "timeouts.node_ready is 100us: under the floor of 1s"
+    )]
+    #[case::a_68_year_lease(
+        "nodes:\n  - name: a\n    host: h\nlock:\n  duration: 99999999999999999s\n",
+        5,
+        3,
+        "lock.duration is 3168808781years"
+    )]
+    #[case::a_wait_over_a_day(
+        "nodes:\n  - name: a\n    host: h\ntimeouts:\n  drain: 25h\n",
+        5,
+        3,
+        "timeouts.drain is 1day 1h: over the ceiling of 1day"
     )]
     #[case::node_jump_with_unclosed_bracket(
         "ssh:\n  known_hosts: k\nnodes:\n  - name: a\n    host: h\n    jump: \"[fd00::1:22\"\n",

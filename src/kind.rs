@@ -86,10 +86,19 @@ pub fn get_nodes(cluster: &str) -> Result<Vec<String>, KindError> {
 /// The kubeconfig cannot be read or has no such context.
 pub fn check_context(cluster: &str, kubeconfig: Option<&Path>) -> Result<(), KindError> {
     let (read, shown) = match kubeconfig {
-        Some(path) => (
-            kube::config::Kubeconfig::read_from(path),
-            path.display().to_string(),
-        ),
+        // Bounded first: kube reads whatever the path names, /dev/zero included.
+        Some(path) => match crate::local_file::read(path, "the kubeconfig") {
+            Err(error) => {
+                return Err(KindError::Kubeconfig {
+                    kubeconfig: path.display().to_string(),
+                    reason: error.problem.to_string(),
+                })
+            }
+            Ok(_) => (
+                kube::config::Kubeconfig::read_from(path),
+                path.display().to_string(),
+            ),
+        },
         None => (
             kube::config::Kubeconfig::read(),
             "the default kubeconfig".to_string(),
@@ -186,6 +195,15 @@ mod tests {
             crate::inventory::NodeKind::Container
         );
         assert!(!text.contains("host:"), "no addresses: {text}");
+    }
+
+    #[test]
+    fn a_kubeconfig_that_is_not_a_file_is_refused_before_it_is_read() {
+        let error = check_context("calico", Some(Path::new("/dev/zero"))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "/dev/zero: not a regular file (a character device); give the path of the file itself"
+        );
     }
 
     #[test]

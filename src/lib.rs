@@ -23,6 +23,7 @@ pub mod host;
 pub mod hostile;
 pub mod inventory;
 pub mod kind;
+pub mod local_file;
 pub mod node_shell;
 pub mod rbac;
 pub mod report;

@@ -328,6 +328,18 @@ fn cluster_runtime(inventory: &Inventory) -> anyhow::Result<Result<tokio::runtim
         .map(|()| runtime))
 }
 
+/// Runs a command's work, reports included, to its end, then ends the runtime without
+/// waiting for its blocking workers: an SSH worker still in a call to a stuck node (it
+/// returns at its own deadline) must not keep a finished run's process alive.
+fn run_to_end<T>(
+    runtime: tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let result = runtime.block_on(work);
+    runtime.shutdown_background();
+    result
+}
+
 async fn check_cluster_config(inventory: &Inventory) -> Result<(), u8> {
     match gate::connect(inventory).await {
         Ok(_) => Ok(()),
@@ -372,28 +384,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::CheckInventory { file } => {
             let path = file.or(flags.inventory);
             Ok(match load_inventory(path.as_deref()) {
-                Ok(inventory)
-                    if inventory
-                        .nodes
-                        .iter()
-                        .any(|node| inventory.ssh_target(node).is_some())
-                        && !inventory.ssh.known_hosts.is_file() =>
-                {
-                    eprintln!(
-                        "postflight: {}: ssh.known_hosts {} does not exist: host keys could not be verified",
-                        inventory.file.display(),
-                        inventory.ssh.known_hosts.display()
-                    );
-                    EXIT_USAGE
-                }
-                Ok(inventory) => {
-                    println!(
-                        "{}: valid, {} nodes",
-                        inventory.file.display(),
-                        inventory.nodes.len()
-                    );
-                    0
-                }
+                Ok(inventory) => match inventory.check_files() {
+                    Err(error) => {
+                        eprintln!("postflight: {error}");
+                        EXIT_USAGE
+                    }
+                    Ok(()) => {
+                        println!(
+                            "{}: valid, {} nodes",
+                            inventory.file.display(),
+                            inventory.nodes.len()
+                        );
+                        0
+                    }
+                },
                 Err(code) => code,
             })
         }
@@ -430,7 +434,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(verify(inventory, request, Outputs::new(reports, display)))
+            run_to_end(
+                runtime,
+                verify(inventory, request, Outputs::new(reports, display)),
+            )
         }
         Command::Rbac { service_account } => {
             let inventory = match load_inventory(flags.inventory.as_deref()) {
@@ -455,7 +462,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(diagnose(inventory, node, Outputs::new(reports, display)))
+            run_to_end(
+                runtime,
+                diagnose(inventory, node, Outputs::new(reports, display)),
+            )
         }
         Command::Rolling {
             nodes,
@@ -483,7 +493,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(rolling(inventory, request, Outputs::new(reports, display)))
+            run_to_end(
+                runtime,
+                rolling(inventory, request, Outputs::new(reports, display)),
+            )
         }
         Command::Mesh { reports } => {
             let inventory = match load_cluster_inventory(&flags) {
@@ -494,7 +507,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(mesh(inventory, Outputs::new(reports, display)))
+            run_to_end(runtime, mesh(inventory, Outputs::new(reports, display)))
         }
         Command::Drift { reports } => {
             let inventory = match load_cluster_inventory(&flags) {
@@ -505,7 +518,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(runtime) => runtime,
                 Err(code) => return Ok(code),
             };
-            runtime.block_on(drift(inventory, Outputs::new(reports, display)))
+            run_to_end(runtime, drift(inventory, Outputs::new(reports, display)))
         }
     }
 }

@@ -819,3 +819,232 @@ fn pod_traffic_dropped_elsewhere_is_refused_before_the_reboot(
     lab_cli(&lab, &["block-pod-traffic", "--node", blocked, "--unblock"]);
     assert_nothing_left(&lab, node);
 }
+
+/// A `stat` on the node that never ends: 128 MiB at once, then a line a second forever,
+/// touching a file in the node's /run when it starts and each time it prints (a writer
+/// whose reader is gone dies on its next line, and stops touching it).
+const STALLING_STAT: &str = "#!/bin/sh\n\
+    touch /run/postflight-stall-started\n\
+    head -c 134217728 /dev/zero | tr '\\0' y\n\
+    while :; do echo still statting; touch /run/postflight-stall-alive; sleep 1; done\n";
+
+/// The largest resident set `pid` had, sampled until it exits (in KiB).
+fn peak_rss_kib(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(rss);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
+/// Waits for a background run to end, at most `limit`; kills it and fails if it does not.
+fn ends_within(child: Background, limit: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match receiver.recv_timeout(limit) {
+        Ok(output) => output,
+        Err(_) => {
+            nix_kill(pid, "KILL");
+            panic!("postflight (pid {pid}) did not exit within {limit:?}");
+        }
+    }
+}
+
+/// The transport stall: a node command that keeps printing can no longer hold a run, nor
+/// the reboot lock. With `--reboot --drain`, the host check that runs it ends in error at
+/// `timeouts.ssh` however much it prints, with postflight's memory bounded; the node
+/// command is ended with its channel; the Lease is released and the run exits. And Ctrl-C
+/// during such a stall ends the process within 2 s, its report written; and `drift`
+/// over such a node exits once its report is written.
+#[test]
+fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits() {
+    let lab = lab("pf-stall", 3);
+    let node = "k8s-worker-02";
+    let spec = lab.topology().node(node).unwrap();
+    let paths = postflight_lab::node::NodePaths::new(lab.topology(), spec);
+    // The node's own /usr/local/bin, first in sshd's PATH: `env LC_ALL=C stat` finds it.
+    let stat = paths.bin.join("stat");
+    std::fs::write(&stat, STALLING_STAT).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stat, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (started_marker, alive_marker) = (
+        paths.run.join("postflight-stall-started"),
+        paths.run.join("postflight-stall-alive"),
+    );
+    let with_ssh_timeout = |file: &str, timeout: &str| {
+        inventory_with(&lab, file, |text| {
+            text.replace(
+                "  connectivity: 30s\n",
+                &format!("  connectivity: 30s\n  ssh: {timeout}\n"),
+            )
+        })
+    };
+    let reports = tempfile::tempdir().unwrap();
+    let (junit, json) = (
+        reports.path().join("stall-junit.xml"),
+        reports.path().join("stall.json"),
+    );
+    let run = |inventory: &std::path::Path, flags: &[&str]| {
+        Background::spawn(
+            Command::new(POSTFLIGHT)
+                .arg("--inventory")
+                .arg(inventory)
+                .args(["verify", "--node", node])
+                .args(flags)
+                .arg("--junit")
+                .arg(&junit)
+                .arg("--json")
+                .arg(&json)
+                .env("NO_COLOR", "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        )
+    };
+
+    let child = run(
+        &with_ssh_timeout("short-ssh.yaml", "8s"),
+        &["--reboot", "--drain"],
+    );
+    let peak = peak_rss_kib(child.id());
+    let output = ends_within(child, Duration::from_secs(300));
+    let ended = std::time::SystemTime::now();
+    let peak_mib = peak.join().unwrap() / 1024;
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
+    let describe = format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = |check: &str| {
+        report["nodes"][0]["results"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == check).cloned())
+            .unwrap_or_else(|| panic!("no {check}: {describe}"))
+    };
+    assert_eq!(output.status.code(), Some(3), "{describe}");
+    let run_dir = result("run_dir_permissions");
+    assert_eq!(run_dir["verdict"], "error", "{describe}");
+    let message = run_dir["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stat") && message.contains("did not finish within 8s"),
+        "{message}"
+    );
+    // The same connection carried the node's other commands as usual.
+    assert_eq!(
+        result("tmpfiles_config_present")["verdict"],
+        "passed",
+        "{describe}"
+    );
+    // The deadline counted from the command's start, whatever it printed meanwhile.
+    let stalled_for = ended
+        .duration_since(
+            std::fs::metadata(&started_marker)
+                .unwrap()
+                .modified()
+                .unwrap(),
+        )
+        .unwrap();
+    eprintln!("the run ended {stalled_for:?} after the stall began (timeouts.ssh: 8s)");
+    assert!(
+        stalled_for < Duration::from_secs(8 + 6),
+        "ended {stalled_for:?} after the stall began: {describe}"
+    );
+    // 128 MiB came through: an uncapped read alone would hold more than that.
+    eprintln!("postflight's peak RSS through the stall: {peak_mib} MiB");
+    assert!(peak_mib < 100, "peak RSS {peak_mib} MiB: {describe}");
+    assert_eq!(lock_holder(&lab), "", "the reboot lock is released");
+    // A rebooted node whose checks did not all pass stays out of service, and says so.
+    assert!(cordoned(&lab, node), "{describe}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("kubectl uncordon {node}")),
+        "{describe}"
+    );
+    assert_no_probe_left(&lab);
+    // The node's command went with its channel: it stops printing.
+    let alive = |marker: &std::path::Path| std::fs::metadata(marker).and_then(|m| m.modified());
+    let last = alive(&alive_marker).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        alive(&alive_marker).unwrap(),
+        last,
+        "the node's stat still runs"
+    );
+    kubectl(&lab, &["uncordon", node]);
+
+    // Ctrl-C in the middle of a stall, with a deadline far away.
+    std::fs::remove_file(&started_marker).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let child = run(&with_ssh_timeout("long-ssh.yaml", "120s"), &[]);
+    wait_until("the node's stat to start", Duration::from_secs(60), || {
+        started_marker.exists()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let interrupted = std::time::Instant::now();
+    nix_kill(child.id(), "INT");
+    let output = ends_within(child, Duration::from_secs(10));
+    let took = interrupted.elapsed();
+    eprintln!("Ctrl-C during the stall: exited after {took:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after Ctrl-C: {stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report is written"))
+            .unwrap();
+    assert_eq!(report["nodes"][0]["node"], node, "{report}");
+    assert_eq!(report["nodes"][0]["interrupted"], true, "{report}");
+    roxmltree::Document::parse(&std::fs::read_to_string(&junit).unwrap()).unwrap();
+    let last = alive(&alive_marker).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        alive(&alive_marker).unwrap(),
+        last,
+        "the node's stat still runs"
+    );
+
+    // drift reads every node in one batch each: the stalled one errs at its deadline,
+    // and the process exits once its report is written, its SSH worker or not.
+    std::fs::remove_file(&json).unwrap();
+    let started = std::time::Instant::now();
+    let child = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(with_ssh_timeout("short-ssh.yaml", "8s"))
+            .args(["drift", "--json"])
+            .arg(&json)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let output = ends_within(child, Duration::from_secs(60));
+    eprintln!(
+        "drift with one stalled node: exited after {:?}",
+        started.elapsed()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("drift's report")).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{report}");
+    let stalled = report["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == node))
+        .expect("the stalled node is reported");
+    assert!(
+        stalled.to_string().contains("did not finish within 8s"),
+        "{stalled}"
+    );
+    std::fs::remove_file(&stat).unwrap();
+    assert_nothing_left(&lab, node);
+}

@@ -22,7 +22,6 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
 use std::collections::BTreeMap;
 use std::path::Path;
-use tokio::io::AsyncReadExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -225,18 +224,21 @@ impl Cluster {
         };
         let config = match kubeconfig {
             Some(path) => {
-                let file = Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+                let refused = |reason: String| ClusterError::Kubeconfig {
                     path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                    reason,
+                };
+                // Bounded first: kube reads whatever the path names, /dev/zero included.
+                crate::local_file::read(path, "the kubeconfig")
+                    .map_err(|e| refused(e.problem.to_string()))?;
+                let file = Kubeconfig::read_from(path).map_err(|e| refused(e.to_string()))?;
+                check_named_files(&file, context).map_err(refused)?;
                 Config::from_custom_kubeconfig(file, &options)
                     .await
-                    .map_err(|e| ClusterError::Kubeconfig {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?
+                    .map_err(|e| refused(e.to_string()))?
             }
             None if context.is_some() => {
+                check_default_kubeconfigs(context)?;
                 Config::from_kubeconfig(&options)
                     .await
                     .map_err(|e| ClusterError::Kubeconfig {
@@ -244,12 +246,15 @@ impl Cluster {
                         reason: e.to_string(),
                     })?
             }
-            None => Config::infer()
-                .await
-                .map_err(|e| ClusterError::Kubeconfig {
-                    path: "(default)".into(),
-                    reason: e.to_string(),
-                })?,
+            None => {
+                check_default_kubeconfigs(context)?;
+                Config::infer()
+                    .await
+                    .map_err(|e| ClusterError::Kubeconfig {
+                        path: "(default)".into(),
+                        reason: e.to_string(),
+                    })?
+            }
         };
         let server = config.cluster_url.to_string();
         let context = match (context, kubeconfig) {
@@ -263,6 +268,14 @@ impl Cluster {
                 Err(_) => Some("in-cluster".into()),
             },
         };
+        // Before any client is built: kube-client panics on a token it cannot send.
+        check_credentials(&config.auth_info).map_err(|reason| ClusterError::Kubeconfig {
+            path: kubeconfig.map_or("(default)".into(), |p| p.display().to_string()),
+            reason: match &context {
+                Some(context) => format!("context {context}: {reason}"),
+                None => reason,
+            },
+        })?;
         let mut without_retry = config.clone();
         without_retry.default_retry = false;
         let client = Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
@@ -784,11 +797,11 @@ impl Cluster {
             .exec(pod, argv.to_vec(), &params)
             .await
             .map_err(api_error(action.clone()))?;
-        let mut stdout_reader = process.stdout().ok_or_else(|| ClusterError::Exec {
+        let stdout_reader = process.stdout().ok_or_else(|| ClusterError::Exec {
             action: action.clone(),
             reason: "no stdout".into(),
         })?;
-        let mut stderr_reader = process.stderr().ok_or_else(|| ClusterError::Exec {
+        let stderr_reader = process.stderr().ok_or_else(|| ClusterError::Exec {
             action: action.clone(),
             reason: "no stderr".into(),
         })?;
@@ -796,17 +809,21 @@ impl Cluster {
             action: action.clone(),
             reason: "no status channel".into(),
         })?;
-        // As bytes, kept lossily: what a probe image prints is not ours to trust.
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        // As bytes, kept lossily and capped as they are read: what a probe image or a
+        // node prints is not ours to trust, nor how much of it there is.
+        let limit = crate::hostile::MAX_STREAM_BYTES;
         let (out, err) = tokio::join!(
-            stdout_reader.read_to_end(&mut stdout),
-            stderr_reader.read_to_end(&mut stderr)
+            crate::host::read_capped(Some(stdout_reader), limit),
+            crate::host::read_capped(Some(stderr_reader), limit)
         );
-        out.and(err).map_err(|e| ClusterError::Exec {
+        let exec_error = |e: std::io::Error| ClusterError::Exec {
             action: action.clone(),
             reason: e.to_string(),
-        })?;
-        let (stdout, stderr) = (crate::hostile::lossy(stdout), crate::hostile::lossy(stderr));
+        };
+        let (stdout, stderr) = (
+            out.map_err(exec_error)?.into_text(),
+            err.map_err(exec_error)?.into_text(),
+        );
         let status = status.await;
         process.join().await.map_err(|e| ClusterError::Exec {
             action: action.clone(),
@@ -841,6 +858,119 @@ impl Cluster {
             exit_code,
         })
     }
+}
+
+/// The kubeconfig files kubectl would read without `--kubeconfig`: KUBECONFIG's, else
+/// ~/.kube/config.
+fn default_kubeconfig_paths() -> Vec<std::path::PathBuf> {
+    match std::env::var_os("KUBECONFIG") {
+        Some(value) if !value.is_empty() => std::env::split_paths(&value)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        _ => std::env::home_dir()
+            .map(|home| vec![home.join(".kube").join("config")])
+            .unwrap_or_default(),
+    }
+}
+
+/// The default kubeconfig files, and the files their context names, are regular files of
+/// a sane size (a missing one is kube's to report, or to fall back from).
+fn check_default_kubeconfigs(context: Option<&str>) -> Result<(), ClusterError> {
+    let refused = |reason: String| ClusterError::Kubeconfig {
+        path: "(default)".into(),
+        reason,
+    };
+    for path in default_kubeconfig_paths() {
+        match crate::local_file::read(&path, "the kubeconfig") {
+            Err(error) if !error.missing() => return Err(refused(error.to_string())),
+            _ => {}
+        }
+    }
+    match Kubeconfig::read() {
+        Ok(file) => check_named_files(&file, context).map_err(refused),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The files a kubeconfig's context names, which building its client reads whole: its
+/// cluster's certificate authority, its user's client certificate and key, and its
+/// tokenFile. Each must be a regular file of a sane size.
+///
+/// # Errors
+/// One is not: which, and why.
+fn check_named_files(file: &Kubeconfig, context: Option<&str>) -> Result<(), String> {
+    let Some(name) = context.or(file.current_context.as_deref()) else {
+        return Ok(());
+    };
+    // A context that is not there is kube's to report.
+    let Some(chosen) = file
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.context.as_ref())
+    else {
+        return Ok(());
+    };
+    let cluster = file
+        .clusters
+        .iter()
+        .find(|c| c.name == chosen.cluster)
+        .and_then(|c| c.cluster.as_ref());
+    let user = chosen
+        .user
+        .as_ref()
+        .and_then(|user| file.auth_infos.iter().find(|a| &a.name == user))
+        .and_then(|a| a.auth_info.as_ref());
+    let named = [
+        (
+            "its certificate-authority",
+            cluster.and_then(|c| c.certificate_authority.as_deref()),
+        ),
+        (
+            "its client-certificate",
+            user.and_then(|u| u.client_certificate.as_deref()),
+        ),
+        ("its client-key", user.and_then(|u| u.client_key.as_deref())),
+        ("its tokenFile", user.and_then(|u| u.token_file.as_deref())),
+    ];
+    for (what, path) in named {
+        if let Some(path) = path {
+            crate::local_file::read(Path::new(path), what).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `token` can be sent as `Authorization: Bearer …`: no control character (ESC,
+/// a newline, NUL) is allowed in an HTTP header.
+fn sendable_token(token: &str) -> bool {
+    http::HeaderValue::try_from(format!("Bearer {token}")).is_ok()
+}
+
+/// The user's token, inline or in its tokenFile, can be sent in a header. kube-client
+/// panics on an inline one that cannot; a token file's is refused on every request. The
+/// token is never repeated in the error.
+///
+/// # Errors
+/// It cannot: where it is.
+fn check_credentials(user: &kube::config::AuthInfo) -> Result<(), String> {
+    use secrecy::ExposeSecret;
+    const UNSENDABLE: &str = "holds a character that cannot be sent in an HTTP header (a control character such as ESC or a newline); write the token again without it";
+    // The inline token wins over the file, as kube-client reads them.
+    if let Some(token) = &user.token {
+        return match sendable_token(token.expose_secret()) {
+            true => Ok(()),
+            false => Err(format!("the user's token {UNSENDABLE}")),
+        };
+    }
+    if let Some(file) = &user.token_file {
+        let token =
+            crate::local_file::read(Path::new(file), "its tokenFile").map_err(|e| e.to_string())?;
+        if !sendable_token(&String::from_utf8_lossy(&token)) {
+            return Err(format!("its tokenFile {file} {UNSENDABLE}"));
+        }
+    }
+    Ok(())
 }
 
 pub use conditions::{has_boot_id_other_than, has_reported_since, is_node_ready};
@@ -912,6 +1042,101 @@ mod tests {
     use super::*;
 
     use mock::{mocked, status_json};
+
+    /// A kubeconfig whose one user is `user` (YAML), in a directory of its own.
+    fn kubeconfig_with(user: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://198.18.0.1:6443\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    {user}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: admin}}\ncurrent-context: lab\n"
+            ),
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    async fn connect_error(path: &Path) -> String {
+        match Cluster::connect(Some(path), None).await {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(error) => {
+                assert!(
+                    matches!(error, ClusterError::Kubeconfig { .. }),
+                    "a usage error: {error}"
+                );
+                error.to_string()
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_with_a_control_character_is_refused_not_a_panic_and_not_repeated() {
+        let (_dir, path) = kubeconfig_with(r#"token: "SEKRIT\x1b[2Jtoken""#);
+        let error = connect_error(&path).await;
+        assert!(
+            error.contains("context lab: the user's token holds a character that cannot be sent in an HTTP header"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("SEKRIT"),
+            "the token is never repeated: {error}"
+        );
+        let (_dir, good) = kubeconfig_with(r#"token: "SEKRITtoken""#);
+        assert!(Cluster::connect(Some(&good), None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_token_file_is_bounded_and_its_token_checked() {
+        let (dir, path) = kubeconfig_with("tokenFile: /dev/zero");
+        let error = connect_error(&path).await;
+        assert!(
+            error.contains("its tokenFile /dev/zero: not a regular file (a character device)"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("token"), "SEKRIT\u{1b}x").unwrap();
+        let (_other, path) = kubeconfig_with(&format!(
+            "tokenFile: {}",
+            dir.path().join("token").display()
+        ));
+        let error = connect_error(&path).await;
+        assert!(
+            error.contains("cannot be sent in an HTTP header"),
+            "{error}"
+        );
+        assert!(!error.contains("SEKRIT"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_that_is_not_a_regular_file_is_named_and_refused() {
+        let error = connect_error(Path::new("/dev/zero")).await;
+        assert_eq!(
+            error,
+            "cannot load the kubeconfig /dev/zero: not a regular file (a character device); give the path of the file itself"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let error = connect_error(dir.path()).await;
+        assert!(
+            error.contains("not a regular file (a directory)"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_context_names_is_bounded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://198.18.0.1:6443\n    certificate-authority: /dev/zero\nusers:\n- name: admin\n  user: {token: abc}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: admin}\ncurrent-context: lab\n",
+        )
+        .unwrap();
+        let error = connect_error(&path).await;
+        assert!(
+            error.contains("its certificate-authority /dev/zero: not a regular file"),
+            "{error}"
+        );
+    }
 
     #[tokio::test]
     async fn a_forbidden_watch_ends_the_wait_at_once_naming_the_refusal() {
