@@ -15,6 +15,9 @@ bash ci/linters.sh
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# What a release is built with (musl, umoci, skopeo, cargo-cyclonedx), for the release
+# tests.
+bash ci/release-tools.sh
 # The lab's Go part: formatted, vetted, and built once (the first build on a machine
 # compiles Kubernetes and takes minutes; later ones reuse Go's caches).
 unformatted=$(gofmt -l ci/lab/k8s)
@@ -22,6 +25,12 @@ unformatted=$(gofmt -l ci/lab/k8s)
 (cd ci/lab/k8s && GOFLAGS=-mod=readonly go vet ./...)
 export POSTFLIGHT_LAB_K8S_BIN
 POSTFLIGHT_LAB_K8S_BIN=$(bash ci/lab/k8s/build.sh)
+# Helm, from its Go module in the same module, for the chart's tests.
+export POSTFLIGHT_HELM
+POSTFLIGHT_HELM=$(bash ci/lab/k8s/build.sh helm)
+# The release exactly as ci/release.sh makes it: tests/release.rs checks what it wrote.
+export POSTFLIGHT_DIST="$PWD/target/dist"
+bash ci/release.sh "$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 # The end-to-end tests start `postflight-lab` and `postflight` as processes.
 cargo build --workspace --bins --locked
 export POSTFLIGHT_LAB_BIN="$PWD/target/debug/postflight-lab"

@@ -2,13 +2,21 @@
 # Builds lab-k8s, the lab's real Kubernetes control plane (kube-apiserver, etcd,
 # kube-controller-manager, kube-scheduler, kubectl and the kubelets' streaming server in
 # one binary), unless the binary is already up to date, and prints its path.
+# `build.sh helm` builds Helm instead, from the module's `tool` directive (its version is
+# the module's, like every other dependency), for the chart's tests.
 #
 # The first build on a machine compiles most of Kubernetes and takes minutes on two cores;
 # Go keeps its module and build caches (GOMODCACHE, GOCACHE), so later builds only link.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out_dir=${POSTFLIGHT_LAB_K8S_DIR:-$(cd "$here/../../.." && pwd)/target/lab-k8s}
-binary=$out_dir/lab-k8s
+what=${1:-lab-k8s}
+case "$what" in
+  lab-k8s) package=. ;;
+  helm) package=helm.sh/helm/v4/cmd/helm ;;
+  *) echo "build.sh: build lab-k8s (the default) or helm, not $what" >&2; exit 2 ;;
+esac
+binary=$out_dir/$what
 
 if ! command -v go >/dev/null 2>&1; then
   echo "lab-k8s: Go is not installed, and the lab's control plane is built from Go modules." >&2
@@ -21,24 +29,36 @@ mkdir -p "$out_dir"
 exec 9>"$out_dir/.build.lock"
 flock 9
 
-stamp=$( (cat "$here/VERSION" "$here/go.mod" "$here/go.sum" "$here"/*.go; go version) | sha256sum | cut -d' ' -f1)
+stamp=$( (echo "$what"; cat "$here/VERSION" "$here/go.mod" "$here/go.sum" "$here"/*.go; go version) | sha256sum | cut -d' ' -f1)
 if [ -x "$binary" ] && [ "$(cat "$binary.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$binary"
   exit 0
 fi
 
-minor=${version#v1.}; minor=${minor%%.*}
-echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
 started=$(date +%s)
 cd "$here"
+if [ "$what" = helm ]; then
+  helm_version=$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' helm.sh/helm/v4)
+  echo "lab-k8s: building Helm $helm_version from Go modules (about 3 minutes on 2 cores once Kubernetes is built, seconds later)" >&2
+  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" \
+    -o "$binary.partial" "$package"
+  mv "$binary.partial" "$binary"
+  echo "$stamp" > "$binary.stamp"
+  echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2
+  echo "$binary"
+  exit 0
+fi
+minor=${version#v1.}; minor=${minor%%.*}
+echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
 # The version the components report (`kubectl version`, /version) is stamped at link time,
 # as Kubernetes' own release build does.
 ldflags="-s -w"
-for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags="$ldflags -X $package.gitVersion=$version -X $package.gitMajor=1 -X $package.gitMinor=$minor"
-  ldflags="$ldflags -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+for stamped in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags="$ldflags -X $stamped.gitVersion=$version -X $stamped.gitMajor=1 -X $stamped.gitMinor=$minor"
+  ldflags="$ldflags -X $stamped.gitTreeState=clean -X $stamped.buildDate=1970-01-01T00:00:00Z"
 done
-GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" .
+GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" "$package"
 mv "$binary.partial" "$binary"
 echo "$stamp" > "$binary.stamp"
 echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2
