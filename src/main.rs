@@ -387,6 +387,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     EXIT_USAGE
                 }
                 Ok(inventory) => {
+                    for warning in inventory.warnings() {
+                        eprintln!(
+                            "postflight: {}: warning: {warning}",
+                            inventory.file.display()
+                        );
+                    }
                     println!(
                         "{}: valid, {} nodes",
                         inventory.file.display(),

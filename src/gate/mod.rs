@@ -61,6 +61,7 @@ pub use calico::{
 pub use connectivity::{check_connectivity, start_probes, ProbePlan, SharedProbes};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
+pub use lock::LockSlot;
 pub use mesh::mesh;
 pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
 pub use reboot::{crashloop_window_start, reboot_node, RebootBaseline};
@@ -170,6 +171,29 @@ impl VerifyRequest {
         }
         checks
     }
+}
+
+/// The longest one node's run can last, by the inventory's deadlines: the wait for the
+/// lock, the preflight's probes, the drain, the reboot and both waits on the node, the
+/// checks, and the cleanup steps, each to its deadline. A run that has not ended by
+/// then is stuck past all of them, and nothing of its is worth keeping: its lock is let
+/// go ([`work_under_lock`]), and a later run sweeps what it left.
+pub fn longest_run(inventory: &Inventory) -> Duration {
+    inventory.lock.wait + work_under_lock(inventory)
+}
+
+/// The longest a run's work under the lock can last, from when it took the lock.
+pub fn work_under_lock(inventory: &Inventory) -> Duration {
+    let t = &inventory.timeouts;
+    // Each step that reaches the node (the reachability proof, the boot record, the
+    // reboot command, the host state, the network state) within one command deadline.
+    let commands = t.ssh * 5;
+    let preflight = t.probe_ready + t.connectivity;
+    let reboot = t.node_not_ready + t.node_ready;
+    let checks = t.calico_ready.max(t.probe_ready) + t.connectivity;
+    // Probe pods, node shells, the uncordon and the release.
+    let cleanup = CLEANUP_TIMEOUT * 4;
+    commands + preflight + t.drain + reboot + checks + cleanup
 }
 
 /// A short random ID for this run's probe pods: unique enough that two runs never share
