@@ -51,7 +51,7 @@ struct Cli {
 }
 
 /// The report files every command that checks something can write.
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 struct ReportFlags {
     /// Write JUnit XML here: a testsuite per node (always written, also on failure and
     /// interruption; a rolling update rewrites it after every node).
@@ -339,6 +339,20 @@ async fn check_cluster_config(inventory: &Inventory) -> Result<(), u8> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let reports = match &cli.command {
+        Command::Verify { reports, .. }
+        | Command::Diagnose { reports, .. }
+        | Command::Rolling { reports, .. }
+        | Command::Mesh { reports }
+        | Command::Drift { reports } => Some(reports),
+        _ => None,
+    };
+    // Two reports written to one file would keep only the last: refused before anything.
+    if let Some(Err(error)) = reports.map(|r| report::ReportFiles::from(r.clone()).check_distinct())
+    {
+        eprintln!("postflight: {error}");
+        return Ok(EXIT_USAGE);
+    }
     let flags = ClusterFlags {
         inventory: cli.inventory,
         kubeconfig: cli.kubeconfig,

@@ -84,7 +84,7 @@ pub(super) async fn verify_with_probes(
     clean_up(plan, &recorder, &mut state, inventory).await;
     // Rebooted only once the reboot was sent (or may have been): a run refused before
     // that (permissions, the lock, the preflight) rebooted nothing.
-    let rebooted = state.ledger.phase >= Phase::RebootSent;
+    let rebooted = state.ledger.phase.rebooted();
     let mut report = recorder.into_report(rebooted, started_at, state.ready_at);
     report.interrupted = interrupted;
     Ok(report)
