@@ -176,7 +176,7 @@ fn a_reboot_that_cannot_be_sent_drains_nothing(
 
 /// Ctrl-C starts a clean stop; while that cleanup waits on an API server that hangs, a
 /// second Ctrl-C ends the run at once with exit 130, saying what may be left and how to
-/// undo it.
+/// undo it — and the report is still written, with what was known, marked interrupted.
 #[test]
 fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
     let lab = lab("pf-ctrlc2", 3);
@@ -208,6 +208,23 @@ fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
             && stderr.contains("the reboot lock kube-system/postflight-reboot-lock"),
         "{stderr}"
     );
+    // The report is written, with what was known: the checks that never had a verdict
+    // are errors of kind `interrupted`.
+    let junit = std::fs::read_to_string(&junit).expect("the JUnit is written on a second Ctrl-C");
+    let document = roxmltree::Document::parse(&junit).expect("the JUnit parses");
+    assert!(
+        document
+            .descendants()
+            .any(|n| n.has_tag_name("error") && n.attribute("type") == Some("interrupted")),
+        "{junit}"
+    );
+    assert!(
+        document.descendants().any(|n| n.has_tag_name("property")
+            && n.attribute("name") == Some("rebooted")
+            && n.attribute("value") == Some("true")),
+        "the reboot was sent before the signals: {junit}"
+    );
+    assert!(stderr.contains("the interrupted run's JUnit: "), "{stderr}");
     // It did not wait for the API server to come back.
     let api = Command::new(lab.paths().kubectl())
         .arg("--kubeconfig")

@@ -129,11 +129,53 @@ pub trait Progress: Send + Sync {
     fn step_started(&self, _node: &str, _step: &str) {}
     fn step_finished(&self, _node: &str, _step: &str, _took: Duration) {}
     fn check_finished(&self, _result: &CheckResult) {}
+    /// Whether [`Progress::report_so_far`] is wanted (building it costs a copy).
+    fn keeps_reports_so_far(&self) -> bool {
+        false
+    }
+    /// A node's report as it stands after every change, marked interrupted, with the
+    /// checks still to come as errors: what a front end writes if it must end the run
+    /// before the gate returns (a second Ctrl-C).
+    fn report_so_far(&self, _report: &NodeReport) {}
 }
 
 /// Shows nothing.
 pub struct Quiet;
 impl Progress for Quiet {}
+
+/// A front end's `Progress` that also keeps each node's report so far, for the report
+/// a run cut short by a second signal must still write.
+pub struct KeepingReports<'a> {
+    shown: &'a dyn Progress,
+    reports: std::sync::Arc<crate::report::ReportsSoFar>,
+}
+
+impl<'a> KeepingReports<'a> {
+    pub fn new(
+        shown: &'a dyn Progress,
+        reports: std::sync::Arc<crate::report::ReportsSoFar>,
+    ) -> Self {
+        KeepingReports { shown, reports }
+    }
+}
+
+impl Progress for KeepingReports<'_> {
+    fn step_started(&self, node: &str, step: &str) {
+        self.shown.step_started(node, step);
+    }
+    fn step_finished(&self, node: &str, step: &str, took: Duration) {
+        self.shown.step_finished(node, step, took);
+    }
+    fn check_finished(&self, result: &CheckResult) {
+        self.shown.check_finished(result);
+    }
+    fn keeps_reports_so_far(&self) -> bool {
+        true
+    }
+    fn report_so_far(&self, report: &NodeReport) {
+        self.reports.keep(report.clone());
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct VerifyRequest {

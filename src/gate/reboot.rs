@@ -414,6 +414,7 @@ async fn issue_reboot(
     // going down, and unknown must count as rebooted.
     let before_reboot = ledger.phase;
     ledger.phase = Phase::RebootSent;
+    recorder.set_reboot_sent(true);
     let sent = async {
         match inventory.reboot.runs_on {
             RunsOn::Node => {
@@ -438,6 +439,7 @@ async fn issue_reboot(
         }
         Ok(RebootOutcome::Refused(output)) => {
             ledger.phase = before_reboot;
+            recorder.set_reboot_sent(false);
             let message = format!(
                 "the reboot command `{command}` was refused (exit {}): {}",
                 output.exit_status,
@@ -463,6 +465,7 @@ async fn issue_reboot(
             // drained node goes back into service.
             if error.before_sending() {
                 ledger.phase = before_reboot;
+                recorder.set_reboot_sent(false);
             }
             recorder.error_remaining(
                 error.kind(),

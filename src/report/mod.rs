@@ -298,6 +298,39 @@ impl ReportFiles {
     }
 }
 
+/// Each node's report as it stood last, in the order the nodes started: what a run
+/// that must end at once (a second Ctrl-C) still writes.
+#[derive(Debug, Default)]
+pub struct ReportsSoFar(std::sync::Mutex<Vec<NodeReport>>);
+
+impl ReportsSoFar {
+    /// Keeps `report` in place of its node's earlier one.
+    pub fn keep(&self, report: NodeReport) {
+        let mut reports = self.0.lock().expect("reports so far");
+        match reports.iter_mut().find(|r| r.node == report.node) {
+            Some(earlier) => *earlier = report,
+            None => reports.push(report),
+        }
+    }
+
+    pub fn reports(&self) -> Vec<NodeReport> {
+        self.0.lock().expect("reports so far").clone()
+    }
+
+    /// Writes every asked-for report from what is known, each marked interrupted, and
+    /// says what it wrote.
+    ///
+    /// # Errors
+    /// As [`ReportFiles::write`].
+    pub fn write(&self, files: &ReportFiles, title: &str) -> Result<Vec<String>, ReportError> {
+        let mut reports = self.reports();
+        for report in &mut reports {
+            report.interrupted = true;
+        }
+        files.write(&reports, None, title)
+    }
+}
+
 /// How far a rolling update got: its order, the node it stopped at (the first that did
 /// not pass), and the nodes it never started.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
