@@ -291,6 +291,48 @@ impl Cluster {
         }
     }
 
+    /// The lease as it is now, if it exists.
+    ///
+    /// # Errors
+    /// The API refuses to read it.
+    pub async fn lease(&self, namespace: &str, name: &str) -> Result<Option<Lease>, ClusterError> {
+        self.leases(namespace)
+            .get_opt(name)
+            .await
+            .map_err(api_error(format!("reading lease {namespace}/{name}")))
+    }
+
+    /// Frees a lease whose holder is dead, if it still names `dead_holder` as read: the
+    /// write carries the resourceVersion read, so a lease that a live run took meanwhile
+    /// is never touched. Whether it was freed.
+    ///
+    /// # Errors
+    /// The API refuses to read or write it.
+    pub async fn free_dead_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        dead_holder: &str,
+    ) -> Result<bool, ClusterError> {
+        let api = self.leases(namespace);
+        let action = format!("freeing lease {namespace}/{name}");
+        let Some(mut lease) = api.get_opt(name).await.map_err(api_error(action.clone()))? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(dead_holder) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(error) if conflict(&error) => Ok(false),
+            Err(error) => Err(api_error(action)(error)),
+        }
+    }
+
     /// Gives the lease up, if it is still ours; another run can take it at once.
     ///
     /// # Errors

@@ -53,6 +53,7 @@ mod preflight;
 mod reboot;
 mod recorder;
 mod rolling;
+pub mod sweep;
 mod verify;
 
 pub use calico::{

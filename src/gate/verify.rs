@@ -344,6 +344,18 @@ async fn verify_steps(
         }
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     }
+    // What dead runs left (a SIGKILLed run's pods and lease) goes before this run makes
+    // anything; a run that may reboot reads the lease, so it can tell dead from alive.
+    if request.reboot {
+        let swept = tokio::time::timeout(CLEANUP_TIMEOUT, sweep::sweep(&cluster, inventory));
+        match recorder.timed("sweep what dead runs left", swept).await {
+            Ok(Ok(said)) => said.into_iter().for_each(|line| recorder.note(line)),
+            Ok(Err(error)) => recorder.note(format!("what dead runs left was not swept: {error}")),
+            Err(_) => recorder.note(format!(
+                "what dead runs left was not swept within {CLEANUP_TIMEOUT:?}"
+            )),
+        }
+    }
     // From here on the run may create probe pods, which cleanup then owes, unless they
     // are a set the caller keeps across gates and deletes itself.
     let probe_run_id = shared.map_or(run_id, |shared| shared.run_id.as_str());
