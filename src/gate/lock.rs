@@ -525,15 +525,15 @@ mod tests {
         );
     }
 
-    /// Renews a lease of `duration` in the background, as `acquire` does, up to `until`.
-    fn renewer(
-        duration: Duration,
-        until: Instant,
-    ) -> (
+    /// The renewer's deadline, what it says when it stops, and its stop signal.
+    type Renewing = (
         Arc<Mutex<Instant>>,
         Arc<Mutex<Option<String>>>,
         CancellationToken,
-    ) {
+    );
+
+    /// Renews a lease of `duration` in the background, as `acquire` does, up to `until`.
+    fn renewer(duration: Duration, until: Instant) -> Renewing {
         let renew_until = Arc::new(Mutex::new(until));
         let lost = Arc::new(Mutex::new(None));
         let signal = CancellationToken::new();
