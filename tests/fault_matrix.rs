@@ -50,6 +50,13 @@ fn a_node_that_never_comes_back_fails_at_the_ready_deadline_naming_its_last_cond
         "{message}"
     );
     assert_eq!(run.verdict("boot_id_changed"), "failed");
+    // It went down: it did not come back, which is not "it did not reboot".
+    let boot = run.message("boot_id_changed");
+    assert!(
+        boot.contains("went down after the reboot command and did not come back within 8s")
+            && !boot.contains("did not reboot"),
+        "{boot}"
+    );
     assert_eq!(
         run.verdict("calico_node_ready"),
         "error",
