@@ -67,6 +67,11 @@ pub struct LockSettings {
     /// How long a second run waits for the lock before it gives up, naming the holder.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
+    /// How far two runners' clocks may disagree: a lease whose `renewTime` is older than
+    /// its duration plus this is free (its holder is gone), however recently this run
+    /// first saw it.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
 }
 
 impl Default for LockSettings {
@@ -79,6 +84,9 @@ impl Default for LockSettings {
             // and renewals ride out an API outage of up to this long.
             duration: Duration::from_secs(300),
             wait: Duration::from_secs(300),
+            // Far more than NTP-synchronised runners ever disagree, far less than a
+            // lease's duration.
+            clock_skew: Duration::from_secs(60),
         }
     }
 }
@@ -739,6 +747,19 @@ impl Inventory {
                 ),
             ));
         }
+        // A skew allowance may be none at all; it is not a deadline, but a lease it
+        // stretched by days would never free.
+        if self.lock.clock_skew > MAX_TIMEOUT {
+            return Err(self.located(
+                text,
+                "lock.clock_skew",
+                format!(
+                    "lock.clock_skew is {}: over the ceiling of {} (a dead run's lease would hold the lock for that long)",
+                    humantime::format_duration(self.lock.clock_skew),
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
+            ));
+        }
         if self.lock.duration < self.timeouts.node_ready {
             return Err(self.located(
                 text,
@@ -856,6 +877,20 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    /// What is allowed but probably not meant, for `check-inventory` to say.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.lock.wait < self.lock.duration {
+            warnings.push(format!(
+                "lock.wait ({}) is shorter than lock.duration ({}): a run that waits for a lock whose holder was killed gives up before the lease can expire, so one killed run fails every pipeline started within {} of it; make lock.wait at least lock.duration",
+                humantime::format_duration(self.lock.wait),
+                humantime::format_duration(self.lock.duration),
+                humantime::format_duration(self.lock.duration + self.lock.clock_skew),
+            ));
+        }
+        warnings
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeEntry> {
@@ -1159,6 +1194,12 @@ mod tests {
         3,
         "lock.duration is 3168808781years"
     )]
+    #[case::a_week_of_clock_skew(
+        "nodes:\n  - name: a\n    host: h\nlock:\n  clock_skew: 7days\n",
+        5,
+        3,
+        "lock.clock_skew is 7days: over the ceiling of 1day"
+    )]
     #[case::a_wait_over_a_day(
         "nodes:\n  - name: a\n    host: h\ntimeouts:\n  drain: 25h\n",
         5,
@@ -1310,5 +1351,25 @@ mod tests {
                 .jump,
             None
         );
+    }
+
+    #[test]
+    fn a_lock_wait_shorter_than_the_lease_is_warned_about_and_the_skew_is_set() {
+        let text = "nodes:\n  - name: a\n    host: 198.18.0.11\nssh:\n  known_hosts: k\nlock:\n  duration: 10m\n  wait: 2m\n  clock_skew: 30s\n";
+        let inventory = Inventory::parse(text, Path::new("inv.yaml")).unwrap();
+        assert_eq!(inventory.lock.clock_skew, Duration::from_secs(30));
+        let warnings = inventory.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("lock.wait (2m) is shorter than lock.duration (10m)"),
+            "{warnings:?}"
+        );
+        let defaults = Inventory::parse(
+            "nodes:\n  - name: a\n    host: 198.18.0.11\nssh:\n  known_hosts: k\n",
+            Path::new("inv.yaml"),
+        )
+        .unwrap();
+        assert_eq!(defaults.lock.clock_skew, Duration::from_secs(60));
+        assert!(defaults.warnings().is_empty(), "{:?}", defaults.warnings());
     }
 }

@@ -51,7 +51,7 @@ struct Cli {
 }
 
 /// The report files every command that checks something can write.
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 struct ReportFlags {
     /// Write JUnit XML here: a testsuite per node (always written, also on failure and
     /// interruption; a rolling update rewrites it after every node).
@@ -351,6 +351,20 @@ async fn check_cluster_config(inventory: &Inventory) -> Result<(), u8> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let reports = match &cli.command {
+        Command::Verify { reports, .. }
+        | Command::Diagnose { reports, .. }
+        | Command::Rolling { reports, .. }
+        | Command::Mesh { reports }
+        | Command::Drift { reports } => Some(reports),
+        _ => None,
+    };
+    // Two reports written to one file would keep only the last: refused before anything.
+    if let Some(Err(error)) = reports.map(|r| report::ReportFiles::from(r.clone()).check_distinct())
+    {
+        eprintln!("postflight: {error}");
+        return Ok(EXIT_USAGE);
+    }
     let flags = ClusterFlags {
         inventory: cli.inventory,
         kubeconfig: cli.kubeconfig,
@@ -390,6 +404,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         EXIT_USAGE
                     }
                     Ok(()) => {
+                        for warning in inventory.warnings() {
+                            eprintln!(
+                                "postflight: {}: warning: {warning}",
+                                inventory.file.display()
+                            );
+                        }
                         println!(
                             "{}: valid, {} nodes",
                             inventory.file.display(),
@@ -658,9 +678,13 @@ fn conclude(
 
 async fn diagnose(inventory: Inventory, node: String, outputs: Outputs) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
-    let run = cancellable(leftovers(&inventory, None), |cancel| async move {
-        gate::diagnose_node(&inventory, &node, console, &cancel).await
-    });
+    let (so_far, last_words) = last_words(&outputs, "postflight diagnose");
+    let progress = &gate::KeepingReports::new(console, so_far);
+    let run = cancellable(
+        leftovers(&inventory, None),
+        last_words,
+        |cancel| async move { gate::diagnose_node(&inventory, &node, progress, &cancel).await },
+    );
     match run.await {
         Ok(report) => conclude(&[report], None, &outputs, "postflight diagnose", console),
         Err(error) => usage_error(error),
@@ -674,8 +698,11 @@ async fn rolling(
 ) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
     let outputs_so_far = &outputs;
+    let (so_far, last_words) = last_words(&outputs, "postflight rolling");
+    let progress = &gate::KeepingReports::new(console, so_far);
     let run = cancellable(
         leftovers(&inventory, request.drain.then_some("NODE")),
+        last_words,
         |cancel| async move {
             // JUnit and JSON are rewritten after every node, so a rollout killed halfway
             // still leaves the verdicts of the nodes it did.
@@ -686,7 +713,7 @@ async fn rolling(
                     eprintln!("postflight: writing the reports: {error}");
                 }
             };
-            gate::rolling(&inventory, &request, console, &cancel, &write_so_far).await
+            gate::rolling(&inventory, &request, progress, &cancel, &write_so_far).await
         },
     );
     let (reports, summary) = match run.await {
@@ -709,18 +736,26 @@ async fn rolling(
 
 async fn mesh(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
-    let reports = cancellable(leftovers(&inventory, None), |cancel| async move {
-        gate::mesh(&inventory, console, &cancel).await
-    })
+    let (so_far, last_words) = last_words(&outputs, "postflight mesh");
+    let progress = &gate::KeepingReports::new(console, so_far);
+    let reports = cancellable(
+        leftovers(&inventory, None),
+        last_words,
+        |cancel| async move { gate::mesh(&inventory, progress, &cancel).await },
+    )
     .await;
     conclude(&reports, None, &outputs, "postflight mesh", console)
 }
 
 async fn drift(inventory: Inventory, outputs: Outputs) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
-    let reports = cancellable(leftovers(&inventory, None), |cancel| async move {
-        gate::drift(&inventory, console, &cancel).await
-    })
+    let (so_far, last_words) = last_words(&outputs, "postflight drift");
+    let progress = &gate::KeepingReports::new(console, so_far);
+    let reports = cancellable(
+        leftovers(&inventory, None),
+        last_words,
+        |cancel| async move { gate::drift(&inventory, progress, &cancel).await },
+    )
     .await;
     conclude(&reports, None, &outputs, "postflight drift", console)
 }
@@ -731,9 +766,12 @@ async fn verify(
     outputs: Outputs,
 ) -> anyhow::Result<u8> {
     let console = &Console::new(outputs.display);
+    let (so_far, last_words) = last_words(&outputs, "postflight verify");
+    let progress = &gate::KeepingReports::new(console, so_far);
     let run = cancellable(
         leftovers(&inventory, request.drain.then_some(request.node.as_str())),
-        |cancel| async move { gate::verify(&inventory, &request, console, &cancel).await },
+        last_words,
+        |cancel| async move { gate::verify(&inventory, &request, progress, &cancel).await },
     );
     match run.await {
         Ok(report) => conclude(&[report], None, &outputs, "postflight verify", console),
@@ -744,12 +782,16 @@ async fn verify(
 /// Runs `work` with Ctrl-C and SIGTERM wired to the cancellation token it gets. A second
 /// signal during the cleanup that the first one started skips what is left: `leftovers`
 /// says what that may be and how to undo it by hand.
-async fn cancellable<T, Work>(leftovers: String, work: impl FnOnce(CancellationToken) -> Work) -> T
+async fn cancellable<T, Work>(
+    leftovers: String,
+    last_words: LastWords,
+    work: impl FnOnce(CancellationToken) -> Work,
+) -> T
 where
     Work: std::future::Future<Output = T>,
 {
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), leftovers));
+    let signals = tokio::spawn(cancel_on_signal(cancel.clone(), leftovers, last_words));
     let result = work(cancel).await;
     signals.abort();
     result
@@ -763,7 +805,7 @@ fn usage_error(error: gate::GateError) -> anyhow::Result<u8> {
 
 /// SIGINT (Ctrl-C) and SIGTERM (a CI job cancelled) both end the run cleanly: reports
 /// are written and probe pods deleted.
-async fn cancel_on_signal(cancel: CancellationToken, leftovers: String) {
+async fn cancel_on_signal(cancel: CancellationToken, leftovers: String, last_words: LastWords) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
@@ -784,7 +826,38 @@ async fn cancel_on_signal(cancel: CancellationToken, leftovers: String) {
         _ = terminate.recv() => {}
     }
     eprintln!("postflight: interrupted again: cleanup skipped. {leftovers}");
+    // The reports are always written: with what is known, marked interrupted.
+    match last_words
+        .reports
+        .write(&last_words.files, last_words.title)
+    {
+        Ok(written) => written
+            .iter()
+            .for_each(|line| eprintln!("postflight: the interrupted run's {line}")),
+        Err(error) => eprintln!("postflight: writing the reports: {error}"),
+    }
     std::process::exit(130);
+}
+
+/// What a run cut short by a second signal still writes: the reports as they stand.
+struct LastWords {
+    files: report::ReportFiles,
+    reports: std::sync::Arc<report::ReportsSoFar>,
+    title: &'static str,
+}
+
+/// The store of reports so far that a run's `Progress` fills, and what to write from it.
+fn last_words(
+    outputs: &Outputs,
+    title: &'static str,
+) -> (std::sync::Arc<report::ReportsSoFar>, LastWords) {
+    let reports = std::sync::Arc::<report::ReportsSoFar>::default();
+    let words = LastWords {
+        files: outputs.files.clone(),
+        reports: reports.clone(),
+        title,
+    };
+    (reports, words)
 }
 
 /// What a run cut short during its cleanup may leave, with the commands that undo it.

@@ -100,7 +100,35 @@ pub fn shell_pod(settings: &NodeShellSettings, run_id: &str, node: &str, name: &
 /// Why a shell pod will not run without someone changing something, in its status's
 /// words; `None` while it may still start.
 fn hopeless(pod: &Pod) -> Option<String> {
-    crate::cluster::probes::hopeless(pod)
+    crate::cluster::probes::hopeless(pod).or_else(|| brought_back(pod, None))
+}
+
+/// Why a shell pod is one the kubelet brought back by itself after its node restarted
+/// (a container restarted, or running since before `restarted_at`): `restartPolicy:
+/// Never` is there so that a privileged process never comes back on its own, so such a
+/// pod is deleted, never entered. None for a pod as it was started.
+pub fn brought_back(
+    pod: &Pod,
+    restarted_at: Option<k8s_openapi::jiff::Timestamp>,
+) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    if let Some(restarted) = statuses.iter().find(|c| c.restart_count > 0) {
+        return Some(format!(
+            "the kubelet restarted its container {} times (its node restarted), though it is restartPolicy: Never",
+            restarted.restart_count
+        ));
+    }
+    let restarted_at = restarted_at?;
+    statuses
+        .iter()
+        .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .find(|started| started.0 < restarted_at)
+        .map(|started| {
+            format!(
+                "its container runs since {}, before its node restarted at {restarted_at}",
+                started.0
+            )
+        })
 }
 
 /// The shell pod is running its process (it can be entered), or will never: the wait
@@ -142,6 +170,8 @@ pub struct NodeShellTransport {
 struct ShellPod {
     running: Option<String>,
     started: usize,
+    /// When this run last restarted the node, as far as it knows.
+    restarted_at: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl NodeShellTransport {
@@ -221,6 +251,25 @@ impl NodeShellTransport {
         self.pod.lock().await.running = None;
     }
 
+    /// Forgets the pod a restart of the node ended, and deletes it: should the kubelet
+    /// bring it back when the node boots, it is not left running.
+    async fn forget_pod_after_restart(&self) {
+        let old = {
+            let mut pod = self.pod.lock().await;
+            pod.restarted_at = Some(k8s_openapi::jiff::Timestamp::now());
+            pod.running.take()
+        };
+        if let Some(old) = old {
+            if let Err(error) = self
+                .cluster
+                .delete_pod(&self.settings.namespace, &old, 1)
+                .await
+            {
+                tracing::warn!("deleting the shell pod a restart ended: {error}");
+            }
+        }
+    }
+
     /// Whether the shell pod still runs its process: an exec that the API server or the
     /// kubelet refused may have met a pod that a restart of its node ended (a real
     /// kubelet answers 500 for a container it no longer has).
@@ -232,6 +281,15 @@ impl NodeShellTransport {
             .await
         {
             Ok(Some(found)) => {
+                let restarted_at = self.pod.lock().await.restarted_at;
+                if let Some(why) = brought_back(&found, restarted_at) {
+                    tracing::warn!("deleting shell pod {pod}: {why}");
+                    let _ = self
+                        .cluster
+                        .delete_pod(&self.settings.namespace, pod, 1)
+                        .await;
+                    return false;
+                }
                 is_shell_running_or_hopeless().matches_object(Some(&found))
                     && hopeless(&found).is_none()
             }
@@ -333,7 +391,7 @@ impl Transport for NodeShellTransport {
     }
 
     fn node_restarted(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.forget_pod())
+        Box::pin(self.forget_pod_after_restart())
     }
 
     fn reboot<'a>(
@@ -352,7 +410,7 @@ impl Transport for NodeShellTransport {
             // Whatever came of it, this pod does not survive a reboot: the next command
             // starts one on the new boot.
             if matches!(outcome, Ok(RebootOutcome::Issued)) {
-                self.forget_pod().await;
+                self.forget_pod_after_restart().await;
             }
             outcome
         })
@@ -458,6 +516,49 @@ mod tests {
             pod.metadata.namespace.as_deref(),
             Some("postflight-node-shell")
         );
+    }
+
+    fn with_container(restart_count: i32, started_at: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pf-sh-r1-n-0"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "shell", "image": "busybox", "imageID": "", "ready": true,
+                "restartCount": restart_count,
+                "state": {"running": {"startedAt": started_at}},
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[rstest::rstest]
+    #[case::as_started(0, "2026-11-26T10:05:00Z", None, false)]
+    #[case::restarted_by_the_kubelet(1, "2026-11-26T10:05:00Z", None, true)]
+    #[case::started_after_the_restart(
+        0,
+        "2026-11-26T10:05:00Z",
+        Some("2026-11-26T10:00:00Z"),
+        false
+    )]
+    #[case::running_since_before_the_restart(
+        0,
+        "2026-11-26T09:55:00Z",
+        Some("2026-11-26T10:00:00Z"),
+        true
+    )]
+    fn a_shell_pod_the_kubelet_brought_back_is_not_reused(
+        #[case] restarts: i32,
+        #[case] started: &str,
+        #[case] node_restarted: Option<&str>,
+        #[case] brought: bool,
+    ) {
+        let pod = with_container(restarts, started);
+        let restarted_at = node_restarted.map(|t| t.parse().unwrap());
+        assert_eq!(brought_back(&pod, restarted_at).is_some(), brought);
+        if restarts > 0 {
+            // The start wait ends on it, as on a pod that will never run, and it is
+            // deleted rather than entered.
+            assert!(hopeless(&pod).is_some_and(|why| why.contains("restartPolicy: Never")));
+        }
     }
 
     #[test]

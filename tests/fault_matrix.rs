@@ -50,6 +50,13 @@ fn a_node_that_never_comes_back_fails_at_the_ready_deadline_naming_its_last_cond
         "{message}"
     );
     assert_eq!(run.verdict("boot_id_changed"), "failed");
+    // It went down: it did not come back, which is not "it did not reboot".
+    let boot = run.message("boot_id_changed");
+    assert!(
+        boot.contains("went down after the reboot command and did not come back within 8s")
+            && !boot.contains("did not reboot"),
+        "{boot}"
+    );
     assert_eq!(
         run.verdict("calico_node_ready"),
         "error",
@@ -176,7 +183,7 @@ fn a_reboot_that_cannot_be_sent_drains_nothing(
 
 /// Ctrl-C starts a clean stop; while that cleanup waits on an API server that hangs, a
 /// second Ctrl-C ends the run at once with exit 130, saying what may be left and how to
-/// undo it.
+/// undo it — and the report is still written, with what was known, marked interrupted.
 #[test]
 fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
     let lab = lab("pf-ctrlc2", 3);
@@ -208,6 +215,23 @@ fn ctrl_c_twice_skips_the_cleanup_and_exits_130_at_once() {
             && stderr.contains("the reboot lock kube-system/postflight-reboot-lock"),
         "{stderr}"
     );
+    // The report is written, with what was known: the checks that never had a verdict
+    // are errors of kind `interrupted`.
+    let junit = std::fs::read_to_string(&junit).expect("the JUnit is written on a second Ctrl-C");
+    let document = roxmltree::Document::parse(&junit).expect("the JUnit parses");
+    assert!(
+        document
+            .descendants()
+            .any(|n| n.has_tag_name("error") && n.attribute("type") == Some("interrupted")),
+        "{junit}"
+    );
+    assert!(
+        document.descendants().any(|n| n.has_tag_name("property")
+            && n.attribute("name") == Some("rebooted")
+            && n.attribute("value") == Some("true")),
+        "the reboot was sent before the signals: {junit}"
+    );
+    assert!(stderr.contains("the interrupted run's JUnit: "), "{stderr}");
     // It did not wait for the API server to come back.
     let api = Command::new(lab.paths().kubectl())
         .arg("--kubeconfig")
@@ -1047,4 +1071,149 @@ fn a_node_command_that_never_ends_is_cut_at_its_deadline_and_ctrl_c_still_exits(
     );
     std::fs::remove_file(&stat).unwrap();
     assert_nothing_left(&lab, node);
+}
+
+/// The reboot lock's Lease as a run killed outright leaves it: held by `holder`, last
+/// renewed `renewed_ago` ago, with a duration of `duration` seconds.
+fn leave_lease(lab: &Lab, holder: &str, renewed_ago: Duration, duration: i32) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let renewed = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(renewed_ago)
+        .unwrap();
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "postflight-reboot-lock", "namespace": "kube-system"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
+                 "renewTime": MicroTime(renewed), "acquireTime": MicroTime(renewed)},
+    });
+    let manifest = lab.paths().state_dir.join("left-lease.json");
+    std::fs::write(&manifest, lease.to_string()).unwrap();
+    kubectl(
+        lab,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A run SIGKILLed while it held the lock leaves a Lease nobody renews. One renewed a
+/// moment ago still holds (the refusal names the holder, its renewTime and the command
+/// that frees it); once its renewTime is older than its duration and the skew
+/// allowance, the next run takes it over at once — it does not wait out lock.wait, and
+/// says it freed it.
+#[test]
+fn a_stale_lease_is_taken_over_by_its_renew_time_and_a_fresh_one_holds() {
+    let lab = lab("pf-stale-renew", 3);
+    let node = "k8s-worker-01";
+    let killed = "postflight@runner-9 pid 4242 run 0dead000";
+    let inventory = inventory_with(&lab, "impatient.yaml", |text| {
+        text + "lock:\n  wait: 2s\n  duration: 10m\n"
+    });
+    let before = boot_id(&lab, node);
+    leave_lease(&lab, killed, Duration::from_secs(5), 600);
+    let reports = tempfile::tempdir().unwrap();
+    let held = verify(&inventory, node, true, reports.path());
+    assert_eq!(held.code(), 3, "{}", held.describe());
+    let said = held.stdout();
+    assert!(
+        said.contains(&format!("is held by {killed} (renewed at "))
+            && said.contains("s ago; frees at "),
+        "{}",
+        held.describe()
+    );
+    assert!(
+        said.contains("`kubectl -n kube-system delete lease postflight-reboot-lock`"),
+        "{}",
+        held.describe()
+    );
+    assert_eq!(
+        held.json["nodes"][0]["rebooted"], false,
+        "refused by the lock"
+    );
+    assert_eq!(boot_id(&lab, node), before, "nothing was rebooted");
+    // The same holder, gone for longer than 10 min and the minute's skew.
+    leave_lease(&lab, killed, Duration::from_secs(15 * 60), 600);
+    let reports = tempfile::tempdir().unwrap();
+    let run = verify(&inventory, node, true, reports.path());
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    let waited = run.json["nodes"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|step| step["step"] == "take the reboot lock")
+        .and_then(|step| step["duration"].as_f64())
+        .expect("the lock step is timed");
+    assert!(
+        waited < 1.0,
+        "it waited {waited} s for a dead holder's lease"
+    );
+    assert!(
+        run.stdout().contains(&format!(
+            "freed the reboot lock kube-system/postflight-reboot-lock, left held by {killed}"
+        )),
+        "{}",
+        run.describe()
+    );
+    assert_ne!(boot_id(&lab, node), before, "the run rebooted its node");
+    assert_nothing_left(&lab, node);
+}
+
+/// A rolling update holds the reboot lock through its soak: a second pipeline's
+/// `verify --reboot` of another node during the soak is refused by the lock and reboots
+/// nothing. Ctrl-C in the soak then ends the update between nodes and gives the lock back.
+#[test]
+fn a_soak_holds_the_lock_so_a_second_pipeline_reboots_nothing() {
+    let lab = lab("pf-soak-lock", 4);
+    let (first, second, other) = ("k8s-worker-01", "k8s-worker-02", "k8s-worker-03");
+    let reports = tempfile::tempdir().unwrap();
+    let json = reports.path().join("rolling.json");
+    let rollout = Background::spawn(
+        Command::new(POSTFLIGHT)
+            .arg("--inventory")
+            .arg(lab.paths().inventory())
+            .args(["rolling", "--nodes", &format!("{first},{second}")])
+            .args(["--soak", "5m", "--json"])
+            .arg(&json)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    wait_until("the first node to pass", Duration::from_secs(180), || {
+        std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|so_far| so_far["nodes"].as_array().map(Vec::len) == Some(1))
+    });
+    let holder = lock_holder(&lab);
+    assert!(!holder.is_empty(), "the lock is held through the soak");
+    let (other_before, second_before) = (boot_id(&lab, other), boot_id(&lab, second));
+    let impatient = inventory_with(&lab, "impatient.yaml", |text| text + "lock:\n  wait: 2s\n");
+    let checked = tempfile::tempdir().unwrap();
+    let refused = verify(&impatient, other, true, checked.path());
+    assert_eq!(refused.code(), 3, "{}", refused.describe());
+    assert!(
+        refused.stdout().contains(&format!("is held by {holder}")),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        boot_id(&lab, other),
+        other_before,
+        "the second pipeline rebooted nothing"
+    );
+    nix_kill(rollout.id(), "INT");
+    let output = rollout.wait_with_output();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("INTERRUPTED between nodes"), "{stdout}");
+    assert_eq!(
+        boot_id(&lab, second),
+        second_before,
+        "not rebooted after Ctrl-C"
+    );
+    assert_eq!(lock_holder(&lab), "", "the update gave the lock back");
+    assert_no_probe_left(&lab);
 }

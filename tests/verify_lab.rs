@@ -754,8 +754,9 @@ fn waiting_for_the_lock_watches_instead_of_polling() {
     let lease = serde_json::json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "postflight-reboot-lock", "namespace": "kube-system"},
+        // Renewed just now: a renewTime older than the duration would free it at once.
         "spec": {"holderIdentity": "another pipeline", "leaseDurationSeconds": 3600,
-                 "renewTime": "2026-01-01T00:00:00.000000Z"},
+                 "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now())},
     });
     let manifest = lab.paths().state_dir.join("held-lease.json");
     std::fs::write(&manifest, lease.to_string()).unwrap();
@@ -868,19 +869,28 @@ fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() 
     let hold = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"hold\",\"namespace\":\"postflight-probe\",\"finalizers\":[\"postflight.test/hold\"]}}";
     let hold_file = lab.paths().state_dir.join("hold.json");
     std::fs::write(&hold_file, hold).unwrap();
-    // Each node's run takes the lock under its own identity and releases it when done.
+    // The update takes the lock once and holds it from its first node to its last, soaks
+    // included, so that no other pipeline reboots a node while one settles.
     let mut holders = std::collections::BTreeSet::new();
+    let nodes_done = || {
+        std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|so_far| so_far["nodes"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
     for gap in 1..nodes.len() {
-        // Between nodes: the run that held the lock has released it, everything it made
-        // is gone, and the next waits out the soak.
+        // Between nodes: the node before has its verdict on disk, everything its run
+        // made is gone, the lock is still held, and the next waits out the soak.
         let started = std::time::Instant::now();
         loop {
             let holder = lock_holder(&lab);
-            if holder.is_empty() && holders.len() == gap {
-                break;
-            }
             if !holder.is_empty() {
-                holders.insert(holder);
+                holders.insert(holder.clone());
+            }
+            if nodes_done() == gap {
+                assert!(!holder.is_empty(), "the lock was let go during the soak");
+                break;
             }
             assert!(
                 started.elapsed().as_secs() < 120,
@@ -944,6 +954,12 @@ fn a_rolling_update_waits_out_its_probe_namespace_being_deleted_between_nodes() 
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("every node passed"), "{stdout}");
+    assert_eq!(
+        holders.len(),
+        1,
+        "one holder for the whole update: {holders:?}"
+    );
+    assert_eq!(lock_holder(&lab), "", "released when the update ended");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for (index, node) in nodes.iter().enumerate().skip(1) {

@@ -22,7 +22,9 @@ pub use bgp::{judge_bgp, parse_bgp_sessions, BgpSession};
 pub use calico::{judge_calico_ready, judge_crashloop, CalicoObservation};
 pub use connectivity::{flaky_pairs, judge_connectivity, PairResult, ProbeOutcome};
 pub use mesh::{attribute, judge_pod_mesh, Fault, Implicated, MeshAttribution};
-pub use node::{judge_boot_id, judge_node_ready, judge_restart, ProcessStart};
+pub use node::{
+    judge_boot_id, judge_boot_id_not_back, judge_node_ready, judge_restart, ProcessStart,
+};
 pub use tmpfiles::{
     effective_tmpfiles_entry, judge_next_boot, judge_node_tmpfiles, judge_run_dir, judge_tmpfiles,
     parse_tmpfiles, TmpfilesEntry,

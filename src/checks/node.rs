@@ -34,6 +34,26 @@ pub fn judge_boot_id(before: &str, after: &str) -> Judgement {
     }
 }
 
+/// `boot_id_changed` for a node that went down after the reboot command and did not
+/// come back within its deadline: a node that is down reports nothing, so an unchanged
+/// boot ID says it never came back, not that it did not reboot.
+pub fn judge_boot_id_not_back(before: &str, last_reported: &str, waited: &str) -> Judgement {
+    if before != last_reported && !last_reported.is_empty() {
+        return judge_boot_id(before, last_reported);
+    }
+    let evidence = vec![Evidence::new(
+        "bootID",
+        format!("{before} (the last it reported, before it went down)"),
+        format!("different from {before}"),
+    )];
+    (
+        Verdict::Failed(format!(
+            "the node went down after the reboot command and did not come back within {waited}: no new boot was reported"
+        )),
+        evidence,
+    )
+}
+
 /// When a node's PID 1 started: what proves that a node which is a container restarted,
 /// since its boot ID is its host's and never changes. Read from `/proc/1/stat` (ticks
 /// since the kernel booted) and `/proc/stat`'s `btime` (when it booted).
@@ -139,6 +159,22 @@ mod tests {
     fn boot_id_must_change() {
         assert_eq!(judge_boot_id("a", "b").0, Verdict::Passed);
         assert!(matches!(judge_boot_id("a", "a").0, Verdict::Failed(_)));
+    }
+
+    #[test]
+    fn a_node_that_went_down_and_stayed_down_is_not_said_to_have_stayed_up() {
+        let (verdict, evidence) = judge_boot_id_not_back("b1", "b1", "5m");
+        let Verdict::Failed(message) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(
+            message,
+            "the node went down after the reboot command and did not come back within 5m: no new boot was reported"
+        );
+        assert!(!message.contains("did not reboot"));
+        assert!(evidence[0].observed.contains("before it went down"));
+        // Back on a new boot but not Ready: the boot ID did change.
+        assert_eq!(judge_boot_id_not_back("b1", "b2", "5m").0, Verdict::Passed);
     }
 
     const STAT: &str = "1 (systemd (init)) S 0 1 1 0 -1 4194560 41 0 0 0 3 5 0 0 20 0 1 0 123456 22200320 2982 18446744073709551615 1 1 0 0 0 0 671173123 4096 1260 0 0 0 17 0 0 0 0 0 0\nbtime 1764150000\n";

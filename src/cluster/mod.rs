@@ -770,6 +770,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Deletes one pod with `grace_seconds` of grace; one already gone is no error.
+    ///
+    /// # Errors
+    /// The API refuses the deletion.
+    pub async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: u32,
+    ) -> Result<(), ClusterError> {
+        let params = kube::api::DeleteParams::default().grace_period(grace_seconds);
+        match self.pods(namespace).delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(api_error(format!("deleting pod {namespace}/{name}"))(error)),
+        }
+    }
+
     pub async fn create_pod(&self, pod: &Pod) -> Result<Pod, ClusterError> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();

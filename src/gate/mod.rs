@@ -53,6 +53,7 @@ mod preflight;
 mod reboot;
 mod recorder;
 mod rolling;
+pub mod sweep;
 mod verify;
 
 pub use calico::{
@@ -61,6 +62,7 @@ pub use calico::{
 pub use connectivity::{check_connectivity, start_probes, ProbePlan, SharedProbes};
 pub use drift::{drift, DRIFT_CHECKS};
 pub use host_state::{check_bgp, check_host, node_network_state, HostResults, NodeNetworkState};
+pub use lock::LockSlot;
 pub use mesh::mesh;
 pub use node_diagnosis::{diagnose_node, DIAGNOSE_CHECKS};
 pub use reboot::{crashloop_window_start, reboot_node, RebootBaseline};
@@ -128,11 +130,53 @@ pub trait Progress: Send + Sync {
     fn step_started(&self, _node: &str, _step: &str) {}
     fn step_finished(&self, _node: &str, _step: &str, _took: Duration) {}
     fn check_finished(&self, _result: &CheckResult) {}
+    /// Whether [`Progress::report_so_far`] is wanted (building it costs a copy).
+    fn keeps_reports_so_far(&self) -> bool {
+        false
+    }
+    /// A node's report as it stands after every change, marked interrupted, with the
+    /// checks still to come as errors: what a front end writes if it must end the run
+    /// before the gate returns (a second Ctrl-C).
+    fn report_so_far(&self, _report: &NodeReport) {}
 }
 
 /// Shows nothing.
 pub struct Quiet;
 impl Progress for Quiet {}
+
+/// A front end's `Progress` that also keeps each node's report so far, for the report
+/// a run cut short by a second signal must still write.
+pub struct KeepingReports<'a> {
+    shown: &'a dyn Progress,
+    reports: std::sync::Arc<crate::report::ReportsSoFar>,
+}
+
+impl<'a> KeepingReports<'a> {
+    pub fn new(
+        shown: &'a dyn Progress,
+        reports: std::sync::Arc<crate::report::ReportsSoFar>,
+    ) -> Self {
+        KeepingReports { shown, reports }
+    }
+}
+
+impl Progress for KeepingReports<'_> {
+    fn step_started(&self, node: &str, step: &str) {
+        self.shown.step_started(node, step);
+    }
+    fn step_finished(&self, node: &str, step: &str, took: Duration) {
+        self.shown.step_finished(node, step, took);
+    }
+    fn check_finished(&self, result: &CheckResult) {
+        self.shown.check_finished(result);
+    }
+    fn keeps_reports_so_far(&self) -> bool {
+        true
+    }
+    fn report_so_far(&self, report: &NodeReport) {
+        self.reports.keep(report.clone());
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct VerifyRequest {
@@ -170,6 +214,29 @@ impl VerifyRequest {
         }
         checks
     }
+}
+
+/// The longest one node's run can last, by the inventory's deadlines: the wait for the
+/// lock, the preflight's probes, the drain, the reboot and both waits on the node, the
+/// checks, and the cleanup steps, each to its deadline. A run that has not ended by
+/// then is stuck past all of them, and nothing of its is worth keeping: its lock is let
+/// go ([`work_under_lock`]), and a later run sweeps what it left.
+pub fn longest_run(inventory: &Inventory) -> Duration {
+    inventory.lock.wait + work_under_lock(inventory)
+}
+
+/// The longest a run's work under the lock can last, from when it took the lock.
+pub fn work_under_lock(inventory: &Inventory) -> Duration {
+    let t = &inventory.timeouts;
+    // Each step that reaches the node (the reachability proof, the boot record, the
+    // reboot command, the host state, the network state) within one command deadline.
+    let commands = t.ssh * 5;
+    let preflight = t.probe_ready + t.connectivity;
+    let reboot = t.node_not_ready + t.node_ready;
+    let checks = t.calico_ready.max(t.probe_ready) + t.connectivity;
+    // Probe pods, node shells, the uncordon and the release.
+    let cleanup = CLEANUP_TIMEOUT * 4;
+    commands + preflight + t.drain + reboot + checks + cleanup
 }
 
 /// A short random ID for this run's probe pods: unique enough that two runs never share

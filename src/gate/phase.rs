@@ -30,6 +30,15 @@ pub enum Phase {
     Checked,
 }
 
+impl Phase {
+    /// The reboot was sent, or may have been: what a report's `rebooted` says. A run
+    /// refused before that (permissions, the lock, the preflight, the drain) rebooted
+    /// nothing, whatever it was asked to do.
+    pub fn rebooted(self) -> bool {
+        self >= Phase::RebootSent
+    }
+}
+
 /// Something a run made in the cluster, which its end must undo or account for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owed {
@@ -111,7 +120,7 @@ pub fn cleanup_plan(phase: Phase, owed: &[Owed], outcome: &Outcome) -> Vec<Clean
             run_ids: shell_runs,
         });
     }
-    let rebooted = phase >= Phase::RebootSent;
+    let rebooted = phase.rebooted();
     for owed in owed {
         let Owed::Cordon { node } = owed else {
             continue;
@@ -226,6 +235,23 @@ mod tests {
             .iter()
             .any(|c| matches!(c, Cleanup::Note(n) if n.contains("lost")));
         assert_eq!(said_lost, lock_lost);
+    }
+
+    #[rstest]
+    #[case::refused_before_anything(Phase::Started, false)]
+    #[case::refused_by_the_lock_or_rbac(Phase::Started, false)]
+    #[case::refused_by_the_preflight(Phase::Locked, false)]
+    #[case::the_drain_failed(Phase::Cordoned, false)]
+    #[case::drained(Phase::Drained, false)]
+    #[case::sent(Phase::RebootSent, true)]
+    #[case::down(Phase::Down, true)]
+    #[case::back(Phase::Back, true)]
+    #[case::checked(Phase::Checked, true)]
+    fn a_report_says_rebooted_only_once_the_reboot_was_sent(
+        #[case] phase: Phase,
+        #[case] rebooted: bool,
+    ) {
+        assert_eq!(phase.rebooted(), rebooted);
     }
 
     #[rstest]

@@ -359,11 +359,18 @@ async fn reboot_and_wait(
         Comeback::Back(after) => after,
         Comeback::Refused => return None,
         Comeback::TimedOut { seen, last } => {
+            let waited = humantime::format_duration(timeouts.node_ready).to_string();
             let message = format!(
-                "the node was not Ready on a new boot within {}; last seen: {last}",
-                humantime::format_duration(timeouts.node_ready)
+                "the node went down after the reboot command and was not Ready on a new boot within {waited}; last seen: {last}"
             );
-            fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+            record_not_ready(recorder, node, message, seen.as_ref(), started);
+            let last_boot = seen.as_ref().and_then(cluster::boot_id).unwrap_or_default();
+            recorder.record(check_result(
+                CheckName::BootIdChanged,
+                node,
+                crate::checks::judge_boot_id_not_back(&boot_id, last_boot, &waited),
+                started,
+            ));
             recorder.error_remaining(ErrorKind::Timeout, "the node did not come back");
             return None;
         }
@@ -407,6 +414,7 @@ async fn issue_reboot(
     // going down, and unknown must count as rebooted.
     let before_reboot = ledger.phase;
     ledger.phase = Phase::RebootSent;
+    recorder.set_reboot_sent(true);
     let sent = async {
         match inventory.reboot.runs_on {
             RunsOn::Node => {
@@ -431,6 +439,7 @@ async fn issue_reboot(
         }
         Ok(RebootOutcome::Refused(output)) => {
             ledger.phase = before_reboot;
+            recorder.set_reboot_sent(false);
             let message = format!(
                 "the reboot command `{command}` was refused (exit {}): {}",
                 output.exit_status,
@@ -456,6 +465,7 @@ async fn issue_reboot(
             // drained node goes back into service.
             if error.before_sending() {
                 ledger.phase = before_reboot;
+                recorder.set_reboot_sent(false);
             }
             recorder.error_remaining(
                 error.kind(),
@@ -701,6 +711,25 @@ fn fail_node_ready(
     boot_id: &str,
     started: Instant,
 ) {
+    record_not_ready(recorder, node, message, seen, started);
+    let seen_boot = seen.and_then(cluster::boot_id).unwrap_or_default();
+    recorder.record(check_result(
+        CheckName::BootIdChanged,
+        node,
+        judge_boot_id(boot_id, seen_boot),
+        started,
+    ));
+}
+
+/// `node_ready_after_reboot` failed with `message`, the node's Ready condition as last
+/// seen for evidence.
+fn record_not_ready(
+    recorder: &Recorder<'_>,
+    node: &str,
+    message: String,
+    seen: Option<&Node>,
+    started: Instant,
+) {
     let condition = seen.map_or("node not found".into(), cluster::describe_ready_condition);
     recorder.record(CheckResult::new(
         CheckName::NodeReadyAfterReboot,
@@ -712,13 +741,6 @@ fn fail_node_ready(
             "Ready=True on a new boot",
         )],
         started.elapsed(),
-    ));
-    let seen_boot = seen.and_then(cluster::boot_id).unwrap_or_default();
-    recorder.record(check_result(
-        CheckName::BootIdChanged,
-        node,
-        judge_boot_id(boot_id, seen_boot),
-        started,
     ));
 }
 

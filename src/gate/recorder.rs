@@ -16,6 +16,9 @@ pub(super) struct Recorder<'a> {
     identity: Mutex<RunIdentity>,
     /// When the node's run began: steps are placed on its timeline from here.
     began: Instant,
+    began_at: Timestamp,
+    /// The reboot was sent, or may have been, as far as the run knows so far.
+    reboot_sent: std::sync::atomic::AtomicBool,
     progress: &'a dyn Progress,
 }
 
@@ -38,7 +41,54 @@ impl<'a> Recorder<'a> {
             last_verdict: Mutex::default(),
             identity: Mutex::default(),
             began: Instant::now(),
+            began_at: Timestamp::now(),
+            reboot_sent: Default::default(),
             progress,
+        }
+    }
+
+    /// Whether the reboot was sent (or may have been), for the report so far.
+    pub(super) fn set_reboot_sent(&self, sent: bool) {
+        self.reboot_sent
+            .store(sent, std::sync::atomic::Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// The report as it stands, for a front end that may have to write it before the
+    /// run ends (a second Ctrl-C): every check not recorded yet is an error saying the
+    /// run was interrupted before it, and the report is marked interrupted.
+    fn report_so_far(&self) -> NodeReport {
+        let mut results = self.results.lock().expect("recorder lock").clone();
+        for name in &self.expected {
+            if !results.iter().any(|r| r.name == *name) {
+                results.push(CheckResult::error(
+                    *name,
+                    &self.node,
+                    ErrorKind::Interrupted,
+                    "the run was interrupted before this check had a verdict",
+                    Duration::ZERO,
+                ));
+            }
+        }
+        results.sort_by_key(|r| r.name);
+        NodeReport {
+            node: self.node.clone(),
+            rebooted: self.reboot_sent.load(std::sync::atomic::Ordering::Relaxed),
+            started_at: self.began_at.to_string(),
+            results,
+            steps: self.steps.lock().expect("recorder lock").clone(),
+            ready_to_verdict: None,
+            interrupted: true,
+            notes: self.notes.lock().expect("recorder lock").clone(),
+            run: self.identity.lock().expect("recorder lock").clone(),
+            elapsed: self.began.elapsed(),
+        }
+    }
+
+    /// Hands the report so far to the front end, if it keeps one.
+    fn publish(&self) {
+        if self.progress.keeps_reports_so_far() {
+            self.progress.report_so_far(&self.report_so_far());
         }
     }
 
@@ -56,16 +106,19 @@ impl<'a> Recorder<'a> {
         self.progress.check_finished(&result);
         *self.last_verdict.lock().expect("recorder lock") = Some(Instant::now());
         self.results.lock().expect("recorder lock").push(result);
+        self.publish();
     }
 
     /// Adds what is learnt of the run's identity (its ID, the API server, the lock
     /// holder) as the run learns it.
     pub(super) fn identify(&self, learn: impl FnOnce(&mut RunIdentity)) {
         learn(&mut self.identity.lock().expect("recorder lock"));
+        self.publish();
     }
 
     pub(super) fn note(&self, note: String) {
         self.notes.lock().expect("recorder lock").push(note);
+        self.publish();
     }
 
     pub(super) async fn timed<T>(
@@ -84,6 +137,7 @@ impl<'a> Recorder<'a> {
             started_after,
             duration: took,
         });
+        self.publish();
         value
     }
 
@@ -141,4 +195,64 @@ pub(super) fn check_result(
     started: Instant,
 ) -> CheckResult {
     CheckResult::new(name, node, verdict, evidence, started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a second Ctrl-C writes: the checks so far, the rest as errors saying the run
+    /// was interrupted, the report marked interrupted, and the file on disk.
+    #[tokio::test]
+    async fn the_report_so_far_is_kept_for_a_second_signal_to_write() {
+        let kept = std::sync::Arc::new(crate::report::ReportsSoFar::default());
+        let progress = KeepingReports::new(&Quiet, kept.clone());
+        let recorder = Recorder::new(
+            "k8s-worker-03",
+            &progress,
+            &[CheckName::NodeReadyAfterReboot, CheckName::CalicoNodeReady],
+        );
+        recorder.identify(|run| run.run_id = "0badc0de".into());
+        recorder.timed("take the reboot lock", async {}).await;
+        recorder.set_reboot_sent(true);
+        recorder.record(CheckResult::new(
+            CheckName::NodeReadyAfterReboot,
+            "k8s-worker-03",
+            Verdict::Passed,
+            Vec::new(),
+            Duration::from_secs(1),
+        ));
+        let reports = kept.reports();
+        assert_eq!(reports.len(), 1);
+        let report = &reports[0];
+        assert!(report.interrupted && report.rebooted);
+        assert_eq!(report.run.run_id, "0badc0de");
+        assert_eq!(report.steps[0].step, "take the reboot lock");
+        assert_eq!(report.results[0].verdict, Verdict::Passed);
+        assert!(matches!(
+            &report.results[1].verdict,
+            Verdict::Error(m) if m.contains("interrupted before this check")
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::report::ReportFiles {
+            junit: Some(dir.path().join("junit.xml")),
+            json: Some(dir.path().join("report.json")),
+            ..Default::default()
+        };
+        let written = kept.write(&files, "postflight verify").unwrap();
+        assert_eq!(written.len(), 2, "{written:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["nodes"][0]["interrupted"], true);
+        assert_eq!(json["exit_code"], 130);
+        assert!(std::fs::read_to_string(dir.path().join("junit.xml"))
+            .unwrap()
+            .contains("interrupted"));
+    }
+
+    #[test]
+    fn a_front_end_that_keeps_nothing_costs_no_copy() {
+        assert!(!Quiet.keeps_reports_so_far());
+    }
 }

@@ -71,18 +71,31 @@ pub async fn rolling(
         run_id: new_run_id(),
         paired_nodes: order.clone(),
     };
+    // One hold on the reboot lock for the whole update: the first node's run takes it,
+    // and it is kept through every soak, so that no other pipeline reboots a node while
+    // this one's last node settles.
+    let lock_slot = lock::LockSlot::default();
     let mut reports: Vec<NodeReport> = Vec::new();
     let mut stopped_at = None;
     let mut interrupted_between_nodes = false;
     for (position, node) in order.iter().enumerate() {
         if position > 0 && !request.soak.is_zero() {
-            let soaked = tokio::select! {
-                () = tokio::time::sleep(request.soak) => true,
-                () = cancel.cancelled() => false,
-            };
-            if !soaked {
-                interrupted_between_nodes = true;
-                break;
+            let previous = order[position - 1].as_str();
+            match soak(&lock_slot, request.soak, previous, progress, cancel).await {
+                Soak::Done => {}
+                Soak::Interrupted => {
+                    interrupted_between_nodes = true;
+                    break;
+                }
+                Soak::LockLost(how) => {
+                    if let Some(last) = reports.last_mut() {
+                        last.notes.push(format!(
+                            "the reboot lock was lost during the soak after {previous} ({how}): the update stopped there, rebooting nothing more"
+                        ));
+                    }
+                    stopped_at = Some(previous.to_string());
+                    break;
+                }
             }
         }
         let verify_request = VerifyRequest {
@@ -92,9 +105,22 @@ pub async fn rolling(
             allow_protected: request.allow_protected,
             drain: request.drain,
         };
-        let report =
-            verify::verify_with_probes(inventory, &verify_request, Some(&shared), progress, cancel)
-                .await?;
+        let verified = verify::verify_with_probes(
+            inventory,
+            &verify_request,
+            Some(&shared),
+            Some(&lock_slot),
+            progress,
+            cancel,
+        )
+        .await;
+        let report = match verified {
+            Ok(report) => report,
+            Err(error) => {
+                release_lock(&lock_slot, &mut reports).await;
+                return Err(error);
+            }
+        };
         let clean = report.results.iter().all(|r| r.passed()) && !report.interrupted;
         reports.push(report);
         if !clean {
@@ -124,6 +150,8 @@ pub async fn rolling(
             ));
         }
     }
+    // The lock last, as a single run gives it back last.
+    release_lock(&lock_slot, &mut reports).await;
     let not_started = order.iter().skip(reports.len()).cloned().collect();
     Ok((
         reports,
@@ -134,6 +162,60 @@ pub async fn rolling(
             interrupted_between_nodes,
         },
     ))
+}
+
+/// How a soak between two nodes ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Soak {
+    Done,
+    Interrupted,
+    /// The lock's hold lapsed: how.
+    LockLost(String),
+}
+
+/// Waits out a soak after `previous` passed, keeping the update's lock renewed through
+/// it, as a step the console's heartbeat names so a CI log is not silent.
+async fn soak(
+    lock_slot: &lock::LockSlot,
+    soak: Duration,
+    previous: &str,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Soak {
+    // The soak and the next run's first steps: the next run then renews it for its own
+    // work.
+    let lost = lock_slot
+        .hold_for(soak + CLEANUP_TIMEOUT)
+        .map(|(signal, _)| signal)
+        .unwrap_or_default();
+    let step = format!(
+        "soak for {} before the next node, holding the reboot lock",
+        humantime::format_duration(soak)
+    );
+    progress.step_started(previous, &step);
+    let started = Instant::now();
+    let ended = tokio::select! {
+        () = tokio::time::sleep(soak) => Soak::Done,
+        () = cancel.cancelled() => Soak::Interrupted,
+        () = lost.cancelled() => Soak::LockLost(lock_slot.lost().unwrap_or_default()),
+    };
+    progress.step_finished(previous, &step, started.elapsed());
+    ended
+}
+
+/// Gives the update's lock back, saying in the last report if it could not be.
+async fn release_lock(lock_slot: &lock::LockSlot, reports: &mut [NodeReport]) {
+    let released = tokio::time::timeout(CLEANUP_TIMEOUT, lock_slot.release()).await;
+    let why = match released {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {CLEANUP_TIMEOUT:?}"),
+    };
+    if let Some(last) = reports.last_mut() {
+        last.notes.push(format!(
+            "the reboot lock was not released ({why}): it expires by itself"
+        ));
+    }
 }
 
 /// Deletes the update's probe pods, riding out a short API outage as a gate's own

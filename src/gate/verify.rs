@@ -18,15 +18,18 @@ pub async fn verify(
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
-    verify_with_probes(inventory, request, None, progress, cancel).await
+    verify_with_probes(inventory, request, None, None, progress, cancel).await
 }
 
 /// As `verify`; with `shared`, the gate uses (and creates if missing) its caller's probe
-/// pods instead of its own, and leaves them for the caller to delete.
+/// pods instead of its own, and leaves them for the caller to delete. With `lock_slot`,
+/// it takes up the lock held there, if any, instead of taking it anew, and puts it back
+/// there when it ends instead of releasing it: the caller releases it.
 pub(super) async fn verify_with_probes(
     inventory: &Inventory,
     request: &VerifyRequest,
     shared: Option<&SharedProbes>,
+    lock_slot: Option<&lock::LockSlot>,
     progress: &dyn Progress,
     cancel: &CancellationToken,
 ) -> Result<NodeReport, GateError> {
@@ -39,7 +42,21 @@ pub(super) async fn verify_with_probes(
     );
     let run_id = new_run_id();
     recorder.identify(|run| run.run_id = run_id.clone());
-    let mut state = RunState::default();
+    let mut state = RunState {
+        lock_slot,
+        ..RunState::default()
+    };
+    // A rolling update's lock, held since an earlier node: this run works under it.
+    if let Some(held) = lock_slot
+        .and_then(lock::LockSlot::take)
+        .filter(|_| request.reboot)
+    {
+        held.hold_for(work_under_lock(inventory));
+        recorder.identify(|run| run.lock_holder = Some(held.holder().to_string()));
+        state.lock_lost = held.lost_signal();
+        state.lock = Some(held);
+        state.ledger.owed.push(Owed::Lease);
+    }
     let lock_lost = state.lock_lost.clone();
     let interrupted = tokio::select! {
         () = verify_steps(inventory, request, shared, &recorder, &run_id, &mut state) => false,
@@ -65,7 +82,10 @@ pub(super) async fn verify_with_probes(
     };
     let plan = phase::cleanup_plan(state.ledger.phase, &state.ledger.owed, &outcome);
     clean_up(plan, &recorder, &mut state, inventory).await;
-    let mut report = recorder.into_report(request.reboot, started_at, state.ready_at);
+    // Rebooted only once the reboot was sent (or may have been): a run refused before
+    // that (permissions, the lock, the preflight) rebooted nothing.
+    let rebooted = state.ledger.phase.rebooted();
+    let mut report = recorder.into_report(rebooted, started_at, state.ready_at);
     report.interrupted = interrupted;
     Ok(report)
 }
@@ -75,7 +95,7 @@ pub(super) async fn verify_with_probes(
 async fn clean_up(
     plan: Vec<phase::Cleanup>,
     recorder: &Recorder<'_>,
-    state: &mut RunState,
+    state: &mut RunState<'_>,
     inventory: &Inventory,
 ) {
     use phase::Cleanup;
@@ -118,6 +138,12 @@ async fn clean_up(
                 let Some(held) = state.lock.take() else {
                     continue;
                 };
+                // A rolling update's lock is the update's to release, after its last
+                // node: a soak holds it too.
+                if let Some(slot) = state.lock_slot {
+                    slot.put(held);
+                    continue;
+                }
                 let release = tokio::time::timeout(CLEANUP_TIMEOUT, held.release());
                 match recorder.timed("release the reboot lock", release).await {
                     Ok(Ok(())) => {}
@@ -239,7 +265,9 @@ where
 
 /// What the steps of a run leave for its cleanup, whether they finish or are cut short.
 #[derive(Default)]
-struct RunState {
+struct RunState<'a> {
+    /// Where a rolling update keeps its lock between nodes.
+    lock_slot: Option<&'a lock::LockSlot>,
     cluster: Option<Cluster>,
     lock: Option<lock::HeldLock>,
     ready_at: Option<Instant>,
@@ -277,7 +305,7 @@ async fn verify_steps(
     shared: Option<&SharedProbes>,
     recorder: &Recorder<'_>,
     run_id: &str,
-    state: &mut RunState,
+    state: &mut RunState<'_>,
 ) {
     let node = request.node.as_str();
     let cluster = match recorder
@@ -316,6 +344,18 @@ async fn verify_steps(
         }
         Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
     }
+    // What dead runs left (a SIGKILLed run's pods and lease) goes before this run makes
+    // anything; a run that may reboot reads the lease, so it can tell dead from alive.
+    if request.reboot {
+        let swept = tokio::time::timeout(CLEANUP_TIMEOUT, sweep::sweep(&cluster, inventory));
+        match recorder.timed("sweep what dead runs left", swept).await {
+            Ok(Ok(said)) => said.into_iter().for_each(|line| recorder.note(line)),
+            Ok(Err(error)) => recorder.note(format!("what dead runs left was not swept: {error}")),
+            Err(_) => recorder.note(format!(
+                "what dead runs left was not swept within {CLEANUP_TIMEOUT:?}"
+            )),
+        }
+    }
     // From here on the run may create probe pods, which cleanup then owes, unless they
     // are a set the caller keeps across gates and deletes itself.
     let probe_run_id = shared.map_or(run_id, |shared| shared.run_id.as_str());
@@ -347,22 +387,25 @@ async fn verify_steps(
     let calico = &calico;
 
     let baseline = if request.reboot {
-        let holder = lock::holder_identity(run_id);
-        match recorder
-            .timed(
-                "take the reboot lock",
-                lock::acquire(&cluster, inventory, &holder, state.lock_lost.clone()),
-            )
-            .await
-        {
-            Ok(held) => {
-                recorder.identify(|run| run.lock_holder = Some(holder.clone()));
-                state.lock = Some(held);
-                state.ledger.owed.push(Owed::Lease);
-                state.ledger.phase = Phase::Locked;
+        if state.lock.is_none() {
+            let holder = lock::holder_identity(run_id);
+            let acquire = lock::acquire(
+                &cluster,
+                inventory,
+                &holder,
+                work_under_lock(inventory),
+                state.lock_lost.clone(),
+            );
+            match recorder.timed("take the reboot lock", acquire).await {
+                Ok(held) => {
+                    recorder.identify(|run| run.lock_holder = Some(holder.clone()));
+                    state.lock = Some(held);
+                    state.ledger.owed.push(Owed::Lease);
+                }
+                Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
             }
-            Err(error) => return recorder.error_remaining(error.kind(), &error.to_string()),
         }
+        state.ledger.phase = Phase::Locked;
         match preflight_then_reboot(
             inventory,
             &cluster,

@@ -24,6 +24,35 @@ pub enum ReportError {
         path: String,
         source: std::io::Error,
     },
+    #[error("--{first} and --{second} name the same file {path}: one report would overwrite the other; give each its own path")]
+    SamePath {
+        first: &'static str,
+        second: &'static str,
+        path: String,
+    },
+}
+
+/// `path` made absolute against `cwd`, with `.` and `..` resolved and the directory it
+/// is in followed through symlinks where it exists: two spellings of one file compare
+/// equal.
+fn normalised(path: &Path, cwd: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut absolute = PathBuf::new();
+    for component in cwd.join(path).components() {
+        match component {
+            Component::ParentDir => {
+                absolute.pop();
+            }
+            Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(name))
+            .unwrap_or(absolute),
+        _ => absolute,
+    }
 }
 
 /// A timed step of a run (a wait, an action), for trending and for the timeline.
@@ -204,6 +233,34 @@ pub struct ReportFiles {
 }
 
 impl ReportFiles {
+    /// Refuses two reports given one file, which would silently keep only the last.
+    ///
+    /// # Errors
+    /// Two of the paths are one file once normalised.
+    pub fn check_distinct(&self) -> Result<(), ReportError> {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let given = [
+            ("junit", &self.junit),
+            ("json", &self.json),
+            ("html", &self.html),
+            ("metrics", &self.metrics),
+        ];
+        let paths: Vec<(&'static str, &PathBuf, PathBuf)> = given
+            .into_iter()
+            .filter_map(|(flag, path)| path.as_ref().map(|p| (flag, p, normalised(p, &cwd))))
+            .collect();
+        for (index, (first, path, normal)) in paths.iter().enumerate() {
+            if let Some((second, ..)) = paths[index + 1..].iter().find(|(_, _, n)| n == normal) {
+                return Err(ReportError::SamePath {
+                    first,
+                    second,
+                    path: path.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes every asked-for report, each atomically, and says what it wrote.
     ///
     /// # Errors
@@ -238,6 +295,39 @@ impl ReportFiles {
             written.push(format!("metrics: {}", path.display()));
         }
         Ok(written)
+    }
+}
+
+/// Each node's report as it stood last, in the order the nodes started: what a run
+/// that must end at once (a second Ctrl-C) still writes.
+#[derive(Debug, Default)]
+pub struct ReportsSoFar(std::sync::Mutex<Vec<NodeReport>>);
+
+impl ReportsSoFar {
+    /// Keeps `report` in place of its node's earlier one.
+    pub fn keep(&self, report: NodeReport) {
+        let mut reports = self.0.lock().expect("reports so far");
+        match reports.iter_mut().find(|r| r.node == report.node) {
+            Some(earlier) => *earlier = report,
+            None => reports.push(report),
+        }
+    }
+
+    pub fn reports(&self) -> Vec<NodeReport> {
+        self.0.lock().expect("reports so far").clone()
+    }
+
+    /// Writes every asked-for report from what is known, each marked interrupted, and
+    /// says what it wrote.
+    ///
+    /// # Errors
+    /// As [`ReportFiles::write`].
+    pub fn write(&self, files: &ReportFiles, title: &str) -> Result<Vec<String>, ReportError> {
+        let mut reports = self.reports();
+        for report in &mut reports {
+            report.interrupted = true;
+        }
+        files.write(&reports, None, title)
     }
 }
 
@@ -754,6 +844,49 @@ pub(super) mod tests {
         let text = console(&reports, false);
         assert!(text.contains("calico_node_ready"), "{text}");
         assert!(!text.contains("none of the"), "{text}");
+    }
+
+    #[test]
+    fn two_reports_given_one_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        std::fs::create_dir(cwd.join("out")).unwrap();
+        std::os::unix::fs::symlink(cwd.join("out"), cwd.join("link")).unwrap();
+        let files = |junit: &str, json: &str| ReportFiles {
+            junit: Some(cwd.join(junit)),
+            json: Some(PathBuf::from(json)),
+            ..ReportFiles::default()
+        };
+        let same = |junit: &str, json: &str| {
+            let files = files(junit, json);
+            let cwd_path = |p: &PathBuf| normalised(p, cwd);
+            cwd_path(files.junit.as_ref().unwrap()) == cwd_path(files.json.as_ref().unwrap())
+        };
+        assert!(same("out/r.xml", "out/r.xml"));
+        assert!(same("out/r.xml", "./out/../out/r.xml"));
+        assert!(
+            same("out/r.xml", "link/r.xml"),
+            "through a symlinked directory"
+        );
+        assert!(!same("out/r.xml", "out/r.json"));
+        let refused = ReportFiles {
+            junit: Some("r".into()),
+            html: Some("./r".into()),
+            ..ReportFiles::default()
+        }
+        .check_distinct()
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "--junit and --html name the same file r: one report would overwrite the other; give each its own path"
+        );
+        assert!(ReportFiles {
+            junit: Some("r.xml".into()),
+            json: Some("r.json".into()),
+            ..ReportFiles::default()
+        }
+        .check_distinct()
+        .is_ok());
     }
 
     #[test]

@@ -151,13 +151,16 @@ pub(super) enum DialVerdict {
     /// An HTTP 200 to this URL proved it.
     Proven { url: String },
     /// Nothing proved it: probe it directly. `earlier` holds what a 417 said about the
-    /// pair's own dial (a failed attempt of that very pair, so a direct pass is flaky).
+    /// pair's own dial, or the client's error for a /dial request that the pair's
+    /// source sent to its destination and got no answer to: a failed attempt of that very
+    /// pair, so a direct pass is flaky.
     Direct { earlier: Vec<String> },
 }
 
 /// Each pair's verdict from the execs' answers: `answers[e]` is exec `e`'s result per
 /// URL, or `None` when the exec told nothing. Only a 200 proves; a curl error, a 404 from
-/// a server without /dial, a 400, or a 417 leave the pair to the direct probes.
+/// a server without /dial, a 400, or a 417 leave the pair to the direct probes, the 417
+/// and the curl error as a first try of the pair they failed.
 pub(super) fn settle(
     execs: &[DialExec],
     pair_count: usize,
@@ -178,6 +181,14 @@ pub(super) fn settle(
                     for &i in &url.dials {
                         earlier[i]
                             .push(format!("HTTP 417 (its own fetch failed) from {}", url.url));
+                    }
+                }
+                // The request itself got no answer (timed out, refused, reset): the
+                // source's own try at VIA failed, which is what a direct probe of the
+                // arriving pair tries again; whether VIA dialled at all is not known.
+                Some(Err(error)) => {
+                    for &i in &url.arrives {
+                        earlier[i].push(format!("{error} (the /dial request {})", url.url));
                     }
                 }
                 _ => {}
@@ -551,7 +562,6 @@ mod tests {
             ("pf-0", "pf-2"),
             ("pf-0", "pf-3"),
             ("pf-3", "pf-0"),
-            ("pf-0", "pf-4"),
             ("pf-4", "pf-0"),
         ] {
             assert_eq!(
@@ -567,6 +577,45 @@ mod tests {
         };
         assert_eq!(earlier.len(), 1);
         assert!(earlier[0].starts_with("HTTP 417"), "{earlier:?}");
+        // The request pf-0 sent to pf-4 timed out: pf-0 → pf-4's first try failed.
+        let DialVerdict::Direct { earlier } = verdict("pf-0", "pf-4") else {
+            panic!("a timeout proves nothing");
+        };
+        assert_eq!(earlier.len(), 1, "{earlier:?}");
+        assert!(
+            earlier[0].starts_with("curl: (28) Connection timed out (the /dial request http://"),
+            "{earlier:?}"
+        );
+    }
+
+    /// A pair whose /dial try timed out and whose direct probe then passed is a flaky
+    /// pass, which JUnit marks with `<flakyFailure>`.
+    #[test]
+    fn a_pair_that_passed_directly_after_its_dial_timed_out_is_flaky() {
+        let (probes, pairs) = after_reboot(3, false);
+        let execs = plan_dial_back(&pairs, 8080);
+        let said = answers(&execs, |url| match read_url(url, &probes).0.name.as_str() {
+            "pf-4" => Some(Err("curl: (28) Connection timed out after 7001 ms".into())),
+            _ => Some(Ok(200)),
+        });
+        let verdicts = settle(&execs, pairs.len(), &said);
+        let i = pairs
+            .iter()
+            .position(|p| p.from.name == "pf-0" && p.to.name == "pf-4")
+            .unwrap();
+        let DialVerdict::Direct { earlier } = verdicts[i].clone() else {
+            panic!("{:?}", verdicts[i]);
+        };
+        let direct_pass =
+            pairs[i].outcome("http://198.19.0.5:8080/hostname".into(), Ok(200), earlier);
+        let flaky = crate::checks::flaky_pairs(std::slice::from_ref(&direct_pass));
+        assert_eq!(flaky.len(), 1, "{flaky:?}");
+        assert!(
+            flaky[0]
+                .contains("node-000/pf-0 → node-004/pf-4 passed on attempt 2 after: curl: (28)"),
+            "{flaky:?}"
+        );
+        assert!(direct_pass.pair_result().flaky());
     }
 
     #[test]
