@@ -25,14 +25,18 @@ unformatted=$(gofmt -l ci/lab/k8s)
 (cd ci/lab/k8s && GOFLAGS=-mod=readonly go vet ./...)
 export POSTFLIGHT_LAB_K8S_BIN
 POSTFLIGHT_LAB_K8S_BIN=$(bash ci/lab/k8s/build.sh)
-# Helm, from its Go module in the same module, for the chart's tests.
-export POSTFLIGHT_HELM
+# Helm and krew, tools of the same module, for the chart's and the krew manifest's tests.
+export POSTFLIGHT_HELM POSTFLIGHT_KREW POSTFLIGHT_KREW_VALIDATE
 POSTFLIGHT_HELM=$(bash ci/lab/k8s/build.sh helm)
+POSTFLIGHT_KREW=$(bash ci/lab/k8s/build.sh kubectl-krew)
+POSTFLIGHT_KREW_VALIDATE=$(bash ci/lab/k8s/build.sh validate-krew-manifest)
 # The release exactly as ci/release.sh makes it: tests/release.rs checks what it wrote.
 export POSTFLIGHT_DIST="$PWD/target/dist"
 bash ci/release.sh "$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 # The end-to-end tests start `postflight-lab` and `postflight` as processes.
 cargo build --workspace --bins --locked
+# The crate packages and builds as crates.io would take it.
+cargo publish --dry-run --locked --quiet
 export POSTFLIGHT_LAB_BIN="$PWD/target/debug/postflight-lab"
 export POSTFLIGHT_BIN="$PWD/target/debug/postflight"
 # Each end-to-end test runs its own lab; two at a time fit the 2-core build machines.

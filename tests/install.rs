@@ -175,3 +175,55 @@ fn kubectl_runs_it_as_a_plugin_with_the_same_answers() {
         "{direct:?}"
     );
 }
+
+/// ci/release.sh on a machine without its tools names each one and how to install it,
+/// and builds nothing.
+#[test]
+fn the_release_script_names_every_tool_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PATH with the shell's own tools and cargo, and none of the release's.
+    for program in [
+        "bash",
+        "sed",
+        "head",
+        "dirname",
+        "grep",
+        "sha256sum",
+        "cargo",
+        "rustup",
+    ] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {program}"))
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!path.is_empty(), "{program} is on this machine");
+        std::os::unix::fs::symlink(path, dir.path().join(program)).unwrap();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/release.sh");
+    let output = Command::new(dir.path().join("bash"))
+        .arg(script)
+        .arg(env!("CARGO_PKG_VERSION"))
+        .env("PATH", dir.path())
+        .env("POSTFLIGHT_DIST", dir.path().join("dist"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    for missing in [
+        "musl-gcc (apt-get install musl-tools)",
+        "umoci (apt-get install umoci)",
+        "cargo-cyclonedx (cargo install --locked cargo-cyclonedx@0.5.9)",
+    ] {
+        assert!(said.contains(missing), "{missing} in {said}");
+    }
+    assert!(!dir.path().join("dist").exists(), "nothing was built");
+    let wrong = Command::new("bash")
+        .arg(script)
+        .arg("9.9.9")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("is not Cargo.toml's"));
+}

@@ -229,3 +229,97 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+fn tool(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} names a tool built from the lab's Go module (ci/test.sh builds it with ci/lab/k8s/build.sh)")
+    })
+}
+
+/// The release's krew manifest passes krew's own validator, and krew installs the
+/// release's tarball with it (checking its sha256), after which `kubectl postflight`
+/// runs the binary it unpacked.
+#[test]
+fn krew_validates_the_manifest_and_installs_the_release_with_it() {
+    let manifest = dist().join("postflight.krew.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains(&format!("version: v{VERSION}")), "{text}");
+    assert!(
+        !text.contains("SHA256") && !text.contains("VERSION"),
+        "filled in: {text}"
+    );
+    // krew's validator wants the manifest named after the plugin.
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("postflight.yaml");
+    std::fs::copy(&manifest, &named).unwrap();
+    let validated = Command::new(tool("POSTFLIGHT_KREW_VALIDATE"))
+        .arg("-manifest")
+        .arg(&named)
+        .arg("-skip-install")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&validated.stderr);
+    assert!(
+        validated.status.success() && said.contains("structural validation OK"),
+        "{said}"
+    );
+
+    // kubectl is the lab's, found on PATH as plugins expect it; krew is its plugin.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let kubectl = bin.join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!(
+            "#!/bin/sh\nexec {} kubectl \"$@\"\n",
+            tool("POSTFLIGHT_LAB_K8S_BIN")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(tool("POSTFLIGHT_KREW"), bin.join("kubectl-krew")).unwrap();
+    let root = dir.path().join("krew");
+    let path = format!(
+        "{}:{}:{}",
+        root.join("bin").display(),
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .args(args)
+            .env("PATH", &path)
+            .env("KREW_ROOT", &root)
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A tarball that is not the one the manifest names is refused, and nothing is installed.
+    let forged = dir.path().join("forged.tar.gz");
+    std::fs::write(&forged, b"not the release").unwrap();
+    let refused = kubectl(&[
+        "krew",
+        "install",
+        &format!("--manifest={}", named.display()),
+        &format!("--archive={}", forged.display()),
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let tarball = dist().join(format!("postflight-{VERSION}-x86_64-linux.tar.gz"));
+    let installed = kubectl(&[
+        "krew",
+        "install",
+        &format!("--manifest={}", named.display()),
+        &format!("--archive={}", tarball.display()),
+    ]);
+    assert!(installed.status.success(), "{installed:?}");
+    let version = kubectl(&["postflight", "version"]);
+    assert!(version.status.success(), "{version:?}");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with(&format!("postflight {VERSION}\n"))
+    );
+}

@@ -2,8 +2,9 @@
 # Builds lab-k8s, the lab's real Kubernetes control plane (kube-apiserver, etcd,
 # kube-controller-manager, kube-scheduler, kubectl and the kubelets' streaming server in
 # one binary), unless the binary is already up to date, and prints its path.
-# `build.sh helm` builds Helm instead, from the module's `tool` directive (its version is
-# the module's, like every other dependency), for the chart's tests.
+# `build.sh helm` (or kubectl-krew, validate-krew-manifest) builds that tool instead,
+# from the module's `tool` block, at the module's version of it like every other
+# dependency: for the chart's and the krew manifest's tests.
 #
 # The first build on a machine compiles most of Kubernetes and takes minutes on two cores;
 # Go keeps its module and build caches (GOMODCACHE, GOCACHE), so later builds only link.
@@ -14,7 +15,9 @@ what=${1:-lab-k8s}
 case "$what" in
   lab-k8s) package=. ;;
   helm) package=helm.sh/helm/v4/cmd/helm ;;
-  *) echo "build.sh: build lab-k8s (the default) or helm, not $what" >&2; exit 2 ;;
+  kubectl-krew) package=sigs.k8s.io/krew/cmd/krew ;;
+  validate-krew-manifest) package=sigs.k8s.io/krew/cmd/validate-krew-manifest ;;
+  *) echo "build.sh: build lab-k8s (the default), helm, kubectl-krew or validate-krew-manifest, not $what" >&2; exit 2 ;;
 esac
 binary=$out_dir/$what
 
@@ -37,12 +40,17 @@ fi
 
 started=$(date +%s)
 cd "$here"
-if [ "$what" = helm ]; then
-  helm_version=$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' helm.sh/helm/v4)
-  echo "lab-k8s: building Helm $helm_version from Go modules (about 3 minutes on 2 cores once Kubernetes is built, seconds later)" >&2
-  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build \
-    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" \
-    -o "$binary.partial" "$package"
+if [ "$what" != lab-k8s ]; then
+  # A tool of the module (go.mod's `tool` block), at the module's version of it.
+  module=$(GOFLAGS=-mod=readonly go list -f '{{.Module.Path}}' "$package")
+  tool_version=$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$module")
+  ldflags="-s -w"
+  case "$what" in
+    helm) ldflags="$ldflags -X helm.sh/helm/v4/internal/version.version=$tool_version" ;;
+    kubectl-krew) ldflags="$ldflags -X sigs.k8s.io/krew/internal/version.gitTag=$tool_version" ;;
+  esac
+  echo "lab-k8s: building $what $tool_version from Go modules (minutes the first time on 2 cores, seconds later)" >&2
+  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" "$package"
   mv "$binary.partial" "$binary"
   echo "$stamp" > "$binary.stamp"
   echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2

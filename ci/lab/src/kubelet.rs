@@ -769,13 +769,17 @@ impl Runtime {
             self.remove_sandbox(uid);
             format!("failed to set up the pod network: {e}")
         })?;
-        Ok(self
-            .sandboxes
+        // The pod's deletion or its node's power-off can take the sandbox away while it
+        // was being wired: that pod does not start, and the rest of the lab goes on (this
+        // once panicked and took every node down with it).
+        self.sandboxes
             .lock()
             .unwrap()
             .get(uid)
             .cloned()
-            .expect("sandbox just made"))
+            .ok_or_else(|| {
+                "the pod's sandbox was removed while its network was set up (the pod was deleted, or its node powered off)".to_string()
+            })
     }
 
     async fn run_pod(self: Arc<Self>, node: NodeSpec, pod: Value, worker: Arc<PodWorker>) {
