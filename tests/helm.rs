@@ -211,32 +211,8 @@ fn the_charts_rbac_is_exactly_what_postflight_rbac_prints() {
 #[test]
 fn helm_install_runs_the_nightly_job_and_uninstall_leaves_nothing() {
     let lab = lab("pf-helm", 3);
-    let state = lab.paths().state_dir.clone();
     let kubeconfig = lab.paths().kubeconfig();
-    let inventory: String = std::fs::read_to_string(lab.paths().inventory())
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            !line.starts_with("cluster:")
-                && !line.starts_with("  kubeconfig:")
-                && !line.starts_with("  context:")
-        })
-        .map(|line| {
-            format!(
-                "{}\n",
-                line.replace(
-                    "identity_file: ssh/id_ed25519",
-                    "identity_file: /etc/postflight-ssh/id_ed25519"
-                )
-                .replace(
-                    "known_hosts: ssh/known_hosts",
-                    "known_hosts: /etc/postflight-ssh/known_hosts"
-                )
-            )
-        })
-        .collect();
-    let inventory_file = state.join("helm-inventory.yaml");
-    std::fs::write(&inventory_file, &inventory).unwrap();
+    let inventory_file = in_cluster_inventory(&lab, "helm-inventory.yaml");
     // The lab gives postflight its identity the way `postflight rbac | kubectl apply`
     // does; the chart is to bring its own, as on a cluster that has none yet.
     let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/rbac.yaml");
@@ -248,25 +224,7 @@ fn helm_install_runs_the_nightly_job_and_uninstall_leaves_nothing() {
         &lab,
         &["-n", "postflight", "delete", "serviceaccount", "postflight"],
     );
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "postflight",
-            "create",
-            "secret",
-            "generic",
-            "postflight-ssh",
-            &format!(
-                "--from-file=id_ed25519={}",
-                state.join("ssh/id_ed25519").display()
-            ),
-            &format!(
-                "--from-file=known_hosts={}",
-                lab.paths().known_hosts().display()
-            ),
-        ],
-    );
+    create_ssh_secret(&lab, "postflight");
     let started = std::time::Instant::now();
     ok(
         helm()
@@ -292,28 +250,7 @@ fn helm_install_runs_the_nightly_job_and_uninstall_leaves_nothing() {
             "--from=cronjob/nightly-nightly",
         ],
     );
-    let outcome = loop {
-        let conditions = kubectl(
-            &lab,
-            &[
-                "-n",
-                "postflight",
-                "get",
-                "job",
-                "helm-now",
-                "-o",
-                "jsonpath={range .status.conditions[?(@.status==\"True\")]}{.type} {end}",
-            ],
-        );
-        if let Some(outcome) = ["Complete", "Failed"]
-            .into_iter()
-            .find(|o| conditions.split_whitespace().any(|c| c == *o))
-        {
-            break outcome;
-        }
-        assert!(started.elapsed().as_secs() < 180, "the Job did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    };
+    let outcome = job_outcome(&lab, "postflight", "helm-now");
     let log = kubectl(&lab, &["-n", "postflight", "logs", "job/helm-now"]);
     assert_eq!(outcome, "Complete", "{log}");
     assert!(log.contains("9 passed, 0 failed, 0 could not run"), "{log}");

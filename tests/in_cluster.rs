@@ -12,69 +12,16 @@ fn manifest() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/pipelines/kubernetes-cronjob.yml")
 }
 
-/// Waits for a Job to finish and says how: "Complete" or "Failed".
-fn job_outcome(lab: &postflight_lab::Lab, job: &str) -> String {
-    let started = std::time::Instant::now();
-    loop {
-        let conditions = kubectl(
-            lab,
-            &[
-                "-n",
-                "postflight",
-                "get",
-                "job",
-                job,
-                "-o",
-                "jsonpath={range .status.conditions[?(@.status==\"True\")]}{.type} {end}",
-            ],
-        );
-        for outcome in ["Complete", "Failed"] {
-            if conditions.split_whitespace().any(|c| c == outcome) {
-                return outcome.to_string();
-            }
-        }
-        assert!(
-            started.elapsed().as_secs() < 180,
-            "job {job} did not finish: {}",
-            kubectl(lab, &["-n", "postflight", "describe", "job", job])
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn the_nightly_cronjob_runs_postflight_in_the_cluster_and_fails_on_a_drifted_node() {
     let lab = lab("pf-cronjob", 3);
-    let state = lab.paths().state_dir.clone();
     // The time bomb on one node, which the nightly sweep must find.
     let drifted = "k8s-worker-02";
     lab.os_update(drifted, true).unwrap();
 
     // The inventory as a user puts it into the ConfigMap: no `cluster:` section, so
     // postflight uses the pod's in-cluster credentials; SSH material from the Secret.
-    let inventory: String = std::fs::read_to_string(lab.paths().inventory())
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            !line.starts_with("cluster:")
-                && !line.starts_with("  kubeconfig:")
-                && !line.starts_with("  context:")
-        })
-        .map(|line| {
-            line.replace(
-                "identity_file: ssh/id_ed25519",
-                "identity_file: /etc/postflight-ssh/id_ed25519",
-            )
-            .replace(
-                "known_hosts: ssh/known_hosts",
-                "known_hosts: /etc/postflight-ssh/known_hosts",
-            )
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
-    assert!(!inventory.contains("kubeconfig"), "{inventory}");
-    let inventory_file = state.join("in-cluster-inventory.yaml");
-    std::fs::write(&inventory_file, &inventory).unwrap();
+    let inventory_file = in_cluster_inventory(&lab, "in-cluster-inventory.yaml");
 
     kubectl(&lab, &["apply", "-f", manifest().to_str().unwrap()]);
     kubectl(
@@ -88,25 +35,7 @@ fn the_nightly_cronjob_runs_postflight_in_the_cluster_and_fails_on_a_drifted_nod
             &format!("--from-file=inventory.yaml={}", inventory_file.display()),
         ],
     );
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "postflight",
-            "create",
-            "secret",
-            "generic",
-            "postflight-ssh",
-            &format!(
-                "--from-file=id_ed25519={}",
-                state.join("ssh/id_ed25519").display()
-            ),
-            &format!(
-                "--from-file=known_hosts={}",
-                lab.paths().known_hosts().display()
-            ),
-        ],
-    );
+    create_ssh_secret(&lab, "postflight");
     kubectl(
         &lab,
         &[
@@ -118,7 +47,7 @@ fn the_nightly_cronjob_runs_postflight_in_the_cluster_and_fails_on_a_drifted_nod
             "--from=cronjob/postflight-nightly",
         ],
     );
-    let outcome = job_outcome(&lab, "nightly-now");
+    let outcome = job_outcome(&lab, "postflight", "nightly-now");
     let log = kubectl(&lab, &["-n", "postflight", "logs", "job/nightly-now"]);
     // The drifted node fails the Job, for alerting on failed Jobs; the others pass.
     assert_eq!(outcome, "Failed", "{log}");

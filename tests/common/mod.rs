@@ -580,3 +580,88 @@ pub fn break_like_the_incident(lab: &Lab, node: &str, within: std::time::Duratio
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// The lab's inventory as a user puts it into a ConfigMap for postflight in a pod: no
+/// `cluster:` section (the pod's in-cluster credentials are used), and the SSH key and
+/// known_hosts where the Secret is mounted. Written into the lab's state folder as
+/// `name`; returns its path.
+pub fn in_cluster_inventory(lab: &Lab, name: &str) -> std::path::PathBuf {
+    let inventory: String = std::fs::read_to_string(lab.paths().inventory())
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            !line.starts_with("cluster:")
+                && !line.starts_with("  kubeconfig:")
+                && !line.starts_with("  context:")
+        })
+        .map(|line| {
+            line.replace(
+                "identity_file: ssh/id_ed25519",
+                "identity_file: /etc/postflight-ssh/id_ed25519",
+            )
+            .replace(
+                "known_hosts: ssh/known_hosts",
+                "known_hosts: /etc/postflight-ssh/known_hosts",
+            )
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(!inventory.contains("kubeconfig"), "{inventory}");
+    let file = lab.paths().state_dir.join(name);
+    std::fs::write(&file, &inventory).unwrap();
+    file
+}
+
+/// The Secret `postflight-ssh` in `namespace`, with the lab's SSH key and known_hosts, as
+/// the manifests and the chart mount it.
+pub fn create_ssh_secret(lab: &Lab, namespace: &str) {
+    kubectl(
+        lab,
+        &[
+            "-n",
+            namespace,
+            "create",
+            "secret",
+            "generic",
+            "postflight-ssh",
+            &format!(
+                "--from-file=id_ed25519={}",
+                lab.paths().state_dir.join("ssh/id_ed25519").display()
+            ),
+            &format!(
+                "--from-file=known_hosts={}",
+                lab.paths().known_hosts().display()
+            ),
+        ],
+    );
+}
+
+/// Waits for a Job in `namespace` to finish and says how: "Complete" or "Failed".
+pub fn job_outcome(lab: &Lab, namespace: &str, job: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let conditions = kubectl(
+            lab,
+            &[
+                "-n",
+                namespace,
+                "get",
+                "job",
+                job,
+                "-o",
+                "jsonpath={range .status.conditions[?(@.status==\"True\")]}{.type} {end}",
+            ],
+        );
+        for outcome in ["Complete", "Failed"] {
+            if conditions.split_whitespace().any(|c| c == outcome) {
+                return outcome.to_string();
+            }
+        }
+        assert!(
+            started.elapsed().as_secs() < 180,
+            "job {job} did not finish: {}",
+            kubectl(lab, &["-n", namespace, "describe", "job", job])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
