@@ -893,16 +893,7 @@ mod tests {
     use crate::inventory::{JumpHost, SshTarget};
 
     fn shell(user: &str, port: u16) -> NodeShell {
-        NodeShell::of(&SshTarget {
-            node: "k8s-worker-03".into(),
-            host: "10.20.0.13".into(),
-            port,
-            user: user.into(),
-            identity_file: None,
-            known_hosts: "known_hosts".into(),
-            become_method: None,
-            jump: None,
-        })
+        crate::fix::paste::ssh(user, port, None)
     }
 
     fn rendered(diagnosis: &Diagnosis) -> Vec<String> {

@@ -384,6 +384,21 @@ pub(crate) mod paste {
     use super::*;
     use std::path::{Path, PathBuf};
 
+    /// The incident's node over SSH as `user`, on `port`, through `jump` if given: the
+    /// shell the tests of every fix start from.
+    pub fn ssh(user: &str, port: u16, jump: Option<crate::inventory::JumpHost>) -> NodeShell {
+        NodeShell::of(&SshTarget {
+            node: "k8s-worker-03".into(),
+            host: "10.20.0.13".into(),
+            port,
+            user: user.into(),
+            identity_file: None,
+            known_hosts: "known_hosts".into(),
+            become_method: None,
+            jump,
+        })
+    }
+
     /// What one program received: its name, its words, its standard input.
     #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
     pub struct Call {
@@ -636,19 +651,6 @@ mod tests {
         "a|touch PWNED&",
         "",
     ];
-
-    fn ssh(user: &str, port: u16, jump: Option<JumpHost>) -> NodeShell {
-        NodeShell::of(&SshTarget {
-            node: "k8s-worker-03".into(),
-            host: "10.20.0.13".into(),
-            port,
-            user: user.into(),
-            identity_file: None,
-            known_hosts: "known_hosts".into(),
-            become_method: None,
-            jump,
-        })
-    }
 
     #[rstest]
     #[case::bare("/etc/tmpfiles.d/calico.conf", "/etc/tmpfiles.d/calico.conf")]

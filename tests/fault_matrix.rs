@@ -1139,13 +1139,7 @@ fn a_stale_lease_is_taken_over_by_its_renew_time_and_a_fresh_one_holds() {
     let reports = tempfile::tempdir().unwrap();
     let run = verify(&inventory, node, true, reports.path());
     assert_eq!(run.code(), 0, "{}", run.describe());
-    let waited = run.json["nodes"][0]["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|step| step["step"] == "take the reboot lock")
-        .and_then(|step| step["duration"].as_f64())
-        .expect("the lock step is timed");
+    let waited = run.step_seconds("take the reboot lock");
     assert!(
         waited < 1.0,
         "it waited {waited} s for a dead holder's lease"

@@ -823,13 +823,7 @@ fn a_stale_lock_from_a_killed_run_expires_and_the_next_run_proceeds() {
         reports.path(),
     );
     assert_eq!(run.code(), 0, "{}", run.describe());
-    let waited = run.json["nodes"][0]["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|step| step["step"] == "take the reboot lock")
-        .and_then(|step| step["duration"].as_f64())
-        .expect("the lock step is timed");
+    let waited = run.step_seconds("take the reboot lock");
     // It did wait: the lease was not taken over before it expired.
     assert!(
         waited >= 1.0,

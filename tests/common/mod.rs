@@ -54,6 +54,16 @@ impl Run {
     pub fn message(&self, check: &str) -> &str {
         self.result(check)["message"].as_str().unwrap_or_default()
     }
+    /// How long the first node's step named `step` took, in seconds.
+    pub fn step_seconds(&self, step: &str) -> f64 {
+        self.json["nodes"][0]["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["step"] == step)
+            .and_then(|s| s["duration"].as_f64())
+            .unwrap_or_else(|| panic!("the step {step:?} is timed: {}", self.describe()))
+    }
     /// The `type` of every `<error>` in the JUnit file, and of every `error_kind` in the
     /// JSON, deduplicated: what kind of trouble kept checks from running.
     pub fn error_kinds(&self) -> (Vec<String>, Vec<String>) {
