@@ -178,3 +178,141 @@ pub fn judge_crashloop(
     }
     (Verdict::Passed, evidence)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use rstest::rstest;
+
+    /// calico-node as the API shows it: its one container's current state and last
+    /// termination, and how often it restarted.
+    fn pod(state: serde_json::Value, last: Option<serde_json::Value>, restarts: i32) -> Pod {
+        let mut status = serde_json::json!({
+            "name": "calico-node",
+            "image": "calico/node",
+            "imageID": "",
+            "ready": false,
+            "restartCount": restarts,
+            "state": state,
+        });
+        if let Some(last) = last {
+            status["lastState"] = last;
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "calico-node-x1", "namespace": "kube-system"},
+            "status": {"containerStatuses": [status]},
+        }))
+        .expect("a pod")
+    }
+
+    fn failed_with(judgement: &Judgement) -> &str {
+        match &judgement.0 {
+            Verdict::Failed(message) => message,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_calico_node_pod_fails() {
+        let judgement = judge_crashloop(None, None);
+        assert_eq!(failed_with(&judgement), "no calico-node pod on the node");
+        assert_eq!(judgement.1[0].observed, "none");
+    }
+
+    #[test]
+    fn crashloopbackoff_fails_with_the_restart_count() {
+        let pod = pod(
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            Some(serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}})),
+            4,
+        );
+        let judgement = judge_crashloop(Some(&pod), None);
+        assert_eq!(
+            failed_with(&judgement),
+            "calico-node calico-node-x1 is in CrashLoopBackOff after 4 restarts"
+        );
+        assert!(
+            judgement.1[0]
+                .observed
+                .contains("waiting (CrashLoopBackOff)")
+                && judgement.1[0].observed.contains("restarts=4")
+                && judgement.1[0].observed.contains("last exit 1 (Error)"),
+            "{:?}",
+            judgement.1
+        );
+    }
+
+    #[test]
+    fn a_container_that_exited_with_an_error_and_stays_down_fails() {
+        let pod = pod(
+            serde_json::json!({"terminated": {"exitCode": 2, "reason": "Error"}}),
+            None,
+            0,
+        );
+        let judgement = judge_crashloop(Some(&pod), None);
+        assert_eq!(
+            failed_with(&judgement),
+            "calico-node calico-node-x1 exited with code 2 and is not running"
+        );
+    }
+
+    #[rstest]
+    // The reboot itself killed the last container (exit 255, Unknown): not a crash.
+    #[case::killed_by_the_reboot(255, "Unknown", "2026-12-01T10:00:00Z", true)]
+    // It died with an error, but before the node was Ready: the old boot's trouble.
+    #[case::died_before_ready(1, "Error", "2026-12-01T09:59:00Z", true)]
+    // It died with an error after the node was Ready: a crash since boot.
+    #[case::died_after_ready(1, "Error", "2026-12-01T10:01:00Z", false)]
+    // A clean exit is a restart, not a crash.
+    #[case::exited_cleanly(0, "Completed", "2026-12-01T10:01:00Z", true)]
+    fn a_running_container_is_judged_by_how_its_last_one_died(
+        #[case] exit_code: i32,
+        #[case] reason: &str,
+        #[case] finished_at: &str,
+        #[case] passes: bool,
+    ) {
+        let pod = pod(
+            serde_json::json!({"running": {"startedAt": "2026-12-01T10:02:00Z"}}),
+            Some(serde_json::json!({"terminated": {
+                "exitCode": exit_code,
+                "reason": reason,
+                "finishedAt": finished_at,
+            }})),
+            1,
+        );
+        let ready_since: Timestamp = "2026-12-01T10:00:30Z".parse().unwrap();
+        let judgement = judge_crashloop(Some(&pod), Some(&ready_since));
+        assert_eq!(judgement.0 == Verdict::Passed, passes, "{judgement:?}");
+        if !passes {
+            assert_eq!(
+                failed_with(&judgement),
+                format!("calico-node calico-node-x1 restarted after exiting with code {exit_code}")
+            );
+        }
+    }
+
+    #[test]
+    fn without_knowing_when_the_node_was_ready_an_error_exit_counts() {
+        let pod = pod(
+            serde_json::json!({"running": {}}),
+            Some(serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}})),
+            1,
+        );
+        let judgement = judge_crashloop(Some(&pod), None);
+        assert!(matches!(judgement.0, Verdict::Failed(_)), "{judgement:?}");
+    }
+
+    #[test]
+    fn a_pod_without_a_container_status_fails_rather_than_passes() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "calico-node-x1"},
+            "status": {},
+        }))
+        .unwrap();
+        assert_eq!(
+            failed_with(&judge_crashloop(Some(&pod), None)),
+            "calico-node has no container status"
+        );
+    }
+}
