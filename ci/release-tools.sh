@@ -5,17 +5,8 @@
 # standard library, and cargo-cyclonedx (the SBOM), pinned. Idempotent.
 set -euo pipefail
 source "$(dirname "$0")/as-root.sh"
-packages=(musl-tools umoci skopeo binutils ca-certificates)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "ci/release-tools.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source "$(dirname "$0")/apt-packages.sh"
+install_packages ci/release-tools.sh musl-tools umoci skopeo binutils ca-certificates
 target=x86_64-unknown-linux-musl
 if ! rustup target list --installed | grep -qx "$target"; then
   rustup target add "$target"

@@ -5,20 +5,14 @@
 set -euo pipefail
 source "$(dirname "$0")/as-root.sh"
 
-packages=(libxml2-utils chromium prometheus curl python3 man-db)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "ci/report-tools.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # The prometheus package would start a server; only its promtool is wanted.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
-fi
+source "$(dirname "$0")/apt-packages.sh"
+# The prometheus package would start a server; only its promtool is wanted, so no
+# package may start a service while these install.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+install_packages ci/report-tools.sh libxml2-utils chromium prometheus curl python3 man-db
+rm -f /usr/sbin/policy-rc.d
+trap - EXIT
 
 # The Jenkins xunit plugin's junit-10.xsd is published in no package of its own; pytest
 # ships it (for the same purpose) in its source distribution on PyPI. Pinned by hash.

@@ -10,16 +10,8 @@ cd "$(dirname "$0")/.."
 packages=(openssh-server openssh-client bird2 iproute2 nftables curl util-linux procps systemd
           libssl-dev pkg-config ca-certificates)
 # (util-linux brings setpriv: lab containers run as their securityContext's user.)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "ci/setup.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source ci/apt-packages.sh
+install_packages ci/setup.sh "${packages[@]}"
 
 # The lab's control plane is Kubernetes' own, built from Go modules (ci/lab/k8s): Go must
 # be new enough for the pinned Kubernetes version's go.mod. kubectl comes with it, at the
