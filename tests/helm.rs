@@ -239,19 +239,7 @@ fn helm_install_runs_the_nightly_job_and_uninstall_leaves_nothing() {
             .unwrap(),
         "helm install",
     );
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "postflight",
-            "create",
-            "job",
-            "helm-now",
-            "--from=cronjob/nightly-nightly",
-        ],
-    );
-    let outcome = job_outcome(&lab, "postflight", "helm-now");
-    let log = kubectl(&lab, &["-n", "postflight", "logs", "job/helm-now"]);
+    let (outcome, log) = run_cronjob_now(&lab, "postflight", "nightly-nightly", "helm-now");
     assert_eq!(outcome, "Complete", "{log}");
     assert!(log.contains("9 passed, 0 failed, 0 could not run"), "{log}");
     eprintln!(

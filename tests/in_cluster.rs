@@ -36,19 +36,7 @@ fn the_nightly_cronjob_runs_postflight_in_the_cluster_and_fails_on_a_drifted_nod
         ],
     );
     create_ssh_secret(&lab, "postflight");
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "postflight",
-            "create",
-            "job",
-            "nightly-now",
-            "--from=cronjob/postflight-nightly",
-        ],
-    );
-    let outcome = job_outcome(&lab, "postflight", "nightly-now");
-    let log = kubectl(&lab, &["-n", "postflight", "logs", "job/nightly-now"]);
+    let (outcome, log) = run_cronjob_now(&lab, "postflight", "postflight-nightly", "nightly-now");
     // The drifted node fails the Job, for alerting on failed Jobs; the others pass.
     assert_eq!(outcome, "Failed", "{log}");
     assert!(

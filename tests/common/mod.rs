@@ -67,12 +67,7 @@ impl Run {
     /// The `type` of every `<error>` in the JUnit file, and of every `error_kind` in the
     /// JSON, deduplicated: what kind of trouble kept checks from running.
     pub fn error_kinds(&self) -> (Vec<String>, Vec<String>) {
-        let document = roxmltree::Document::parse(&self.junit).expect("JUnit is well-formed XML");
-        let mut junit: Vec<String> = document
-            .descendants()
-            .filter(|n| n.has_tag_name("error"))
-            .filter_map(|n| n.attribute("type").map(String::from))
-            .collect();
+        let mut junit = junit_error_types(&self.junit);
         junit.dedup();
         let mut json: Vec<String> = self.json["nodes"]
             .as_array()
@@ -674,4 +669,33 @@ pub fn job_outcome(lab: &Lab, namespace: &str, job: &str) -> String {
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+}
+
+/// The `type` of every `<error>` in a JUnit document, in order.
+pub fn junit_error_types(junit: &str) -> Vec<String> {
+    roxmltree::Document::parse(junit)
+        .expect("JUnit is well-formed XML")
+        .descendants()
+        .filter(|n| n.has_tag_name("error"))
+        .filter_map(|n| n.attribute("type").map(String::from))
+        .collect()
+}
+
+/// Starts a Job from `cronjob` in `namespace` now, waits for it, and returns how it
+/// ended ("Complete" or "Failed") with its log.
+pub fn run_cronjob_now(lab: &Lab, namespace: &str, cronjob: &str, job: &str) -> (String, String) {
+    kubectl(
+        lab,
+        &[
+            "-n",
+            namespace,
+            "create",
+            "job",
+            job,
+            &format!("--from=cronjob/{cronjob}"),
+        ],
+    );
+    let outcome = job_outcome(lab, namespace, job);
+    let log = kubectl(lab, &["-n", namespace, "logs", &format!("job/{job}")]);
+    (outcome, log)
 }
