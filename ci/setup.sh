@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # The real parts the lab is built from (nftables for its firewall knob), and what ssh2's
 # libssh2/OpenSSL build needs.
 packages=(openssh-server openssh-client bird2 iproute2 nftables curl util-linux procps systemd
-          libssl-dev pkg-config ca-certificates)
+          libssl-dev pkg-config ca-certificates
+          runc busybox-static containernetworking-plugins iptables gcc libc6-dev python3)
 # (util-linux brings setpriv: lab containers run as their securityContext's user.)
 source ci/apt-packages.sh
 install_packages ci/setup.sh "${packages[@]}"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds lab-k8s, the lab's real Kubernetes control plane (kube-apiserver, etcd,
-# kube-controller-manager, kube-scheduler, kubectl and the kubelets' streaming server in
+# Builds lab-k8s, the lab's real Kubernetes (kube-apiserver, etcd, kube-controller-manager,
+# kube-scheduler, kubectl, the real kubelet and the simulated kubelets' streaming server in
 # one binary), unless the binary is already up to date, and prints its path.
-# `build.sh helm` (or kubectl-krew, validate-krew-manifest) builds that tool instead,
-# from the module's `tool` block, at the module's version of it like every other
-# dependency: for the chart's and the krew manifest's tests.
+# `build.sh TOOL` builds one tool of the module's `tool` block instead, at the module's
+# version of it like every other dependency: a real node's containerd,
+# containerd-shim-runc-v2 and ctr, agnhost (postflight's probe image), helm and krew (the
+# chart's and the krew manifest's tests).
 #
 # The first build on a machine compiles most of Kubernetes and takes minutes on two cores;
 # Go keeps its module and build caches (GOMODCACHE, GOCACHE), so later builds only link.
@@ -17,7 +18,9 @@ case "$what" in
   helm) package=helm.sh/helm/v4/cmd/helm ;;
   kubectl-krew) package=sigs.k8s.io/krew/cmd/krew ;;
   validate-krew-manifest) package=sigs.k8s.io/krew/cmd/validate-krew-manifest ;;
-  *) echo "build.sh: build lab-k8s (the default), helm, kubectl-krew or validate-krew-manifest, not $what" >&2; exit 2 ;;
+  containerd|containerd-shim-runc-v2|ctr) package=github.com/containerd/containerd/v2/cmd/$what ;;
+  agnhost) package=k8s.io/kubernetes/test/images/agnhost ;;
+  *) echo "build.sh: build lab-k8s (the default), containerd, containerd-shim-runc-v2, ctr, agnhost, helm, kubectl-krew or validate-krew-manifest, not $what" >&2; exit 2 ;;
 esac
 binary=$out_dir/$what
 
@@ -44,13 +47,20 @@ if [ "$what" != lab-k8s ]; then
   # A tool of the module (go.mod's `tool` block), at the module's version of it.
   module=$(GOFLAGS=-mod=readonly go list -f '{{.Module.Path}}' "$package")
   tool_version=$(GOFLAGS=-mod=readonly go list -m -f '{{.Version}}' "$module")
-  ldflags="-s -w"
+  ldflags="-s -w" tags=""
   case "$what" in
+    # Static, as their images and a node's PATH need them: no libc to match. A lab node
+    # has no btrfs, devmapper or zfs, so containerd is built without those snapshotters.
+    containerd|containerd-shim-runc-v2|ctr)
+      export CGO_ENABLED=0
+      tags=no_btrfs,no_devmapper,no_zfs
+      ldflags="$ldflags -X github.com/containerd/containerd/v2/version.Version=$tool_version" ;;
+    agnhost) export CGO_ENABLED=0 ;;
     helm) ldflags="$ldflags -X helm.sh/helm/v4/internal/version.version=$tool_version" ;;
     kubectl-krew) ldflags="$ldflags -X sigs.k8s.io/krew/internal/version.gitTag=$tool_version" ;;
   esac
   echo "lab-k8s: building $what $tool_version from Go modules (minutes the first time on 2 cores, seconds later)" >&2
-  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" "$package"
+  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -tags "$tags" -ldflags "$ldflags" -o "$binary.partial" "$package"
   mv "$binary.partial" "$binary"
   echo "$stamp" > "$binary.stamp"
   echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2
@@ -58,7 +68,7 @@ if [ "$what" != lab-k8s ]; then
   exit 0
 fi
 minor=${version#v1.}; minor=${minor%%.*}
-echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
+echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl, kubelet) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
 # The version the components report (`kubectl version`, /version) is stamped at link time,
 # as Kubernetes' own release build does.
 ldflags="-s -w"

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+
 	"k8s.io/component-base/cli"
 	"k8s.io/component-base/logs"
 	"k8s.io/kubectl/pkg/cmd"
@@ -8,6 +10,7 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func runAPIServer(_ []string) int {
@@ -31,4 +34,8 @@ func runKubectl(args []string) int {
 		kubectlutil.CheckErr(err)
 	}
 	return 0
+}
+
+func runKubelet(_ []string) int {
+	return cli.Run(kubeletapp.NewKubeletCommand(context.Background()))
 }

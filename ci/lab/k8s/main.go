@@ -21,6 +21,7 @@ var subcommands = map[string]subcommand{
 	"kube-scheduler":          {runScheduler, "the Kubernetes scheduler"},
 	"etcd":                    {runEtcd, "an embedded etcd member"},
 	"etcd-compact":            {runEtcdCompact, "compacts etcd at its current revision"},
+	"kubelet":                 {runKubelet, "the real kubelet of a lab node"},
 	"kubectl":                 {runKubectl, "kubectl, at the server's version"},
 	"kubelet-server":          {runKubeletServer, "a lab node's kubelet API: exec and logs"},
 }
