@@ -699,3 +699,13 @@ pub fn run_cronjob_now(lab: &Lab, namespace: &str, cronjob: &str, job: &str) -> 
     let log = kubectl(lab, &["-n", namespace, "logs", &format!("job/{job}")]);
     (outcome, log)
 }
+
+/// A lab of real nodes: Kubernetes' kubelet, containerd, runc, CNI and BIRD 1.6.
+pub fn real_lab(name: &str, nodes: usize) -> Lab {
+    Lab::up(
+        LabConfig::new(name)
+            .nodes(nodes)
+            .kubelet(postflight_lab::topology::KubeletKind::Real),
+    )
+    .unwrap_or_else(|e| panic!("lab {name}: {e}"))
+}

@@ -6,7 +6,7 @@ use crate::kubelet::{self, Runtime, Timings};
 use crate::node;
 use crate::pki;
 use crate::system::{self, io_context, shell_quote, Result, SystemError};
-use crate::topology::{CalicoProfile, NodeKind, NodeSpec, Topology, CALICO_UID};
+use crate::topology::{CalicoProfile, KubeletKind, NodeKind, NodeSpec, Topology, CALICO_UID};
 use crate::{LabPaths, ReadyReport};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -308,6 +308,20 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     let started = Instant::now();
     let topology = args.topology;
     let paths = LabPaths::new(&topology.state_dir);
+    let real = topology.kubelet == KubeletKind::Real;
+    // A real node's parts are found (or built) before anything of the lab exists: a
+    // missing one fails `up` at once, naming the part and the fix.
+    let parts = if real {
+        let parts = crate::realnode::Parts::find(&args.k8s_binary)
+            .map_err(|e| other("finding a real node's parts", e))?;
+        write(
+            &topology.state_dir.join("parts.json"),
+            serde_json::to_vec_pretty(&parts).expect("parts serialise"),
+        )?;
+        Some(parts)
+    } else {
+        None
+    };
     write(
         &topology.topology_file(),
         serde_json::to_vec_pretty(&topology).expect("topology serialises"),
@@ -332,6 +346,22 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
     create_network(&topology)?;
 
     let pki = pki::create(&topology)?;
+    if let Some(parts) = &parts {
+        let images_started = Instant::now();
+        let (t, p) = (topology.clone(), parts.clone());
+        tokio::task::spawn_blocking(move || crate::realnode::build_images(&t, &p))
+            .await
+            .expect("building images does not panic")
+            .map_err(|e| other("building the nodes' images", e))?;
+        tracing::info!(
+            seconds = images_started.elapsed().as_secs_f64(),
+            "images built"
+        );
+        for node in &topology.nodes {
+            crate::realnode::provision(&topology, node, parts, &pki)
+                .map_err(|e| other(&format!("provisioning {}", node.name), e))?;
+        }
+    }
     write(
         &paths.state_dir.join("ca.crt"),
         std::fs::read(pki.ca_cert()).unwrap_or_default(),
@@ -414,11 +444,26 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         });
         kubectl(&["apply", "-f", "-"], Some(namespace.to_string())).await?;
     }
-    kubectl(
-        &["apply", "-f", "-"],
-        Some(calico_daemonset(topology.calico).to_string()),
-    )
-    .await?;
+    if real {
+        for object in crate::realnode::calico_objects(&topology) {
+            kubectl(&["apply", "-f", "-"], Some(object.to_string())).await?;
+        }
+        // The API server's own identity may use the kubelets' API (exec, logs,
+        // port-forward): a real kubelet authorizes it by webhook, as kubeadm sets up.
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kube-apiserver-kubelet-api-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}],
+        });
+        kubectl(&["apply", "-f", "-"], Some(binding.to_string())).await?;
+    } else {
+        kubectl(
+            &["apply", "-f", "-"],
+            Some(calico_daemonset(topology.calico).to_string()),
+        )
+        .await?;
+    }
 
     // Each kubelet is a client of its own, as the node's identity.
     let mut clients = HashMap::new();
@@ -446,7 +491,9 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
             .map_err(|e| other("a kubelet's API client", e))?;
         clients.insert(node.name.clone(), client);
     }
-    plane.start_kubelet_server(&topology)?;
+    if !real {
+        plane.start_kubelet_server(&topology)?;
+    }
     let runtime = Runtime::new(
         topology.clone(),
         args.lab_binary.clone(),

@@ -240,6 +240,16 @@ impl Runtime {
     }
 
     async fn boot_locked(self: &Arc<Self>, node: &NodeSpec) -> Result<(), String> {
+        if self.topology.kubelet == crate::topology::KubeletKind::Real {
+            let (topology, spec, lab) =
+                (self.topology.clone(), node.clone(), self.lab_binary.clone());
+            return tokio::task::spawn_blocking(move || {
+                crate::realnode::power_on(&topology, &spec, &lab)
+            })
+            .await
+            .expect("power_on does not panic")
+            .map(|_| ());
+        }
         let slot = &self.nodes[&node.name];
         let (topology, spec) = (self.topology.clone(), node.clone());
         let boot_id = tokio::task::spawn_blocking(move || node::power_on(&topology, &spec))
@@ -332,6 +342,21 @@ impl Runtime {
         let slot = &self.nodes[name];
         let _power = slot.power.lock().await;
         tracing::info!(node = name, "rebooting");
+        if self.topology.kubelet == crate::topology::KubeletKind::Real {
+            let (topology, spec) = (self.topology.clone(), node.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::realnode::power_off(&topology, &spec, graceful)
+            })
+            .await;
+            tokio::time::sleep(self.timings.boot_delay).await;
+            let hold = node::NodePaths::new(&self.topology, &node).hold_flag;
+            while hold.exists() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.boot_locked(&node).await?;
+            tracing::info!(node = name, "booted");
+            return Ok(());
+        }
         // The kubelet stops first, so no late heartbeat can undo the shutdown report.
         if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
             kubelet.abort();
@@ -355,6 +380,14 @@ impl Runtime {
     pub async fn shutdown_all(&self) {
         for node in &self.topology.nodes {
             let _power = self.nodes[&node.name].power.lock().await;
+            if self.topology.kubelet == crate::topology::KubeletKind::Real {
+                let (topology, spec) = (self.topology.clone(), node.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::realnode::power_off(&topology, &spec, false)
+                })
+                .await;
+                continue;
+            }
             self.power_off_locked(node).await;
         }
     }

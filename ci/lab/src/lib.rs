@@ -23,7 +23,9 @@ pub mod images;
 pub mod kubelet;
 pub mod node;
 pub mod nsenter;
+pub mod oci;
 pub mod pki;
+pub mod realnode;
 pub mod system;
 pub mod topology;
 pub mod volumes;
@@ -144,6 +146,7 @@ pub struct LabConfig {
     pub ready_timeout: Duration,
     pub calico: topology::CalicoProfile,
     pub node_kind: topology::NodeKind,
+    pub kubelet: topology::KubeletKind,
 }
 
 impl LabConfig {
@@ -157,7 +160,14 @@ impl LabConfig {
             ready_timeout: Duration::from_secs(180),
             calico: topology::CalicoProfile::default(),
             node_kind: topology::NodeKind::default(),
+            kubelet: topology::KubeletKind::default(),
         }
+    }
+    /// Real nodes (Kubernetes' kubelet, containerd, runc, CNI, BIRD 1.6) or simulated
+    /// kubelets (the scale profile).
+    pub fn kubelet(mut self, kubelet: topology::KubeletKind) -> Self {
+        self.kubelet = kubelet;
+        self
     }
     /// Nodes that are containers (kind's kind) instead of machines.
     pub fn node_kind(mut self, kind: topology::NodeKind) -> Self {
@@ -278,6 +288,7 @@ impl Lab {
         let mut topology = Topology::new(name, block, &state_dir, config.nodes);
         topology.calico = config.calico;
         topology.node_kind = config.node_kind;
+        topology.kubelet = config.kubelet;
         let paths = LabPaths::new(&state_dir);
         let binary = lab_binary(config.binary.as_deref());
         let log =
@@ -306,6 +317,11 @@ impl Lab {
                     .expect("a node kind serialises")
                     .as_str()
                     .expect("a node kind is a string"),
+                "--kubelet",
+                serde_json::to_value(config.kubelet)
+                    .expect("a kubelet kind serialises")
+                    .as_str()
+                    .expect("a kubelet kind is a string"),
             ])
             .arg("--state-dir")
             .arg(&state_dir)
@@ -600,6 +616,9 @@ pub fn node_command(name: &str, node: &str, argv: &[String]) -> Result<std::proc
     let spec = topology
         .node(node)
         .ok_or_else(|| LabError::UnknownNode(node.into(), name.into()))?;
+    if topology.kubelet == topology::KubeletKind::Real {
+        return Ok(realnode::enter_command(&topology, spec, argv));
+    }
     Ok(node::enter_command(
         &topology,
         spec,
@@ -740,8 +759,8 @@ pub fn block_pod_traffic(name: &str, node: &str, blocked: bool) -> Result<()> {
     let script = format!(
         "nft add table inet {t} && \
          nft add chain inet {t} forward '{{ type filter hook forward priority 0; }}' && \
-         nft add rule inet {t} forward iifname eth0 oifname 'cali*' drop && \
-         nft add rule inet {t} forward iifname 'cali*' oifname eth0 drop"
+         nft add rule inet {t} forward iifname eth0 oifname != eth0 drop && \
+         nft add rule inet {t} forward iifname != eth0 oifname eth0 drop"
     );
     firewall(name, node, t, blocked.then_some(script))
 }
@@ -756,10 +775,10 @@ pub fn lose_pod_traffic(name: &str, node: &str, percent: Option<u8>) -> Result<(
         format!(
             "nft add table inet {t} && \
              nft add chain inet {t} forward '{{ type filter hook forward priority -1; }}' && \
-             nft add rule inet {t} forward iifname eth0 oifname 'cali*' counter && \
-             nft add rule inet {t} forward iifname eth0 oifname 'cali*' numgen random mod 100 '<' {p} counter drop && \
-             nft add rule inet {t} forward iifname 'cali*' oifname eth0 counter && \
-             nft add rule inet {t} forward iifname 'cali*' oifname eth0 numgen random mod 100 '<' {p} counter drop"
+             nft add rule inet {t} forward iifname eth0 oifname != eth0 counter && \
+             nft add rule inet {t} forward iifname eth0 oifname != eth0 numgen random mod 100 '<' {p} counter drop && \
+             nft add rule inet {t} forward iifname != eth0 oifname eth0 counter && \
+             nft add rule inet {t} forward iifname != eth0 oifname eth0 numgen random mod 100 '<' {p} counter drop"
         )
     });
     firewall(name, node, t, script)

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use postflight_lab::topology::{CalicoProfile, NodeKind, Topology};
+use postflight_lab::topology::{CalicoProfile, KubeletKind, NodeKind, Topology};
 use postflight_lab::{Lab, LabConfig, Timings};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,10 @@ enum Command {
         /// binary's `reboot`, run locally, as `docker restart` restarts a kind node).
         #[arg(long, value_enum, default_value_t)]
         node_kind: NodeKind,
+        /// Whose kubelet the nodes run: the lab's simulated one (the scale profile), or
+        /// real nodes (Kubernetes' kubelet, containerd, runc, CNI, BIRD 1.6).
+        #[arg(long, value_enum, default_value_t)]
+        kubelet: KubeletKind,
     },
     /// Stop the lab and remove everything it made (idempotent; works after a crash).
     Down {
@@ -162,12 +166,22 @@ enum Command {
         calico: CalicoProfile,
         #[arg(long, value_enum, default_value_t)]
         node_kind: NodeKind,
+        #[arg(long, value_enum, default_value_t)]
+        kubelet: KubeletKind,
         #[arg(long)]
         state_dir: PathBuf,
         #[arg(long)]
         timings: String,
         #[arg(long)]
         k8s_binary: PathBuf,
+    },
+    /// PID 1 of a real node (started by the lab daemon at each boot).
+    #[command(hide = true)]
+    NodeInit {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        node: String,
     },
     /// Used by a node's `systemctl reboot`: asks the lab to reboot this node.
     #[command(hide = true)]
@@ -257,11 +271,13 @@ fn run() -> anyhow::Result<ExitCode> {
             boot_delay,
             calico,
             node_kind,
+            kubelet,
         } => {
             let mut config = LabConfig::new(&name)
                 .nodes(nodes)
                 .calico(calico)
-                .node_kind(node_kind);
+                .node_kind(node_kind)
+                .kubelet(kubelet);
             config.state_dir = state_dir;
             if let Some(seconds) = boot_delay {
                 config.timings.boot_delay = std::time::Duration::from_secs_f64(seconds);
@@ -423,6 +439,7 @@ fn run() -> anyhow::Result<ExitCode> {
             nodes,
             calico,
             node_kind,
+            kubelet,
             state_dir,
             timings,
             k8s_binary,
@@ -437,6 +454,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let mut topology = Topology::new(&name, block, &state_dir, nodes);
             topology.calico = calico;
             topology.node_kind = node_kind;
+            topology.kubelet = kubelet;
             let lab_binary = std::env::current_exe().context("locating this binary")?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(postflight_lab::daemon::run(
@@ -448,6 +466,19 @@ fn run() -> anyhow::Result<ExitCode> {
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::NodeInit { state_dir, node } => {
+            let text = std::fs::read_to_string(state_dir.join("topology.json"))
+                .context("reading the lab's topology")?;
+            let topology: Topology =
+                serde_json::from_str(&text).context("parsing topology.json")?;
+            let spec = topology
+                .node(&node)
+                .with_context(|| format!("no node {node} in the lab"))?
+                .clone();
+            Ok(ExitCode::from(
+                postflight_lab::realnode::init(&topology, &spec) as u8,
+            ))
         }
         Command::RequestReboot {
             state_dir,

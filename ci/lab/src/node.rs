@@ -301,12 +301,10 @@ pub fn create_network(topology: &Topology, node: &NodeSpec) -> Result<()> {
     Ok(())
 }
 
-/// What a power-on gives the node before any service starts: interfaces up with the node
-/// address, forwarding on, a fresh `/run` built by `systemd-tmpfiles --boot` from the
-/// node's own tmpfiles.d, and a new boot ID.
-pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
-    let paths = NodePaths::new(topology, node);
-    let _ = std::fs::remove_file(&paths.powered_off_flag);
+/// What a power-on gives the node's network before any service starts: interfaces up
+/// with the node address, forwarding on, and Calico's natOutgoing.
+pub fn bring_up_network(topology: &Topology, node: &NodeSpec) -> Result<()> {
+    let _ = std::fs::remove_file(&NodePaths::new(topology, node).powered_off_flag);
     let netns = topology.node_netns(node);
     system::netns_sh(
         &netns,
@@ -330,6 +328,15 @@ pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
             pool = topology.pod_pool()
         ),
     )?;
+    Ok(())
+}
+
+/// What a power-on gives the node before any service starts: interfaces up with the node
+/// address, forwarding on, a fresh `/run` built by `systemd-tmpfiles --boot` from the
+/// node's own tmpfiles.d, and a new boot ID.
+pub fn power_on(topology: &Topology, node: &NodeSpec) -> Result<String> {
+    let paths = NodePaths::new(topology, node);
+    bring_up_network(topology, node)?;
     system::unmount_below(&paths.run);
     system::run_args(
         "mount",

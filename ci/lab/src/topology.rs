@@ -36,6 +36,18 @@ pub enum NodeKind {
     Container,
 }
 
+/// Whose kubelet runs on the lab's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeletKind {
+    /// The lab's simulated kubelet, a real API client that runs its containers as
+    /// processes: the scale profile, as kwok's kubelets are for Kubernetes' scale tests.
+    #[default]
+    Simulated,
+    /// Real nodes: Kubernetes' own kubelet, containerd, runc, CNI and BIRD 1.6.
+    Real,
+}
+
 /// How Calico is installed on the lab, as sites install it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +100,8 @@ pub struct Topology {
     pub calico: CalicoProfile,
     #[serde(default)]
     pub node_kind: NodeKind,
+    #[serde(default)]
+    pub kubelet: KubeletKind,
 }
 
 impl Topology {
@@ -120,6 +134,7 @@ impl Topology {
             nodes,
             calico: CalicoProfile::default(),
             node_kind: NodeKind::default(),
+            kubelet: KubeletKind::default(),
         }
     }
 
