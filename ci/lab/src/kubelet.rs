@@ -348,25 +348,18 @@ impl Runtime {
                 crate::realnode::power_off(&topology, &spec, graceful)
             })
             .await;
-            tokio::time::sleep(self.timings.boot_delay).await;
-            let hold = node::NodePaths::new(&self.topology, &node).hold_flag;
-            while hold.exists() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            // The kubelet stops first, so no late heartbeat can undo the shutdown report.
+            if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
+                kubelet.abort();
             }
-            self.boot_locked(&node).await?;
-            tracing::info!(node = name, "booted");
-            return Ok(());
+            // A container node's kubelet has no graceful node shutdown configured (kind's
+            // has none): its restart reports nothing.
+            if graceful && self.topology.node_kind == crate::topology::NodeKind::Machine {
+                self.graceful_shutdown(&node).await;
+            }
+            self.power_off_locked(&node).await;
         }
-        // The kubelet stops first, so no late heartbeat can undo the shutdown report.
-        if let Some(kubelet) = slot.kubelet.lock().unwrap().take() {
-            kubelet.abort();
-        }
-        // A container node's kubelet has no graceful node shutdown configured (kind's
-        // has none): its restart reports nothing.
-        if graceful && self.topology.node_kind == crate::topology::NodeKind::Machine {
-            self.graceful_shutdown(&node).await;
-        }
-        self.power_off_locked(&node).await;
         tokio::time::sleep(self.timings.boot_delay).await;
         let hold = node::NodePaths::new(&self.topology, &node).hold_flag;
         while hold.exists() {
