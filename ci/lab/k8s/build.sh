@@ -20,7 +20,8 @@ case "$what" in
   validate-krew-manifest) package=sigs.k8s.io/krew/cmd/validate-krew-manifest ;;
   containerd|containerd-shim-runc-v2|ctr) package=github.com/containerd/containerd/v2/cmd/$what ;;
   agnhost) package=k8s.io/kubernetes/test/images/agnhost ;;
-  *) echo "build.sh: build lab-k8s (the default), containerd, containerd-shim-runc-v2, ctr, agnhost, helm, kubectl-krew or validate-krew-manifest, not $what" >&2; exit 2 ;;
+  e2e.test) package=./conformance ;;
+  *) echo "build.sh: build lab-k8s (the default), containerd, containerd-shim-runc-v2, ctr, agnhost, e2e.test, helm, kubectl-krew or validate-krew-manifest, not $what" >&2; exit 2 ;;
 esac
 binary=$out_dir/$what
 
@@ -35,7 +36,7 @@ mkdir -p "$out_dir"
 exec 9>"$out_dir/.build.lock"
 flock 9
 
-stamp=$( (echo "$what"; cat "$here/VERSION" "$here/go.mod" "$here/go.sum" "$here"/*.go; go version) | sha256sum | cut -d' ' -f1)
+stamp=$( (echo "$what"; cat "$here/VERSION" "$here/go.mod" "$here/go.sum" "$here"/*.go "$here"/conformance/*.go; go version) | sha256sum | cut -d' ' -f1)
 if [ -x "$binary" ] && [ "$(cat "$binary.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$binary"
   exit 0
@@ -43,6 +44,23 @@ fi
 
 started=$(date +%s)
 cd "$here"
+minor=${version#v1.}; minor=${minor%%.*}
+version_ldflags=""
+for stamped in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  version_ldflags="$version_ldflags -X $stamped.gitVersion=$version -X $stamped.gitMajor=1 -X $stamped.gitMinor=$minor"
+  version_ldflags="$version_ldflags -X $stamped.gitTreeState=clean -X $stamped.buildDate=1970-01-01T00:00:00Z"
+done
+if [ "$what" = e2e.test ]; then
+  # Kubernetes' e2e framework with the suites of test/e2e/common, at the module's
+  # Kubernetes version (it reports it, and compares it with the server's).
+  echo "lab-k8s: building Kubernetes' e2e tests $version from Go modules (minutes the first time on 2 cores, seconds later)" >&2
+  GOTOOLCHAIN=local GOFLAGS=-mod=readonly go test -c -ldflags "-s -w $version_ldflags" -o "$binary.partial" "$package"
+  mv "$binary.partial" "$binary"
+  echo "$stamp" > "$binary.stamp"
+  echo "lab-k8s: built in $(( $(date +%s) - started )) s: $binary" >&2
+  echo "$binary"
+  exit 0
+fi
 if [ "$what" != lab-k8s ]; then
   # A tool of the module (go.mod's `tool` block), at the module's version of it.
   module=$(GOFLAGS=-mod=readonly go list -f '{{.Module.Path}}' "$package")
@@ -67,15 +85,10 @@ if [ "$what" != lab-k8s ]; then
   echo "$binary"
   exit 0
 fi
-minor=${version#v1.}; minor=${minor%%.*}
 echo "lab-k8s: building Kubernetes $version (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl, kubelet) from Go modules; the first build on a machine takes about 7 minutes on 2 cores, later ones seconds" >&2
 # The version the components report (`kubectl version`, /version) is stamped at link time,
 # as Kubernetes' own release build does.
-ldflags="-s -w"
-for stamped in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags="$ldflags -X $stamped.gitVersion=$version -X $stamped.gitMajor=1 -X $stamped.gitMinor=$minor"
-  ldflags="$ldflags -X $stamped.gitTreeState=clean -X $stamped.buildDate=1970-01-01T00:00:00Z"
-done
+ldflags="-s -w $version_ldflags"
 GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -ldflags "$ldflags" -o "$binary.partial" "$package"
 mv "$binary.partial" "$binary"
 echo "$stamp" > "$binary.stamp"

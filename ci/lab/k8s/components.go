@@ -9,6 +9,7 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
@@ -38,4 +39,8 @@ func runKubectl(args []string) int {
 
 func runKubelet(_ []string) int {
 	return cli.Run(kubeletapp.NewKubeletCommand(context.Background()))
+}
+
+func runKubeProxy(_ []string) int {
+	return cli.Run(proxyapp.NewProxyCommand())
 }

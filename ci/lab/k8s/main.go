@@ -22,6 +22,7 @@ var subcommands = map[string]subcommand{
 	"etcd":                    {runEtcd, "an embedded etcd member"},
 	"etcd-compact":            {runEtcdCompact, "compacts etcd at its current revision"},
 	"kubelet":                 {runKubelet, "the real kubelet of a lab node"},
+	"kube-proxy":              {runKubeProxy, "a lab node's Service proxy (nftables)"},
 	"kubectl":                 {runKubectl, "kubectl, at the server's version"},
 	"kubelet-server":          {runKubeletServer, "a lab node's kubelet API: exec and logs"},
 }
