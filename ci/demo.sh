@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo: the incident reproduced on a 5-node lab and caught by postflight.
+# The demo: the incident reproduced on a 5-node lab of real nodes (Kubernetes' kubelet,
+# containerd, runc, CNI, BIRD) and caught by postflight.
 #   1. a healthy reboot of k8s-worker-03 passes every check;
 #   2. the OS update replaces /etc/tmpfiles.d/calico.conf: `drift` finds it before any
 #      reboot; the reboot breaks Calico on the node, and postflight fails it with the
@@ -11,9 +12,13 @@ source "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 cargo build --workspace --bins --locked --quiet
-# The lab's control plane: Kubernetes' own, built from Go modules (minutes the first time
-# on a machine, then cached).
+# The lab's control plane and its nodes' kubelet: Kubernetes' own, built from Go modules,
+# with a real node's containerd, runc shim, ctr and agnhost (minutes the first time on a
+# machine, then cached; each build says how long it took).
 bash ci/lab/k8s/build.sh >/dev/null
+for tool in containerd containerd-shim-runc-v2 ctr agnhost; do
+  bash ci/lab/k8s/build.sh "$tool" >/dev/null
+done
 lab=target/debug/postflight-lab
 postflight=target/debug/postflight
 name=demo

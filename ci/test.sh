@@ -25,6 +25,14 @@ unformatted=$(gofmt -l ci/lab/k8s)
 (cd ci/lab/k8s && GOFLAGS=-mod=readonly go vet ./...)
 export POSTFLIGHT_LAB_K8S_BIN
 POSTFLIGHT_LAB_K8S_BIN=$(bash ci/lab/k8s/build.sh)
+# A real node's parts from the same module (containerd, its runc shim, ctr, agnhost), and
+# Kubernetes' e2e tests for the conformance test: built once here, before the tests start
+# labs side by side.
+for tool in containerd containerd-shim-runc-v2 ctr agnhost; do
+  bash ci/lab/k8s/build.sh "$tool" >/dev/null
+done
+export POSTFLIGHT_E2E_TEST
+POSTFLIGHT_E2E_TEST=$(bash ci/lab/k8s/build.sh e2e.test)
 # Helm and krew, tools of the same module, for the chart's and the krew manifest's tests.
 export POSTFLIGHT_HELM POSTFLIGHT_KREW POSTFLIGHT_KREW_VALIDATE
 POSTFLIGHT_HELM=$(bash ci/lab/k8s/build.sh helm)

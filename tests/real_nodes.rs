@@ -24,7 +24,7 @@ fn pod_ip(lab: &postflight_lab::Lab, namespace: &str, name: &str) -> String {
 
 #[test]
 fn a_real_node_reboots_on_a_new_boot_and_passes_then_the_incident_fails_with_birds_own_error() {
-    let lab = real_lab("pf-real", 3);
+    let lab = lab("pf-real", 3);
     let node = "k8s-worker-02";
     let runtime = node_field(&lab, node, "{.status.nodeInfo.containerRuntimeVersion}");
     assert_eq!(runtime, "containerd://2.4.2", "a real container runtime");

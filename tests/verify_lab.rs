@@ -155,7 +155,9 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
     ] {
         assert!(dom.contains(phase), "{phase} on the timeline");
     }
-    assert!(dom.contains("permission denied on /var/run/calico"));
+    assert!(dom.contains(
+        "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied"
+    ));
     assert_promtool_accepts(&metrics);
     let exposition = std::fs::read_to_string(&metrics).unwrap();
     assert!(exposition.contains(&format!(
@@ -172,8 +174,9 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
     assert_eq!(run.verdict("boot_id_changed"), "passed");
     assert_eq!(run.verdict("calico_node_ready"), "failed");
     assert!(
-        run.message("calico_node_ready")
-            .contains("permission denied on /var/run/calico"),
+        run.message("calico_node_ready").contains(
+            "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied"
+        ),
         "{}",
         run.describe()
     );
@@ -279,9 +282,9 @@ fn the_incident_fails_with_evidence_and_its_fix_passes() {
         diagnosis.describe()
     );
     assert!(
-        diagnosis
-            .stdout()
-            .contains("permission denied on /var/run/calico"),
+        diagnosis.stdout().contains(
+            "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied"
+        ),
         "the log line is in the evidence"
     );
     assert_no_secrets(&lab, &diagnosis);

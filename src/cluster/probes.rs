@@ -31,6 +31,13 @@ const HOPELESS_WAITING_REASONS: &[&str] = &[
     "RunContainerError",
 ];
 
+/// What a kubelet says under a hopeless-looking reason while it is still starting up:
+/// its own transient state, which it retries by itself. A kubelet back from a reboot
+/// before it has listed the Services cannot build a pod's service environment yet
+/// (`pkg/kubelet/kubelet_pods.go`), and says so as a CreateContainerConfigError.
+const TRANSIENT_WAITING_MESSAGES: &[&str] =
+    &["services have not yet been read at least once, cannot construct envvars"];
+
 /// One probe pod postflight wants on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRequest {
@@ -188,9 +195,16 @@ pub(crate) fn hopeless(pod: &Pod) -> Option<String> {
         .iter()
         .find_map(|c| c.state.as_ref()?.waiting.as_ref())?;
     let reason = waiting.reason.clone().unwrap_or_default();
+    let message = waiting.message.clone().unwrap_or_default();
+    if TRANSIENT_WAITING_MESSAGES
+        .iter()
+        .any(|transient| message.contains(transient))
+    {
+        return None;
+    }
     HOPELESS_WAITING_REASONS
         .contains(&reason.as_str())
-        .then(|| format!("{reason}: {}", waiting.message.clone().unwrap_or_default()))
+        .then(|| format!("{reason}: {message}"))
 }
 
 /// Why a probe pod is not Ready yet, for the report when its deadline passes.
@@ -579,6 +593,43 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    fn waiting(reason: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"nodeName": "w1", "containers": []},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{
+                    "name": "probe", "image": "agnhost", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    /// The real kubelet's words, back from a reboot before it has listed the Services:
+    /// it retries by itself, so the pod may still come up; a missing ConfigMap does not.
+    #[test]
+    fn a_kubelet_still_starting_is_waited_for_and_a_config_error_is_not() {
+        let starting = waiting(
+            "CreateContainerConfigError",
+            "services have not yet been read at least once, cannot construct envvars",
+        );
+        assert_eq!(hopeless(&starting), None);
+        let missing = waiting(
+            "CreateContainerConfigError",
+            "configmap \"probe-settings\" not found",
+        );
+        assert_eq!(
+            hopeless(&missing).as_deref(),
+            Some("CreateContainerConfigError: configmap \"probe-settings\" not found")
+        );
+        let pull = waiting("ImagePullBackOff", "Back-off pulling image");
+        assert!(hopeless(&pull).is_some_and(|why| why.starts_with("ImagePullBackOff")));
     }
 
     #[test]

@@ -475,7 +475,19 @@ async fn verify_steps(
         "start probe pods",
         start_probes(&cluster, inventory, &probes),
     );
-    let (calico_results, host, fleet) = tokio::join!(calico_step, host_step, probe_step);
+    let (calico_results, mut host, fleet) = tokio::join!(calico_step, host_step, probe_step);
+    // Where no tmpfiles.d entry makes the run directory at boot, the kubelet makes it
+    // (calico-node's hostPath volume) only when it starts calico-node, which can be after
+    // the node is Ready: a directory missing at that first read says nothing yet. Read
+    // again now that calico-node has had its chance.
+    if host.run_dir_missing {
+        host = recorder
+            .timed(
+                "read the node's Calico state again, after calico-node's start",
+                check_host(transport, node, calico, inventory.timeouts.ssh),
+            )
+            .await;
+    }
     let calico_ready = calico_results.ready.passed();
     let findings = Findings {
         node: node.into(),

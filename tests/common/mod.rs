@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 pub const POSTFLIGHT: &str = env!("CARGO_BIN_EXE_postflight");
 
+/// A lab of real nodes: Kubernetes' kubelet, containerd, runc, CNI and BIRD 1.6.
 pub fn lab(name: &str, nodes: usize) -> Lab {
     Lab::up(LabConfig::new(name).nodes(nodes)).unwrap_or_else(|e| panic!("lab {name}: {e}"))
 }
@@ -700,12 +701,13 @@ pub fn run_cronjob_now(lab: &Lab, namespace: &str, cronjob: &str, job: &str) -> 
     (outcome, log)
 }
 
-/// A lab of real nodes: Kubernetes' kubelet, containerd, runc, CNI and BIRD 1.6.
-pub fn real_lab(name: &str, nodes: usize) -> Lab {
+/// A lab of simulated kubelets: only the scale profile, the sizes a 2-core machine cannot
+/// carry as real nodes (as kwok's kubelets are for Kubernetes' own scale tests).
+pub fn simulated_lab(name: &str, nodes: usize) -> Lab {
     Lab::up(
         LabConfig::new(name)
             .nodes(nodes)
-            .kubelet(postflight_lab::topology::KubeletKind::Real),
+            .kubelet(postflight_lab::topology::KubeletKind::Simulated),
     )
     .unwrap_or_else(|e| panic!("lab {name}: {e}"))
 }

@@ -291,6 +291,8 @@ impl ControlPlane {
                 "system:kube-controller-manager",
             ),
             ("scheduler", "scheduler", "system:kube-scheduler"),
+            // Bound to system:node-proxier by Kubernetes' bootstrap policy.
+            ("kube-proxy", "kube-proxy", "system:kube-proxy"),
         ] {
             let pair = pki.pair(file);
             write(

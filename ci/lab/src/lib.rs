@@ -435,7 +435,8 @@ impl Drop for Lab {
     }
 }
 
-/// Copies a failed lab's logs (the daemon's and every control-plane component's) out of
+/// Copies a failed lab's logs (the daemon's, every control-plane component's and every
+/// real node service's) out of
 /// its state directory, which teardown removes, and returns where they went.
 fn preserve_logs(name: &str, paths: &LabPaths) -> PathBuf {
     let kept = registry_dir().join(format!("{name}.failed"));
@@ -447,6 +448,25 @@ fn preserve_logs(name: &str, paths: &LabPaths) -> PathBuf {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "log") {
             let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+        }
+    }
+    // A real node's services (kubelet, containerd, kube-proxy, sshd), as NODE-SERVICE.log.
+    for node in std::fs::read_dir(paths.state_dir.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for entry in std::fs::read_dir(node.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = format!(
+                "{}-{}",
+                node.file_name().to_string_lossy(),
+                entry.file_name().to_string_lossy()
+            );
+            let _ = std::fs::copy(entry.path(), kept.join(name));
         }
     }
     kept

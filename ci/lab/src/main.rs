@@ -41,8 +41,8 @@ enum Command {
         /// binary's `reboot`, run locally, as `docker restart` restarts a kind node).
         #[arg(long, value_enum, default_value_t)]
         node_kind: NodeKind,
-        /// Whose kubelet the nodes run: the lab's simulated one (the scale profile), or
-        /// real nodes (Kubernetes' kubelet, containerd, runc, CNI, BIRD 1.6).
+        /// Whose kubelet the nodes run: real nodes (Kubernetes' kubelet, containerd, runc,
+        /// CNI, BIRD 1.6), or the lab's simulated one (the scale profile only).
         #[arg(long, value_enum, default_value_t)]
         kubelet: KubeletKind,
     },

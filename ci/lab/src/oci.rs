@@ -44,6 +44,9 @@ pub enum Entry {
 #[derive(Debug, Clone)]
 pub struct Image {
     pub reference: String,
+    /// More names for the same image, as a registry serves one digest under many tags
+    /// (Kubernetes' e2e tests ask for their own pinned tags of agnhost and busybox).
+    pub also: Vec<String>,
     pub entries: BTreeMap<String, Entry>,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
@@ -55,6 +58,7 @@ impl Image {
     pub fn new(reference: &str) -> Self {
         Image {
             reference: reference.into(),
+            also: Vec::new(),
             entries: BTreeMap::new(),
             entrypoint: Vec::new(),
             cmd: Vec::new(),
@@ -210,7 +214,7 @@ impl Image {
         let config_id = hex(&Sha256::digest(&config));
         let manifest = serde_json::json!([{
             "Config": format!("{config_id}.json"),
-            "RepoTags": [self.reference],
+            "RepoTags": std::iter::once(&self.reference).chain(&self.also).collect::<Vec<_>>(),
             "Layers": [format!("{diff_id}/layer.tar")],
         }]);
         let mut archive = tar::Builder::new(Vec::new());

@@ -230,6 +230,7 @@ pub fn create(topology: &Topology) -> Result<PkiPaths> {
         ("admin", "postflight-lab-admin", Some("system:masters")),
         ("controller-manager", "system:kube-controller-manager", None),
         ("scheduler", "system:kube-scheduler", None),
+        ("kube-proxy", "system:kube-proxy", None),
     ];
     for (file, common_name, organization) in clients {
         authority.client(

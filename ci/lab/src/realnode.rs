@@ -22,6 +22,11 @@ use std::time::Duration;
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 pub const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.37.0";
+/// The tags Kubernetes' e2e tests at the pinned version ask for
+/// (`test/utils/image/manifest.go`): the same images, so its conformance tests run here.
+pub const E2E_AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.66.1";
+pub const E2E_BUSYBOX_IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-2";
+pub const E2E_PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
 pub const CALICO_NODE_IMAGE: &str = crate::daemon::CALICO_NODE_IMAGE;
 
 /// The cgroup v1 hierarchies a node's cgroup is made in.
@@ -45,6 +50,11 @@ pub struct Parts {
     /// Debian's BIRD 1.6, unpacked.
     pub bird1: PathBuf,
     pub cc: PathBuf,
+    /// The `postflight` binary, made an image for running postflight as a pod (the
+    /// nightly CronJob); a lab without it has no postflight image, and a pod that asks
+    /// for one fails to pull it, as on a cluster.
+    #[serde(default)]
+    pub postflight: Option<PathBuf>,
 }
 
 /// A part a real node needs and cannot have, with what to do about it.
@@ -145,13 +155,30 @@ impl Parts {
                     "bash ci/lab/images/bird1.sh target/lab-bird1 says why",
                 )
             })?;
+        // kube-proxy's nftables mode programs the node through the nft command.
+        debian("nft", "/usr/sbin/nft", "nftables")?;
         Ok(Parts {
             kubelet: k8s_binary.to_path_buf(),
             containerd: build_tool("containerd")?,
             shim: build_tool("containerd-shim-runc-v2")?,
             ctr: build_tool("ctr")?,
             agnhost: build_tool("agnhost")?,
-            runc: debian("runc", "/usr/sbin/runc", "runc")?,
+            // A site's own runc (another version, another place) through the
+            // environment; otherwise Debian's.
+            runc: match std::env::var_os("POSTFLIGHT_LAB_RUNC") {
+                Some(runc) if executable(Path::new(&runc)) => PathBuf::from(runc),
+                Some(runc) => {
+                    return Err(missing(
+                        "runc",
+                        format!(
+                            "POSTFLIGHT_LAB_RUNC={} is not an executable",
+                            Path::new(&runc).display()
+                        ),
+                        "point POSTFLIGHT_LAB_RUNC at a runc binary, or unset it to use Debian's (apt-get install -y runc)",
+                    ))
+                }
+                None => debian("runc", "/usr/sbin/runc", "runc")?,
+            },
             cni_bin: {
                 debian(
                     "the CNI plugins",
@@ -163,6 +190,10 @@ impl Parts {
             busybox: debian("busybox", "/bin/busybox", "busybox-static")?,
             curl: debian("curl", "/usr/bin/curl", "curl")?,
             cc: debian("a C compiler", "/usr/bin/gcc", "gcc libc6-dev")?,
+            postflight: std::env::current_exe()
+                .ok()
+                .map(|lab| crate::images::postflight_binary(&lab))
+                .filter(|p| executable(p)),
             bird1: unpacked,
         })
     }
@@ -175,6 +206,7 @@ pub struct RealPaths {
     pub var_log: PathBuf,
     pub cni_conf: PathBuf,
     pub kubelet_config: PathBuf,
+    pub kube_proxy_config: PathBuf,
     pub containerd_config: PathBuf,
     pub static_pods: PathBuf,
     pub volume_plugins: PathBuf,
@@ -192,6 +224,7 @@ impl RealPaths {
             var_log: dir.join("disk/var-log"),
             cni_conf: dir.join("disk/cni-net.d"),
             kubelet_config: dir.join("kubelet-config.yaml"),
+            kube_proxy_config: dir.join("kube-proxy-config.yaml"),
             containerd_config: dir.join("containerd.toml"),
             static_pods: dir.join("disk/manifests"),
             volume_plugins: dir.join("disk/volume-plugins"),
@@ -259,17 +292,20 @@ pub fn build_images(topology: &Topology, parts: &Parts) -> Result<Vec<PathBuf>, 
     };
 
     let mut image = Image::new(PAUSE_IMAGE);
+    image.also = vec![E2E_PAUSE_IMAGE.into()];
     image.copy("pause", &pause, 0o755);
     image.entrypoint = vec!["/pause".into()];
     write(image, "pause.tar")?;
 
     let mut image = Image::new(BUSYBOX_IMAGE);
+    image.also = vec![E2E_BUSYBOX_IMAGE.into()];
     busybox_applets(&mut image)?;
     image.cmd = vec!["sh".into()];
     write(image, "busybox.tar")?;
 
     // agnhost as its image has it, with curl: postflight's probe client.
     let mut image = Image::new(AGNHOST_IMAGE);
+    image.also = vec![E2E_AGNHOST_IMAGE.into()];
     busybox_applets(&mut image)?;
     image.copy("agnhost", &parts.agnhost, 0o755);
     image
@@ -282,6 +318,40 @@ pub fn build_images(topology: &Topology, parts: &Parts) -> Result<Vec<PathBuf>, 
     // The calico-node stand-in: real BIRD 1.6, as the DaemonSet's user (file
     // capabilities let a non-root BIRD bind port 179 and program routes), started the
     // way calico-node starts it, and Calico's readiness semantics.
+    // postflight's release image, from the built binary: /usr/local/bin/postflight as
+    // the entrypoint, tagged with the binary's own version (`image: postflight:X.Y.Z`).
+    if let Some(postflight) = &parts.postflight {
+        let version = std::process::Command::new(postflight)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{} --version: {e}", postflight.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout);
+        let version = version.split_whitespace().nth(1).unwrap_or("latest");
+        let mut image = Image::new(&format!("docker.io/library/postflight:{version}"));
+        // Without its debug info (a debug build's is most of its 200 MB), as a release
+        // image has it: every node imports the image at every boot.
+        let stripped = dir.join("postflight");
+        let strip = std::process::Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(postflight)
+            .output()
+            .map_err(|e| format!("strip (binutils): {e}"))?;
+        if !strip.status.success() {
+            return Err(format!(
+                "strip {}: {}",
+                postflight.display(),
+                String::from_utf8_lossy(&strip.stderr)
+            ));
+        }
+        image
+            .copy_with_libraries("usr/local/bin/postflight", &stripped)
+            .map_err(|e| e.to_string())?;
+        image.entrypoint = vec!["/usr/local/bin/postflight".into()];
+        write(image, "postflight.tar")?;
+    }
+
     let mut image = Image::new(CALICO_NODE_IMAGE);
     busybox_applets(&mut image)?;
     image.add(
@@ -412,6 +482,26 @@ fn kubelet_config(topology: &Topology, node: &NodeSpec, paths: &RealPaths, pki: 
     )
 }
 
+/// kube-proxy's configuration: nftables mode (the node has nft and no legacy iptables to
+/// rely on), Services' traffic masqueraded so that replies from the API server (which
+/// has no route to pods) come back through the node, and no conntrack sysctls (a node's
+/// network namespace may not set the host's table size).
+fn kube_proxy_config(topology: &Topology, node: &NodeSpec, kubeconfig: &Path) -> String {
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         mode: nftables\nclusterCIDR: {pool}\nhostnameOverride: {name}\n\
+         bindAddress: {ip}\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
+         clientConnection: {{kubeconfig: {kubeconfig}}}\n\
+         nftables: {{masqueradeAll: true}}\n\
+         conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}\n\
+         oomScoreAdj: 0\n",
+        pool = topology.pod_pool(),
+        name = node.name,
+        ip = node.ip,
+        kubeconfig = kubeconfig.display(),
+    )
+}
+
 /// Writes a real node's files, once at `up`.
 pub fn provision(
     topology: &Topology,
@@ -452,6 +542,15 @@ pub fn provision(
         (
             paths.kubelet_config.clone(),
             kubelet_config(topology, node, &paths, &node_pki),
+        ),
+        (
+            paths.kube_proxy_config.clone(),
+            kube_proxy_config(
+                topology,
+                node,
+                &crate::controlplane::ControlPlanePaths::new(&topology.state_dir)
+                    .kubeconfig("kube-proxy"),
+            ),
         ),
     ];
     for (path, text) in files {
@@ -838,9 +937,23 @@ pub fn init(topology: &Topology, node: &NodeSpec) -> i32 {
             }
         }
     }
+    // Services' virtual IPs, as on a cluster that runs kube-proxy on every node.
+    let kube_proxy = Service {
+        name: "kube-proxy",
+        argv: vec![
+            s(&parts.kubelet),
+            "kube-proxy".into(),
+            "--config".into(),
+            s(&paths.kube_proxy_config),
+            "--v=1".into(),
+        ],
+        child: None,
+    };
     services.push(kubelet);
-    let last = services.len() - 1;
-    start(&mut services[last]);
+    services.push(kube_proxy);
+    for service in services.iter_mut().skip(2) {
+        start(service);
+    }
     let mut died_at: Vec<Option<std::time::Instant>> = vec![None; services.len()];
     loop {
         if STOP.load(Ordering::SeqCst) {
@@ -1032,6 +1145,7 @@ mod tests {
             curl: "/usr/bin/curl".into(),
             bird1: "/b".into(),
             cc: "/usr/bin/gcc".into(),
+            postflight: None,
         };
         let text = containerd_config(&paths, &parts);
         assert!(text.contains("restrict_oom_score_adj = true"), "{text}");

@@ -40,12 +40,13 @@ pub enum NodeKind {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KubeletKind {
-    /// The lab's simulated kubelet, a real API client that runs its containers as
-    /// processes: the scale profile, as kwok's kubelets are for Kubernetes' scale tests.
-    #[default]
-    Simulated,
     /// Real nodes: Kubernetes' own kubelet, containerd, runc, CNI and BIRD 1.6.
+    #[default]
     Real,
+    /// The lab's simulated kubelet, a real API client that runs its containers as
+    /// processes: only the scale profile (labs a 2-core machine cannot carry as real
+    /// nodes), as kwok's kubelets are for Kubernetes' scale tests.
+    Simulated,
 }
 
 /// How Calico is installed on the lab, as sites install it.

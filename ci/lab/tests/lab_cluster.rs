@@ -466,7 +466,9 @@ fn the_incident_reproduces_and_the_fix_repairs_it() {
         &["logs", "-n", "kube-system", &calico_name, "--previous"],
     );
     assert!(
-        previous.contains("permission denied on /var/run/calico"),
+        previous.contains(
+            "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied"
+        ),
         "{previous}"
     );
     let stat = ssh(&lab, node, "stat -c '%a %u %g' /var/run/calico");
@@ -599,6 +601,17 @@ fn two_labs_run_side_by_side_and_down_leaves_nothing_behind() {
             !links.contains(&format!("{prefix}-host")),
             "veth left: {links}"
         );
+        // A real node's cgroup, in every v1 hierarchy.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let left: Vec<String> = std::fs::read_dir(hierarchy.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("postflight-lab-{prefix}-")))
+                .collect();
+            assert!(left.is_empty(), "cgroups left in {hierarchy:?}: {left:?}");
+        }
     }
     for dir in &state_dirs {
         assert!(
@@ -617,4 +630,40 @@ fn two_labs_run_side_by_side_and_down_leaves_nothing_behind() {
             String::from_utf8_lossy(&processes.stdout)
         );
     }
+}
+
+/// A part a real node needs that is not there fails `up` at once, naming the part and the
+/// fix, and leaves nothing of the lab behind.
+#[test]
+fn up_without_runc_fails_at_once_naming_it_and_leaves_nothing() {
+    let name = "proof-no-runc";
+    let out = Command::new(env!("CARGO_BIN_EXE_postflight-lab"))
+        .args(["up", "--name", name, "--nodes", "2"])
+        .env("POSTFLIGHT_LAB_RUNC", "/nonexistent/runc")
+        .output()
+        .expect("postflight-lab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("a real lab node needs runc")
+            && stderr.contains("POSTFLIGHT_LAB_RUNC=/nonexistent/runc is not an executable")
+            && stderr.contains("apt-get install -y runc"),
+        "{stderr}"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_postflight-lab"))
+        .args(["status", "--name", name])
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "no lab {name} is registered");
+    let state_dir = std::path::Path::new("/tmp/postflight-lab").join(name);
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    let processes = Command::new("pgrep")
+        .args(["-f", &format!("--name {name} ")])
+        .output()
+        .unwrap();
+    assert!(
+        processes.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&processes.stdout)
+    );
 }

@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use postflight_lab::controlplane::ControlPlanePaths;
+use postflight_lab::topology::KubeletKind;
 use postflight_lab::{Lab, LabConfig};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -26,6 +27,10 @@ struct Args {
     /// Healthy reboots per size, for the medians.
     #[arg(long, default_value_t = 5)]
     reboots: usize,
+    /// The smallest size run on simulated kubelets (the scale profile): a 2-core machine
+    /// carries real nodes up to about ten. Below it every node is real.
+    #[arg(long, default_value_t = 11)]
+    simulated_from: usize,
 }
 
 fn main() -> Result<()> {
@@ -220,7 +225,13 @@ fn lab_memory_mib(name: &str) -> Result<f64> {
 fn bench(size: usize, args: &Args) -> Result<String> {
     let name = format!("bench{size}");
     let started = Instant::now();
-    let lab = Lab::up(LabConfig::new(&name).nodes(size)).context("bringing the lab up")?;
+    let kubelet = if size >= args.simulated_from {
+        KubeletKind::Simulated
+    } else {
+        KubeletKind::Real
+    };
+    let lab = Lab::up(LabConfig::new(&name).nodes(size).kubelet(kubelet))
+        .context("bringing the lab up")?;
     let up = started.elapsed();
     let dir = std::env::temp_dir().join(format!("postflight-bench-{size}"));
     std::fs::create_dir_all(&dir)?;
@@ -393,7 +404,11 @@ fn bench(size: usize, args: &Args) -> Result<String> {
     lab.down();
 
     let mut table = format!(
-        "## {size} nodes (release build, {} cores)\n\n| figure | measured | target |\n|---|---|---|\n",
+        "## {size} nodes, {} (release build, {} cores)\n\n| figure | measured | target |\n|---|---|---|\n",
+        match kubelet {
+            KubeletKind::Real => "real",
+            KubeletKind::Simulated => "simulated kubelets (the scale profile)",
+        },
         std::thread::available_parallelism()?.get()
     );
     for (figure, value, target) in rows {
