@@ -101,10 +101,14 @@ pub fn judge_calico_ready(observation: &CalicoObservation, node: &str) -> Judgem
 }
 
 /// A crash loop: the container waits in CrashLoopBackOff, or it last died with an error
-/// after the node became Ready (a restart caused by the reboot itself does not count).
+/// after the node became Ready (a restart caused by the reboot itself does not count),
+/// or its run since the reboot said why it is dying (`fatal_line`: a fatal log line or
+/// a probe failure of Calico's own, which ends the wait before the kubelet has reported
+/// the container's end).
 pub fn judge_crashloop(
     pod: Option<&Pod>,
     ready_since: Option<&k8s_openapi::jiff::Timestamp>,
+    fatal_line: Option<&str>,
 ) -> Judgement {
     let Some(pod) = pod else {
         return (
@@ -155,6 +159,15 @@ pub fn judge_crashloop(
             terminated.exit_code
         );
         return (Verdict::Failed(message), evidence);
+    }
+    if let Some(line) = fatal_line {
+        return (
+            Verdict::Failed(format!(
+                "calico-node {} is failing since the node came back: {line}",
+                pod_name(pod)
+            )),
+            evidence,
+        );
     }
     let last = status
         .last_state
@@ -215,9 +228,30 @@ mod tests {
 
     #[test]
     fn no_calico_node_pod_fails() {
-        let judgement = judge_crashloop(None, None);
+        let judgement = judge_crashloop(None, None, None);
         assert_eq!(failed_with(&judgement), "no calico-node pod on the node");
         assert_eq!(judgement.1[0].observed, "none");
+    }
+
+    /// The real kubelet reports a container's end a second or two after it: a run that
+    /// already said why it is dying (BIRD's own line, a probe failure naming the control
+    /// socket) fails the check while the pod still shows it running.
+    #[test]
+    fn a_run_that_said_why_it_is_dying_fails_before_the_kubelet_reports_it() {
+        let running = pod(
+            serde_json::json!({"running": {"startedAt": "2026-12-02T10:00:00Z"}}),
+            None,
+            1,
+        );
+        assert!(matches!(
+            judge_crashloop(Some(&running), None, None).0,
+            Verdict::Passed
+        ));
+        let line = "bird: Cannot create control socket /var/run/calico/bird.ctl: Permission denied";
+        assert_eq!(
+            failed_with(&judge_crashloop(Some(&running), None, Some(line))),
+            format!("calico-node calico-node-x1 is failing since the node came back: {line}")
+        );
     }
 
     #[test]
@@ -227,7 +261,7 @@ mod tests {
             Some(serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}})),
             4,
         );
-        let judgement = judge_crashloop(Some(&pod), None);
+        let judgement = judge_crashloop(Some(&pod), None, None);
         assert_eq!(
             failed_with(&judgement),
             "calico-node calico-node-x1 is in CrashLoopBackOff after 4 restarts"
@@ -250,7 +284,7 @@ mod tests {
             None,
             0,
         );
-        let judgement = judge_crashloop(Some(&pod), None);
+        let judgement = judge_crashloop(Some(&pod), None, None);
         assert_eq!(
             failed_with(&judgement),
             "calico-node calico-node-x1 exited with code 2 and is not running"
@@ -282,7 +316,7 @@ mod tests {
             1,
         );
         let ready_since: Timestamp = "2026-12-01T10:00:30Z".parse().unwrap();
-        let judgement = judge_crashloop(Some(&pod), Some(&ready_since));
+        let judgement = judge_crashloop(Some(&pod), Some(&ready_since), None);
         assert_eq!(judgement.0 == Verdict::Passed, passes, "{judgement:?}");
         if !passes {
             assert_eq!(
@@ -299,7 +333,7 @@ mod tests {
             Some(serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}})),
             1,
         );
-        let judgement = judge_crashloop(Some(&pod), None);
+        let judgement = judge_crashloop(Some(&pod), None, None);
         assert!(matches!(judgement.0, Verdict::Failed(_)), "{judgement:?}");
     }
 
@@ -311,7 +345,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            failed_with(&judge_crashloop(Some(&pod), None)),
+            failed_with(&judge_crashloop(Some(&pod), None, None)),
             "calico-node has no container status"
         );
     }

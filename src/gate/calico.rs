@@ -142,7 +142,11 @@ pub async fn check_calico(
         judge_calico_ready(&observation, node),
         started,
     );
-    let crashloop_judgement = judge_crashloop(observation.pod.as_ref(), crashloop_since.as_ref());
+    let crashloop_judgement = judge_crashloop(
+        observation.pod.as_ref(),
+        crashloop_since.as_ref(),
+        observation.fatal_log_line.as_deref(),
+    );
     let mut crashloop = check_result(
         CheckName::CalicoNodeNotCrashlooping,
         node,

@@ -409,38 +409,42 @@ impl Drop for Background {
     }
 }
 
-/// Returns once the node is no longer Ready (within a minute).
+/// Returns once the node is down (within a minute): its power is off, or it is no longer
+/// Ready. A real kubelet reports nothing as its node shuts down (it has no graceful node
+/// shutdown here), so a quick reboot can be over before the Node says anything.
 pub fn wait_for_node_down(lab: &Lab, node: &str) {
     let started = std::time::Instant::now();
-    let ready = || {
+    let up = || {
         node_field(
             lab,
             node,
             "{.status.conditions[?(@.type==\"Ready\")].status}",
         ) == "True"
+            && !powered_off(lab, node)
     };
-    while ready() {
+    while up() {
         assert!(started.elapsed().as_secs() < 60, "{node} never went down");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
-/// Returns once a node that is held down has finished powering off. Its Ready condition
-/// goes False at the start of the shutdown, before the power-off kills every process in
-/// the node's network namespace; a fault applied in between would be killed with them.
+/// Whether the lab says the node's power is off (`postflight-lab status`).
+pub fn powered_off(lab: &Lab, node: &str) -> bool {
+    let output = Command::new(postflight_lab::lab_binary(None))
+        .args(["status", "--name", lab.name()])
+        .output()
+        .expect("postflight-lab status runs");
+    String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.get(1) == Some(&node) && words.windows(2).any(|w| w == ["power", "off"])
+    })
+}
+
+/// Returns once a node that is held down has finished powering off: a fault applied to
+/// its network namespace before that would be killed with the node's processes.
 pub fn wait_for_power_off(lab: &Lab, node: &str) {
     let started = std::time::Instant::now();
-    let off = || {
-        let output = Command::new(postflight_lab::lab_binary(None))
-            .args(["status", "--name", lab.name()])
-            .output()
-            .expect("postflight-lab status runs");
-        String::from_utf8_lossy(&output.stdout).lines().any(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            words.get(1) == Some(&node) && words.windows(2).any(|w| w == ["power", "off"])
-        })
-    };
-    while !off() {
+    while !powered_off(lab, node) {
         assert!(
             started.elapsed().as_secs() < 60,
             "{node} never finished powering off"

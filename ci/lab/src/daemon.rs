@@ -147,22 +147,29 @@ fn calico_daemonset(profile: CalicoProfile) -> serde_json::Value {
     })
 }
 
-/// The kernel's ARP table is one table for every network namespace, and its default
-/// limit (1,024 entries) is what one real host needs. A lab node has a neighbour entry
-/// for every peer it speaks BGP to and every pod on it: 50 nodes need 2,450 for BGP
-/// alone, and past the limit new entries fail ("neighbor table overflow"), so sessions
-/// and pod traffic fail at random. The limits are raised, never lowered.
-const NEIGHBOUR_TABLE_LIMITS: [(&str, u64); 3] = [
+/// Kernel limits a lab shares with the whole host, raised (never lowered) as kind's
+/// known issues tell its users to:
+/// - the ARP table is one table for every network namespace, and its default limit
+///   (1,024 entries) is what one real host needs. A lab node has a neighbour entry for
+///   every peer it speaks BGP to and every pod on it: 50 nodes need 2,450 for BGP alone,
+///   and past the limit new entries fail ("neighbor table overflow");
+/// - inotify instances are counted per user across the host (128 by default), and every
+///   real node's kubelet, containerd and kube-proxy take several: two 4-node labs side by
+///   side ran out, and a kubelet that cannot watch its files never registers ("too many
+///   open files").
+const KERNEL_LIMITS: [(&str, u64); 5] = [
     ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4_096),
     ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 16_384),
     ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 32_768),
+    ("/proc/sys/fs/inotify/max_user_instances", 8_192),
+    ("/proc/sys/fs/inotify/max_user_watches", 524_288),
 ];
 
 /// Where the limits cannot be read or raised (a lab inside a container that does not
-/// own the host's network settings), the lab still starts, with a warning: it then holds
-/// as many nodes as the host's table does.
-fn raise_neighbour_table_limits() {
-    for (path, wanted) in NEIGHBOUR_TABLE_LIMITS {
+/// own the host's settings), the lab still starts, with a warning: it then holds as many
+/// nodes as the host's limits do.
+fn raise_kernel_limits() {
+    for (path, wanted) in KERNEL_LIMITS {
         let raised = std::fs::read_to_string(path).and_then(|current| {
             if current.trim().parse::<u64>().unwrap_or(0) < wanted {
                 std::fs::write(path, wanted.to_string())
@@ -172,7 +179,7 @@ fn raise_neighbour_table_limits() {
         });
         if let Err(error) = raised {
             tracing::warn!(
-                "cannot raise {path} to {wanted} ({error}): a large lab may lose neighbour entries"
+                "cannot raise {path} to {wanted} ({error}): a large lab may run out of it"
             );
         }
     }
@@ -180,7 +187,7 @@ fn raise_neighbour_table_limits() {
 
 /// Builds the host side of the lab network: the bridge namespace and the host's veth.
 fn create_network(topology: &Topology) -> Result<()> {
-    raise_neighbour_table_limits();
+    raise_kernel_limits();
     let bridge = topology.bridge_netns();
     system::run_args("ip", &["netns", "add", &bridge])?;
     system::netns_sh(
@@ -326,7 +333,11 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
         &topology.topology_file(),
         serde_json::to_vec_pretty(&topology).expect("topology serialises"),
     )?;
-    let _ = std::fs::create_dir_all("/etc/tmpfiles.d");
+    if !real {
+        // A simulated node binds its tmpfiles.d over this machine's, which must exist; a
+        // real node makes its own in its overlay of /etc.
+        let _ = std::fs::create_dir_all("/etc/tmpfiles.d");
+    }
     ssh_material(&paths)?;
     let mut known_hosts = String::new();
     for node in &topology.nodes {
@@ -475,17 +486,24 @@ pub async fn run(args: DaemonArgs) -> std::result::Result<(), SystemError> {
             })
         };
         let kubeconfig_path = plane_paths.kubeconfig(&format!("kubelet-{}", node.name));
-        write(
-            &kubeconfig_path,
-            controlplane::certificate_kubeconfig(
-                &plane.server,
-                &ca_pem,
-                &read(&pair.cert)?,
-                &read(&pair.key)?,
-                &format!("postflight-lab-{}", topology.name),
-                &format!("system:node:{}", node.name),
-            ),
-        )?;
+        let kubeconfig = controlplane::certificate_kubeconfig(
+            &plane.server,
+            &ca_pem,
+            &read(&pair.cert)?,
+            &read(&pair.key)?,
+            &format!("postflight-lab-{}", topology.name),
+            &format!("system:node:{}", node.name),
+        );
+        write(&kubeconfig_path, &kubeconfig)?;
+        if real {
+            // A real node's own copies, in its /etc/kubernetes, as kubeadm writes them.
+            let node_paths = crate::realnode::RealPaths::new(&topology, node);
+            write(&node_paths.kubelet_kubeconfig, &kubeconfig)?;
+            write(
+                &node_paths.kube_proxy_kubeconfig,
+                read(&plane_paths.kubeconfig("kube-proxy"))?,
+            )?;
+        }
         let client = kubelet::client_from_kubeconfig(&kubeconfig_path)
             .await
             .map_err(|e| other("a kubelet's API client", e))?;

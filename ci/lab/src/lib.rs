@@ -568,6 +568,8 @@ pub fn teardown(name: &str) {
         std::fs::read_to_string(block_file(entry.block)).is_ok_and(|owner| owner.trim() == name);
     if owns_block {
         let prefix = format!("pf{}", entry.block);
+        // A real node's processes first: its containers are outside the daemon's group.
+        realnode::remove_cgroups_of_prefix(&prefix);
         let namespaces = system::list_netns_with_prefix(&prefix);
         // Pods first, then nodes, then the bridge: processes die before their cables go.
         for netns in namespaces.iter().rev() {

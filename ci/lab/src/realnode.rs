@@ -205,8 +205,18 @@ pub struct RealPaths {
     pub var_lib: PathBuf,
     pub var_log: PathBuf,
     pub cni_conf: PathBuf,
+    /// The node's own /etc: an overlay on this machine's, whose writes land here (the
+    /// node's disk), with its work directory beside it.
+    pub etc_upper: PathBuf,
+    pub etc_work: PathBuf,
+    /// The node's /etc/kubernetes as this machine sees it (the kubelet's and
+    /// kube-proxy's configuration, kubeconfigs, certificates and static pods).
+    pub etc_kubernetes: PathBuf,
     pub kubelet_config: PathBuf,
+    pub kubelet_kubeconfig: PathBuf,
     pub kube_proxy_config: PathBuf,
+    pub kube_proxy_kubeconfig: PathBuf,
+    pub pki: PathBuf,
     pub containerd_config: PathBuf,
     pub static_pods: PathBuf,
     pub volume_plugins: PathBuf,
@@ -223,10 +233,16 @@ impl RealPaths {
             var_lib: dir.join("disk/var-lib"),
             var_log: dir.join("disk/var-log"),
             cni_conf: dir.join("disk/cni-net.d"),
-            kubelet_config: dir.join("kubelet-config.yaml"),
-            kube_proxy_config: dir.join("kube-proxy-config.yaml"),
+            etc_upper: dir.join("disk/etc"),
+            etc_work: dir.join("disk/etc-work"),
+            etc_kubernetes: dir.join("disk/etc/kubernetes"),
+            kubelet_config: dir.join("disk/etc/kubernetes/kubelet-config.yaml"),
+            kubelet_kubeconfig: dir.join("disk/etc/kubernetes/kubelet.conf"),
+            kube_proxy_config: dir.join("disk/etc/kubernetes/kube-proxy-config.yaml"),
+            kube_proxy_kubeconfig: dir.join("disk/etc/kubernetes/kube-proxy.conf"),
+            pki: dir.join("disk/etc/kubernetes/pki"),
             containerd_config: dir.join("containerd.toml"),
-            static_pods: dir.join("disk/manifests"),
+            static_pods: dir.join("disk/etc/kubernetes/manifests"),
             volume_plugins: dir.join("disk/volume-plugins"),
             containerd_opt: dir.join("disk/containerd-opt"),
             init_pid: dir.join("init.pid"),
@@ -456,8 +472,13 @@ fn cni_config(node: &NodeSpec) -> String {
 
 /// The kubelet's configuration: cgroup v1 with cgroupfs, the node's own cgroup root, and
 /// lease and status timings that fit the lab's 8 s node-monitor grace period.
-fn kubelet_config(topology: &Topology, node: &NodeSpec, paths: &RealPaths, pki: &Path) -> String {
-    let p = |name: &str| pki.join(name).display().to_string();
+/// A path under the node's /etc/kubernetes, as the node's own processes see it.
+fn in_etc_kubernetes(name: &str) -> String {
+    format!("/etc/kubernetes/{name}")
+}
+
+fn kubelet_config(topology: &Topology, node: &NodeSpec, paths: &RealPaths) -> String {
+    let p = |name: &str| in_etc_kubernetes(&format!("pki/{name}"));
     format!(
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
          failCgroupV1: false\ncgroupDriver: cgroupfs\ncgroupRoot: {root}\n\
@@ -477,7 +498,7 @@ fn kubelet_config(topology: &Topology, node: &NodeSpec, paths: &RealPaths, pki: 
         cert = p("kubelet-serving.crt"),
         key = p("kubelet-serving.key"),
         ca = p("ca.crt"),
-        static_pods = paths.static_pods.display(),
+        static_pods = in_etc_kubernetes("manifests"),
         plugins = paths.volume_plugins.display(),
     )
 }
@@ -486,7 +507,7 @@ fn kubelet_config(topology: &Topology, node: &NodeSpec, paths: &RealPaths, pki: 
 /// rely on), Services' traffic masqueraded so that replies from the API server (which
 /// has no route to pods) come back through the node, and no conntrack sysctls (a node's
 /// network namespace may not set the host's table size).
-fn kube_proxy_config(topology: &Topology, node: &NodeSpec, kubeconfig: &Path) -> String {
+fn kube_proxy_config(topology: &Topology, node: &NodeSpec) -> String {
     format!(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
          mode: nftables\nclusterCIDR: {pool}\nhostnameOverride: {name}\n\
@@ -498,7 +519,7 @@ fn kube_proxy_config(topology: &Topology, node: &NodeSpec, kubeconfig: &Path) ->
         pool = topology.pod_pool(),
         name = node.name,
         ip = node.ip,
-        kubeconfig = kubeconfig.display(),
+        kubeconfig = in_etc_kubernetes("kube-proxy.conf"),
     )
 }
 
@@ -514,6 +535,8 @@ pub fn provision(
         &paths.var_lib,
         &paths.var_log,
         &paths.cni_conf,
+        &paths.etc_work,
+        &paths.pki,
         &paths.static_pods,
         &paths.volume_plugins,
         &paths.containerd_opt,
@@ -522,8 +545,7 @@ pub fn provision(
     ] {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let node_pki = paths.dir.join("pki");
-    std::fs::create_dir_all(&node_pki).map_err(|e| e.to_string())?;
+    let node_pki = &paths.pki;
     let serving = pki.pair("kubelet-serving");
     for (from, to) in [
         (serving.cert, "kubelet-serving.crt"),
@@ -541,16 +563,11 @@ pub fn provision(
         (paths.cni_conf.join("10-calico.conflist"), cni_config(node)),
         (
             paths.kubelet_config.clone(),
-            kubelet_config(topology, node, &paths, &node_pki),
+            kubelet_config(topology, node, &paths),
         ),
         (
             paths.kube_proxy_config.clone(),
-            kube_proxy_config(
-                topology,
-                node,
-                &crate::controlplane::ControlPlanePaths::new(&topology.state_dir)
-                    .kubeconfig("kube-proxy"),
-            ),
+            kube_proxy_config(topology, node),
         ),
     ];
     for (path, text) in files {
@@ -581,16 +598,71 @@ fn make_cgroups(topology: &Topology, node: &NodeSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Where runc makes a container's cgroups besides the v1 hierarchies: on a hybrid host
+/// it mirrors them into the v2 tree mounted at `unified` (process tracking only).
+const ALSO_MADE_BY_RUNC: [&str; 1] = ["unified"];
+
 /// Removes the node's cgroups once nothing is left in them: deepest first.
 pub fn remove_cgroups(topology: &Topology, node: &NodeSpec) {
     let root = cgroup_root(topology, node);
-    for hierarchy in HIERARCHIES {
+    for hierarchy in HIERARCHIES.iter().chain(&ALSO_MADE_BY_RUNC) {
         let base = Path::new("/sys/fs/cgroup").join(hierarchy).join(&root[1..]);
         let mut dirs = Vec::new();
         collect_dirs(&base, &mut dirs);
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for dir in dirs {
             let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// What a lab whose daemon died (or was killed before it had shut its nodes down) left
+/// in the cgroups of the nodes of the network prefix `prefix` (`pfB`): every process in
+/// them is killed (containers run under their shims, outside the daemon's process
+/// group), then the cgroups go, deepest first, in every hierarchy.
+pub fn remove_cgroups_of_prefix(prefix: &str) {
+    let name_prefix = format!("postflight-lab-{prefix}-");
+    let roots = |hierarchy: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(Path::new("/sys/fs/cgroup").join(hierarchy))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&name_prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    for _ in 0..50 {
+        let mut alive = false;
+        for root in roots("pids") {
+            let mut dirs = Vec::new();
+            collect_dirs(&root, &mut dirs);
+            for dir in dirs {
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                {
+                    alive = true;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        if !alive {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for hierarchy in HIERARCHIES.iter().chain(&ALSO_MADE_BY_RUNC) {
+        for root in roots(hierarchy) {
+            let mut dirs = Vec::new();
+            collect_dirs(&root, &mut dirs);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for dir in dirs {
+                let _ = std::fs::remove_dir(&dir);
+            }
         }
     }
 }
@@ -652,6 +724,8 @@ pub fn power_on(topology: &Topology, node: &NodeSpec, lab_binary: &Path) -> Resu
          mount --move {cg} /sys/fs/cgroup\n\
          mount --bind {var_lib} /var/lib\n\
          mount --bind {var_log} /var/log\n\
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={etc_upper},workdir={etc_work} /etc\n\
+         mkdir -p /etc/tmpfiles.d\n\
          mount --bind {tmpfiles} /etc/tmpfiles.d\n\
          mount --bind {boot_id} /proc/sys/kernel/random/boot_id\n\
          mount --bind {bin} /usr/local/bin\n\
@@ -665,6 +739,8 @@ pub fn power_on(topology: &Topology, node: &NodeSpec, lab_binary: &Path) -> Resu
         cg = q(&paths.cgroup_mount),
         var_lib = q(&paths.var_lib),
         var_log = q(&paths.var_log),
+        etc_upper = q(&paths.etc_upper),
+        etc_work = q(&paths.etc_work),
         tmpfiles = q(&node_paths.tmpfiles_dir),
         boot_id = q(&node_paths.boot_id),
         bin = q(&node_paths.bin),
@@ -849,8 +925,6 @@ pub fn init(topology: &Topology, node: &NodeSpec) -> i32 {
     let paths = RealPaths::new(topology, node);
     let node_paths = crate::node::NodePaths::new(topology, node);
     let s = |p: &Path| p.display().to_string();
-    let kubeconfig = crate::controlplane::ControlPlanePaths::new(&topology.state_dir)
-        .kubeconfig(&format!("kubelet-{}", node.name));
     let path_env = format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         s(parts.shim.parent().unwrap_or(Path::new("/")))
@@ -884,9 +958,9 @@ pub fn init(topology: &Topology, node: &NodeSpec) -> i32 {
             s(&parts.kubelet),
             "kubelet".into(),
             "--config".into(),
-            s(&paths.kubelet_config),
+            in_etc_kubernetes("kubelet-config.yaml"),
             "--kubeconfig".into(),
-            s(&kubeconfig),
+            in_etc_kubernetes("kubelet.conf"),
             "--node-ip".into(),
             node.ip.to_string(),
             "--hostname-override".into(),
@@ -944,7 +1018,7 @@ pub fn init(topology: &Topology, node: &NodeSpec) -> i32 {
             s(&parts.kubelet),
             "kube-proxy".into(),
             "--config".into(),
-            s(&paths.kube_proxy_config),
+            in_etc_kubernetes("kube-proxy-config.yaml"),
             "--v=1".into(),
         ],
         child: None,
@@ -1111,13 +1185,10 @@ mod tests {
     fn the_kubelet_leases_fit_the_labs_grace_period_on_cgroup_v1() {
         let topology = Topology::new("t", 0, Path::new("/x"), 2);
         let node = &topology.nodes[1];
-        let text = kubelet_config(
-            &topology,
-            node,
-            &RealPaths::new(&topology, node),
-            Path::new("/p"),
-        );
+        let text = kubelet_config(&topology, node, &RealPaths::new(&topology, node));
         for line in [
+            "tlsCertFile: /etc/kubernetes/pki/kubelet-serving.crt",
+            "staticPodPath: /etc/kubernetes/manifests",
             "failCgroupV1: false",
             "cgroupDriver: cgroupfs",
             "cgroupRoot: /postflight-lab-pf0-n1",

@@ -237,7 +237,7 @@ fn pod_security_refuses_a_privileged_pod_in_the_probe_namespace() {
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "privileged", "namespace": "postflight-probe"},
-        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "60"],
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.37.0", "command": ["sleep", "60"],
                  "securityContext": {"privileged": true}}]},
     });
     let output = kubectl_as(
@@ -263,7 +263,7 @@ fn an_eviction_a_disruption_budget_forbids_gets_429_from_the_real_server() {
         &[
             "run",
             "guarded",
-            "--image=busybox",
+            "--image=busybox:1.37.0",
             "--labels=app=guarded",
             "--",
             "sleep",
