@@ -338,14 +338,29 @@ async fn reboot_and_wait(
         return None;
     }
     if went.is_err() {
-        let message = format!(
-            "the node stayed Ready on boot {boot_id} for {} after the reboot command: it did not reboot",
-            humantime::format_duration(timeouts.node_not_ready)
-        );
-        let seen = last_seen.lock().expect("last_seen lock").clone();
-        fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
-        recorder.error_remaining(ErrorKind::Timeout, "the node did not reboot");
-        return None;
+        // What the watch last saw may be stale (an API outage, a watch re-established
+        // late): only a fresh read can say the node stayed up.
+        let fresh = cluster.node(node).await;
+        match after_no_down(fresh.as_ref().map_err(|e| e.kind()), &boot_id) {
+            AfterNoDown::StayedUp => {
+                let message = format!(
+                    "the node stayed Ready on boot {boot_id} for {} after the reboot command: it did not reboot",
+                    humantime::format_duration(timeouts.node_not_ready)
+                );
+                let seen = fresh.ok();
+                fail_node_ready(recorder, node, message, seen.as_ref(), &boot_id, started);
+                recorder.error_remaining(ErrorKind::Timeout, "the node did not reboot");
+                return None;
+            }
+            AfterNoDown::Refused => {
+                let error = fresh.expect_err("a refusal is an error");
+                recorder.error_remaining(error.kind(), &error.to_string());
+                return None;
+            }
+            // Down after all, or the API cannot say now: the wait for Ready on a new boot
+            // decides (a node that never rebooted fails it at its deadline).
+            AfterNoDown::WentDown | AfterNoDown::Unknown => {}
+        }
     }
     ledger.phase = Phase::Down;
 
@@ -744,12 +759,80 @@ fn record_not_ready(
     ));
 }
 
+/// What a fresh read of the node says once the wait for it to go down has timed out.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterNoDown {
+    /// Still Ready on the boot the reboot command was sent to.
+    StayedUp,
+    /// Not Ready, or on another boot: the watch missed it.
+    WentDown,
+    /// The API server cannot be reached: the node's state is not known.
+    Unknown,
+    /// The API server refused the read in a way no wait can change.
+    Refused,
+}
+
+fn after_no_down(fresh: Result<&Node, ErrorKind>, boot_id: &str) -> AfterNoDown {
+    match fresh {
+        Ok(node) => {
+            let down = !crate::cluster::node_ready(node)
+                || crate::cluster::boot_id(node).is_some_and(|id| !id.is_empty() && id != boot_id);
+            if down {
+                AfterNoDown::WentDown
+            } else {
+                AfterNoDown::StayedUp
+            }
+        }
+        Err(ErrorKind::Unreachable) => AfterNoDown::Unknown,
+        Err(_) => AfterNoDown::Refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::mock::{mocked, status_json};
     use crate::gate::phase::{cleanup_plan, Cleanup, Outcome};
     use crate::host::fake::{connect_refused, output, FakeTransport};
+
+    /// An API outage while the node reboots can leave the watch's last view on the old
+    /// boot: only a fresh read that still shows it Ready there says it did not reboot.
+    #[test]
+    fn only_a_fresh_read_says_a_node_did_not_reboot() {
+        let node = |ready: &str, boot: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "w1"},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "nodeInfo": {"bootID": boot, "machineID": "", "systemUUID": "",
+                        "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "",
+                        "kubeletVersion": "", "kubeProxyVersion": "", "operatingSystem": "",
+                        "architecture": ""},
+                },
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            after_no_down(Ok(&node("True", "old")), "old"),
+            AfterNoDown::StayedUp
+        );
+        assert_eq!(
+            after_no_down(Ok(&node("True", "new")), "old"),
+            AfterNoDown::WentDown
+        );
+        assert_eq!(
+            after_no_down(Ok(&node("Unknown", "old")), "old"),
+            AfterNoDown::WentDown
+        );
+        assert_eq!(
+            after_no_down(Err(ErrorKind::Unreachable), "old"),
+            AfterNoDown::Unknown
+        );
+        assert_eq!(
+            after_no_down(Err(ErrorKind::Forbidden), "old"),
+            AfterNoDown::Refused
+        );
+    }
 
     const NODE: &str = "k8s-worker-03";
 

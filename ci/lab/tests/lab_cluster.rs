@@ -707,3 +707,34 @@ fn up_without_runc_fails_at_once_naming_it_and_leaves_nothing() {
         String::from_utf8_lossy(&processes.stdout)
     );
 }
+
+/// A kubelet that dies is restarted by the node's init a second later, as systemd's
+/// `Restart=always` restarts it on a machine; its containers live on under containerd, so
+/// its pods keep running without a restart and the node stays (or is again) Ready.
+#[test]
+fn a_kubelet_that_dies_is_restarted_and_its_pods_keep_running() {
+    let lab = lab("proof-kubelet-dies", 2);
+    let node = "k8s-worker-01";
+    create_web_pod(&lab, "web", node);
+    let kubelet_pid = || {
+        let out = ssh(&lab, node, "pgrep -f ' kubelet --config'");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = kubelet_pid();
+    assert!(!before.is_empty(), "the node runs a kubelet");
+    let killed = ssh(&lab, node, &format!("kill -9 {before}"));
+    assert!(killed.status.success(), "{killed:?}");
+    wait_for("a new kubelet on the node", || {
+        let now = kubelet_pid();
+        !now.is_empty() && now != before
+    });
+    wait_for("the node Ready with its kubelet back", || {
+        ready(&kubectl_json(&lab, &["get", "node", node]))
+    });
+    let pod = kubectl_json(&lab, &["get", "pod", "web"]);
+    assert!(ready(&pod), "{pod}");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the container outlived its kubelet: {pod}"
+    );
+}
