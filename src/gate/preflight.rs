@@ -15,6 +15,8 @@ pub(super) struct ProbeScope<'a> {
     pub paired_nodes: &'a [String],
     /// No pod of this set can exist yet.
     pub new_run: bool,
+    /// A later gate of a rolling update: the node before it has just rebooted.
+    pub rolling: bool,
 }
 
 /// What the preflight found.
@@ -23,6 +25,36 @@ pub(super) struct Preflight {
     pub problems: Vec<String>,
     /// The containers the node's own probe pods ran before the reboot.
     pub stale: Vec<String>,
+}
+
+/// Every node of the inventory whose calico-node is missing or not Ready, in words.
+async fn calico_not_ready(
+    cluster: &Cluster,
+    inventory: &Inventory,
+    calico: &CalicoExpectations,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let params = kube::api::ListParams::default().labels(&calico.selector);
+    match cluster.pods(&calico.namespace).list(&params).await {
+        Ok(pods) => {
+            for name in inventory.node_names() {
+                let on_node = pods
+                    .items
+                    .iter()
+                    .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name));
+                match on_node {
+                    None => problems.push(format!("no calico-node pod on {name}")),
+                    Some(pod) if !cluster::pod_ready(pod) => problems.push(format!(
+                        "calico-node {} on {name} is not Ready",
+                        pod.metadata.name.clone().unwrap_or_default()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        Err(error) => problems.push(format!("listing calico-node pods: {error}")),
+    }
+    problems
 }
 
 /// Checks the cluster is whole before `node` is rebooted, and starts the run's probe
@@ -61,25 +93,22 @@ pub(super) async fn cluster_problems(
         }
         Err(error) => problems.push(error.to_string()),
     }
-    let params = kube::api::ListParams::default().labels(&calico.selector);
-    match cluster.pods(&calico.namespace).list(&params).await {
-        Ok(pods) => {
-            for name in inventory.node_names() {
-                let on_node = pods
-                    .items
-                    .iter()
-                    .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name));
-                match on_node {
-                    None => problems.push(format!("no calico-node pod on {name}")),
-                    Some(pod) if !cluster::pod_ready(pod) => problems.push(format!(
-                        "calico-node {} on {name} is not Ready",
-                        pod.metadata.name.clone().unwrap_or_default()
-                    )),
-                    Some(_) => {}
-                }
-            }
+    // Within a rolling update, the node before this one has just rebooted: its BGP peers'
+    // calico-node is not Ready until their sessions with it are Established again and
+    // their next readiness probe has said so (Calico's readiness wants every peer). With
+    // every node Ready, the update waits for that, up to calico-node's own deadline,
+    // before it calls the cluster degraded.
+    let settle_until = (probes.rolling && problems.is_empty())
+        .then(|| Instant::now() + inventory.timeouts.calico_ready);
+    loop {
+        let calico_problems = calico_not_ready(cluster, inventory, calico).await;
+        let settled =
+            calico_problems.is_empty() || settle_until.is_none_or(|until| Instant::now() >= until);
+        if settled {
+            problems.extend(calico_problems);
+            break;
         }
-        Err(error) => problems.push(format!("listing calico-node pods: {error}")),
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if !problems.is_empty() {
         // The network cannot be whole with a node or calico-node down; probing would

@@ -60,6 +60,7 @@ pub async fn reboot_node(
                 run_id: &run_id,
                 paired_nodes: &[],
                 new_run: true,
+                rolling: false,
             },
         },
     )

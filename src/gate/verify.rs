@@ -420,6 +420,10 @@ async fn verify_steps(
                     run_id: probe_run_id,
                     paired_nodes: shared.map_or(&[], |shared| shared.paired_nodes.as_slice()),
                     new_run: shared.is_none(),
+                    // A rolling update's gates after its first follow a reboot.
+                    rolling: shared.is_some_and(|shared| {
+                        shared.paired_nodes.first().map(String::as_str) != Some(node)
+                    }),
                 },
                 ledger: &mut state.ledger,
             },

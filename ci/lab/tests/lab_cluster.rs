@@ -318,7 +318,9 @@ fn an_unclean_reboot_gives_no_process_sigterm(#[case] command: &str, #[case] sig
             .unwrap_or_default()
             .to_string()
     };
-    // kube-system: Pod Security exempts it, and the mark needs a hostPath volume.
+    // kube-system: Pod Security exempts it, and the mark needs a hostPath volume (the
+    // lab's fresh node disk: nothing there yet). The kubelet may start the container
+    // again after the reboot, so it never removes a mark.
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "told-to-stop", "namespace": "kube-system"},
@@ -328,7 +330,7 @@ fn an_unclean_reboot_gives_no_process_sigterm(#[case] command: &str, #[case] sig
             "terminationGracePeriodSeconds": 5,
             "containers": [{
                 "name": "c", "image": "busybox:1.37.0",
-                "command": ["sh", "-c", "trap 'echo SIGTERM > /mark/told; exit 0' TERM; rm -f /mark/told; touch /mark/started; while :; do sleep 0.2; done"],
+                "command": ["sh", "-c", "trap 'echo SIGTERM > /mark/told; exit 0' TERM; touch /mark/started; while :; do sleep 0.2; done"],
                 "volumeMounts": [{"name": "mark", "mountPath": "/mark"}],
             }],
             "volumes": [{"name": "mark", "hostPath": {"path": "/var/lib/proof-mark", "type": "DirectoryOrCreate"}}],
