@@ -305,6 +305,9 @@ fn bench(size: usize, args: &Args) -> Result<String> {
         .max(mesh.peak_rss_kib);
     for round in 0..args.reboots {
         let node = &workers[round % workers.len()];
+        // As between the nodes of a rolling update: real calico-node is not Ready while a
+        // BGP peer is down, so each reboot starts once its peers have settled again.
+        settle(&lab)?;
         let run = run_postflight(
             &lab,
             &args.postflight,
@@ -372,6 +375,7 @@ fn bench(size: usize, args: &Args) -> Result<String> {
 
     let incident_node = workers.last().expect("a worker");
     lab.os_update(incident_node, true)?;
+    settle(&lab)?;
     let incident = run_postflight(
         &lab,
         &args.postflight,
@@ -415,4 +419,51 @@ fn bench(size: usize, args: &Args) -> Result<String> {
         table.push_str(&format!("| {figure} | {value} | {target} |\n"));
     }
     Ok(table)
+}
+
+/// Waits until every calico-node is Ready (after a reboot its peers' sessions take a
+/// readiness probe or two to be seen Established again).
+fn settle(lab: &Lab) -> Result<()> {
+    let namespace = lab.topology().calico.namespace();
+    let output = Command::new(lab.paths().kubectl())
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args([
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            "ds/calico-node",
+            "--timeout=300s",
+        ])
+        .output()
+        .context("running kubectl")?;
+    if !output.status.success() {
+        bail!(
+            "calico-node did not settle: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let ready = Command::new(lab.paths().kubectl())
+        .arg("--kubeconfig")
+        .arg(lab.paths().kubeconfig())
+        .args([
+            "-n",
+            namespace,
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "k8s-app=calico-node",
+            "--timeout=300s",
+        ])
+        .output()
+        .context("running kubectl")?;
+    if !ready.status.success() {
+        bail!(
+            "calico-node did not settle: {}",
+            String::from_utf8_lossy(&ready.stderr)
+        );
+    }
+    Ok(())
 }
