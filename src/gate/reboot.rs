@@ -326,12 +326,9 @@ async fn reboot_and_wait(
     }
 
     let last_seen = Mutex::new(None);
-    let went_down = cluster::is_node_ready()
-        .not()
-        .or(cluster::has_boot_id_other_than(&boot_id));
     let down = tokio::time::timeout(
         timeouts.node_not_ready,
-        cluster.wait_for_node(node, went_down, &last_seen),
+        cluster.wait_for_node(node, went_down(&boot_id), &last_seen),
     );
     let went = recorder.timed("wait for the node to go down", down).await;
     if let Ok(Err(refused)) = &went {
@@ -773,17 +770,18 @@ enum AfterNoDown {
     Refused,
 }
 
+/// The node has gone down since the reboot command: it is not Ready, or it runs a boot
+/// other than `boot_id`.
+fn went_down(boot_id: &str) -> impl Condition<Node> + '_ {
+    cluster::is_node_ready()
+        .not()
+        .or(cluster::has_boot_id_other_than(boot_id))
+}
+
 fn after_no_down(fresh: Result<&Node, ErrorKind>, boot_id: &str) -> AfterNoDown {
     match fresh {
-        Ok(node) => {
-            let down = !crate::cluster::node_ready(node)
-                || crate::cluster::boot_id(node).is_some_and(|id| !id.is_empty() && id != boot_id);
-            if down {
-                AfterNoDown::WentDown
-            } else {
-                AfterNoDown::StayedUp
-            }
-        }
+        Ok(node) if went_down(boot_id).matches_object(Some(node)) => AfterNoDown::WentDown,
+        Ok(_) => AfterNoDown::StayedUp,
         Err(ErrorKind::Unreachable) => AfterNoDown::Unknown,
         Err(_) => AfterNoDown::Refused,
     }
