@@ -265,19 +265,13 @@ pub fn build_images(topology: &Topology, parts: &Parts) -> Result<Vec<PathBuf>, 
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let pause = dir.join("pause");
     let source = crate::controlplane::go_module_dir().join("../images/pause.c");
-    let compiled = std::process::Command::new(&parts.cc)
-        .args(["-static", "-O2", "-s", "-o"])
-        .arg(&pause)
-        .arg(&source)
-        .output()
-        .map_err(|e| format!("gcc: {e}"))?;
-    if !compiled.status.success() {
-        return Err(format!(
-            "compiling {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&compiled.stderr)
-        ));
-    }
+    crate::system::run(
+        std::process::Command::new(&parts.cc)
+            .args(["-static", "-O2", "-s", "-o"])
+            .arg(&pause)
+            .arg(&source),
+    )
+    .map_err(|e| format!("compiling {}: {e}", source.display()))?;
     let busybox_applets = |image: &mut Image| -> Result<(), String> {
         image.copy("bin/busybox", &parts.busybox, 0o755);
         let list = std::process::Command::new(&parts.busybox)
@@ -331,36 +325,25 @@ pub fn build_images(topology: &Topology, parts: &Parts) -> Result<Vec<PathBuf>, 
     image.cmd = vec!["pause".into()];
     write(image, "agnhost.tar")?;
 
-    // The calico-node stand-in: real BIRD 1.6, as the DaemonSet's user (file
-    // capabilities let a non-root BIRD bind port 179 and program routes), started the
-    // way calico-node starts it, and Calico's readiness semantics.
     // postflight's release image, from the built binary: /usr/local/bin/postflight as
     // the entrypoint, tagged with the binary's own version (`image: postflight:X.Y.Z`).
     if let Some(postflight) = &parts.postflight {
-        let version = std::process::Command::new(postflight)
-            .arg("--version")
-            .output()
-            .map_err(|e| format!("{} --version: {e}", postflight.display()))?;
+        let version = crate::system::run(std::process::Command::new(postflight).arg("--version"))
+            .map_err(|e| e.to_string())?;
         let version = String::from_utf8_lossy(&version.stdout);
         let version = version.split_whitespace().nth(1).unwrap_or("latest");
         let mut image = Image::new(&format!("docker.io/library/postflight:{version}"));
         // Without its debug info (a debug build's is most of its 200 MB), as a release
         // image has it: every node imports the image at every boot.
         let stripped = dir.join("postflight");
-        let strip = std::process::Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(postflight)
-            .output()
-            .map_err(|e| format!("strip (binutils): {e}"))?;
-        if !strip.status.success() {
-            return Err(format!(
-                "strip {}: {}",
-                postflight.display(),
-                String::from_utf8_lossy(&strip.stderr)
-            ));
-        }
+        crate::system::run(
+            std::process::Command::new("strip")
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&stripped)
+                .arg(postflight),
+        )
+        .map_err(|e| format!("stripping {} (binutils): {e}", postflight.display()))?;
         image
             .copy_with_libraries("usr/local/bin/postflight", &stripped)
             .map_err(|e| e.to_string())?;
@@ -368,6 +351,9 @@ pub fn build_images(topology: &Topology, parts: &Parts) -> Result<Vec<PathBuf>, 
         write(image, "postflight.tar")?;
     }
 
+    // The calico-node stand-in: real BIRD 1.6, as the DaemonSet's user (file
+    // capabilities let a non-root BIRD bind port 179 and program routes), started the
+    // way calico-node starts it, and Calico's readiness semantics.
     let mut image = Image::new(CALICO_NODE_IMAGE);
     busybox_applets(&mut image)?;
     image.add(

@@ -72,6 +72,19 @@ fn ssh(lab: &Lab, node: &str, command: &str) -> Output {
         .expect("ssh runs")
 }
 
+/// No process of this machine has `pattern` in its command line (`pgrep -f`).
+fn assert_no_process_matching(pattern: &str) {
+    let processes = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    assert!(
+        processes.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&processes.stdout)
+    );
+}
+
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !condition() {
@@ -662,15 +675,7 @@ fn two_labs_run_side_by_side_and_down_leaves_nothing_behind() {
             dir.display()
         );
         assert!(!dir.exists(), "{} left behind", dir.display());
-        let processes = Command::new("pgrep")
-            .args(["-f", &dir.to_string_lossy()])
-            .output()
-            .unwrap();
-        assert!(
-            processes.stdout.is_empty(),
-            "processes left: {}",
-            String::from_utf8_lossy(&processes.stdout)
-        );
+        assert_no_process_matching(&dir.to_string_lossy());
     }
 }
 
@@ -699,15 +704,7 @@ fn up_without_runc_fails_at_once_naming_it_and_leaves_nothing() {
     assert!(!status.status.success(), "no lab {name} is registered");
     let state_dir = std::path::Path::new("/tmp/postflight-lab").join(name);
     assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-    let processes = Command::new("pgrep")
-        .args(["-f", &format!("--name {name} ")])
-        .output()
-        .unwrap();
-    assert!(
-        processes.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&processes.stdout)
-    );
+    assert_no_process_matching(&format!("--name {name} "));
 }
 
 /// A kubelet that dies is restarted by the node's init a second later, as systemd's

@@ -424,45 +424,24 @@ fn bench(size: usize, args: &Args) -> Result<String> {
 /// Waits until every calico-node is Ready (after a reboot its peers' sessions take a
 /// readiness probe or two to be seen Established again).
 fn settle(lab: &Lab) -> Result<()> {
-    let namespace = lab.topology().calico.namespace();
     let output = Command::new(lab.paths().kubectl())
         .arg("--kubeconfig")
         .arg(lab.paths().kubeconfig())
+        .args(["-n", lab.topology().calico.namespace()])
         .args([
-            "-n",
-            namespace,
-            "rollout",
-            "status",
-            "ds/calico-node",
-            "--timeout=300s",
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "k8s-app=calico-node",
         ])
+        .arg("--timeout=300s")
         .output()
         .context("running kubectl")?;
     if !output.status.success() {
         bail!(
             "calico-node did not settle: {}",
             String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let ready = Command::new(lab.paths().kubectl())
-        .arg("--kubeconfig")
-        .arg(lab.paths().kubeconfig())
-        .args([
-            "-n",
-            namespace,
-            "wait",
-            "--for=condition=Ready",
-            "pod",
-            "-l",
-            "k8s-app=calico-node",
-            "--timeout=300s",
-        ])
-        .output()
-        .context("running kubectl")?;
-    if !ready.status.success() {
-        bail!(
-            "calico-node did not settle: {}",
-            String::from_utf8_lossy(&ready.stderr)
         );
     }
     Ok(())
